@@ -1,0 +1,61 @@
+//! Maps shared by every probe family: the event ring buffer and the drop counters.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{PerCpuArray, RingBuf, StackTrace},
+};
+use leakprobe_ebpf::{alloc::MAX_STACKS, drops::DropReason};
+
+/// Events for userspace (GC pauses). 1 MiB holds about 26,000 GC events.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Size of [`EVENTS`].
+const EVENTS_BYTES: u32 = 1 << 20;
+
+/// User stacks of allocations, shared by every family; ids are keys of the per-stack totals.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+
+/// User stacks of the heap's allocation samples, kept apart from [`STACKS`]: JIT code gives
+/// the churn many distinct stacks, which must not crowd out (by filling the map or colliding
+/// in it) the stacks that leak suspects are named by.
+#[map]
+pub static SAMPLE_STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+
+/// Per-CPU counters of lost events, indexed by [`DropReason`].
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+/// Counts one lost event.
+#[inline(always)]
+pub fn count_drop(reason: DropReason) {
+    if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Bytes waiting in [`EVENTS`] past which a submit wakes userspace early.
+const WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 4;
+
+/// Writes `value` into the ring buffer, or counts a `RingbufFull` drop.
+///
+/// Events are not urgent: waking userspace for each one (hundreds of GCs a second on a busy
+/// server) would cost the target more than the probes do. Userspace drains the buffer on a
+/// short timer; a submit wakes it only when the buffer is a quarter full.
+#[inline(always)]
+pub fn emit<T: 'static>(value: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(value);
+            let flags = match EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
+                true => 0,
+                false => BPF_RB_NO_WAKEUP as u64,
+            };
+            entry.submit(flags);
+        }
+        None => count_drop(DropReason::RingbufFull),
+    }
+}

@@ -1,0 +1,62 @@
+//! GC pauses: entry and return of `v8::internal::Heap::PerformGarbageCollection`.
+//!
+//! On x86-64 the arguments are (this, collector, reason, ...): `collector` is the second
+//! argument and `reason` the third in every node from 18 to 24, including GCC's `.constprop`
+//! clones of the function, which drop only trailing arguments.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, uprobe, uretprobe},
+    maps::HashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+use leakprobe_ebpf::{
+    drops::DropReason,
+    gc::{GcEvent, GcInflight, MAX_INFLIGHT},
+    EventKind,
+};
+
+use crate::maps::{count_drop, emit};
+
+/// Pauses in flight, by thread id.
+#[map]
+static GC_INFLIGHT: HashMap<u32, GcInflight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+/// Entry of `Heap::PerformGarbageCollection`: remember when and which collector.
+#[uprobe]
+pub fn gc_start(ctx: ProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let inflight = GcInflight {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        collector: ctx.arg::<u64>(1).unwrap_or(u64::MAX) as u32,
+        reason: ctx.arg::<u64>(2).unwrap_or(u64::MAX) as u32,
+    };
+    if GC_INFLIGHT.insert(&tid, &inflight, 0).is_err() {
+        count_drop(DropReason::GcInflightFull);
+    }
+    0
+}
+
+/// Return of `Heap::PerformGarbageCollection`: the pause is over; send it to userspace.
+#[uretprobe]
+pub fn gc_end(_ctx: RetProbeContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // A return without an entry is a pause that began before we attached: skip it.
+    let Some(inflight) = (unsafe { GC_INFLIGHT.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = GC_INFLIGHT.remove(&tid);
+    emit(GcEvent {
+        kind: EventKind::Gc as u32,
+        _pad: 0,
+        start_ns: inflight.start_ns,
+        duration_ns: now.saturating_sub(inflight.start_ns),
+        pid: (pid_tgid >> 32) as u32,
+        tid,
+        collector: inflight.collector,
+        reason: inflight.reason,
+    });
+    0
+}

@@ -1,0 +1,8 @@
+//! Kernel programs, one module per probe family (the userspace halves have the same names).
+
+pub mod external;
+pub mod gc;
+pub mod heap;
+pub mod native;
+pub mod syscalls;
+mod track;

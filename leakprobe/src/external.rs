@@ -1,0 +1,183 @@
+//! External memory, userspace half: what Buffers and ArrayBuffers hold outside the V8 heap.
+//!
+//! Two readings. The absolute one is node's own counter: `NodeArrayBufferAllocator` keeps the
+//! bytes it has handed out in an atomic field (`process.memoryUsage().arrayBuffers` reads it).
+//! Its offset differs between node versions (0x10 in 18–22, 0x8 in 24), so it is read from the
+//! binary: `Free` decrements it first thing with `lock sub %reg, OFF(%rdi)`. The kernel half
+//! records every allocator object it sees; their counters are read through `/proc/PID/mem`.
+//! The second reading is by allocation stack, since attach, from the kernel's tracker.
+
+use std::{fs::File, os::unix::fs::FileExt as _};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use leakprobe_ebpf::alloc::StackTotals;
+use serde::Serialize;
+
+use crate::{
+    alloc::Tracked,
+    insn::{self, LockedRmw, Op},
+    probes::EXT_FREE,
+    suspects::{self, Category},
+    symbols::Lookup,
+    target::Target,
+};
+
+/// Finds `OFF` in the first instructions of `NodeArrayBufferAllocator::Free`, which start by
+/// decrementing the counter: `lock sub %reg, OFF(%rdi)`.
+pub fn usage_counter_offset(free_code: &[u8]) -> Option<u64> {
+    (0..free_code.len()).find_map(|at| match insn::decode_locked_rmw(&free_code[at..]) {
+        Some(LockedRmw { op: Op::Sub, base: insn::RDI, disp }) if disp > 0 => Some(disp as u64),
+        _ => None,
+    })
+}
+
+/// Reads node's external-memory counters in the target.
+pub struct ExternalCounter {
+    mem: File,
+    offset: u64,
+    allocators: BpfHashMap<MapData, u64, u64>,
+}
+
+impl ExternalCounter {
+    /// Prepares the reading, or says why it is unavailable (the by-stack view still works).
+    pub fn new(
+        target: &Target,
+        lookup: &Lookup,
+        allocators: BpfHashMap<MapData, u64, u64>,
+    ) -> anyhow::Result<Self> {
+        let free = EXT_FREE
+            .iter()
+            .find_map(|s| lookup.found.get(*s))
+            .and_then(|locations| locations.first())
+            .context("NodeArrayBufferAllocator::Free not found")?;
+        let start = free.file_offset as usize;
+        let code = target.elf.bytes().get(start..start + 64).context("Free lies outside the binary")?;
+        let offset = usage_counter_offset(code)
+            .context("the allocator's byte counter was not found in Free's code")?;
+        let mem = File::open(format!("/proc/{}/mem", target.pid)).context("opening the target's memory")?;
+        Ok(Self { mem, offset, allocators })
+    }
+
+    /// Sum of every known allocator's counter, or `None` before any allocator has been seen.
+    pub fn read(&self) -> Option<u64> {
+        let mut total = None;
+        for ptr in self.allocators.keys().flatten() {
+            let mut buf = [0u8; 8];
+            if self.mem.read_exact_at(&mut buf, ptr + self.offset).is_ok() {
+                *total.get_or_insert(0) += u64::from_ne_bytes(buf);
+            }
+        }
+        total
+    }
+
+    /// Number of allocator objects seen (one per isolate that allocated).
+    pub fn allocators(&self) -> usize {
+        self.allocators.keys().flatten().count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_counter_offset_in_each_versions_free() {
+        // node 20: lock sub %rdx,0x10(%rdi)
+        let node20 = [0x48, 0x85, 0xf6, 0x74, 0x0a, 0xf0, 0x48, 0x29, 0x57, 0x10, 0x48, 0x8b, 0x7f, 0x18];
+        assert_eq!(usage_counter_offset(&node20), Some(0x10));
+        // node 24: lock sub %rdx,0x8(%rdi)
+        let node24 = [0xf0, 0x48, 0x29, 0x57, 0x08, 0x48, 0x8b, 0x7f, 0x10];
+        assert_eq!(usage_counter_offset(&node24), Some(0x08));
+        // lock sub %r8,0x10(%rdi): REX.R form.
+        assert_eq!(usage_counter_offset(&[0xf0, 0x4c, 0x29, 0x47, 0x10]), Some(0x10));
+        // Not rdi-based (rbx), an add, not disp8, or no lock: no match.
+        assert_eq!(usage_counter_offset(&[0xf0, 0x48, 0x01, 0x57, 0x10]), None);
+        assert_eq!(usage_counter_offset(&[0xf0, 0x48, 0x29, 0x53, 0x10]), None);
+        assert_eq!(usage_counter_offset(&[0xf0, 0x48, 0x29, 0x97, 0x10, 0, 0, 0]), None);
+        assert_eq!(usage_counter_offset(&[0x90, 0x48, 0x29, 0x57, 0x10]), None);
+        assert_eq!(usage_counter_offset(&[]), None);
+    }
+}
+
+/// External memory, as sampled during a session.
+pub struct ExternalState {
+    by_stack: Tracked,
+    counter: Result<ExternalCounter, String>,
+    /// Latest absolute reading (node's counter), if available.
+    pub bytes: Option<u64>,
+    /// Whether the per-allocation probes ran for the whole window (see [`ExternalState::detached`]).
+    per_allocation: bool,
+}
+
+/// `report.external`.
+#[derive(Debug, Serialize)]
+pub struct ExternalReport {
+    /// Bytes in Buffer/ArrayBuffer backing stores now (node's own counter, all isolates seen).
+    pub bytes: Option<u64>,
+    /// Why `bytes` is null, if it is.
+    pub counter_error: Option<String>,
+    /// Allocator objects seen (one per isolate that allocated since attach).
+    pub allocators: usize,
+    /// Backing stores allocated since attach (bytes and count), and how many of those were
+    /// freed; null unless the per-allocation probes ran for the whole window (`--alloc-stacks`).
+    pub allocated_bytes: Option<u64>,
+    /// Allocations since attach.
+    pub allocations: Option<u64>,
+    /// Of the bytes allocated since attach, those freed again.
+    pub freed_bytes: Option<u64>,
+    /// Of the allocations since attach, those freed again.
+    pub frees: Option<u64>,
+}
+
+impl ExternalState {
+    /// Prepares sampling; a missing absolute counter is remembered, not fatal.
+    pub fn new(
+        target: &Target,
+        lookup: &Lookup,
+        by_stack: PerCpuHashMap<MapData, i64, StackTotals>,
+        allocators: BpfHashMap<MapData, u64, u64>,
+    ) -> Self {
+        let counter = ExternalCounter::new(target, lookup, allocators).map_err(|e| format!("{e:#}"));
+        Self {
+            by_stack: Tracked::new(Category::External, by_stack),
+            counter,
+            bytes: None,
+            per_allocation: true,
+        }
+    }
+
+    /// Takes one sample: the absolute counter, and outstanding bytes by stack into `suspects`.
+    pub fn sample(&mut self, t: f64, suspects: &mut suspects::Tracker) {
+        if let Ok(counter) = &self.counter {
+            self.bytes = counter.read().or(self.bytes);
+        }
+        self.by_stack.sample(t, suspects);
+    }
+
+    /// Whether the allocator probes still serve the default view: they are needed until an
+    /// allocator is seen, and not at all when node's counter cannot be read.
+    pub fn needs_allocator_probes(&self) -> bool {
+        self.counter.as_ref().is_ok_and(|c| c.allocators() == 0)
+    }
+
+    /// The per-allocation probes were detached: counts since attach no longer mean anything.
+    pub fn detached(&mut self) {
+        self.per_allocation = false;
+    }
+
+    /// The report section.
+    pub fn report(&self) -> ExternalReport {
+        let since_attach = &self.by_stack.since_attach;
+        let counted = |n: u64| self.per_allocation.then_some(n);
+        ExternalReport {
+            bytes: self.bytes,
+            counter_error: self.counter.as_ref().err().cloned(),
+            allocators: self.counter.as_ref().map_or(0, ExternalCounter::allocators),
+            allocated_bytes: counted(since_attach.alloc_bytes),
+            allocations: counted(since_attach.allocs),
+            freed_bytes: counted(since_attach.free_bytes),
+            frees: counted(since_attach.frees),
+        }
+    }
+}

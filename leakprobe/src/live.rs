@@ -1,0 +1,144 @@
+//! The human view: the live terminal summary and `summary.txt`.
+
+use std::fmt::Write as _;
+
+use crate::{gc::GcKind, report::Report};
+
+/// The multi-line summary shown live on a terminal and written as `summary.txt`.
+pub fn summary(report: &Report) -> String {
+    let mut out = String::new();
+    let t = &report.target;
+    let _ = writeln!(
+        out,
+        "leakprobe  pid {} ({})  node {}  {:.1}s",
+        t.pid,
+        t.comm,
+        t.node_version.as_deref().unwrap_or("unknown"),
+        report.window.duration_s
+    );
+    let _ = writeln!(out, "\nGC pauses        count    total ms     p50 ms     p99 ms     max ms");
+    for kind in GcKind::ALL {
+        let s = &report.gc.pauses[kind.name()];
+        let _ = writeln!(
+            out,
+            "  {:<13}{:>8}{:>12.2}{:>11.3}{:>11.3}{:>11.3}",
+            kind.name(),
+            s.count,
+            s.total_ms,
+            s.p50_ms,
+            s.p99_ms,
+            s.max_ms
+        );
+    }
+    if !report.gc.threads.is_empty() {
+        let _ = writeln!(out, "\nBy thread        scavenge  minor_ms  mark_compact   total ms");
+        for th in &report.gc.threads {
+            let label =
+                if th.main { format!("{} (main)", th.tid) } else { format!("{} {}", th.tid, th.name) };
+            let count = |k: GcKind| th.pauses[k.name()].count;
+            let total: f64 = th.pauses.values().map(|p| p.total_ms).sum();
+            let _ = writeln!(
+                out,
+                "  {:<15}{:>9}{:>10}{:>14}{:>11.2}",
+                truncate(&label, 15),
+                count(GcKind::Scavenge),
+                count(GcKind::MinorMs),
+                count(GcKind::MarkCompact),
+                total
+            );
+        }
+    }
+    memory_split(&mut out, report);
+    suspects(&mut out, report);
+    let lost: u64 = report.drops.values().sum();
+    let _ = writeln!(out, "\nEvents lost: {lost}");
+    for (reason, n) in report.drops.iter().filter(|(_, n)| **n > 0) {
+        let _ = writeln!(out, "  {reason}: {n}");
+    }
+    for p in report.probes.iter().filter(|p| !p.attached) {
+        let _ = writeln!(
+            out,
+            "Probe not attached: {} ({}): {}",
+            p.name,
+            p.function,
+            p.error.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// One line per interval, for logs and pipes.
+pub fn line(report: &Report) -> String {
+    let mut out = format!("t={:.0}s", report.window.duration_s);
+    for kind in GcKind::ALL {
+        let s = &report.gc.pauses[kind.name()];
+        let _ = write!(out, " {}={} ({:.1}ms)", kind.name(), s.count, s.total_ms);
+    }
+    let m = &report.memory;
+    let _ = write!(out, " rss={}MiB", mib(m.rss.rss_bytes));
+    if let Some(h) = m.v8_heap_bytes {
+        let _ = write!(out, " v8_heap={}MiB", mib(h));
+    }
+    if let Some(e) = m.external_bytes {
+        let _ = write!(out, " external={}MiB", mib(e));
+    }
+    let lost: u64 = report.drops.values().sum();
+    let _ = write!(out, " lost={lost}");
+    out
+}
+
+fn memory_split(out: &mut String, report: &Report) {
+    let m = &report.memory;
+    let part =
+        |v: Option<u64>, why: &str| v.map_or_else(|| format!("{:>10}", why), |b| format!("{:>10}", mib(b)));
+    let _ = writeln!(out, "\nMemory (MiB)      now     growth/s");
+    let _ = writeln!(out, "  rss        {:>10} {:>12}", mib(m.rss.rss_bytes), rate(m.rss_growth_bytes_per_s));
+    let _ = writeln!(
+        out,
+        "  v8 heap    {} {:>12}",
+        part(m.v8_heap_bytes, "awaiting GC"),
+        rate(m.v8_heap_growth_bytes_per_s)
+    );
+    let _ = writeln!(
+        out,
+        "  external   {} {:>12}",
+        part(m.external_bytes, "n/a"),
+        rate(m.external_growth_bytes_per_s)
+    );
+    let _ = writeln!(out, "  native     {}", part(m.native_bytes, "n/a"));
+    let _ = writeln!(out, "  code       {:>10}", mib(m.code_bytes));
+    let _ = writeln!(out, "  other      {:>10}", mib(m.other_bytes));
+}
+
+fn suspects(out: &mut String, report: &Report) {
+    if report.suspects.is_empty() {
+        let _ = writeln!(out, "\nLeak suspects: none (no allocation stack kept growing)");
+        return;
+    }
+    let _ = writeln!(out, "\nLeak suspects (growing allocation stacks)");
+    for (i, s) in report.suspects.iter().take(5).enumerate() {
+        let _ = writeln!(
+            out,
+            "  #{} {:?}: {} MiB outstanding, {}/s",
+            i + 1,
+            s.category,
+            mib(s.outstanding_bytes.max(0) as u64),
+            rate(s.growth_bytes_per_s).trim()
+        );
+        for f in s.frames.iter().take(6) {
+            let _ = writeln!(out, "       {}", truncate(&f.name, 90));
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn rate(bytes_per_s: f64) -> String {
+    format!("{:+.2} MiB", bytes_per_s / (1024.0 * 1024.0))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

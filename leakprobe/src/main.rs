@@ -1,0 +1,147 @@
+//! The `leakprobe` command.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use leakprobe::{
+    probes::Family,
+    session::{self, Options},
+};
+
+/// eBPF memory profiler for running Node.js processes: attaches without a restart.
+#[derive(Debug, Parser)]
+#[command(name = "leakprobe", version, about)]
+struct Args {
+    /// Process id of the node process to profile.
+    #[arg(long)]
+    pid: u32,
+    /// Stop after this long (e.g. 60s, 5m); default: until Ctrl-C or the target exits.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Refresh interval of the live view.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    interval: Duration,
+    /// Write report.json and summary.txt into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the final report as JSON on stdout (no live view).
+    #[arg(long)]
+    json: bool,
+    /// Probe families to attach (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Family::DEFAULT)]
+    probes: Vec<Family>,
+    /// Also follow libc's malloc family (sampled; costs the target more than the default probes).
+    #[arg(long)]
+    native: bool,
+    /// With --native: sample about one allocation per this many bytes (e.g. 512KiB, 64KiB, 4096).
+    #[arg(long, value_parser = parse_bytes, default_value = "512KiB")]
+    sample_rate: u64,
+    /// Keep the probes that fire on every allocation: Buffer/ArrayBuffer backing stores by stack
+    /// (external leak suspects) and JS heap allocation sampling. They cost the target a few
+    /// microseconds per allocation; without them, leakprobe shows which memory grows, not where.
+    #[arg(long)]
+    alloc_stacks: bool,
+    /// Live allocations each family tracks at once; more are counted as lost (`live_full`).
+    /// Each entry costs the kernel about 100 bytes.
+    #[arg(long, default_value_t = leakprobe_ebpf::alloc::MAX_LIVE, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tracked: u32,
+}
+
+/// Accepts a byte count with an optional KiB/MiB/GiB (or K/M/G) suffix.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size {s:?}: use bytes, KiB, MiB or GiB")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) | None => Err(format!("invalid size {s:?}")),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
+/// Accepts `humantime` durations (`500ms`, `60s`, `2m`) and plain seconds (`60`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("invalid duration {s:?}")),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?,
+    };
+    if d.is_zero() {
+        return Err("duration must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    let options = Options {
+        pid: args.pid,
+        duration: args.duration,
+        interval: args.interval,
+        out: args.out,
+        json: args.json,
+        families: {
+            let mut families = args.probes;
+            if args.native && !families.contains(&Family::Native) {
+                families.push(Family::Native);
+            }
+            families
+        },
+        sample_rate: args.sample_rate,
+        max_tracked: args.max_tracked,
+        alloc_stacks: args.alloc_stacks,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            leakprobe::status!("leakprobe: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(session::run(options)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its context chain.
+            leakprobe::status!("leakprobe: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_seconds_and_units() {
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("NaN").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_units() {
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_bytes("64k").unwrap(), 64 * 1024);
+        assert_eq!(parse_bytes("2 MiB").unwrap(), 2 << 20);
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("99999999999G").is_err());
+    }
+}

@@ -1,0 +1,619 @@
+//! The probe table: every uprobe leakprobe can attach, in one place.
+//!
+//! Attaching walks [`PROBES`]; adding a probe is one entry here plus its kernel program.
+
+use std::num::NonZeroU32;
+
+use anyhow::Context as _;
+use aya::{
+    programs::{uprobe::UProbeScope, TracePoint, UProbe},
+    Ebpf,
+};
+use serde::Serialize;
+
+use std::path::PathBuf;
+
+use crate::{
+    error::Error,
+    insn,
+    symbols::{Elf, Lookup, SymbolLocation},
+    target::Target,
+    tracefs,
+};
+
+/// Which family a probe belongs to (the module name on both sides).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// GC pauses.
+    Gc,
+    /// ArrayBuffer/Buffer backing stores.
+    External,
+    /// V8 heap pages.
+    Heap,
+    /// libc's malloc family (opt-in, sampled).
+    Native,
+    /// mmap, munmap and brk of the target.
+    Syscalls,
+}
+
+impl Family {
+    /// Every family attached by default.
+    pub const DEFAULT: [Family; 4] = [Family::Gc, Family::Heap, Family::External, Family::Syscalls];
+}
+
+/// Which binary of the target a probe's function lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Module {
+    /// The node executable, or the libnode.so it maps.
+    Node,
+    /// The C library the process maps.
+    Libc,
+    /// A kernel tracepoint; the probe's `symbols` hold it as `category:name`.
+    Tracepoint,
+}
+
+/// One uprobe or uretprobe.
+pub struct ProbeDef {
+    /// Name shown to users and in `report.json`.
+    pub name: &'static str,
+    /// Probe family.
+    pub family: Family,
+    /// The binary holding the function.
+    pub module: Module,
+    /// The kernel program (its function name in leakprobe-ebpf).
+    pub program: &'static str,
+    /// The C++ function, for messages. Whether the probe fires at its entry or its return is the
+    /// kernel program's type (`#[uprobe]` or `#[uretprobe]`).
+    pub function: &'static str,
+    /// Mangled names: alternatives across node versions, or several functions that share the
+    /// program. Each one found is attached, with its `.constprop` clones.
+    pub symbols: &'static [&'static str],
+    /// When the probe is attached: its cost decides.
+    pub attach: When,
+}
+
+/// When a probe is attached. Every probe hit traps into the kernel (a few microseconds, mostly
+/// the trap itself), so probes that fire on every allocation are not attached by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// Whenever its family is: it fires rarely (per GC, per heap page, per mmap), or its family
+    /// is opt-in for its cost (native).
+    Always,
+    /// Only with `--alloc-stacks`: it fires on every allocation, or about every few KiB of them.
+    AllocStacks,
+    /// Attached until it has found what the default view needs (node's ArrayBuffer allocator),
+    /// then detached; kept with `--alloc-stacks`.
+    UntilFound,
+}
+
+/// `v8::internal::Heap::PerformGarbageCollection`, node 20+ and node 18 (extra GCCallbackFlags).
+const PERFORM_GC: &[&str] = &[
+    "_ZN2v88internal4Heap24PerformGarbageCollectionENS0_16GarbageCollectorENS0_23GarbageCollectionReasonEPKc",
+    "_ZN2v88internal4Heap24PerformGarbageCollectionENS0_16GarbageCollectorENS0_23GarbageCollectionReasonEPKcNS_15GCCallbackFlagsE",
+];
+
+/// `node::NodeArrayBufferAllocator::Allocate` and `AllocateUninitialized`.
+const EXT_ALLOCATE: &[&str] = &[
+    "_ZN4node24NodeArrayBufferAllocator8AllocateEm",
+    "_ZN4node24NodeArrayBufferAllocator21AllocateUninitializedEm",
+];
+
+/// `node::NodeArrayBufferAllocator::Free(void*, size_t)`.
+pub const EXT_FREE: &[&str] = &["_ZN4node24NodeArrayBufferAllocator4FreeEPvm"];
+
+const HEAP_ALLOCATE_PAGE: &[&str] =
+    &["_ZN2v88internal15MemoryAllocator12AllocatePageENS1_14AllocationModeEPNS0_5SpaceENS0_13ExecutabilityE"];
+const HEAP_ALLOCATE_LARGE_PAGE: &[&str] =
+    &["_ZN2v88internal15MemoryAllocator17AllocateLargePageEPNS0_16LargeObjectSpaceEmNS0_13ExecutabilityE"];
+/// Node 20+, node 18 (no AllocationSpace argument); the chunk size is the second argument in both.
+const HEAP_ALLOCATE_ALIGNED: &[&str] = &[
+    "_ZN2v88internal15MemoryAllocator21AllocateAlignedMemoryEmmmNS0_15AllocationSpaceENS0_13ExecutabilityEPvPNS0_13VirtualMemoryE",
+    "_ZN2v88internal15MemoryAllocator21AllocateAlignedMemoryEmmmNS0_13ExecutabilityEPvPNS0_13VirtualMemoryE",
+];
+/// Node 22+ (page metadata), node 18–20 (memory chunk).
+const HEAP_FREE: &[&str] = &[
+    "_ZN2v88internal15MemoryAllocator4FreeENS1_8FreeModeEPNS0_19MutablePageMetadataE",
+    "_ZN2v88internal15MemoryAllocator4FreeENS1_8FreeModeEPNS0_11MemoryChunkE",
+];
+/// Node 22+, node 18–20.
+const HEAP_PARTIAL_FREE: &[&str] = &[
+    "_ZN2v88internal15MemoryAllocator17PartialFreeMemoryEPNS0_19MemoryChunkMetadataEmmm",
+    "_ZN2v88internal15MemoryAllocator17PartialFreeMemoryEPNS0_16BasicMemoryChunkEmmm",
+];
+/// JIT code's slow allocation paths, young and old generation.
+const HEAP_SLOW_ALLOCATE: &[&str] = &[
+    "_ZN2v88internal33Runtime_AllocateInYoungGenerationEiPmPNS0_7IsolateE",
+    "_ZN2v88internal31Runtime_AllocateInOldGenerationEiPmPNS0_7IsolateE",
+];
+const HEAP_COMMITTED: &[&str] = &["_ZN2v88internal4Heap15CommittedMemoryEv"];
+const ISOLATE_HEAP_STATS: &[&str] = &["_ZN2v87Isolate17GetHeapStatisticsEPNS_14HeapStatisticsE"];
+
+const MALLOC: &[&str] = &["malloc"];
+const CALLOC: &[&str] = &["calloc"];
+const REALLOC: &[&str] = &["realloc"];
+const ALIGNED_ALLOC: &[&str] = &["aligned_alloc", "memalign"];
+const POSIX_MEMALIGN: &[&str] = &["posix_memalign"];
+const FREE: &[&str] = &["free"];
+/// Every function whose return gives the allocated block.
+const RETURNS_BLOCK: &[&str] = &["malloc", "calloc", "realloc", "aligned_alloc", "memalign"];
+
+/// A syscall tracepoint probe (the program has the tracepoint's name).
+macro_rules! syscall_tracepoint {
+    ($name:literal) => {
+        ProbeDef {
+            name: $name,
+            family: Family::Syscalls,
+            module: Module::Tracepoint,
+            program: $name,
+            function: concat!("syscalls:", $name),
+            symbols: &[concat!("syscalls:", $name)],
+            attach: When::Always,
+        }
+    };
+}
+
+/// Unloads the programs of `UntilFound` probes (detaching them) and marks their statuses.
+pub fn detach_found(ebpf: &mut Ebpf, statuses: &mut [ProbeStatus]) {
+    for def in PROBES.iter().filter(|d| d.attach == When::UntilFound) {
+        if let Some(program) = ebpf.program_mut(def.program) {
+            let unloaded = match program {
+                aya::programs::Program::UProbe(p) => p.unload(),
+                _ => continue,
+            };
+            if let Err(e) = unloaded {
+                log::warn!("detaching {}: {e}", def.program);
+            }
+        }
+        for status in statuses.iter_mut().filter(|s| s.name == def.name && s.attached) {
+            status.detached = Some("once node's ArrayBuffer allocator was found (--alloc-stacks keeps it)");
+        }
+    }
+}
+
+/// Every probe leakprobe knows.
+pub static PROBES: &[ProbeDef] = &[
+    ProbeDef {
+        name: "gc_start",
+        module: Module::Node,
+        family: Family::Gc,
+        program: "gc_start",
+        function: "v8::internal::Heap::PerformGarbageCollection",
+        symbols: PERFORM_GC,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "gc_end",
+        module: Module::Node,
+        family: Family::Gc,
+        program: "gc_end",
+        function: "v8::internal::Heap::PerformGarbageCollection",
+        symbols: PERFORM_GC,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "ext_alloc",
+        module: Module::Node,
+        family: Family::External,
+        program: "ext_alloc",
+        function: "node::NodeArrayBufferAllocator::Allocate{,Uninitialized}",
+        symbols: EXT_ALLOCATE,
+        attach: When::UntilFound,
+    },
+    ProbeDef {
+        name: "ext_alloc_ret",
+        module: Module::Node,
+        family: Family::External,
+        program: "ext_alloc_ret",
+        function: "node::NodeArrayBufferAllocator::Allocate{,Uninitialized}",
+        symbols: EXT_ALLOCATE,
+        attach: When::UntilFound,
+    },
+    ProbeDef {
+        name: "ext_free",
+        module: Module::Node,
+        family: Family::External,
+        program: "ext_free",
+        function: "node::NodeArrayBufferAllocator::Free",
+        symbols: EXT_FREE,
+        attach: When::UntilFound,
+    },
+    ProbeDef {
+        name: "heap_page_ret",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_page_ret",
+        function: "v8::internal::MemoryAllocator::AllocatePage",
+        symbols: HEAP_ALLOCATE_PAGE,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_aligned",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_aligned",
+        function: "v8::internal::MemoryAllocator::AllocateAlignedMemory",
+        symbols: HEAP_ALLOCATE_ALIGNED,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_large",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_large",
+        function: "v8::internal::MemoryAllocator::AllocateLargePage",
+        symbols: HEAP_ALLOCATE_LARGE_PAGE,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_large_ret",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_large_ret",
+        function: "v8::internal::MemoryAllocator::AllocateLargePage",
+        symbols: HEAP_ALLOCATE_LARGE_PAGE,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_free",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_free",
+        function: "v8::internal::MemoryAllocator::Free",
+        symbols: HEAP_FREE,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_partial_free",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_partial_free",
+        function: "v8::internal::MemoryAllocator::PartialFreeMemory",
+        symbols: HEAP_PARTIAL_FREE,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_sample",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_sample",
+        function: "v8::internal::Runtime_AllocateIn{Young,Old}Generation",
+        symbols: HEAP_SLOW_ALLOCATE,
+        attach: When::AllocStacks,
+    },
+    ProbeDef {
+        name: "heap_committed_ret",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_committed_ret",
+        function: "v8::internal::Heap::CommittedMemory",
+        symbols: HEAP_COMMITTED,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_stats_enter",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_stats_enter",
+        function: "v8::Isolate::GetHeapStatistics",
+        symbols: ISOLATE_HEAP_STATS,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_stats_exit",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_stats_exit",
+        function: "v8::Isolate::GetHeapStatistics",
+        symbols: ISOLATE_HEAP_STATS,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "native_malloc",
+        family: Family::Native,
+        module: Module::Libc,
+        program: "native_malloc",
+        function: "malloc",
+        symbols: MALLOC,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "native_calloc",
+        family: Family::Native,
+        module: Module::Libc,
+        program: "native_calloc",
+        function: "calloc",
+        symbols: CALLOC,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "native_realloc",
+        family: Family::Native,
+        module: Module::Libc,
+        program: "native_realloc",
+        function: "realloc",
+        symbols: REALLOC,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "native_aligned_alloc",
+        family: Family::Native,
+        module: Module::Libc,
+        program: "native_aligned_alloc",
+        function: "aligned_alloc",
+        symbols: ALIGNED_ALLOC,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "native_posix_memalign",
+        family: Family::Native,
+        module: Module::Libc,
+        program: "native_posix_memalign",
+        function: "posix_memalign",
+        symbols: POSIX_MEMALIGN,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "native_alloc_ret",
+        family: Family::Native,
+        module: Module::Libc,
+        program: "native_alloc_ret",
+        function: "malloc, calloc, realloc, aligned_alloc",
+        symbols: RETURNS_BLOCK,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "native_posix_memalign_ret",
+        family: Family::Native,
+        module: Module::Libc,
+        program: "native_posix_memalign_ret",
+        function: "posix_memalign",
+        symbols: POSIX_MEMALIGN,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "native_free",
+        family: Family::Native,
+        module: Module::Libc,
+        program: "native_free",
+        function: "free",
+        symbols: FREE,
+        attach: When::Always,
+    },
+    syscall_tracepoint!("sys_enter_mmap"),
+    syscall_tracepoint!("sys_exit_mmap"),
+    syscall_tracepoint!("sys_enter_munmap"),
+    syscall_tracepoint!("sys_enter_brk"),
+    syscall_tracepoint!("sys_exit_brk"),
+];
+
+/// What happened when a probe was attached; one per [`ProbeDef`], in `report.json`'s `probes[]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeStatus {
+    /// [`ProbeDef::name`].
+    pub name: &'static str,
+    /// [`ProbeDef::family`].
+    pub family: Family,
+    /// [`ProbeDef::function`].
+    pub function: &'static str,
+    /// Whether at least one entry point is attached.
+    pub attached: bool,
+    /// Entry points attached (the function and its clones).
+    pub locations: usize,
+    /// Why it is not attached, or what failed for some of its locations.
+    pub error: Option<String>,
+    /// When it was detached during the run, if it was (see [`When::UntilFound`]).
+    pub detached: Option<&'static str>,
+}
+
+/// Attaches every probe in [`PROBES`] to `target`. A probe whose symbols are missing is reported
+/// in its status and the rest run; if none attaches, that is an error. Returns the statuses and
+/// the symbol lookup (families use it to read their functions' code).
+///
+/// Only the families in `families` are attached, and a family only when every one of its probes
+/// has a symbol: half a family (a GC entry without its return) would measure nothing.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    target: &Target,
+    families: &[Family],
+    alloc_stacks: bool,
+) -> anyhow::Result<(Vec<ProbeStatus>, Lookup)> {
+    let node = Binary::new(target.module.clone(), target.module_display.clone(), &target.elf, Module::Node)?;
+    if node.lookup.v8_symbols == 0 && target.node_version.is_none() {
+        return Err(
+            Error::NotNode { pid: target.pid, comm: target.comm.clone(), exe: target.exe.clone() }.into()
+        );
+    }
+    let pid = NonZeroU32::new(target.pid).ok_or(Error::NoSuchProcess(target.pid))?;
+    // libc is read only when a family that probes it was asked for.
+    let libc_elf;
+    let libc = match target.libc() {
+        Some((path, display))
+            if PROBES.iter().any(|d| d.module == Module::Libc && families.contains(&d.family)) =>
+        {
+            libc_elf = Elf::open(&path).with_context(|| format!("reading {display}"))?;
+            Some(Binary::new(path, display, &libc_elf, Module::Libc)?)
+        }
+        _ => None,
+    };
+    let binary = |def: &ProbeDef| match def.module {
+        Module::Node => Some(&node),
+        Module::Libc => libc.as_ref(),
+        Module::Tracepoint => None,
+    };
+    let tracefs =
+        if families.contains(&Family::Syscalls) { tracefs::ensure() } else { Err("not needed".into()) };
+    let locations_of = |def: &ProbeDef| -> Vec<&SymbolLocation> {
+        binary(def)
+            .map(|b| def.symbols.iter().filter_map(|s| b.lookup.found.get(*s)).flatten().collect())
+            .unwrap_or_default()
+    };
+    // Whether a probe's attach point exists: a symbol, or a tracepoint in tracefs.
+    let available = |def: &ProbeDef| match def.module {
+        Module::Tracepoint => tracefs.as_ref().is_ok_and(|dir| tracefs::has(dir, def.symbols[0])),
+        _ => !locations_of(def).is_empty(),
+    };
+    // Families with a probe whose attach point is missing: the first such function, for messages.
+    let in_mode = |d: &&ProbeDef| alloc_stacks || d.attach != When::AllocStacks;
+    let incomplete = |family: Family| {
+        PROBES.iter().filter(in_mode).find(|d| d.family == family && !available(d)).map(|d| d.function)
+    };
+
+    let mut statuses = Vec::with_capacity(PROBES.len());
+    for def in PROBES.iter().filter(in_mode).filter(|d| families.contains(&d.family)) {
+        let locations = locations_of(def);
+        let mut status = ProbeStatus {
+            name: def.name,
+            family: def.family,
+            function: def.function,
+            attached: false,
+            locations: 0,
+            error: None,
+            detached: None,
+        };
+        if !available(def) {
+            status.error = Some(match (def.module, &tracefs) {
+                (Module::Tracepoint, Err(e)) => format!("tracepoint unavailable: {e}"),
+                (Module::Tracepoint, Ok(_)) => format!("tracepoint not found: {}", def.function),
+                _ => format!("symbol not found: {}", def.function),
+            });
+            statuses.push(status);
+            continue;
+        }
+        if let Some(missing) = incomplete(def.family) {
+            status.error = Some(format!("not attached: its family lacks {missing}"));
+            statuses.push(status);
+            continue;
+        }
+        if def.module == Module::Tracepoint {
+            attach_tracepoint(ebpf, def, &mut status)?;
+            statuses.push(status);
+            continue;
+        }
+        let program: &mut UProbe = ebpf
+            .program_mut(def.program)
+            .with_context(|| format!("program {} missing from the eBPF object", def.program))?
+            .try_into()
+            .with_context(|| format!("program {} is not a uprobe", def.program))?;
+        program.load().map_err(|e| load_error(def, e))?;
+        let mut errors = Vec::new();
+        let Some(module) = binary(def) else { continue };
+        for location in locations {
+            let offset = probe_offset(module.elf, location.file_offset);
+            match program.attach(offset, &module.path, UProbeScope::OneProcess(pid)) {
+                Ok(_) => status.locations += 1,
+                Err(e) => errors.push(format!("{}: {}", location.name, error_chain(&e))),
+            }
+        }
+        status.attached = status.locations > 0;
+        if !errors.is_empty() {
+            status.error = Some(errors.join("; "));
+        }
+        statuses.push(status);
+    }
+
+    if !target.alive() {
+        return Err(Error::TargetGone(target.pid).into());
+    }
+    if !statuses.iter().any(|s| s.attached) {
+        // One entry per missing function, naming the probes that needed it.
+        let mut by_function: Vec<(&str, Vec<&str>)> = Vec::new();
+        for s in
+            statuses.iter().filter(|s| s.error.as_deref().is_some_and(|e| e.starts_with("symbol not found")))
+        {
+            match by_function.iter_mut().find(|(f, _)| *f == s.function) {
+                Some((_, names)) => names.push(s.name),
+                None => by_function.push((s.function, vec![s.name])),
+            }
+        }
+        let missing = by_function
+            .iter()
+            .map(|(f, names)| format!("{f} (probes {})", names.join(", ")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::NoUsableProbes { binary: node.display.clone().into(), missing }.into());
+    }
+    Ok((statuses, node.lookup))
+}
+
+/// A binary that probes attach to, with the symbols the probe table wants from it.
+struct Binary<'a> {
+    /// Path the kernel attaches by (through `/proc/PID/...`).
+    path: PathBuf,
+    /// Path as the process sees it.
+    display: String,
+    elf: &'a Elf,
+    lookup: Lookup,
+}
+
+impl<'a> Binary<'a> {
+    fn new(path: PathBuf, display: String, elf: &'a Elf, module: Module) -> anyhow::Result<Self> {
+        let wanted: Vec<&str> =
+            PROBES.iter().filter(|d| d.module == module).flat_map(|d| d.symbols.iter().copied()).collect();
+        let lookup = elf.lookup(&wanted).with_context(|| format!("reading symbols of {display}"))?;
+        Ok(Self { path, display, elf, lookup })
+    }
+}
+
+/// Where a probe on the function at `file_offset` goes: its entry, or, when the entry is a
+/// LOCK-prefixed instruction (which the kernel cannot probe), the instruction after it.
+fn probe_offset(elf: &Elf, file_offset: u64) -> u64 {
+    let code = elf.bytes().get(file_offset as usize..).unwrap_or_default();
+    match insn::decode_locked_rmw(code) {
+        Some(_) => file_offset + insn::LOCKED_RMW_LEN as u64,
+        None => file_offset,
+    }
+}
+
+/// Loads and attaches a tracepoint probe (`symbols[0]` is `category:name`).
+fn attach_tracepoint(ebpf: &mut Ebpf, def: &ProbeDef, status: &mut ProbeStatus) -> anyhow::Result<()> {
+    let (category, name) = def.symbols[0].split_once(':').context("tracepoint names are category:name")?;
+    let program: &mut TracePoint = ebpf
+        .program_mut(def.program)
+        .with_context(|| format!("program {} missing from the eBPF object", def.program))?
+        .try_into()
+        .with_context(|| format!("program {} is not a tracepoint", def.program))?;
+    program.load().map_err(|e| load_error(def, e))?;
+    match program.attach(category, name) {
+        Ok(_) => {
+            status.attached = true;
+            status.locations = 1;
+        }
+        Err(e) => status.error = Some(error_chain(&e)),
+    }
+    Ok(())
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+fn load_error(def: &ProbeDef, e: aya::programs::ProgramError) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("EPERM") || text.contains("ermission") {
+        Error::Permission(format!("loading eBPF program {}", def.program)).into()
+    } else {
+        anyhow::Error::new(e).context(format!("loading eBPF program {}", def.program))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_probe_names_a_distinct_program_and_at_least_one_symbol() {
+        let mut programs: Vec<_> = PROBES.iter().map(|p| p.program).collect();
+        programs.sort();
+        programs.dedup();
+        assert_eq!(programs.len(), PROBES.len());
+        assert!(PROBES.iter().all(|p| !p.symbols.is_empty()));
+    }
+}

@@ -1,0 +1,171 @@
+//! `report.json`: the machine-readable result of a session (schema in docs/report.md).
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::{
+    external::ExternalReport,
+    gc::{GcStats, PauseEvent, PauseSummary},
+    heap::HeapReport,
+    memory::MemoryReport,
+    native::NativeReport,
+    probes::ProbeStatus,
+    suspects::Suspect,
+    syscalls::MappingsReport,
+    target::Target,
+};
+
+/// Version of the report layout; bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why the session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `--duration` elapsed.
+    Duration,
+    /// Ctrl-C or SIGTERM.
+    Signal,
+    /// The target process exited.
+    TargetExited,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// leakprobe's own version.
+    pub leakprobe_version: &'static str,
+    /// The profiled process.
+    pub target: TargetInfo,
+    /// The observation window.
+    pub window: Window,
+    /// One entry per probe in the probe table.
+    pub probes: Vec<ProbeStatus>,
+    /// GC pauses.
+    pub gc: GcReport,
+    /// The RSS split and its history.
+    pub memory: MemoryReport,
+    /// The V8 heap's books.
+    pub heap: HeapReport,
+    /// Native allocations (null without `--native`).
+    pub native: Option<NativeReport>,
+    /// Anonymous mappings and the program break (RSS growth attribution).
+    pub mappings: MappingsReport,
+    /// Buffer/ArrayBuffer backing stores.
+    pub external: ExternalReport,
+    /// Allocation stacks still growing at the end of the window, largest growth first.
+    pub suspects: Vec<Suspect>,
+    /// Events lost, by reason (every reason present, zero when none).
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+/// `report.target`.
+#[derive(Debug, Serialize)]
+pub struct TargetInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Executable path as the process sees it.
+    pub exe: String,
+    /// Module holding V8 (the executable or libnode.so).
+    pub module: String,
+    /// `v20.20.2`, or null when the binary does not say.
+    pub node_version: Option<String>,
+}
+
+/// `report.window`.
+#[derive(Debug, Serialize)]
+pub struct Window {
+    /// Wall-clock start, seconds since the Unix epoch.
+    pub start_unix_s: f64,
+    /// Length of the window in seconds.
+    pub duration_s: f64,
+    /// Why it ended.
+    pub stop_reason: StopReason,
+}
+
+/// `report.gc`.
+#[derive(Debug, Serialize)]
+pub struct GcReport {
+    /// By kind: `scavenge`, `minor_ms`, `mark_compact`, always all three.
+    pub pauses: BTreeMap<&'static str, PauseSummary>,
+    /// By thread, main thread first, then by tid.
+    pub threads: Vec<ThreadReport>,
+    /// Pause counts by kind, then by V8's GC reason.
+    pub reasons: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    /// Pauses whose collector value this leakprobe does not know.
+    pub unknown_collector: u64,
+    /// The pauses in order (at most `gc::MAX_EVENTS`).
+    pub events: Vec<PauseEvent>,
+    /// Pauses left out of `events` (they still count in every statistic).
+    pub events_omitted: u64,
+}
+
+/// `report.gc.threads[]`.
+#[derive(Debug, Serialize)]
+pub struct ThreadReport {
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name when first seen.
+    pub name: String,
+    /// Whether this is the process's main thread (tid == pid).
+    pub main: bool,
+    /// Pauses of this thread by kind.
+    pub pauses: BTreeMap<&'static str, PauseSummary>,
+}
+
+impl GcReport {
+    /// Builds the GC section of the report for process `pid`.
+    pub fn new(stats: &GcStats, pid: u32) -> Self {
+        let mut threads: Vec<ThreadReport> = stats
+            .threads
+            .iter()
+            .map(|(&tid, t)| ThreadReport {
+                tid,
+                name: t.name.clone(),
+                main: tid == pid,
+                pauses: t.pauses.summaries(),
+            })
+            .collect();
+        threads.sort_by_key(|t| (!t.main, t.tid));
+        GcReport {
+            pauses: stats.pauses.summaries(),
+            threads,
+            reasons: stats.reasons.clone(),
+            unknown_collector: stats.unknown_collector,
+            events: stats.events.clone(),
+            events_omitted: stats.events_omitted,
+        }
+    }
+}
+
+impl TargetInfo {
+    /// From a resolved target.
+    pub fn new(target: &Target) -> Self {
+        TargetInfo {
+            pid: target.pid,
+            comm: target.comm.clone(),
+            exe: target.exe.clone(),
+            module: target.module_display.clone(),
+            node_version: target.node_version.clone(),
+        }
+    }
+}
+
+impl Report {
+    /// Writes `report.json` and `summary.txt` into `dir`, creating it.
+    pub fn write_to(&self, dir: &Path, summary: &str) -> anyhow::Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json = serde_json::to_string_pretty(self).context("serializing the report")?;
+        let path = dir.join("report.json");
+        fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        let path = dir.join("summary.txt");
+        fs::write(&path, summary).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}

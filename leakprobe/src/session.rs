@@ -1,0 +1,498 @@
+//! One profiling session against one process: load, attach, collect, report.
+
+use std::{
+    collections::HashSet,
+    io::{IsTerminal as _, Write as _},
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    Ebpf, EbpfLoader,
+};
+use leakprobe_ebpf::{
+    alloc::NO_STACK,
+    drops::DropReason,
+    gc::GcEvent,
+    heap::HeapEvent,
+    syscalls::{MapEvent, CONFIG_TGID},
+    EventKind,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    alloc::Thinned,
+    external::ExternalState,
+    gc::{GcKind, GcStats},
+    heap::HeapBooks,
+    live, memory,
+    native::NativeState,
+    privilege,
+    probes::{self, ProbeStatus},
+    report::{GcReport, Report, StopReason, TargetInfo, Window, SCHEMA_VERSION},
+    suspects,
+    symbolize::{Frame, Symbolizer},
+    syscalls::Mappings,
+    target::Target,
+};
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Process to profile.
+    pub pid: u32,
+    /// Stop after this long; `None` runs until Ctrl-C, SIGTERM or the target's exit.
+    pub duration: Option<Duration>,
+    /// How often memory is sampled and the live view refreshes.
+    pub interval: Duration,
+    /// Directory for `report.json` and `summary.txt`.
+    pub out: Option<PathBuf>,
+    /// Print the report as JSON on stdout instead of the human summary.
+    pub json: bool,
+    /// Probe families to attach.
+    pub families: Vec<probes::Family>,
+    /// Native allocations' sampling rate in bytes (with the native family).
+    pub sample_rate: u64,
+    /// Live allocations each family can track at once (beyond: `drops.live_full`).
+    pub max_tracked: u32,
+    /// Keep the per-allocation probes (external by stack, heap allocation sampling).
+    pub alloc_stacks: bool,
+}
+
+/// Whether a report judges and names stacks (suspects, growing mappings, heap samples).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stacks {
+    Named,
+    Skipped,
+}
+
+/// ANSI: cursor home, clear screen.
+const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+
+/// The maps of live allocations, sized by [`Options::max_tracked`].
+const LIVE_MAPS: [&str; 3] = ["EXT_LIVE", "HEAP_LO_LIVE", "NATIVE_LIVE"];
+
+/// How often the event ring buffer is drained.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+/// Memory samples kept (thinned evenly beyond that).
+const MEMORY_SAMPLES: usize = 512;
+
+/// The eBPF object built by build.rs from leakprobe-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakprobe"));
+
+/// A live session: loaded programs, attached probes, and what has been collected so far.
+struct Session {
+    target: Target,
+    // Dropping `Ebpf` detaches every probe; it lives as long as the session.
+    ebpf: Ebpf,
+    probes: Vec<ProbeStatus>,
+    events: AsyncFd<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+    stacks: StackTraceMap<MapData>,
+    /// Stacks of the heap's allocation samples.
+    sample_stacks: StackTraceMap<MapData>,
+    /// Stack ids already symbolized, and whether each is in `sample_stacks`.
+    named: HashSet<(bool, i64)>,
+    gc: GcStats,
+    heap: HeapBooks,
+    native: Option<NativeState>,
+    mappings: Mappings,
+    mapping_growth: suspects::Tracker,
+    // The syscall programs read the target's pid from it: open for the whole session.
+    _syscalls_config: Array<MapData, u32>,
+    external: ExternalState,
+    memory: Thinned<memory::Sample>,
+    suspects: suspects::Tracker,
+    symbolizer: Symbolizer,
+    started: Instant,
+    started_wall: SystemTime,
+    /// `started` on the kernel's monotonic clock (what `bpf_ktime_get_ns` returns).
+    started_ns: u64,
+    /// Whether the per-allocation external probes are to be detached once the allocator is known.
+    detach_when_found: bool,
+    /// A full GC ended since the last drain: sample right after it.
+    full_gc_seen: bool,
+}
+
+/// Runs a session to its end and returns the final report (already printed and written).
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    privilege::check()?;
+    let target = Target::resolve(options.pid)?;
+    let mut session = Session::start(target, &options)?;
+    let attached = session.probes.iter().filter(|p| p.attached).count();
+    status!(
+        "leakprobe: attached {attached}/{} probes to pid {} ({}, node {}); {}",
+        session.probes.len(),
+        session.target.pid,
+        session.target.module_display,
+        session.target.node_version.as_deref().unwrap_or("version unknown"),
+        match options.duration {
+            Some(d) => format!("collecting for {}", humantime::format_duration(d)),
+            None => "Ctrl-C to stop".into(),
+        }
+    );
+    for p in session.probes.iter().filter(|p| p.error.is_some()) {
+        status!("leakprobe: warning: probe {}: {}", p.name, p.error.as_deref().unwrap_or_default());
+    }
+
+    let stop = session.collect(&options).await?;
+    session.drain();
+    session.sample();
+    let report = session.report(stop, Stacks::Named);
+    finish(&report, &options)?;
+    Ok(report)
+}
+
+/// Prints the final summary (or JSON) on stdout, then writes the incident folder.
+fn finish(report: &Report, options: &Options) -> anyhow::Result<()> {
+    let summary = live::summary(report);
+    {
+        let mut stdout = std::io::stdout().lock();
+        if options.json {
+            let json = serde_json::to_string_pretty(report).context("serializing the report")?;
+            writeln!(stdout, "{json}")?;
+        } else {
+            if stdout.is_terminal() {
+                // Replace the last live frame rather than printing the same table under it.
+                write!(stdout, "{CLEAR_SCREEN}")?;
+            }
+            write!(stdout, "{summary}")?;
+        }
+        stdout.flush()?;
+    }
+    if report.window.stop_reason == StopReason::TargetExited {
+        status!(
+            "leakprobe: pid {} exited during the session; the report covers what was collected",
+            report.target.pid
+        );
+    }
+    if let Some(dir) = &options.out {
+        report.write_to(dir, &summary)?;
+        status!("leakprobe: wrote {} and summary.txt", dir.join("report.json").display());
+    }
+    Ok(())
+}
+
+/// Takes map `name` out of the object as type `T`.
+fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> anyhow::Result<T> {
+    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Session {
+    fn start(target: Target, options: &Options) -> anyhow::Result<Self> {
+        let families = &options.families;
+        raise_memlock_limit();
+        let mut loader = EbpfLoader::new();
+        for map in LIVE_MAPS {
+            loader.map_max_entries(map, options.max_tracked);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+        // Configure before attaching, so the first native allocation is sampled at the right rate.
+        let native = match families.contains(&probes::Family::Native) {
+            true => Some(NativeState::new(
+                take_map(&mut ebpf, "NATIVE_CONFIG")?,
+                take_map(&mut ebpf, "NATIVE_BY_STACK")?,
+                options.sample_rate,
+            )?),
+            false => None,
+        };
+        let mut syscalls_config: Array<MapData, u32> = take_map(&mut ebpf, "SYSCALLS_CONFIG")?;
+        syscalls_config.set(CONFIG_TGID, target.pid, 0)?;
+        let (probes, lookup) = probes::attach_all(&mut ebpf, &target, families, options.alloc_stacks)?;
+        let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
+        let events = watch(events).context("polling the event ring buffer")?;
+        let drops = take_map(&mut ebpf, "DROPS")?;
+        let stacks = take_map(&mut ebpf, "STACKS")?;
+        let sample_stacks = take_map(&mut ebpf, "SAMPLE_STACKS")?;
+        let ext_by_stack: PerCpuHashMap<MapData, i64, _> = take_map(&mut ebpf, "EXT_BY_STACK")?;
+        let ext_allocators: BpfHashMap<MapData, u64, u64> = take_map(&mut ebpf, "EXT_ALLOCATORS")?;
+        let external = ExternalState::new(&target, &lookup, ext_by_stack, ext_allocators);
+        let heap_large_objects = take_map(&mut ebpf, "HEAP_LO_BY_STACK")?;
+        let heap_samples = take_map(&mut ebpf, "HEAP_SAMPLES")?;
+        let symbolizer = Symbolizer::new(target.pid);
+        let target_pid = target.pid;
+        let mut session = Session {
+            target,
+            ebpf,
+            probes,
+            events,
+            drops,
+            stacks,
+            sample_stacks,
+            named: HashSet::new(),
+            gc: GcStats::default(),
+            heap: HeapBooks::new(target_pid, Some(heap_large_objects), Some(heap_samples)),
+            native,
+            mappings: Mappings::default(),
+            mapping_growth: suspects::Tracker::default(),
+            _syscalls_config: syscalls_config,
+            external,
+            memory: Thinned::new(MEMORY_SAMPLES),
+            suspects: suspects::Tracker::default(),
+            symbolizer,
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+            started_ns: monotonic_ns(),
+            detach_when_found: !options.alloc_stacks,
+            full_gc_seen: false,
+        };
+        session.sample();
+        Ok(session)
+    }
+
+    /// Collects until a stop condition; returns which one.
+    async fn collect(&mut self, options: &Options) -> anyhow::Result<StopReason> {
+        let exited = pidfd(self.target.pid)?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut tick = tokio::time::interval(options.interval);
+        // The kernel does not wake us per event (see `emit` in leakprobe-ebpf): drain often.
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let tty = std::io::stdout().is_terminal() && !options.json;
+
+        loop {
+            tokio::select! {
+                ready = self.events.readable_mut() => {
+                    let mut guard = ready.context("waiting for events")?;
+                    guard.clear_ready();
+                    self.drain();
+                }
+                _ = drain.tick() => {
+                    self.drain();
+                    // Right after a full GC is where each series' floor is: sample it there too,
+                    // or the sawtooth of garbage awaiting the GC reads as noise in the floors.
+                    if std::mem::take(&mut self.full_gc_seen) {
+                        self.sample();
+                    }
+                }
+                _ = tick.tick() => {
+                    self.sample();
+                    if !options.json {
+                        self.show(tty, options);
+                    }
+                }
+                _ = sigint.recv() => return Ok(StopReason::Signal),
+                _ = sigterm.recv() => return Ok(StopReason::Signal),
+                _ = exited.readable() => return Ok(StopReason::TargetExited),
+                _ = sleep_until(deadline) => return Ok(StopReason::Duration),
+            }
+        }
+    }
+
+    /// Refreshes the live view.
+    /// (A closed stdout drops the output rather than panicking.)
+    fn show(&mut self, tty: bool, options: &Options) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = if tty {
+            let report = self.report(StopReason::Duration, Stacks::Named);
+            write!(
+                stdout,
+                "{CLEAR_SCREEN}{}\nrefreshing every {}; Ctrl-C stops{}\n",
+                live::summary(&report),
+                humantime::format_duration(options.interval),
+                options.out.as_ref().map_or(String::new(), |d| format!(" and writes {}", d.display())),
+            )
+        } else {
+            // The one-line view needs no stacks: skip judging and naming them every interval.
+            writeln!(stdout, "{}", live::line(&self.report(StopReason::Duration, Stacks::Skipped)))
+        };
+        let _ = stdout.flush();
+    }
+
+    /// Reads every event waiting in the ring buffer, dispatching on its kind.
+    fn drain(&mut self) {
+        let Session { events, gc, heap, mappings, target, started, started_ns, full_gc_seen, .. } = self;
+        let t = started.elapsed().as_secs_f64();
+        let ring = events.get_mut();
+        while let Some(item) = ring.next() {
+            let kind = item.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            if kind == Some(EventKind::Gc as u32) {
+                if let Some(event) = read_record::<GcEvent>(&item) {
+                    gc.record(&event, *started_ns, |tid| {
+                        target.thread_name(tid).unwrap_or_else(|| "?".into())
+                    });
+                    if let Some(kind) = GcKind::from_collector(event.collector) {
+                        *full_gc_seen |= kind == GcKind::MarkCompact;
+                        heap.on_gc(kind, event.tid);
+                    }
+                }
+            } else if kind == Some(EventKind::Heap as u32) {
+                if let Some(event) = read_record::<HeapEvent>(&item) {
+                    heap.apply(&event, t);
+                }
+            } else if kind == Some(EventKind::Map as u32) {
+                if let Some(event) = read_record::<MapEvent>(&item) {
+                    mappings.apply(&event);
+                }
+            }
+        }
+    }
+
+    /// Samples memory: RSS, external bytes, and outstanding bytes by stack. Once the target
+    /// has exited, its last samples stand.
+    fn sample(&mut self) {
+        self.drain();
+        let Some(rss) = memory::read_rss(self.target.pid) else {
+            return;
+        };
+        let t = self.started.elapsed().as_secs_f64();
+        self.external.sample(t, &mut self.suspects);
+        if self.detach_when_found && !self.external.needs_allocator_probes() {
+            probes::detach_found(&mut self.ebpf, &mut self.probes);
+            self.external.detached();
+            self.detach_when_found = false;
+        }
+        self.heap.sample(t, &mut self.suspects);
+        if let Some(native) = &mut self.native {
+            native.sample(t, &mut self.suspects);
+        }
+        self.mappings.sample(t, &mut self.mapping_growth);
+        self.name_new_stacks();
+        self.memory.push(memory::Sample {
+            t_s: t,
+            rss,
+            v8_heap_bytes: self.heap.bytes(),
+            external_bytes: self.external.bytes,
+            native_bytes: self.native.as_ref().map(NativeState::bytes),
+        });
+    }
+
+    /// Symbolizes the stacks a report could name that were not named yet, while the target
+    /// is alive to read its mappings (after it exits, only these cached names remain). Stack
+    /// ids never change their stack, so each is named once.
+    fn name_new_stacks(&mut self) {
+        let Session { stacks, sample_stacks, suspects, mapping_growth, heap, symbolizer, named, .. } = self;
+        let held = suspects.held_ids().chain(mapping_growth.held_ids()).map(|id| (false, id));
+        let sampled =
+            heap.top_samples().0.into_iter().map(|(id, _)| (true, id)).filter(|(_, id)| *id != NO_STACK);
+        for (in_samples, id) in held.chain(sampled) {
+            if named.insert((in_samples, id)) {
+                let map = if in_samples { &*sample_stacks } else { &*stacks };
+                symbolizer.prefetch(Self::stack(map, id));
+            }
+        }
+    }
+
+    fn drop_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                let n = self.drops.get(&(*r as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+                (r.name(), n)
+            })
+            .collect()
+    }
+
+    /// Addresses of stack `id`, innermost first (empty when lost).
+    fn stack(stacks: &StackTraceMap<MapData>, id: i64) -> Vec<u64> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| stacks.get(&id, 0).ok())
+            .map(|s| s.frames().iter().map(|f| f.ip).collect())
+            .unwrap_or_default()
+    }
+
+    fn report(&mut self, stop_reason: StopReason, stacks_wanted: Stacks) -> Report {
+        let named = stacks_wanted == Stacks::Named;
+        let stacks = &self.stacks;
+        let (suspects, growing_mappings) = match named {
+            true => (
+                self.suspects.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer),
+                self.mapping_growth.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer),
+            ),
+            false => (Vec::new(), Vec::new()),
+        };
+        Report {
+            schema_version: SCHEMA_VERSION,
+            leakprobe_version: env!("CARGO_PKG_VERSION"),
+            target: TargetInfo::new(&self.target),
+            window: Window {
+                start_unix_s: self.started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                duration_s: self.started.elapsed().as_secs_f64(),
+                stop_reason,
+            },
+            probes: self.probes.clone(),
+            gc: GcReport::new(&self.gc, self.target.pid),
+            memory: memory::MemoryReport::new(self.memory.items()),
+            heap: self.heap.report(|id| match id {
+                _ if !named => Vec::new(),
+                NO_STACK => vec![Frame::lost()],
+                id => self.symbolizer.frames(&Self::stack(&self.sample_stacks, id)),
+            }),
+            native: self.native.as_ref().map(NativeState::report),
+            mappings: self.mappings.report(growing_mappings),
+            external: self.external.report(),
+            suspects,
+            drops: self.drop_counts(),
+        }
+    }
+}
+
+/// Copies a `T` out of a ring buffer record, if the record is long enough.
+fn read_record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    // SAFETY: T is Pod (repr(C), plain integers), the length is checked, and read_unaligned
+    // copes with the ring buffer's 8-byte alignment.
+    (bytes.len() >= size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A pidfd for `pid`: it polls readable when the process exits.
+fn pidfd(pid: u32) -> anyhow::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: plain syscall; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Err(crate::error::Error::TargetGone(pid).into());
+        }
+        return Err(anyhow::Error::new(err).context(format!("pidfd_open({pid})")));
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    watch(fd).context("polling the target's pidfd")
+}
+
+/// Registers an fd-owning object with the runtime for readability.
+fn watch<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: both callers pass an object that owns its descriptor (a RingBuf's map fd, an
+    // OwnedFd) for as long as the AsyncFd holds it, and always returns that same descriptor.
+    Ok(unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }?)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it where allowed.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct; failure is harmless on memcg-accounting kernels.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+    if ret != 0 {
+        log::debug!("setrlimit(RLIMIT_MEMLOCK) failed: {}", std::io::Error::last_os_error());
+    }
+}

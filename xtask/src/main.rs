@@ -1,0 +1,167 @@
+//! Project tasks: `cargo xtask setup | test | demo | bench`.
+//!
+//! Every task that needs the eBPF toolchain or node builds runs `setup` first, so each works on
+//! a fresh machine (as root, which installing packages and loading eBPF programs both need).
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "leakprobe's build, test and demo tasks")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks: LLVM 22 dev files, bpf-linker, rust-src, bpftool, and
+    /// the official node builds the tests run against. Idempotent.
+    Setup,
+    /// Setup, then formatting, clippy, unit tests and the integration tests (as root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Setup, then measure what leakprobe costs a node process (ratios from one run).
+    Bench,
+    /// Setup, then profile the bundled leaky node service under load for a while.
+    Demo {
+        /// How long leakprobe watches the service.
+        #[arg(long, default_value = "20s")]
+        duration: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test { cargo_test_args } => {
+            setup::run()?;
+            test(&cargo_test_args)
+        }
+        Task::Bench => {
+            setup::run()?;
+            bench::run()
+        }
+        Task::Demo { duration } => {
+            setup::run()?;
+            demo::run(&duration)
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Runs `cmd` in the workspace root, echoing it, and fails unless it succeeds.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    cmd.current_dir(root());
+    eprintln!("xtask: $ {}", display(cmd));
+    let status = cmd.status().with_context(|| format!("starting {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the integration tests load eBPF programs into the kernel: run `cargo xtask test` as root");
+    }
+    sh(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    sh(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--exclude",
+        "leakprobe-ebpf",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    cargo_test(
+        Command::new("cargo")
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "leakprobe-ebpf",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--no-fail-fast",
+            ])
+            .args(extra)
+            .env("LEAKPROBE_NODE_CACHE", setup::node_cache()),
+    )
+}
+
+/// Runs `cargo test`, echoing its output, and closes with the totals over every test binary.
+fn cargo_test(cmd: &mut Command) -> anyhow::Result<()> {
+    cmd.current_dir(root()).stdout(Stdio::piped());
+    eprintln!("xtask: $ {}", display(cmd));
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", display(cmd)))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_test_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("{} failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+/// Reads `test result: ok. 9 passed; 0 failed; ...` into (passed, failed).
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let number_before = |word: &str| -> Option<u64> {
+        let end = rest.find(word)?;
+        rest[..end].trim_end().rsplit(' ').next()?.parse().ok()
+    };
+    Some((number_before(" passed")?, number_before(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_result;
+
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let line =
+            "test result: ok. 9 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(parse_test_result(line), Some((9, 0)));
+        let line = "test result: FAILED. 5 passed; 5 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(parse_test_result(line), Some((5, 5)));
+        assert_eq!(parse_test_result("test foo ... ok"), None);
+    }
+}
