@@ -27,9 +27,12 @@ const LOAD_SECONDS: u32 = 8;
 /// Allocations in the cost loop.
 const ALLOCATIONS: u64 = 1_000_000;
 
-/// The modes compared, with leakprobe's extra arguments (`None`: leakprobe not attached) and
-/// the loss target (issue 3), if the mode has one.
-const MODES: [(&str, Option<&[&str]>, Option<f64>); 4] = [
+/// A mode: its name, leakprobe's extra arguments (`None`: leakprobe not attached) and the
+/// loss target (issue 3), if the mode has one.
+type Mode = (&'static str, Option<&'static [&'static str]>, Option<f64>);
+
+/// The modes compared.
+const MODES: [Mode; 4] = [
     ("baseline", None, None),
     ("default", Some(&[]), Some(0.01)),
     ("--alloc-stacks", Some(&["--alloc-stacks"]), None),
