@@ -244,6 +244,8 @@ pub struct GcStats {
     pub reasons: BTreeMap<&'static str, BTreeMap<String, u64>>,
     /// Events whose collector value is not one we know (a V8 newer than this table).
     pub unknown_collector: u64,
+    /// Keep no timeline (`events` stays empty; the host-wide agent runs for days).
+    pub skip_timeline: bool,
 }
 
 impl GcStats {
@@ -254,7 +256,9 @@ impl GcStats {
             self.unknown_collector += 1;
             return;
         };
-        if self.events.len() < MAX_EVENTS {
+        if self.skip_timeline {
+            self.events_omitted += 1;
+        } else if self.events.len() < MAX_EVENTS {
             self.events.push(PauseEvent {
                 at_ms: (event.start_ns as f64 - origin_ns as f64) / 1e6,
                 duration_ms: ms(event.duration_ns),

@@ -14,7 +14,10 @@ macro_rules! status {
     }};
 }
 
+pub mod agent;
 pub mod alloc;
+pub mod cgroup;
+pub mod discover;
 pub mod error;
 pub mod external;
 pub mod gc;
@@ -22,6 +25,7 @@ pub mod heap;
 pub mod insn;
 pub mod live;
 pub mod memory;
+pub mod metrics;
 pub mod native;
 pub mod privilege;
 pub mod probes;

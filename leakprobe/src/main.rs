@@ -2,19 +2,65 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use leakprobe::{
+    agent::{self, AgentOptions},
+    discover,
     probes::Family,
     session::{self, Options},
 };
 
 /// eBPF memory profiler for running Node.js processes: attaches without a restart.
 #[derive(Debug, Parser)]
-#[command(name = "leakprobe", version, about)]
+#[command(
+    name = "leakprobe",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    profile: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch every node process on the host and serve Prometheus metrics (for a DaemonSet).
+    Agent(AgentArgs),
+}
+
+/// `leakprobe agent`.
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// Address for /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics: std::net::SocketAddr,
+    /// Watch processes whose name (comm) or command line matches this regex.
+    #[arg(long = "match", default_value = discover::DEFAULT_PATTERN, value_parser = parse_regex)]
+    pattern: regex::Regex,
+    /// Also follow libc's malloc family in every process (sampled; costs more).
+    #[arg(long)]
+    native: bool,
+    /// How often memory is sampled.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    interval: Duration,
+    /// How often /proc is scanned for new node processes.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    scan_every: Duration,
+    /// Most processes watched at once (each costs the kernel its own maps, about 20 MiB).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_targets: u32,
+}
+
+/// `leakprobe --pid PID`: one process.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Process id of the node process to profile.
-    #[arg(long)]
-    pid: u32,
+    #[arg(long, required = true)]
+    pid: Option<u32>,
     /// Stop after this long (e.g. 60s, 5m); default: until Ctrl-C or the target exits.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -79,11 +125,46 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("invalid regex: {e}"))
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args = Args::parse();
-    let options = Options {
-        pid: args.pid,
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            leakprobe::status!("leakprobe: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match (cli.command, cli.profile.pid) {
+        (Some(Command::Agent(a)), _) => runtime.block_on(agent::run(AgentOptions {
+            metrics: a.metrics,
+            pattern: a.pattern,
+            native: a.native,
+            interval: a.interval,
+            scan_every: a.scan_every,
+            max_targets: a.max_targets as usize,
+        })),
+        (None, Some(pid)) => runtime.block_on(session::run(options(pid, cli.profile))).map(drop),
+        // clap requires --pid without a subcommand.
+        (None, None) => Err(anyhow::anyhow!("--pid is required")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its context chain.
+            leakprobe::status!("leakprobe: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(pid: u32, args: Args) -> Options {
+    Options {
+        pid,
         duration: args.duration,
         interval: args.interval,
         out: args.out,
@@ -98,21 +179,7 @@ fn main() -> ExitCode {
         sample_rate: args.sample_rate,
         max_tracked: args.max_tracked,
         alloc_stacks: args.alloc_stacks,
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            leakprobe::status!("leakprobe: error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(session::run(options)) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: the error and its context chain.
-            leakprobe::status!("leakprobe: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        fleet: false,
     }
 }
 

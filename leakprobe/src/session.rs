@@ -63,7 +63,37 @@ pub struct Options {
     pub max_tracked: u32,
     /// Keep the per-allocation probes (external by stack, heap allocation sampling).
     pub alloc_stacks: bool,
+    /// Run for the host-wide agent: no GC timeline (memory stays bounded over days), and each
+    /// pause is handed to [`Session::take_pauses`] for the metrics instead.
+    pub fleet: bool,
 }
+
+impl Options {
+    /// The agent's options for one process: the default probe families (and native, if asked),
+    /// sampling every `interval`.
+    pub fn fleet(pid: u32, native: bool, interval: Duration) -> Self {
+        let mut families = probes::Family::DEFAULT.to_vec();
+        if native {
+            families.push(probes::Family::Native);
+        }
+        Options {
+            pid,
+            duration: None,
+            interval,
+            out: None,
+            json: false,
+            families,
+            sample_rate: crate::native::DEFAULT_SAMPLE_RATE,
+            max_tracked: FLEET_MAX_TRACKED,
+            alloc_stacks: false,
+            fleet: true,
+        }
+    }
+}
+
+/// Live allocations tracked per family by the agent: each map is preallocated in the kernel
+/// for every process watched, so the agent keeps them smaller than the command does.
+pub const FLEET_MAX_TRACKED: u32 = 16 * 1024;
 
 /// Whether a report judges and names stacks (suspects, growing mappings, heap samples).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +118,9 @@ const MEMORY_SAMPLES: usize = 512;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakprobe"));
 
 /// A live session: loaded programs, attached probes, and what has been collected so far.
-struct Session {
+/// One attached process: its probes, maps and books. The command drives it with [`run`]; the
+/// agent drives many through [`Session::attach`], [`Session::poll`] and [`Session::sample`].
+pub struct Session {
     target: Target,
     // Dropping `Ebpf` detaches every probe; it lives as long as the session.
     ebpf: Ebpf,
@@ -119,6 +151,10 @@ struct Session {
     detach_when_found: bool,
     /// A full GC ended since the last drain: sample right after it.
     full_gc_seen: bool,
+    /// Pauses (kind, seconds) not yet taken by the agent; `None` outside fleet mode.
+    pending_pauses: Option<Vec<(GcKind, f64)>>,
+    /// Events read from the ring buffer.
+    events_read: u64,
 }
 
 /// Runs a session to its end and returns the final report (already printed and written).
@@ -190,6 +226,50 @@ fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 }
 
 impl Session {
+    /// Loads the programs and attaches them to `target` (the agent's entry; the command's is
+    /// [`run`]).
+    pub fn attach(target: Target, options: &Options) -> anyhow::Result<Self> {
+        Self::start(target, options)
+    }
+
+    /// The process watched.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The probes and how their attach went.
+    pub fn probes(&self) -> &[ProbeStatus] {
+        &self.probes
+    }
+
+    /// Reads waiting events; after a full GC, samples too. Call often (every 100 ms or so).
+    pub fn poll(&mut self) {
+        self.drain();
+        if std::mem::take(&mut self.full_gc_seen) {
+            self.sample();
+        }
+    }
+
+    /// Takes the pauses seen since the last call (fleet mode), as (kind, seconds).
+    pub fn take_pauses(&mut self) -> Vec<(GcKind, f64)> {
+        self.pending_pauses.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Events read from the kernel so far.
+    pub fn events_read(&self) -> u64 {
+        self.events_read
+    }
+
+    /// The latest RSS split, with growth rates over the samples kept.
+    pub fn memory(&self) -> memory::MemoryReport {
+        memory::MemoryReport::new(self.memory.items())
+    }
+
+    /// Events lost so far, by reason.
+    pub fn drops(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.drop_counts()
+    }
+
     fn start(target: Target, options: &Options) -> anyhow::Result<Self> {
         let families = &options.families;
         raise_memlock_limit();
@@ -246,7 +326,10 @@ impl Session {
             started_ns: monotonic_ns(),
             detach_when_found: !options.alloc_stacks,
             full_gc_seen: false,
+            pending_pauses: options.fleet.then(Vec::new),
+            events_read: 0,
         };
+        session.gc.skip_timeline = options.fleet;
         session.sample();
         Ok(session)
     }
@@ -271,14 +354,9 @@ impl Session {
                     guard.clear_ready();
                     self.drain();
                 }
-                _ = drain.tick() => {
-                    self.drain();
-                    // Right after a full GC is where each series' floor is: sample it there too,
-                    // or the sawtooth of garbage awaiting the GC reads as noise in the floors.
-                    if std::mem::take(&mut self.full_gc_seen) {
-                        self.sample();
-                    }
-                }
+                // Right after a full GC is where each series' floor is: `poll` samples there
+                // too, or the sawtooth of garbage awaiting the GC would read as noise in floors.
+                _ = drain.tick() => self.poll(),
                 _ = tick.tick() => {
                     self.sample();
                     if !options.json {
@@ -315,10 +393,23 @@ impl Session {
 
     /// Reads every event waiting in the ring buffer, dispatching on its kind.
     fn drain(&mut self) {
-        let Session { events, gc, heap, mappings, target, started, started_ns, full_gc_seen, .. } = self;
+        let Session {
+            events,
+            gc,
+            heap,
+            mappings,
+            target,
+            started,
+            started_ns,
+            full_gc_seen,
+            pending_pauses,
+            events_read,
+            ..
+        } = self;
         let t = started.elapsed().as_secs_f64();
         let ring = events.get_mut();
         while let Some(item) = ring.next() {
+            *events_read += 1;
             let kind = item.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
             if kind == Some(EventKind::Gc as u32) {
                 if let Some(event) = read_record::<GcEvent>(&item) {
@@ -326,6 +417,9 @@ impl Session {
                         target.thread_name(tid).unwrap_or_else(|| "?".into())
                     });
                     if let Some(kind) = GcKind::from_collector(event.collector) {
+                        if let Some(pauses) = pending_pauses {
+                            pauses.push((kind, event.duration_ns as f64 / 1e9));
+                        }
                         *full_gc_seen |= kind == GcKind::MarkCompact;
                         heap.on_gc(kind, event.tid);
                     }
@@ -344,7 +438,7 @@ impl Session {
 
     /// Samples memory: RSS, external bytes, and outstanding bytes by stack. Once the target
     /// has exited, its last samples stand.
-    fn sample(&mut self) {
+    pub fn sample(&mut self) {
         self.drain();
         let Some(rss) = memory::read_rss(self.target.pid) else {
             return;
@@ -375,6 +469,10 @@ impl Session {
     /// is alive to read its mappings (after it exits, only these cached names remain). Stack
     /// ids never change their stack, so each is named once.
     fn name_new_stacks(&mut self) {
+        if self.pending_pauses.is_some() {
+            // Fleet mode reports no stacks.
+            return;
+        }
         let Session { stacks, sample_stacks, suspects, mapping_growth, heap, symbolizer, named, .. } = self;
         let held = suspects.held_ids().chain(mapping_growth.held_ids()).map(|id| (false, id));
         let sampled =

@@ -76,8 +76,9 @@ fn hex<S: serde::Serializer>(addr: &u64, s: S) -> Result<S::Ok, S::Error> {
 /// which must not stall sampling, so addresses are named ahead of reports
 /// ([`Symbolizer::prefetch`]) — which also names them while the target is still alive.
 pub struct Symbolizer {
+    pid: u32,
     cache: Arc<Mutex<HashMap<u64, Frame>>>,
-    requests: Sender<Request>,
+    requests: Option<Sender<Request>>,
 }
 
 /// Addresses to name, and whom to tell when they are.
@@ -89,21 +90,28 @@ struct Request {
 impl Symbolizer {
     /// For process `pid`.
     pub fn new(pid: u32) -> Self {
-        let cache = Arc::new(Mutex::new(HashMap::new()));
-        let (requests, rx) = mpsc::channel::<Request>();
-        let shared = Arc::clone(&cache);
-        // Ends when the symbolizer (the sender) is dropped.
-        std::thread::spawn(move || {
-            let blazesym = Blazesym::builder().enable_demangling(true).build();
-            for request in rx {
-                let named = name(&blazesym, pid, &request.addrs);
-                lock(&shared).extend(named);
-                if let Some(done) = request.done {
-                    let _ = done.send(());
+        Self { pid, cache: Arc::new(Mutex::new(HashMap::new())), requests: None }
+    }
+
+    /// The naming thread's queue, started on first use.
+    fn requests(&mut self) -> &Sender<Request> {
+        let (pid, cache) = (self.pid, &self.cache);
+        self.requests.get_or_insert_with(|| {
+            let (requests, rx) = mpsc::channel::<Request>();
+            let shared = Arc::clone(cache);
+            // Ends when the symbolizer (the sender) is dropped.
+            std::thread::spawn(move || {
+                let blazesym = Blazesym::builder().enable_demangling(true).build();
+                for request in rx {
+                    let named = name(&blazesym, pid, &request.addrs);
+                    lock(&shared).extend(named);
+                    if let Some(done) = request.done {
+                        let _ = done.send(());
+                    }
                 }
-            }
-        });
-        Self { cache, requests }
+            });
+            requests
+        })
     }
 
     /// Frames for `addrs` (innermost first). Addresses that cannot be named get labels.
@@ -114,7 +122,7 @@ impl Symbolizer {
         };
         if !missing.is_empty() {
             let (done, wait) = mpsc::sync_channel(1);
-            if self.requests.send(Request { addrs: missing, done: Some(done) }).is_ok() {
+            if self.requests().send(Request { addrs: missing, done: Some(done) }).is_ok() {
                 let _ = wait.recv();
             }
         }
@@ -126,7 +134,7 @@ impl Symbolizer {
     pub fn prefetch(&mut self, mut addrs: Vec<u64>) {
         addrs.retain(|a| !lock(&self.cache).contains_key(a));
         if !addrs.is_empty() {
-            let _ = self.requests.send(Request { addrs, done: None });
+            let _ = self.requests().send(Request { addrs, done: None });
         }
     }
 }

@@ -52,7 +52,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn new(reader: impl std::io::Read + Send + 'static) -> Self {
+    pub fn new(reader: impl std::io::Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(reader).lines() {

