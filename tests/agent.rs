@@ -1,8 +1,9 @@
 //! `leakprobe agent`, specified against real node processes that come and go, a real
 //! Prometheus server scraping it, and `promtool`'s checks of its exposition.
 //!
-//! Every agent here watches only `fleet-member.js` processes (`--match`), so tests running
-//! side by side, and other node processes on the machine, do not disturb each other's counts.
+//! Each test's agent watches only its own `fleet-member.js` processes (`--match` on a node
+//! option unique to the test), so tests running side by side, and other node processes on the
+//! machine, do not disturb each other.
 
 mod common;
 
@@ -18,6 +19,27 @@ use common::*;
 /// The fixture every agent here watches.
 const MEMBER: &str = "fleet-member.js";
 
+/// A test's own fleet: node processes whose command line carries `--inspect-port=<port>`
+/// (harmless without `--inspect`), a token no other test's processes carry.
+struct Fleet {
+    flag: String,
+}
+
+impl Fleet {
+    fn new(port: u16) -> Fleet {
+        Fleet { flag: format!("--inspect-port={port}") }
+    }
+
+    fn start_member(&self) -> Node {
+        Node::start(&system_node(), &[&self.flag], MEMBER)
+    }
+
+    /// The agent's `--match` for this fleet.
+    fn pattern(&self) -> String {
+        format!(r"{} .*fleet-member\.js", self.flag)
+    }
+}
+
 /// A running agent and its metrics address.
 struct Agent {
     child: Child,
@@ -26,11 +48,11 @@ struct Agent {
 }
 
 impl Agent {
-    /// Starts `leakprobe agent --metrics 127.0.0.1:0 --match fleet-member.js` and waits until
-    /// it serves.
-    fn start() -> Agent {
+    /// Starts `leakprobe agent --metrics 127.0.0.1:0 --match <the fleet>` and waits until it
+    /// serves.
+    fn start(fleet: &Fleet) -> Agent {
         let mut child = Command::new(LEAKPROBE)
-            .args(["agent", "--metrics", "127.0.0.1:0", "--match", r"fleet-member\.js"])
+            .args(["agent", "--metrics", "127.0.0.1:0", &format!("--match={}", fleet.pattern())])
             .args(["--interval", "500ms", "--scan-every", "500ms"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -109,9 +131,9 @@ fn targets(text: &str) -> u64 {
 /// the agent runs. SIGTERM detaches and exits 0.
 #[test]
 fn agent_follows_processes_as_they_come_and_go() {
-    let node = system_node();
-    let mut members: Vec<Node> = (0..3).map(|_| Node::start(&node, &[], MEMBER)).collect();
-    let agent = Agent::start();
+    let fleet = Fleet::new(19301);
+    let mut members: Vec<Node> = (0..3).map(|_| fleet.start_member()).collect();
+    let agent = Agent::start(&fleet);
     assert_eq!(agent.get("/healthz").trim(), "ok");
     let pids: Vec<u32> = members.iter().map(Node::pid).collect();
     let text = agent.metrics_until("three processes", |t| pids.iter().all(|p| has_series(t, *p)));
@@ -123,7 +145,7 @@ fn agent_follows_processes_as_they_come_and_go() {
     drop(gone); // SIGKILL and reap.
     agent.metrics_until("the killed process's series to go", |t| !mentions(t, gone_pid));
 
-    members.push(Node::start(&node, &[], MEMBER));
+    members.push(fleet.start_member());
     let new_pid = members[2].pid();
     let text = agent.metrics_until("the new process", |t| has_series(t, new_pid));
     for m in &members {
@@ -145,8 +167,9 @@ fn free_port() -> u16 {
 /// memory gauges.
 #[test]
 fn prometheus_scrapes_the_gc_histogram_and_memory_gauges() {
-    let member = Node::start(&system_node(), &[], MEMBER);
-    let agent = Agent::start();
+    let fleet = Fleet::new(19302);
+    let member = fleet.start_member();
+    let agent = Agent::start(&fleet);
     agent.metrics_until("the member's series", |t| has_series(t, member.pid()));
 
     let dir = tempdir("prometheus");
@@ -210,8 +233,9 @@ fn prometheus_scrapes_the_gc_histogram_and_memory_gauges() {
 /// The exposition passes `promtool check metrics` (Prometheus's own linter).
 #[test]
 fn exposition_passes_promtool() {
-    let member = Node::start(&system_node(), &[], MEMBER);
-    let agent = Agent::start();
+    let fleet = Fleet::new(19303);
+    let member = fleet.start_member();
+    let agent = Agent::start(&fleet);
     let text = agent.metrics_until("the member's series", |t| has_series(t, member.pid()));
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

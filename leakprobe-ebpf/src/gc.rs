@@ -28,6 +28,8 @@ pub struct GcEvent {
     /// V8's `GarbageCollectionReason` enum value (values are stable across versions; V8 persists
     /// them to UMA histograms).
     pub reason: u32,
+    /// The user stack that entered the GC (in the shared stack map), or `NO_STACK`.
+    pub stack_id: i64,
 }
 
 /// A pause that has started and not yet returned, keyed by thread id in the kernel.
@@ -40,6 +42,8 @@ pub struct GcInflight {
     pub collector: u32,
     /// V8's `GarbageCollectionReason` enum value.
     pub reason: u32,
+    /// The user stack that entered the GC.
+    pub stack_id: i64,
 }
 
 user_pod!(GcEvent, GcInflight);

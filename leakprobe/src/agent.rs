@@ -68,6 +68,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} for /metrics", options.metrics))?;
     let local = listener.local_addr().context("reading the metrics address")?;
+    // On the runtime's worker thread: the loop below blocks while it attaches.
     tokio::spawn(serve(listener, Arc::clone(&metrics)));
     status!("leakprobe agent: serving /metrics and /healthz on http://{local}");
 
@@ -87,10 +88,11 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = scan.tick() => {
-                let mut m = lock(&metrics);
-                forget_exited(&mut watched, &mut m);
-                attach_new(&options, &node_name, &mut watched, &mut passed, &mut m);
-                m.set_targets(watched.len());
+                forget_exited(&mut watched, &metrics);
+                // Attaching takes a while (reading node's symbols, loading programs): the
+                // metrics stay served meanwhile, from their own thread.
+                attach_new(&options, &node_name, &mut watched, &mut passed, &metrics);
+                lock(&metrics).set_targets(watched.len());
             }
             _ = poll.tick() => {
                 let m = lock(&metrics);
@@ -118,11 +120,11 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 }
 
 /// Drops the sessions of processes that exited, and their series.
-fn forget_exited(watched: &mut HashMap<u32, Watched>, metrics: &mut Metrics) {
+fn forget_exited(watched: &mut HashMap<u32, Watched>, metrics: &Mutex<Metrics>) {
     watched.retain(|pid, w| {
         let alive = w.process.alive();
         if !alive {
-            metrics.remove(&w.labels);
+            lock(metrics).remove(&w.labels);
             status!("leakprobe agent: pid {pid} ({}) exited", w.process.comm);
         }
         alive
@@ -135,7 +137,7 @@ fn attach_new(
     node_name: &str,
     watched: &mut HashMap<u32, Watched>,
     passed: &mut HashSet<(u32, u64)>,
-    metrics: &mut Metrics,
+    metrics: &Mutex<Metrics>,
 ) {
     passed.retain(|(pid, start)| {
         discover::parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
@@ -148,7 +150,7 @@ fn attach_new(
         }
         passed.insert(key);
         if watched.len() >= options.max_targets {
-            metrics.attach_error();
+            lock(metrics).attach_error();
             status!(
                 "leakprobe agent: not watching pid {} ({}): already watching --max-targets {}",
                 process.pid,
@@ -177,7 +179,7 @@ fn attach_new(
                 watched.insert(process.pid, Watched { process, labels, session });
             }
             Err(e) => {
-                metrics.attach_error();
+                lock(metrics).attach_error();
                 status!("leakprobe agent: cannot watch pid {} ({}): {e:#}", process.pid, process.comm);
             }
         }

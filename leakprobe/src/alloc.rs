@@ -44,6 +44,7 @@ impl Tracked {
         let totals = read_totals(&self.map);
         self.since_attach = sum(totals.values());
         suspects.sample(self.category, t, totals.iter().map(|(id, t)| (*id, outstanding(t))));
+        suspects.allocated(self.category, totals.iter().map(|(id, t)| (*id, t.alloc_bytes)));
     }
 }
 
@@ -148,6 +149,13 @@ impl Series {
         } else {
             0.0
         }
+    }
+
+    /// The value at time `t`: that of the last point at or before it (the first point's, if
+    /// `t` is earlier).
+    pub fn at(&self, t: f64) -> Option<f64> {
+        let points = self.points();
+        points.iter().take_while(|p| p.0 <= t).last().or(points.first()).map(|p| p.1)
     }
 
     /// The latest value.

@@ -246,6 +246,8 @@ pub struct GcStats {
     pub unknown_collector: u64,
     /// Keep no timeline (`events` stays empty; the host-wide agent runs for days).
     pub skip_timeline: bool,
+    /// Pauses by the stack that entered the GC (the allocation that triggered it, mostly).
+    pub by_stack: HashMap<i64, u64>,
 }
 
 impl GcStats {
@@ -276,6 +278,15 @@ impl GcStats {
             .pauses
             .record(kind, event.duration_ns);
         *self.reasons.entry(kind.name()).or_default().entry(reason_name(event.reason)).or_default() += 1;
+        *self.by_stack.entry(event.stack_id).or_default() += 1;
+    }
+
+    /// The stacks that entered the most pauses, with their pause counts (at most `n`).
+    pub fn top_trigger_stacks(&self, n: usize) -> Vec<(i64, u64)> {
+        let mut top: Vec<(i64, u64)> = self.by_stack.iter().map(|(id, c)| (*id, *c)).collect();
+        top.sort_by_key(|(id, c)| (std::cmp::Reverse(*c), *id));
+        top.truncate(n);
+        top
     }
 }
 
@@ -293,6 +304,7 @@ mod tests {
             tid,
             collector,
             reason,
+            stack_id: 7,
         }
     }
 

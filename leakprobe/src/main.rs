@@ -7,6 +7,7 @@ use leakprobe::{
     agent::{self, AgentOptions},
     discover,
     probes::Family,
+    report,
     session::{self, Options},
 };
 
@@ -30,6 +31,16 @@ struct Cli {
 enum Command {
     /// Watch every node process on the host and serve Prometheus metrics (for a DaemonSet).
     Agent(AgentArgs),
+    /// Re-render the flamegraphs and pprof profiles of an incident folder from its report.json
+    /// (no target, no root needed).
+    Render(RenderArgs),
+}
+
+/// `leakprobe render DIR`.
+#[derive(Debug, clap::Args)]
+struct RenderArgs {
+    /// Folder holding report.json (written by --out); the SVGs and .pb.gz files go next to it.
+    dir: PathBuf,
 }
 
 /// `leakprobe agent`.
@@ -132,7 +143,8 @@ fn parse_regex(s: &str) -> Result<regex::Regex, String> {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // One worker thread serves the agent's /metrics while its loop (on this thread) attaches.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             leakprobe::status!("leakprobe: error: starting the runtime: {e}");
@@ -148,6 +160,11 @@ fn main() -> ExitCode {
             scan_every: a.scan_every,
             max_targets: a.max_targets as usize,
         })),
+        (Some(Command::Render(r)), _) => report::render_dir(&r.dir).map(|written| {
+            for path in written {
+                leakprobe::status!("leakprobe: wrote {}", path.display());
+            }
+        }),
         (None, Some(pid)) => runtime.block_on(session::run(options(pid, cli.profile))).map(drop),
         // clap requires --pid without a subcommand.
         (None, None) => Err(anyhow::anyhow!("--pid is required")),

@@ -1,6 +1,10 @@
 //! `report.json`: the machine-readable result of a session (schema in docs/report.md).
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -12,7 +16,8 @@ use crate::{
     memory::MemoryReport,
     native::NativeReport,
     probes::ProbeStatus,
-    suspects::Suspect,
+    suspects::{StackProfile, Suspect},
+    symbolize::Frame,
     syscalls::MappingsReport,
     target::Target,
 };
@@ -59,6 +64,9 @@ pub struct Report {
     pub external: ExternalReport,
     /// Allocation stacks still growing at the end of the window, largest growth first.
     pub suspects: Vec<Suspect>,
+    /// Every allocation stack's bytes (allocated, held now, held at mid-window): the data of
+    /// the flamegraphs.
+    pub stacks: Vec<StackProfile>,
     /// Events lost, by reason (every reason present, zero when none).
     pub drops: BTreeMap<&'static str, u64>,
 }
@@ -104,6 +112,17 @@ pub struct GcReport {
     pub events: Vec<PauseEvent>,
     /// Pauses left out of `events` (they still count in every statistic).
     pub events_omitted: u64,
+    /// The stacks that entered the most pauses (what allocation triggered the GCs).
+    pub trigger_stacks: Vec<TriggerStack>,
+}
+
+/// `report.gc.trigger_stacks[]`.
+#[derive(Debug, Serialize)]
+pub struct TriggerStack {
+    /// Pauses entered from this stack.
+    pub pauses: u64,
+    /// The stack, innermost frame first.
+    pub frames: Vec<Frame>,
 }
 
 /// `report.gc.threads[]`.
@@ -140,6 +159,7 @@ impl GcReport {
             unknown_collector: stats.unknown_collector,
             events: stats.events.clone(),
             events_omitted: stats.events_omitted,
+            trigger_stacks: Vec::new(),
         }
     }
 }
@@ -158,14 +178,50 @@ impl TargetInfo {
 }
 
 impl Report {
-    /// Writes `report.json` and `summary.txt` into `dir`, creating it.
-    pub fn write_to(&self, dir: &Path, summary: &str) -> anyhow::Result<()> {
+    /// Writes `report.json` and `summary.txt` into `dir`, creating it, then the flamegraphs and
+    /// pprof profiles ([`write_outputs`]). When those fail, the report is already written and the
+    /// error says so.
+    /// Returns the flamegraphs and profiles written beside `report.json` and `summary.txt`.
+    pub fn write_to(&self, dir: &Path, summary: &str) -> anyhow::Result<Vec<PathBuf>> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let json = serde_json::to_string_pretty(self).context("serializing the report")?;
         let path = dir.join("report.json");
         fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
         let path = dir.join("summary.txt");
         fs::write(&path, summary).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        let value = serde_json::to_value(self).context("serializing the report")?;
+        write_outputs(&value, dir).with_context(|| {
+            format!(
+                "{} was written, but not all of its flamegraphs and profiles",
+                dir.join("report.json").display()
+            )
+        })
     }
+}
+
+/// Writes the flamegraph SVGs ([`crate::flamegraph`]) and pprof profiles ([`crate::pprof`]) of
+/// a report into `dir` (which must exist), and returns the files written. Both are attempted;
+/// the first error is returned.
+pub fn write_outputs(report: &serde_json::Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let svgs = crate::flamegraph::render_all(report, dir).context("rendering flamegraphs");
+    let profiles = crate::pprof::write_all(report, dir).context("writing pprof profiles");
+    let mut written = svgs?;
+    written.extend(profiles?);
+    Ok(written)
+}
+
+/// `leakprobe render DIR`: reads `DIR/report.json` and (re)writes its flamegraphs and pprof
+/// profiles next to it. Returns the files written.
+pub fn render_dir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    let path = dir.join("report.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    if !report.is_object() {
+        anyhow::bail!("{} is not a leakprobe report (not a JSON object)", path.display());
+    }
+    write_outputs(&report, dir)
 }

@@ -35,7 +35,7 @@ use crate::{
     native::NativeState,
     privilege,
     probes::{self, ProbeStatus},
-    report::{GcReport, Report, StopReason, TargetInfo, Window, SCHEMA_VERSION},
+    report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
     suspects,
     symbolize::{Frame, Symbolizer},
     syscalls::Mappings,
@@ -107,6 +107,9 @@ const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 
 /// The maps of live allocations, sized by [`Options::max_tracked`].
 const LIVE_MAPS: [&str; 3] = ["EXT_LIVE", "HEAP_LO_LIVE", "NATIVE_LIVE"];
+
+/// GC-triggering stacks listed in the report.
+const TRIGGER_STACKS: usize = 50;
 
 /// How often the event ring buffer is drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -210,8 +213,14 @@ fn finish(report: &Report, options: &Options) -> anyhow::Result<()> {
         );
     }
     if let Some(dir) = &options.out {
-        report.write_to(dir, &summary)?;
-        status!("leakprobe: wrote {} and summary.txt", dir.join("report.json").display());
+        let extra = report.write_to(dir, &summary)?;
+        let names: Vec<String> =
+            extra.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        status!(
+            "leakprobe: wrote {}, summary.txt{}",
+            dir.join("report.json").display(),
+            names.iter().map(|n| format!(", {n}")).collect::<String>()
+        );
     }
     Ok(())
 }
@@ -465,7 +474,7 @@ impl Session {
         });
     }
 
-    /// Symbolizes the stacks a report could name that were not named yet, while the target
+    /// Symbolizes the stacks a report names that were not named yet, while the target
     /// is alive to read its mappings (after it exits, only these cached names remain). Stack
     /// ids never change their stack, so each is named once.
     fn name_new_stacks(&mut self) {
@@ -474,7 +483,9 @@ impl Session {
             return;
         }
         let Session { stacks, sample_stacks, suspects, mapping_growth, heap, symbolizer, named, .. } = self;
-        let held = suspects.held_ids().chain(mapping_growth.held_ids()).map(|id| (false, id));
+        let triggers = self.gc.top_trigger_stacks(TRIGGER_STACKS).into_iter().map(|(id, _)| id);
+        let held = suspects.ids().chain(mapping_growth.ids()).chain(triggers).filter(|id| *id != NO_STACK);
+        let held = held.map(|id| (false, id));
         let sampled =
             heap.top_samples().0.into_iter().map(|(id, _)| (true, id)).filter(|(_, id)| *id != NO_STACK);
         for (in_samples, id) in held.chain(sampled) {
@@ -495,6 +506,14 @@ impl Session {
             .collect()
     }
 
+    /// The frames of stack `id` of the shared stack map.
+    fn frames(&mut self, id: i64) -> Vec<Frame> {
+        match id {
+            NO_STACK => vec![Frame::lost()],
+            id => self.symbolizer.frames(&Self::stack(&self.stacks, id)),
+        }
+    }
+
     /// Addresses of stack `id`, innermost first (empty when lost).
     fn stack(stacks: &StackTraceMap<MapData>, id: i64) -> Vec<u64> {
         u32::try_from(id)
@@ -507,12 +526,19 @@ impl Session {
     fn report(&mut self, stop_reason: StopReason, stacks_wanted: Stacks) -> Report {
         let named = stacks_wanted == Stacks::Named;
         let stacks = &self.stacks;
-        let (suspects, growing_mappings) = match named {
+        let (suspects, growing_mappings, stack_profiles) = match named {
             true => (
                 self.suspects.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer),
                 self.mapping_growth.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer),
+                {
+                    let mut all = self.suspects.profiles(|id| Self::stack(stacks, id), &mut self.symbolizer);
+                    all.extend(
+                        self.mapping_growth.profiles(|id| Self::stack(stacks, id), &mut self.symbolizer),
+                    );
+                    all
+                },
             ),
-            false => (Vec::new(), Vec::new()),
+            false => (Vec::new(), Vec::new(), Vec::new()),
         };
         Report {
             schema_version: SCHEMA_VERSION,
@@ -524,7 +550,18 @@ impl Session {
                 stop_reason,
             },
             probes: self.probes.clone(),
-            gc: GcReport::new(&self.gc, self.target.pid),
+            gc: {
+                let mut gc = GcReport::new(&self.gc, self.target.pid);
+                if named {
+                    gc.trigger_stacks = self
+                        .gc
+                        .top_trigger_stacks(TRIGGER_STACKS)
+                        .into_iter()
+                        .map(|(id, pauses)| TriggerStack { pauses, frames: self.frames(id) })
+                        .collect();
+                }
+                gc
+            },
             memory: memory::MemoryReport::new(self.memory.items()),
             heap: self.heap.report(|id| match id {
                 _ if !named => Vec::new(),
@@ -535,6 +572,7 @@ impl Session {
             mappings: self.mappings.report(growing_mappings),
             external: self.external.report(),
             suspects,
+            stacks: stack_profiles,
             drops: self.drop_counts(),
         }
     }

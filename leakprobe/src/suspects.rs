@@ -54,10 +54,33 @@ pub struct Suspect {
     pub frames: Vec<Frame>,
 }
 
+/// One allocation stack's bytes, in `report.stacks[]` (what the flamegraphs are drawn from).
+#[derive(Clone, Debug, Serialize)]
+pub struct StackProfile {
+    /// Memory category.
+    pub category: Category,
+    /// Allocation stack, innermost frame first.
+    pub frames: Vec<Frame>,
+    /// Bytes allocated from this stack since attach (null for mappings, which are books of
+    /// what is mapped now).
+    pub allocated_bytes: Option<u64>,
+    /// Bytes from this stack still held at the end of the window.
+    pub outstanding_bytes: i64,
+    /// Bytes from this stack held at the middle of the window.
+    pub outstanding_mid_bytes: i64,
+}
+
+/// Stacks listed in `report.stacks` at most (the largest by allocated or held bytes).
+pub const MAX_PROFILE_STACKS: usize = 2000;
+
 /// Outstanding-bytes series per (category, stack id).
 #[derive(Default)]
 pub struct Tracker {
     series: HashMap<(Category, i64), Series>,
+    /// Bytes allocated since attach, per (category, stack id), where the family counts them.
+    allocated: HashMap<(Category, i64), u64>,
+    /// First and latest sample time.
+    window: Option<(f64, f64)>,
 }
 
 impl Tracker {
@@ -66,15 +89,51 @@ impl Tracker {
         for (stack_id, bytes) in outstanding {
             self.series.entry((category, stack_id)).or_default().push(t, bytes as f64);
         }
+        self.window = Some(self.window.map_or((t, t), |(first, _)| (first, t)));
     }
 
-    /// Stack ids that [`Tracker::suspects`] would name now: those holding or gaining bytes.
-    pub fn held_ids(&self) -> impl Iterator<Item = i64> + '_ {
-        self.series
-            .iter()
-            .filter(|(_, s)| holds_or_grows(s))
-            .map(|(&(_, id), _)| id)
-            .filter(|&id| id != NO_STACK)
+    /// Records the bytes allocated since attach by stack (cumulative totals).
+    pub fn allocated(&mut self, category: Category, totals: impl IntoIterator<Item = (i64, u64)>) {
+        for (stack_id, bytes) in totals {
+            self.allocated.insert((category, stack_id), bytes);
+        }
+    }
+
+    /// Every stack's bytes, with frames (at most [`MAX_PROFILE_STACKS`], largest first).
+    pub fn profiles(
+        &self,
+        mut stack: impl FnMut(i64) -> Vec<u64>,
+        symbolizer: &mut Symbolizer,
+    ) -> Vec<StackProfile> {
+        let Some((first, last)) = self.window else {
+            return Vec::new();
+        };
+        let mid = (first + last) / 2.0;
+        let mut rows: Vec<(&(Category, i64), &Series, Option<u64>)> =
+            self.series.iter().map(|(key, series)| (key, series, self.allocated.get(key).copied())).collect();
+        let size = |(_, s, a): &(&(Category, i64), &Series, Option<u64>)| {
+            a.unwrap_or(0).max(s.last().unwrap_or(0.0).max(0.0) as u64)
+        };
+        rows.retain(|r| size(r) > 0);
+        rows.sort_by_key(|r| std::cmp::Reverse(size(r)));
+        rows.truncate(MAX_PROFILE_STACKS);
+        rows.into_iter()
+            .map(|(&(category, stack_id), series, allocated_bytes)| StackProfile {
+                category,
+                frames: match stack_id {
+                    NO_STACK => vec![Frame::lost()],
+                    id => symbolizer.frames(&stack(id)),
+                },
+                allocated_bytes,
+                outstanding_bytes: series.last().unwrap_or(0.0) as i64,
+                outstanding_mid_bytes: series.at(mid).unwrap_or(0.0) as i64,
+            })
+            .collect()
+    }
+
+    /// Every stack id followed (each in [`Tracker::profiles`] and maybe a suspect).
+    pub fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.series.keys().map(|&(_, id)| id).filter(|&id| id != NO_STACK)
     }
 
     /// The suspects, largest late growth first, with frames from `stack` (the addresses of a

@@ -101,6 +101,9 @@ impl Symbolizer {
             let shared = Arc::clone(cache);
             // Ends when the symbolizer (the sender) is dropped.
             std::thread::spawn(move || {
+                // Naming is never urgent: let sampling and the target have the CPU first.
+                // SAFETY: plain syscall on this thread (who = 0: the calling thread).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 let blazesym = Blazesym::builder().enable_demangling(true).build();
                 for request in rx {
                     let named = name(&blazesym, pid, &request.addrs);

@@ -1,7 +1,9 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks, and does nothing when all is there.
 //!
 //! - Debian packages: LLVM 22 (bpf-linker links against it), bpftool and binutils (tests), wrk
-//!   (bench), prometheus (`promtool`, for the agent's /metrics).
+//!   (bench), prometheus (`promtool`, for the agent's /metrics), chromium and golang-go
+//!   (tests/outputs.rs opens the flamegraphs in a headless browser and reads the pprof profiles
+//!   with `go tool pprof`).
 //! - rust-src for the stable toolchain (`-Z build-std=core` for the bpf target).
 //! - bpf-linker 0.13, built against Debian's LLVM 22.
 //! - kubernetes-validate from PyPI, which checks deploy/kubernetes offline (tests/deploy.rs).
@@ -32,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "prometheus",
     "curl",
+    "chromium",
+    "golang-go",
 ];
 
 /// bpf-linker release known to build against LLVM 22 with rustc 1.95.

@@ -16,6 +16,7 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
+use super::track::user_stack;
 use crate::maps::{count_drop, emit};
 
 /// Pauses in flight, by thread id.
@@ -30,6 +31,7 @@ pub fn gc_start(ctx: ProbeContext) -> u32 {
         start_ns: unsafe { bpf_ktime_get_ns() },
         collector: ctx.arg::<u64>(1).unwrap_or(u64::MAX) as u32,
         reason: ctx.arg::<u64>(2).unwrap_or(u64::MAX) as u32,
+        stack_id: user_stack(&ctx),
     };
     if GC_INFLIGHT.insert(&tid, &inflight, 0).is_err() {
         count_drop(DropReason::GcInflightFull);
@@ -57,6 +59,7 @@ pub fn gc_end(_ctx: RetProbeContext) -> u32 {
         tid,
         collector: inflight.collector,
         reason: inflight.reason,
+        stack_id: inflight.stack_id,
     });
     0
 }
