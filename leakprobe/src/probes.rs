@@ -6,7 +6,10 @@ use std::num::NonZeroU32;
 
 use anyhow::Context as _;
 use aya::{
-    programs::{uprobe::UProbeScope, TracePoint, UProbe},
+    programs::{
+        uprobe::{UProbeLinkId, UProbeScope},
+        TracePoint, UProbe,
+    },
     Ebpf,
 };
 use serde::Serialize;
@@ -153,18 +156,25 @@ macro_rules! syscall_tracepoint {
     };
 }
 
-/// Unloads the programs of `UntilFound` probes (detaching them) and marks their statuses.
-pub fn detach_found(ebpf: &mut Ebpf, statuses: &mut [ProbeStatus]) {
-    for def in PROBES.iter().filter(|d| d.attach == When::UntilFound) {
-        if let Some(program) = ebpf.program_mut(def.program) {
-            let unloaded = match program {
-                aya::programs::Program::UProbe(p) => p.unload(),
-                _ => continue,
-            };
-            if let Err(e) = unloaded {
-                log::warn!("detaching {}: {e}", def.program);
-            }
+/// The links of the `UntilFound` probes, by program: what [`detach_found`] detaches.
+pub type FoundLinks = Vec<(&'static str, UProbeLinkId)>;
+
+/// Detaches the `UntilFound` probes and marks their statuses.
+///
+/// Removing a uprobe waits for the kernel's RCU grace periods, which can take most of a second
+/// on a busy machine: the links are dropped on a thread of their own, so sampling goes on.
+pub fn detach_found(ebpf: &mut Ebpf, links: FoundLinks, statuses: &mut [ProbeStatus]) {
+    let mut owned = Vec::new();
+    for (name, id) in links {
+        let program: Option<&mut UProbe> = ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+        match program.map(|p| p.take_link(id)) {
+            Some(Ok(link)) => owned.push(link),
+            Some(Err(e)) => log::warn!("detaching {name}: {e}"),
+            None => log::warn!("detaching {name}: not a uprobe program"),
         }
+    }
+    std::thread::spawn(move || drop(owned));
+    for def in PROBES.iter().filter(|d| d.attach == When::UntilFound) {
         for status in statuses.iter_mut().filter(|s| s.name == def.name && s.attached) {
             status.detached = Some("once node's ArrayBuffer allocator was found (--alloc-stacks keeps it)");
         }
@@ -417,7 +427,7 @@ pub fn attach_all(
     target: &Target,
     families: &[Family],
     alloc_stacks: bool,
-) -> anyhow::Result<(Vec<ProbeStatus>, Lookup)> {
+) -> anyhow::Result<(Vec<ProbeStatus>, Lookup, FoundLinks)> {
     let node = Binary::new(target.module.clone(), target.module_display.clone(), &target.elf, Module::Node)?;
     if node.lookup.v8_symbols == 0 && target.node_version.is_none() {
         return Err(
@@ -460,6 +470,7 @@ pub fn attach_all(
     };
 
     let mut statuses = Vec::with_capacity(PROBES.len());
+    let mut found_links = FoundLinks::new();
     for def in PROBES.iter().filter(in_mode).filter(|d| families.contains(&d.family)) {
         let locations = locations_of(def);
         let mut status = ProbeStatus {
@@ -501,7 +512,12 @@ pub fn attach_all(
         for location in locations {
             let offset = probe_offset(module.elf, location.file_offset);
             match program.attach(offset, &module.path, UProbeScope::OneProcess(pid)) {
-                Ok(_) => status.locations += 1,
+                Ok(id) => {
+                    status.locations += 1;
+                    if def.attach == When::UntilFound {
+                        found_links.push((def.program, id));
+                    }
+                }
                 Err(e) => errors.push(format!("{}: {}", location.name, error_chain(&e))),
             }
         }
@@ -533,7 +549,7 @@ pub fn attach_all(
             .join(", ");
         return Err(Error::NoUsableProbes { binary: node.display.clone().into(), missing }.into());
     }
-    Ok((statuses, node.lookup))
+    Ok((statuses, node.lookup, found_links))
 }
 
 /// A binary that probes attach to, with the symbols the probe table wants from it.

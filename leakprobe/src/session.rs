@@ -150,8 +150,9 @@ pub struct Session {
     started_wall: SystemTime,
     /// `started` on the kernel's monotonic clock (what `bpf_ktime_get_ns` returns).
     started_ns: u64,
-    /// Whether the per-allocation external probes are to be detached once the allocator is known.
-    detach_when_found: bool,
+    /// The per-allocation external probes' links, to detach once the allocator is known
+    /// (`None` with `--alloc-stacks`, or once detached).
+    found_links: Option<probes::FoundLinks>,
     /// A full GC ended since the last drain: sample right after it.
     full_gc_seen: bool,
     /// Pauses (kind, seconds) not yet taken by the agent; `None` outside fleet mode.
@@ -298,7 +299,8 @@ impl Session {
         };
         let mut syscalls_config: Array<MapData, u32> = take_map(&mut ebpf, "SYSCALLS_CONFIG")?;
         syscalls_config.set(CONFIG_TGID, target.pid, 0)?;
-        let (probes, lookup) = probes::attach_all(&mut ebpf, &target, families, options.alloc_stacks)?;
+        let (probes, lookup, found_links) =
+            probes::attach_all(&mut ebpf, &target, families, options.alloc_stacks)?;
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
         let events = watch(events).context("polling the event ring buffer")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
@@ -333,7 +335,7 @@ impl Session {
             started: Instant::now(),
             started_wall: SystemTime::now(),
             started_ns: monotonic_ns(),
-            detach_when_found: !options.alloc_stacks,
+            found_links: if options.alloc_stacks { None } else { Some(found_links) },
             full_gc_seen: false,
             pending_pauses: options.fleet.then(Vec::new),
             events_read: 0,
@@ -454,10 +456,10 @@ impl Session {
         };
         let t = self.started.elapsed().as_secs_f64();
         self.external.sample(t, &mut self.suspects);
-        if self.detach_when_found && !self.external.needs_allocator_probes() {
-            probes::detach_found(&mut self.ebpf, &mut self.probes);
+        if self.found_links.is_some() && !self.external.needs_allocator_probes() {
+            let links = self.found_links.take().unwrap_or_default();
+            probes::detach_found(&mut self.ebpf, links, &mut self.probes);
             self.external.detached();
-            self.detach_when_found = false;
         }
         self.heap.sample(t, &mut self.suspects);
         if let Some(native) = &mut self.native {

@@ -2,12 +2,17 @@
 //! run (these machines are shared and noisy, so absolute times mean little).
 //!
 //! 1. Request-rate loss of a node HTTP service under `wrk` on loopback: rounds of baseline,
-//!    default probes and `--native`, interleaved; the median of each mode against baseline.
+//!    default probes, `--alloc-stacks` and `--native`, interleaved; the median of each mode
+//!    against baseline. Under the same load, the kernel-side cost of each program per hit and
+//!    its hits per second (`kernel.bpf_stats_enabled`).
 //! 2. Cost per probed allocation: a node loop of ArrayBuffer allocations (each one an allocate
 //!    and, later, a free through node's allocator), timed inside node without and with
 //!    leakprobe; and the events per second the collector kept up with, with its drop counters.
+//! 3. The agent's own memory over a run with processes coming and going.
 
 use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
@@ -47,7 +52,12 @@ pub fn run() -> anyhow::Result<()> {
     println!(
         "\nleakprobe bench: {ROUNDS} interleaved rounds of {LOAD_SECONDS} s of wrk -t1 -c16 on loopback"
     );
-    let rates = http_rates(&leakprobe)?;
+    let previous = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+    // Kernel-side time per program run (off by default: it costs a little per run).
+    fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let measured = http_rates(&leakprobe);
+    let _ = fs::write(BPF_STATS, previous.trim());
+    let (rates, programs) = measured?;
     let baseline = median(&rates[0]);
     println!("{:<16} {:>10} {:>8} {:>8}  verdict", "mode", "req/s", "loss", "target");
     for (i, (name, _, target)) in MODES.iter().enumerate() {
@@ -66,6 +76,22 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
+    println!(
+        "\nKernel-side cost under that load (bpf_stats: time inside the programs; each uprobe hit also \
+         pays the trap into the kernel, a few µs, which this does not count):"
+    );
+    println!("{:<16} {:<22} {:>10} {:>9}", "mode", "program", "hits/s", "ns/hit");
+    for (i, (name, _, _)) in MODES.iter().enumerate() {
+        for (program, (time_ns, count)) in &programs[i] {
+            let seconds = (ROUNDS as u32 * LOAD_SECONDS) as f64;
+            println!(
+                "{name:<16} {program:<22} {:>10.0} {:>9.0}",
+                *count as f64 / seconds,
+                *time_ns as f64 / (*count).max(1) as f64
+            );
+        }
+    }
+
     println!("\nCost per probed allocation ({ALLOCATIONS} ArrayBuffers of 1 KiB, allocate + free):");
     let plain = alloc_loop(&leakprobe, None)?;
     for (name, args) in [("--alloc-stacks", &["--alloc-stacks"][..]), ("--native", &["--native"][..])] {
@@ -81,7 +107,7 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     println!("(the cost is dominated by the uprobe trap into the kernel on entry and return)");
-    Ok(())
+    agent_memory(&leakprobe)
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -90,8 +116,35 @@ fn median(values: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Requests per second of each mode, per round.
-fn http_rates(leakprobe: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
+/// `kernel.bpf_stats_enabled`.
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Per program name: (total run time in ns, runs).
+type ProgramStats = BTreeMap<String, (u64, u64)>;
+
+/// Run statistics of every loaded BPF program, by id: (name, run time ns, runs).
+fn programs() -> anyhow::Result<HashMap<u64, (String, u64, u64)>> {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("running bpftool")?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing bpftool's JSON")?;
+    Ok(list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| {
+                    let field = |k: &str| p[k].as_u64().unwrap_or(0);
+                    Some((
+                        p["id"].as_u64()?,
+                        (p["name"].as_str()?.to_string(), field("run_time_ns"), field("run_cnt")),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Requests per second of each mode, per round, and the run statistics of each mode's
+/// programs over its rounds.
+fn http_rates(leakprobe: &Path) -> anyhow::Result<(Vec<Vec<f64>>, Vec<ProgramStats>)> {
     let mut service = Command::new("node")
         .arg(root().join("tests/fixtures/http-service.js"))
         .stdout(Stdio::piped())
@@ -104,19 +157,29 @@ fn http_rates(leakprobe: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
         // Warm up the JIT before measuring.
         wrk(&url, 3)?;
         let mut rates = vec![Vec::new(); MODES.len()];
+        let mut stats = vec![ProgramStats::new(); MODES.len()];
         for _ in 0..ROUNDS {
             for (i, (_, args, _)) in MODES.iter().enumerate() {
+                let before = programs()?;
                 let watcher = match args {
                     Some(args) => Some(Watcher::attach(leakprobe, service.id(), args)?),
                     None => None,
                 };
                 rates[i].push(wrk(&url, LOAD_SECONDS)?);
                 if let Some(w) = watcher {
+                    // leakprobe's programs: those loaded since `before`.
+                    for (id, (name, time_ns, count)) in programs()? {
+                        if !before.contains_key(&id) && count > 0 {
+                            let entry = stats[i].entry(name).or_default();
+                            entry.0 += time_ns;
+                            entry.1 += count;
+                        }
+                    }
                     w.stop()?;
                 }
             }
         }
-        Ok(rates)
+        Ok((rates, stats))
     })();
     let _ = service.kill();
     let _ = service.wait();
@@ -240,4 +303,101 @@ impl Watcher {
         let external_allocations = report["external"]["allocations"].as_u64().unwrap_or(0);
         Ok(LoopReport { external_allocations, drops })
     }
+}
+
+/// Seconds the agent runs in its memory benchmark.
+const AGENT_SECONDS: u64 = 90;
+/// Node processes the agent watches at once in its memory benchmark.
+const AGENT_TARGETS: usize = 4;
+
+/// The agent's own memory over a run with churn: it watches [`AGENT_TARGETS`] node processes,
+/// one of which is replaced every 10 s (attach and detach paths), while /metrics is scraped;
+/// its RSS is sampled every 5 s. Bounded means the end is not above the early samples by more
+/// than the noise of the allocator.
+pub fn agent_memory(leakprobe: &Path) -> anyhow::Result<()> {
+    let member = |i: usize| -> anyhow::Result<Child> {
+        let mut child = Command::new("node")
+            .arg("--inspect-port=19399")
+            .arg(root().join("tests/fixtures/fleet-member.js"))
+            .arg(format!("bench-member-{i}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a fleet member")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("member stdout")?).read_line(&mut line)?;
+        Ok(child)
+    };
+    let mut members: Vec<Child> = (0..AGENT_TARGETS).map(member).collect::<anyhow::Result<_>>()?;
+    let mut agent = Command::new(leakprobe)
+        .args(["agent", "--metrics", "127.0.0.1:0", r"--match=--inspect-port=19399 .*fleet-member\.js"])
+        .args(["--interval", "1s", "--scan-every", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting leakprobe agent")?;
+    let stderr = agent.stderr.take().context("agent stderr")?;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).context("the agent did not start")?;
+        if let Some(addr) = line.split("http://").nth(1) {
+            break addr.trim().to_string();
+        }
+    };
+    let result = (|| {
+        let mut rss = Vec::new();
+        let mut next_member = AGENT_TARGETS;
+        for t in (5..=AGENT_SECONDS).step_by(5) {
+            thread::sleep(Duration::from_secs(5));
+            let _ = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", &format!("http://{addr}/metrics")])
+                .status();
+            if t % 10 == 0 && t < AGENT_SECONDS {
+                let mut old = members.remove(0);
+                let _ = old.kill();
+                let _ = old.wait();
+                members.push(member(next_member)?);
+                next_member += 1;
+            }
+            rss.push((t, vm_rss_kib(agent.id()).context("reading the agent's RSS")?));
+        }
+        Ok::<_, anyhow::Error>((rss, next_member))
+    })();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    for mut m in members {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
+    let (rss, started) = result?;
+    let early = rss.iter().take(3).map(|r| r.1).max().unwrap_or(0);
+    let max = rss.iter().map(|r| r.1).max().unwrap_or(0);
+    let last = rss.last().map_or(0, |r| r.1);
+    println!(
+        "\nAgent memory: {AGENT_TARGETS} node processes watched, {} started over {AGENT_SECONDS} s (one replaced every 10 s), /metrics scraped every 5 s",
+        started
+    );
+    println!(
+        "RSS (MiB) every 5 s: {:?}",
+        rss.iter().map(|r| (r.1 as f64 / 1024.0 * 10.0).round() / 10.0).collect::<Vec<_>>()
+    );
+    println!(
+        "early max {:.1} MiB, overall max {:.1} MiB, end {:.1} MiB: end/early = {:.2}",
+        early as f64 / 1024.0,
+        max as f64 / 1024.0,
+        last as f64 / 1024.0,
+        last as f64 / early.max(1) as f64
+    );
+    Ok(())
+}
+
+/// VmRSS of `pid` in KiB.
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
 }

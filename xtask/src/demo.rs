@@ -59,7 +59,8 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     let result = sh(Command::new(&leakprobe)
         .arg("--pid")
         .arg(service.id().to_string())
-        .args(["--duration", duration, "--interval", "1s", "--out"])
+        // --alloc-stacks: the demo is short and wants to show where the leak is allocated.
+        .args(["--duration", duration, "--interval", "1s", "--alloc-stacks", "--out"])
         .arg(&out));
     stop.store(true, Ordering::Relaxed);
     let _ = load.join();
@@ -67,7 +68,7 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     let _ = service.wait();
     result?;
     eprintln!(
-        "xtask: {} requests sent; incident folder: {} (report.json, summary.txt)",
+        "xtask: {} requests sent; incident folder: {} (report.json, summary.txt, flamegraph SVGs, pprof profiles)",
         sent.load(Ordering::Relaxed),
         out.display()
     );
