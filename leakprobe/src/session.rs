@@ -255,8 +255,19 @@ impl Session {
     /// Reads waiting events; after a full GC, samples too. Call often (every 100 ms or so).
     pub fn poll(&mut self) {
         self.drain();
+        self.detach_when_found();
         if std::mem::take(&mut self.full_gc_seen) {
             self.sample();
+        }
+    }
+
+    /// Detaches the per-allocation probes as soon as node's allocator is known (checked every
+    /// poll: until then, every ArrayBuffer allocation pays a uprobe trap).
+    fn detach_when_found(&mut self) {
+        if self.found_links.is_some() && !self.external.needs_allocator_probes() {
+            let links = self.found_links.take().unwrap_or_default();
+            probes::detach_found(&mut self.ebpf, links, &mut self.probes);
+            self.external.detached();
         }
     }
 
@@ -456,11 +467,6 @@ impl Session {
         };
         let t = self.started.elapsed().as_secs_f64();
         self.external.sample(t, &mut self.suspects);
-        if self.found_links.is_some() && !self.external.needs_allocator_probes() {
-            let links = self.found_links.take().unwrap_or_default();
-            probes::detach_found(&mut self.ebpf, links, &mut self.probes);
-            self.external.detached();
-        }
         self.heap.sample(t, &mut self.suspects);
         if let Some(native) = &mut self.native {
             native.sample(t, &mut self.suspects);
