@@ -261,6 +261,8 @@ fn alloc_loop(leakprobe: &Path, args: Option<&[&str]>) -> anyhow::Result<(f64, L
 struct Watcher {
     child: Child,
     out: PathBuf,
+    /// CPU seconds leakprobe had used when its probes went live (attaching is not measured).
+    cpu_at_attach: f64,
 }
 
 impl Watcher {
@@ -292,12 +294,14 @@ impl Watcher {
                 Err(_) => bail!("leakprobe did not attach within 60 s"),
             }
         }
-        Ok(Self { child, out })
+        let cpu_at_attach = cpu_seconds(child.id()).unwrap_or(0.0);
+        Ok(Self { child, out, cpu_at_attach })
     }
 
-    /// Stops leakprobe (SIGINT, as Ctrl-C) and waits for it; returns the CPU seconds it used.
+    /// Stops leakprobe (SIGINT, as Ctrl-C) and waits for it; returns the CPU seconds it used
+    /// since its probes went live.
     fn stop(mut self) -> anyhow::Result<f64> {
-        let cpu = cpu_seconds(self.child.id()).unwrap_or(0.0);
+        let cpu = cpu_seconds(self.child.id()).unwrap_or(0.0) - self.cpu_at_attach;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait()?;
