@@ -37,7 +37,7 @@ use crate::{
     probes::{self, ProbeStatus},
     report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
     suspects,
-    symbolize::{Frame, Symbolizer},
+    symbolize::Symbolizer,
     syscalls::Mappings,
     target::Target,
 };
@@ -95,10 +95,15 @@ impl Options {
 /// for every process watched, so the agent keeps them smaller than the command does.
 pub const FLEET_MAX_TRACKED: u32 = 16 * 1024;
 
-/// Whether a report judges and names stacks (suspects, growing mappings, heap samples).
+/// Which stacks a report judges and names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stacks {
-    Named,
+    /// All of them: the final report (suspects, growing mappings, every stack's bytes, GC
+    /// triggers, heap samples).
+    All,
+    /// The leak suspects only: all the refreshing live view shows.
+    Suspects,
+    /// None: the one-line view.
     Skipped,
 }
 
@@ -185,7 +190,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let stop = session.collect(&options).await?;
     session.drain();
     session.sample();
-    let report = session.report(stop, Stacks::Named);
+    let report = session.report(stop, Stacks::All);
     finish(&report, &options)?;
     Ok(report)
 }
@@ -398,7 +403,7 @@ impl Session {
     fn show(&mut self, tty: bool, options: &Options) {
         let mut stdout = std::io::stdout().lock();
         let _ = if tty {
-            let report = self.report(StopReason::Duration, Stacks::Named);
+            let report = self.report(StopReason::Duration, Stacks::Suspects);
             write!(
                 stdout,
                 "{CLEAR_SCREEN}{}\nrefreshing every {}; Ctrl-C stops{}\n",
@@ -514,14 +519,6 @@ impl Session {
             .collect()
     }
 
-    /// The frames of stack `id` of the shared stack map.
-    fn frames(&mut self, id: i64) -> Vec<Frame> {
-        match id {
-            NO_STACK => vec![Frame::lost()],
-            id => self.symbolizer.frames(&Self::stack(&self.stacks, id)),
-        }
-    }
-
     /// Addresses of stack `id`, innermost first (empty when lost).
     fn stack(stacks: &StackTraceMap<MapData>, id: i64) -> Vec<u64> {
         u32::try_from(id)
@@ -532,22 +529,24 @@ impl Session {
     }
 
     fn report(&mut self, stop_reason: StopReason, stacks_wanted: Stacks) -> Report {
-        let named = stacks_wanted == Stacks::Named;
+        let all = stacks_wanted == Stacks::All;
         let stacks = &self.stacks;
-        let (suspects, growing_mappings, stack_profiles) = match named {
-            true => (
-                self.suspects.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer),
-                self.mapping_growth.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer),
-                {
-                    let mut all = self.suspects.profiles(|id| Self::stack(stacks, id), &mut self.symbolizer);
-                    all.extend(
-                        self.mapping_growth.profiles(|id| Self::stack(stacks, id), &mut self.symbolizer),
-                    );
-                    all
-                },
-            ),
-            false => (Vec::new(), Vec::new(), Vec::new()),
+        let suspects = match stacks_wanted {
+            Stacks::Skipped => Vec::new(),
+            Stacks::All | Stacks::Suspects => {
+                self.suspects.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer)
+            }
         };
+        let growing_mappings = match all {
+            true => self.mapping_growth.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer),
+            false => Vec::new(),
+        };
+        let mut stack_profiles = Vec::new();
+        if all {
+            stack_profiles = self.suspects.profiles(|id| Self::stack(stacks, id), &mut self.symbolizer);
+            stack_profiles
+                .extend(self.mapping_growth.profiles(|id| Self::stack(stacks, id), &mut self.symbolizer));
+        }
         Report {
             schema_version: SCHEMA_VERSION,
             leakprobe_version: env!("CARGO_PKG_VERSION"),
@@ -560,21 +559,23 @@ impl Session {
             probes: self.probes.clone(),
             gc: {
                 let mut gc = GcReport::new(&self.gc, self.target.pid);
-                if named {
+                if all {
                     gc.trigger_stacks = self
                         .gc
                         .top_trigger_stacks(TRIGGER_STACKS)
                         .into_iter()
-                        .map(|(id, pauses)| TriggerStack { pauses, frames: self.frames(id) })
+                        .map(|(id, pauses)| TriggerStack {
+                            pauses,
+                            frames: self.symbolizer.stack_frames(id, |id| Self::stack(stacks, id)),
+                        })
                         .collect();
                 }
                 gc
             },
             memory: memory::MemoryReport::new(self.memory.items()),
-            heap: self.heap.report(|id| match id {
-                _ if !named => Vec::new(),
-                NO_STACK => vec![Frame::lost()],
-                id => self.symbolizer.frames(&Self::stack(&self.sample_stacks, id)),
+            heap: self.heap.report(|id| match all {
+                true => self.symbolizer.stack_frames(id, |id| Self::stack(&self.sample_stacks, id)),
+                false => Vec::new(),
             }),
             native: self.native.as_ref().map(NativeState::report),
             mappings: self.mappings.report(growing_mappings),

@@ -120,10 +120,7 @@ impl Tracker {
         rows.into_iter()
             .map(|(&(category, stack_id), series, allocated_bytes)| StackProfile {
                 category,
-                frames: match stack_id {
-                    NO_STACK => vec![Frame::lost()],
-                    id => symbolizer.frames(&stack(id)),
-                },
+                frames: symbolizer.stack_frames(stack_id, &mut stack),
                 allocated_bytes,
                 outstanding_bytes: series.last().unwrap_or(0.0) as i64,
                 outstanding_mid_bytes: series.at(mid).unwrap_or(0.0) as i64,
@@ -150,10 +147,7 @@ impl Tracker {
             if !holds_or_grows(series) {
                 continue;
             }
-            let frames = match stack_id {
-                NO_STACK => vec![Frame::lost()],
-                id => symbolizer.frames(&stack(id)),
-            };
+            let frames = symbolizer.stack_frames(stack_id, &mut stack);
             let key = (category, frames.iter().map(|f| f.kind_key()).collect());
             let group = groups.entry(key).or_insert_with(|| Suspect {
                 category,

@@ -17,6 +17,7 @@ use blazesym::{
     },
     Pid,
 };
+use leakprobe_ebpf::alloc::NO_STACK;
 use serde::Serialize;
 
 /// What kind of code a frame is in.
@@ -117,12 +118,15 @@ impl Symbolizer {
         })
     }
 
+    /// The addresses of `addrs` not named yet.
+    fn uncached(&self, addrs: &[u64]) -> Vec<u64> {
+        let cache = lock(&self.cache);
+        addrs.iter().copied().filter(|a| !cache.contains_key(a)).collect()
+    }
+
     /// Frames for `addrs` (innermost first). Addresses that cannot be named get labels.
     pub fn frames(&mut self, addrs: &[u64]) -> Vec<Frame> {
-        let missing: Vec<u64> = {
-            let cache = lock(&self.cache);
-            addrs.iter().copied().filter(|a| !cache.contains_key(a)).collect()
-        };
+        let missing = self.uncached(addrs);
         if !missing.is_empty() {
             let (done, wait) = mpsc::sync_channel(1);
             if self.requests().send(Request { addrs: missing, done: Some(done) }).is_ok() {
@@ -133,9 +137,18 @@ impl Symbolizer {
         addrs.iter().map(|a| cache.get(a).cloned().unwrap_or_else(|| unnamed(*a, &[]))).collect()
     }
 
+    /// Frames for stack `stack_id`, whose addresses `addrs` reads from a stack map; a stack
+    /// the kernel could not capture ([`NO_STACK`]) is the one frame [`Frame::lost`].
+    pub fn stack_frames(&mut self, stack_id: i64, addrs: impl FnOnce(i64) -> Vec<u64>) -> Vec<Frame> {
+        match stack_id {
+            NO_STACK => vec![Frame::lost()],
+            id => self.frames(&addrs(id)),
+        }
+    }
+
     /// Names `addrs` in the background, for a later [`Symbolizer::frames`] to find cached.
-    pub fn prefetch(&mut self, mut addrs: Vec<u64>) {
-        addrs.retain(|a| !lock(&self.cache).contains_key(a));
+    pub fn prefetch(&mut self, addrs: Vec<u64>) {
+        let addrs = self.uncached(&addrs);
         if !addrs.is_empty() {
             let _ = self.requests().send(Request { addrs, done: None });
         }
