@@ -139,10 +139,8 @@ fn attach_new(
     passed: &mut HashSet<(u32, u64)>,
     metrics: &Mutex<Metrics>,
 ) {
-    passed.retain(|(pid, start)| {
-        discover::parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
-            == Some(*start)
-    });
+    // Forget processes that are gone (their pid may come back as another process).
+    passed.retain(|(pid, start)| discover::start_time(*pid) == Some(*start));
     for process in discover::processes() {
         let key = (process.pid, process.start_time);
         if watched.contains_key(&process.pid) || passed.contains(&key) || !process.matches(&options.pattern) {

@@ -25,8 +25,7 @@ pub struct Process {
 impl Process {
     /// Reads `/proc/PID`; `None` if the process is gone or is a kernel thread.
     pub fn read(pid: u32) -> Option<Process> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let start_time = parse_start_time(&stat)?;
+        let start_time = start_time(pid)?;
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim_end().to_string();
         let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         if raw.is_empty() {
@@ -48,10 +47,7 @@ impl Process {
 
     /// Whether this process is still the one running under its pid.
     pub fn alive(&self) -> bool {
-        fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|s| parse_start_time(&s))
-            .is_some_and(|t| t == self.start_time)
+        start_time(self.pid) == Some(self.start_time)
     }
 }
 
@@ -65,6 +61,11 @@ pub fn processes() -> Vec<Process> {
         .filter(|pid| *pid != me)
         .filter_map(Process::read)
         .collect()
+}
+
+/// The start time of process `pid`, if it exists (see [`Process::start_time`]).
+pub fn start_time(pid: u32) -> Option<u64> {
+    parse_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// The start time from a `/proc/PID/stat` line. The name (field 2) is in parentheses and may
