@@ -277,15 +277,7 @@ impl Watcher {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting leakprobe")?;
-        let stderr = child.stderr.take().context("leakprobe stderr")?;
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // Keep reading after attach even though nobody listens: a full pipe would block
-                // leakprobe's status lines.
-                let _ = tx.send(line);
-            }
-        });
+        let rx = stderr_lines(&mut child)?;
         loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) if line.contains("attached") => break,
@@ -357,13 +349,7 @@ pub fn agent_memory(leakprobe: &Path) -> anyhow::Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting leakprobe agent")?;
-    let stderr = agent.stderr.take().context("agent stderr")?;
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut agent)?;
     let addr = loop {
         let line = rx.recv_timeout(Duration::from_secs(60)).context("the agent did not start")?;
         if let Some(addr) = line.split("http://").nth(1) {
@@ -420,6 +406,19 @@ pub fn agent_memory(leakprobe: &Path) -> anyhow::Result<()> {
         last as f64 / early.max(1) as f64
     );
     Ok(())
+}
+
+/// The lines of `child`'s piped stderr, read on a thread until it closes. The thread keeps
+/// reading when nobody listens any more: a full pipe would block leakprobe's status lines.
+fn stderr_lines(child: &mut Child) -> anyhow::Result<mpsc::Receiver<String>> {
+    let stderr = child.stderr.take().context("leakprobe's stderr is not piped")?;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok(rx)
 }
 
 /// User and system CPU seconds `pid` has used (all its threads).
