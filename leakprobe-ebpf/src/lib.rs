@@ -11,6 +11,7 @@ pub mod external;
 pub mod gc;
 pub mod heap;
 pub mod native;
+pub mod stack;
 pub mod syscalls;
 
 /// The first `u32` of every record in the `EVENTS` ring buffer: which struct follows.

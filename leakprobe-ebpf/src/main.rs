@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod stacks;
+#[cfg(target_arch = "bpf")]
 mod probes;
 
 #[cfg(target_arch = "bpf")]

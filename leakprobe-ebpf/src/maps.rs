@@ -3,9 +3,9 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{PerCpuArray, RingBuf, StackTrace},
+    maps::{PerCpuArray, RingBuf},
 };
-use leakprobe_ebpf::{alloc::MAX_STACKS, drops::DropReason};
+use leakprobe_ebpf::drops::DropReason;
 
 /// Events for userspace (GC pauses). 1 MiB holds about 26,000 GC events.
 #[map]
@@ -13,16 +13,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Size of [`EVENTS`].
 const EVENTS_BYTES: u32 = 1 << 20;
-
-/// User stacks of allocations, shared by every family; ids are keys of the per-stack totals.
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
-
-/// User stacks of the heap's allocation samples, kept apart from [`STACKS`]: JIT code gives
-/// the churn many distinct stacks, which must not crowd out (by filling the map or colliding
-/// in it) the stacks that leak suspects are named by.
-#[map]
-pub static SAMPLE_STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 
 /// Per-CPU counters of lost events, indexed by [`DropReason`].
 #[map]

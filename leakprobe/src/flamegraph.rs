@@ -107,6 +107,8 @@ pub struct FrameRef<'a> {
     pub file: Option<&'a str>,
     /// Source line, when known.
     pub line: Option<i64>,
+    /// What the name does not say (e.g. that inlined calls are not expanded).
+    pub note: Option<&'a str>,
 }
 
 /// One stack with its value, as read from one of the report's stack arrays.
@@ -138,6 +140,7 @@ pub fn parse_frame(frame: &Value) -> FrameRef<'_> {
         addr,
         file: frame.get("file").and_then(Value::as_str).filter(|f| !f.is_empty()),
         line: frame.get("line").and_then(Value::as_i64),
+        note: frame.get("note").and_then(Value::as_str).filter(|n| !n.is_empty()),
     }
 }
 
@@ -188,12 +191,18 @@ pub fn sanitize(name: &str) -> String {
     s
 }
 
-/// A frame's label in the graph: its name, plus ` (file:line)` when both are known.
+/// A frame's label in the graph: its name, plus ` (file:line)` when both are known (a
+/// JavaScript frame's file alone when its line is not), plus its note in brackets.
 pub fn frame_label(frame: &FrameRef<'_>) -> String {
-    match (frame.file, frame.line) {
-        (Some(file), Some(line)) => sanitize(&format!("{} ({file}:{line})", frame.name)),
-        _ => sanitize(frame.name),
+    let mut label = match (frame.file, frame.line) {
+        (Some(file), Some(line)) => format!("{} ({file}:{line})", frame.name),
+        (Some(file), None) if frame.kind == FrameKind::Js => format!("{} ({file})", frame.name),
+        _ => frame.name.to_string(),
+    };
+    if let Some(note) = frame.note {
+        label.push_str(&format!(" [{note}]"));
     }
+    sanitize(&label)
 }
 
 /// The root frame naming a category: `[external]`.
@@ -571,10 +580,14 @@ mod tests {
         assert_eq!(f.addr, Some(255));
         assert_eq!(f.kind, FrameKind::Jit);
         assert_eq!(frame_label(&f), "x,y z");
-        // A file without a line (or the reverse) is not shown.
-        let v = json!({"name": "g", "kind": "js", "file": "a.js", "line": null});
-        let f = parse_frame(&v);
-        assert_eq!(frame_label(&f), "g");
+        // A file without a line (or the reverse) is not shown, except a JavaScript file.
+        let v = json!({"name": "g", "kind": "native", "file": "a.cc", "line": null});
+        assert_eq!(frame_label(&parse_frame(&v)), "g");
+        let v = json!({"name": "g", "kind": "js", "file": "node:internal/timers", "line": null});
+        assert_eq!(frame_label(&parse_frame(&v)), "g (node:internal/timers)");
+        // A note follows in brackets.
+        let v = json!({"name": "h", "kind": "js", "file": "a.js", "line": 3, "note": "compiled"});
+        assert_eq!(frame_label(&parse_frame(&v)), "h (a.js:3) [compiled]");
         assert_eq!(parse_frame(&json!({})).name, "[unknown]");
         assert_eq!(parse_frame(&json!({"kind": "weird"})).kind, FrameKind::Unknown);
     }

@@ -84,6 +84,9 @@ pub struct TargetInfo {
     pub module: String,
     /// `v20.20.2`, or null when the binary does not say.
     pub node_version: Option<String>,
+    /// How JavaScript frames are named: `"v8 metadata"`, or why they cannot be
+    /// (`"unavailable: …"`; they are then labelled `[JIT 0x…]` or by their builtin).
+    pub js_frames: String,
 }
 
 /// `report.window`.
@@ -166,8 +169,9 @@ impl GcReport {
 
 impl TargetInfo {
     /// From a resolved target.
-    pub fn new(target: &Target) -> Self {
+    pub fn new(target: &Target, js_frames: &str) -> Self {
         TargetInfo {
+            js_frames: js_frames.to_string(),
             pid: target.pid,
             comm: target.comm.clone(),
             exe: target.exe.clone(),

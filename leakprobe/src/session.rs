@@ -10,11 +10,12 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf, EbpfLoader,
 };
 use leakprobe_ebpf::{
     alloc::NO_STACK,
+    stack::{JsLayout, RawStack},
     drops::DropReason,
     gc::GcEvent,
     heap::HeapEvent,
@@ -37,7 +38,8 @@ use crate::{
     probes::{self, ProbeStatus},
     report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
     suspects,
-    symbolize::Symbolizer,
+    symbolize::{RawFrame, Symbolizer},
+    v8::{self, Metadata, ProcMem, Reader},
     syscalls::Mappings,
     target::Target,
 };
@@ -125,6 +127,9 @@ const MEMORY_SAMPLES: usize = 512;
 /// The eBPF object built by build.rs from leakprobe-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakprobe"));
 
+/// A stack map: stack id → the frames the kernel captured.
+type StackMap = BpfHashMap<MapData, i64, RawStack>;
+
 /// A live session: loaded programs, attached probes, and what has been collected so far.
 /// One attached process: its probes, maps and books. The command drives it with [`run`]; the
 /// agent drives many through [`Session::attach`], [`Session::poll`] and [`Session::sample`].
@@ -135,9 +140,9 @@ pub struct Session {
     probes: Vec<ProbeStatus>,
     events: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
-    stacks: StackTraceMap<MapData>,
+    stacks: StackMap,
     /// Stacks of the heap's allocation samples.
-    sample_stacks: StackTraceMap<MapData>,
+    sample_stacks: StackMap,
     /// Stack ids already symbolized, and whether each is in `sample_stacks`.
     named: HashSet<(bool, i64)>,
     gc: GcStats,
@@ -151,6 +156,8 @@ pub struct Session {
     memory: Thinned<memory::Sample>,
     suspects: suspects::Tracker,
     symbolizer: Symbolizer,
+    /// `report.target.js_frames`.
+    js_frames: String,
     started: Instant,
     started_wall: SystemTime,
     /// `started` on the kernel's monotonic clock (what `bpf_ktime_get_ns` returns).
@@ -327,7 +334,12 @@ impl Session {
         let external = ExternalState::new(&target, &lookup, ext_by_stack, ext_allocators);
         let heap_large_objects = take_map(&mut ebpf, "HEAP_LO_BY_STACK")?;
         let heap_samples = take_map(&mut ebpf, "HEAP_SAMPLES")?;
-        let symbolizer = Symbolizer::new(target.pid);
+        let (js, js_frames) = match options.fleet {
+            // Fleet mode reports no stacks: keep the kernel's walk to return addresses.
+            true => (None, "unavailable: not used in agent mode".to_string()),
+            false => js_reader(&target, &mut ebpf),
+        };
+        let symbolizer = Symbolizer::new(target.pid, js);
         let target_pid = target.pid;
         let mut session = Session {
             target,
@@ -348,6 +360,7 @@ impl Session {
             memory: Thinned::new(MEMORY_SAMPLES),
             suspects: suspects::Tracker::default(),
             symbolizer,
+            js_frames,
             started: Instant::now(),
             started_wall: SystemTime::now(),
             started_ns: monotonic_ns(),
@@ -431,6 +444,7 @@ impl Session {
             full_gc_seen,
             pending_pauses,
             events_read,
+            symbolizer,
             ..
         } = self;
         let t = started.elapsed().as_secs_f64();
@@ -447,7 +461,10 @@ impl Session {
                         if let Some(pauses) = pending_pauses {
                             pauses.push((kind, event.duration_ns as f64 / 1e9));
                         }
-                        *full_gc_seen |= kind == GcKind::MarkCompact;
+                        if kind == GcKind::MarkCompact {
+                            *full_gc_seen = true;
+                            symbolizer.moved();
+                        }
                         heap.on_gc(kind, event.tid);
                     }
                 }
@@ -504,7 +521,7 @@ impl Session {
         for (in_samples, id) in held.chain(sampled) {
             if named.insert((in_samples, id)) {
                 let map = if in_samples { &*sample_stacks } else { &*stacks };
-                symbolizer.prefetch(Self::stack(map, id));
+                symbolizer.prefetch(id, Self::stack(map, id));
             }
         }
     }
@@ -519,12 +536,11 @@ impl Session {
             .collect()
     }
 
-    /// Addresses of stack `id`, innermost first (empty when lost).
-    fn stack(stacks: &StackTraceMap<MapData>, id: i64) -> Vec<u64> {
-        u32::try_from(id)
-            .ok()
-            .and_then(|id| stacks.get(&id, 0).ok())
-            .map(|s| s.frames().iter().map(|f| f.ip).collect())
+    /// Frames of stack `id`, innermost first (empty when lost).
+    fn stack(stacks: &StackMap, id: i64) -> Vec<RawFrame> {
+        stacks
+            .get(&id, 0)
+            .map(|s| s.frames().map(|(pc, js)| RawFrame { pc, js }).collect())
             .unwrap_or_default()
     }
 
@@ -550,7 +566,7 @@ impl Session {
         Report {
             schema_version: SCHEMA_VERSION,
             leakprobe_version: env!("CARGO_PKG_VERSION"),
-            target: TargetInfo::new(&self.target),
+            target: TargetInfo::new(&self.target, &self.js_frames),
             window: Window {
                 start_unix_s: self.started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
                 duration_s: self.started.elapsed().as_secs_f64(),
@@ -583,6 +599,30 @@ impl Session {
             suspects,
             stacks: stack_profiles,
             drops: self.drop_counts(),
+        }
+    }
+}
+
+/// Gives the kernel's stack walk the layout of JavaScript frames from the binary's V8
+/// metadata, and returns the reader that names them with `report.target.js_frames`; without
+/// usable metadata, JavaScript frames are not named (said on stderr once).
+fn js_reader(target: &Target, ebpf: &mut Ebpf) -> (Option<Reader<ProcMem>>, String) {
+    let major = target.node_version.as_deref().and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok());
+    let reader = Metadata::from_elf(target.elf.bytes())
+        .and_then(|m| v8::Layout::new(&m, major))
+        .map_err(|e| e.to_string())
+        .and_then(|layout| {
+            let mut config: Array<&mut MapData, JsLayout> =
+                ebpf.map_mut("JS_LAYOUT").and_then(|m| Array::try_from(m).ok()).ok_or("no JS_LAYOUT map")?;
+            config.set(0, layout.kernel(), 0).map_err(|e| format!("setting JS_LAYOUT: {e}"))?;
+            let mem = ProcMem::open(target.pid).map_err(|e| format!("opening /proc/{}/mem: {e}", target.pid))?;
+            Ok(Reader::new(layout, mem))
+        });
+    match reader {
+        Ok(reader) => (Some(reader), "v8 metadata".into()),
+        Err(why) => {
+            eprintln!("leakprobe: JavaScript frames will not be named: {why}");
+            (None, format!("unavailable: {why}"))
         }
     }
 }

@@ -14,7 +14,7 @@ use leakprobe_ebpf::alloc::NO_STACK;
 
 use crate::{
     alloc::Series,
-    symbolize::{Frame, Symbolizer},
+    symbolize::{Frame, RawFrame, Symbolizer},
 };
 
 /// Smallest floor growth (bytes, last third of the window over the middle third) of a suspect.
@@ -102,7 +102,7 @@ impl Tracker {
     /// Every stack's bytes, with frames (at most [`MAX_PROFILE_STACKS`], largest first).
     pub fn profiles(
         &self,
-        mut stack: impl FnMut(i64) -> Vec<u64>,
+        mut stack: impl FnMut(i64) -> Vec<RawFrame>,
         symbolizer: &mut Symbolizer,
     ) -> Vec<StackProfile> {
         let Some((first, last)) = self.window else {
@@ -138,7 +138,7 @@ impl Tracker {
     /// code addresses, e.g. the same JS path compiled twice) are one suspect, their bytes summed.
     pub fn suspects(
         &self,
-        mut stack: impl FnMut(i64) -> Vec<u64>,
+        mut stack: impl FnMut(i64) -> Vec<RawFrame>,
         symbolizer: &mut Symbolizer,
     ) -> Vec<Suspect> {
         let mut groups: HashMap<(Category, Vec<String>), Suspect> = HashMap::new();

@@ -1,6 +1,8 @@
-//! Turning stack addresses into frames people can read: native symbols through blazesym
+//! Turning captured stacks into frames people can read: native symbols through blazesym
 //! (demangled, resolved through `/proc/PID/map_files` so containers work, and the target's perf
-//! map when it writes one); JIT code labelled honestly as `[JIT 0x…]`, never dropped.
+//! map when it writes one); JavaScript frames named from the `SharedFunctionInfo` the kernel
+//! captured with them ([`crate::v8`]); whatever cannot be named labelled honestly as
+//! `[JIT 0x…]` or `[unknown 0x…]`, never dropped.
 
 use std::{
     collections::HashMap,
@@ -20,6 +22,8 @@ use blazesym::{
 use leakprobe_ebpf::alloc::NO_STACK;
 use serde::Serialize;
 
+use crate::v8::{JsFunction, ProcMem, Reader};
+
 /// What kind of code a frame is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,7 +32,9 @@ pub enum FrameKind {
     Native,
     /// V8's embedded builtins (`Builtins_*`), including the interpreter's bytecode handlers.
     Builtin,
-    /// JIT-compiled JavaScript (named once JS symbolization lands; issue 5).
+    /// A JavaScript function, named from V8's objects (interpreted, baseline or optimized).
+    Js,
+    /// JIT-compiled code whose function could not be named.
     Jit,
     /// Anything else.
     Unknown,
@@ -46,14 +52,38 @@ pub struct Frame {
     pub addr: u64,
     /// Source file, where debug information says.
     pub file: Option<String>,
-    /// Source line, where debug information says.
+    /// Source line, where debug information says; for JavaScript, the line the function
+    /// starts on.
     pub line: Option<u32>,
+    /// What the frame's name does not say (shown after it in flamegraphs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
+}
+
+/// The note on a JavaScript frame running compiled code: the optimizing tiers inline small
+/// functions into their callers, and those inlined frames are not recovered.
+pub const INLINED_NOTE: &str = "compiled: inlined calls not expanded";
+
+/// One frame as the kernel captured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RawFrame {
+    /// Instruction address.
+    pub pc: u64,
+    /// Tagged `SharedFunctionInfo` of the JavaScript function in the frame, or 0.
+    pub js: u64,
+}
+
+impl RawFrame {
+    /// A frame known by its address only.
+    pub fn native(pc: u64) -> Self {
+        Self { pc, js: 0 }
+    }
 }
 
 impl Frame {
     /// The frame standing for a stack that could not be captured.
     pub fn lost() -> Frame {
-        Frame { name: "[stack lost]".into(), kind: FrameKind::Unknown, addr: 0, file: None, line: None }
+        Frame { name: "[stack lost]".into(), kind: FrameKind::Unknown, addr: 0, file: None, line: None, note: None }
     }
 
     /// What identifies the frame across compilations: its name, or its kind for JIT and
@@ -63,6 +93,7 @@ impl Frame {
             FrameKind::Jit => "[JIT]".into(),
             FrameKind::Unknown => "[unknown]".into(),
             FrameKind::Native | FrameKind::Builtin => self.name.clone(),
+            FrameKind::Js => format!("{} {}:{}", self.name, self.file.as_deref().unwrap_or(""), self.line.unwrap_or(0)),
         }
     }
 }
@@ -71,86 +102,95 @@ fn hex<S: serde::Serializer>(addr: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{addr:#x}"))
 }
 
-/// Symbolizes addresses of one process, caching by address.
+/// Symbolizes stacks of one process: native addresses cached by address, JavaScript functions
+/// by `SharedFunctionInfo` until the next mark-compact ([`Symbolizer::moved`]), and each stack's
+/// frames once named (a stack id always means the same frames).
 ///
 /// The naming runs on a thread of its own: the first lookup parses the target's binaries,
-/// which must not stall sampling, so addresses are named ahead of reports
-/// ([`Symbolizer::prefetch`]) — which also names them while the target is still alive.
+/// which must not stall sampling, so stacks are named ahead of reports
+/// ([`Symbolizer::prefetch`]) — which also names them while the target is still alive, and
+/// while the objects their JavaScript frames point to are still where they were.
 pub struct Symbolizer {
     pid: u32,
-    cache: Arc<Mutex<HashMap<u64, Frame>>>,
-    requests: Option<Sender<Request>>,
+    /// Reads the target's V8 objects; `None` without usable metadata (JS frames then stay
+    /// `[JIT …]` or builtins). Moved to the naming thread when it starts.
+    js: Option<Reader<ProcMem>>,
+    stacks: Arc<Mutex<HashMap<i64, Vec<Frame>>>>,
+    jobs: Option<Sender<Job>>,
 }
 
-/// Addresses to name, and whom to tell when they are.
-struct Request {
-    addrs: Vec<u64>,
-    done: Option<SyncSender<()>>,
+/// Work for the naming thread.
+enum Job {
+    /// Name these stacks, then tell `done`.
+    Name { stacks: Vec<(i64, Vec<RawFrame>)>, done: Option<SyncSender<()>> },
+    /// Objects may have moved: forget what was cached by object address.
+    Moved,
 }
 
 impl Symbolizer {
-    /// For process `pid`.
-    pub fn new(pid: u32) -> Self {
-        Self { pid, cache: Arc::new(Mutex::new(HashMap::new())), requests: None }
+    /// For process `pid`, naming JavaScript frames with `js` when given.
+    pub fn new(pid: u32, js: Option<Reader<ProcMem>>) -> Self {
+        Self { pid, js, stacks: Arc::new(Mutex::new(HashMap::new())), jobs: None }
     }
 
     /// The naming thread's queue, started on first use.
-    fn requests(&mut self) -> &Sender<Request> {
-        let (pid, cache) = (self.pid, &self.cache);
-        self.requests.get_or_insert_with(|| {
-            let (requests, rx) = mpsc::channel::<Request>();
-            let shared = Arc::clone(cache);
+    fn jobs(&mut self) -> &Sender<Job> {
+        let (pid, stacks, js) = (self.pid, &self.stacks, &mut self.js);
+        self.jobs.get_or_insert_with(|| {
+            let (jobs, rx) = mpsc::channel::<Job>();
+            let (js, stacks) = (js.take(), Arc::clone(stacks));
             // Ends when the symbolizer (the sender) is dropped.
             std::thread::spawn(move || {
                 // Naming is never urgent: let sampling and the target have the CPU first.
                 // SAFETY: plain syscall on this thread (who = 0: the calling thread).
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-                let blazesym = Blazesym::builder().enable_demangling(true).build();
-                for request in rx {
-                    let named = name(&blazesym, pid, &request.addrs);
-                    lock(&shared).extend(named);
-                    if let Some(done) = request.done {
-                        let _ = done.send(());
+                let mut namer = Namer::new(pid, js, stacks);
+                for job in rx {
+                    match job {
+                        Job::Name { stacks, done } => {
+                            namer.name(stacks);
+                            if let Some(done) = done {
+                                let _ = done.send(());
+                            }
+                        }
+                        Job::Moved => namer.moved(),
                     }
                 }
             });
-            requests
+            jobs
         })
     }
 
-    /// The addresses of `addrs` not named yet.
-    fn uncached(&self, addrs: &[u64]) -> Vec<u64> {
-        let cache = lock(&self.cache);
-        addrs.iter().copied().filter(|a| !cache.contains_key(a)).collect()
-    }
-
-    /// Frames for `addrs` (innermost first). Addresses that cannot be named get labels.
-    pub fn frames(&mut self, addrs: &[u64]) -> Vec<Frame> {
-        let missing = self.uncached(addrs);
-        if !missing.is_empty() {
-            let (done, wait) = mpsc::sync_channel(1);
-            if self.requests().send(Request { addrs: missing, done: Some(done) }).is_ok() {
-                let _ = wait.recv();
-            }
+    /// Frames of stack `stack_id` (innermost first), whose raw frames `raw` reads from a stack
+    /// map when it was not named yet; a stack the kernel could not capture ([`NO_STACK`]) is
+    /// the one frame [`Frame::lost`].
+    pub fn stack_frames(&mut self, stack_id: i64, raw: impl FnOnce(i64) -> Vec<RawFrame>) -> Vec<Frame> {
+        if stack_id == NO_STACK {
+            return vec![Frame::lost()];
         }
-        let cache = lock(&self.cache);
-        addrs.iter().map(|a| cache.get(a).cloned().unwrap_or_else(|| unnamed(*a, &[]))).collect()
+        if let Some(frames) = lock(&self.stacks).get(&stack_id) {
+            return frames.clone();
+        }
+        let (done, wait) = mpsc::sync_channel(1);
+        let job = Job::Name { stacks: vec![(stack_id, raw(stack_id))], done: Some(done) };
+        if self.jobs().send(job).is_ok() {
+            let _ = wait.recv();
+        }
+        lock(&self.stacks).get(&stack_id).cloned().unwrap_or_else(|| vec![Frame::lost()])
     }
 
-    /// Frames for stack `stack_id`, whose addresses `addrs` reads from a stack map; a stack
-    /// the kernel could not capture ([`NO_STACK`]) is the one frame [`Frame::lost`].
-    pub fn stack_frames(&mut self, stack_id: i64, addrs: impl FnOnce(i64) -> Vec<u64>) -> Vec<Frame> {
-        match stack_id {
-            NO_STACK => vec![Frame::lost()],
-            id => self.frames(&addrs(id)),
+    /// Names stack `stack_id` in the background, for a later [`Symbolizer::stack_frames`].
+    pub fn prefetch(&mut self, stack_id: i64, raw: Vec<RawFrame>) {
+        if stack_id != NO_STACK && !lock(&self.stacks).contains_key(&stack_id) {
+            let _ = self.jobs().send(Job::Name { stacks: vec![(stack_id, raw)], done: None });
         }
     }
 
-    /// Names `addrs` in the background, for a later [`Symbolizer::frames`] to find cached.
-    pub fn prefetch(&mut self, addrs: Vec<u64>) {
-        let addrs = self.uncached(&addrs);
-        if !addrs.is_empty() {
-            let _ = self.requests().send(Request { addrs, done: None });
+    /// A mark-compact ran: JavaScript objects may have moved, so names cached by object
+    /// address are dropped (stacks already named keep their names).
+    pub fn moved(&mut self) {
+        if self.jobs.is_some() {
+            let _ = self.jobs().send(Job::Moved);
         }
     }
 }
@@ -160,7 +200,69 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Frames for the addresses of `pid` (already-cached ones are named again, harmlessly).
+/// The naming thread's state.
+struct Namer {
+    pid: u32,
+    blazesym: Blazesym,
+    js: Option<Reader<ProcMem>>,
+    native: HashMap<u64, Frame>,
+    functions: HashMap<u64, Option<JsFunction>>,
+    stacks: Arc<Mutex<HashMap<i64, Vec<Frame>>>>,
+}
+
+impl Namer {
+    fn new(pid: u32, js: Option<Reader<ProcMem>>, stacks: Arc<Mutex<HashMap<i64, Vec<Frame>>>>) -> Self {
+        let blazesym = Blazesym::builder().enable_demangling(true).build();
+        Self { pid, blazesym, js, native: HashMap::new(), functions: HashMap::new(), stacks }
+    }
+
+    fn moved(&mut self) {
+        self.functions.clear();
+        if let Some(js) = &mut self.js {
+            js.forget();
+        }
+    }
+
+    fn name(&mut self, stacks: Vec<(i64, Vec<RawFrame>)>) {
+        let mut addrs: Vec<u64> = stacks.iter().flat_map(|(_, s)| s.iter().map(|f| f.pc)).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        addrs.retain(|a| !self.native.contains_key(a));
+        if !addrs.is_empty() {
+            self.native.extend(name(&self.blazesym, self.pid, &addrs));
+        }
+        for (id, raw) in stacks {
+            let frames: Vec<Frame> = raw.iter().map(|f| self.frame(*f)).collect();
+            lock(&self.stacks).insert(id, frames);
+        }
+    }
+
+    /// One frame: the JavaScript function when the frame has one with a script (V8's own
+    /// builtins, such as `Array.prototype.forEach`, keep their `Builtins_` names), else the
+    /// native name or label.
+    fn frame(&mut self, raw: RawFrame) -> Frame {
+        let native = self.native.get(&raw.pc).cloned().unwrap_or_else(|| unnamed(raw.pc, &[]));
+        // Only V8's code holds a JSFunction in the slot; a C++ frame's is a stray local.
+        if raw.js == 0 || native.kind == FrameKind::Native {
+            return native;
+        }
+        let Some(reader) = &mut self.js else { return native };
+        let function = self.functions.entry(raw.js).or_insert_with(|| reader.function(raw.js).ok());
+        match function {
+            Some(f) if f.file.is_some() => Frame {
+                name: f.name.clone(),
+                kind: FrameKind::Js,
+                addr: raw.pc,
+                file: f.file.clone(),
+                line: f.line,
+                note: (native.kind == FrameKind::Jit).then_some(INLINED_NOTE),
+            },
+            _ => native,
+        }
+    }
+}
+
+/// Frames for the addresses of `pid`.
 fn name(blazesym: &Blazesym, pid: u32, addrs: &[u64]) -> Vec<(u64, Frame)> {
     let jit = exec_anon_ranges(pid);
     let src = Source::Process(Process::new(Pid::from(pid)));
@@ -180,6 +282,7 @@ fn name(blazesym: &Blazesym, pid: u32, addrs: &[u64]) -> Vec<(u64, Frame)> {
                     addr,
                     file: sym.code_info.as_ref().map(|c| c.file.to_string_lossy().into_owned()),
                     line: sym.code_info.as_ref().and_then(|c| c.line),
+                    note: None,
                 },
                 _ => unnamed(addr, &jit),
             };
@@ -196,6 +299,7 @@ fn unnamed(addr: u64, jit: &[(u64, u64)]) -> Frame {
         addr,
         file: None,
         line: None,
+        note: None,
     }
 }
 
@@ -243,8 +347,8 @@ zz-yy r-xp 0 0 0
         fn here() -> u64 {
             here as *const () as u64
         }
-        let mut s = Symbolizer::new(std::process::id());
-        let frames = s.frames(&[here(), 0x10]);
+        let mut s = Symbolizer::new(std::process::id(), None);
+        let frames = s.stack_frames(7, |_| vec![RawFrame::native(here()), RawFrame { pc: 0x10, js: 0x1001 }]);
         assert!(frames[0].name.contains("here"), "{:?}", frames[0]);
         assert_eq!(frames[0].kind, FrameKind::Native);
         assert_eq!(frames[1].name, "[unknown 0x10]");

@@ -16,7 +16,7 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
-use super::track::user_stack;
+use crate::stacks::user_stack;
 use crate::maps::{count_drop, emit};
 
 /// Pauses in flight, by thread id.

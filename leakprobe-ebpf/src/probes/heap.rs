@@ -19,8 +19,11 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
-use super::track::{user_stack_in, Tracker};
-use crate::maps::{count_drop, emit, SAMPLE_STACKS};
+use super::track::Tracker;
+use crate::{
+    maps::{count_drop, emit},
+    stacks::{user_stack_in, SAMPLE_STACKS},
+};
 
 /// Large-object pages by allocation stack (one JS object per page: a big array or string).
 #[map]

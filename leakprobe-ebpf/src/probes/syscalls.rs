@@ -14,7 +14,7 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
-use super::track::user_stack;
+use crate::stacks::user_stack;
 use crate::maps::{count_drop, emit};
 use leakprobe_ebpf::drops::DropReason;
 

@@ -2,17 +2,19 @@
 //! live (by address), and totals by allocation stack.
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
-    maps::{HashMap, PerCpuHashMap, StackTrace},
-    programs::tracing::StackIdContext,
+    maps::{HashMap, PerCpuHashMap},
 };
 use leakprobe_ebpf::{
-    alloc::{LiveAlloc, Pending, StackTotals, NO_STACK},
+    alloc::{LiveAlloc, Pending, StackTotals},
     drops::DropReason,
 };
 
-use crate::maps::{count_drop, STACKS};
+use crate::{
+    maps::count_drop,
+    stacks::{user_stack, UserRegs},
+};
 
 /// One family's maps.
 pub struct Tracker {
@@ -22,28 +24,10 @@ pub struct Tracker {
     pub by_stack: &'static PerCpuHashMap<i64, StackTotals>,
 }
 
-/// The user stack of the current thread in [`STACKS`], or [`NO_STACK`] (counted).
-#[inline(always)]
-pub fn user_stack<C: StackIdContext>(ctx: &C) -> i64 {
-    user_stack_in(ctx, &STACKS)
-}
-
-/// The user stack of the current thread in `map`, or [`NO_STACK`] (counted).
-#[inline(always)]
-pub fn user_stack_in<C: StackIdContext>(ctx: &C, map: &StackTrace) -> i64 {
-    match ctx.get_stackid(map, BPF_F_USER_STACK as u64) {
-        Ok(id) => id,
-        Err(_) => {
-            count_drop(DropReason::StackLost);
-            NO_STACK
-        }
-    }
-}
-
 impl Tracker {
     /// At an allocation call's entry: remember its size and stack until it returns.
     #[inline(always)]
-    pub fn enter<C: StackIdContext>(&self, ctx: &C, size: u64) {
+    pub fn enter<C: UserRegs>(&self, ctx: &C, size: u64) {
         let tid = bpf_get_current_pid_tgid() as u32;
         let pending = Pending { size, stack_id: user_stack(ctx) };
         if self.pending.insert(&tid, &pending, 0).is_err() {

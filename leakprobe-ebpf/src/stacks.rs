@@ -1,0 +1,182 @@
+//! Capturing user stacks: the frame-pointer walk behind every stack id.
+//!
+//! The kernel's own `bpf_get_stackid` keeps return addresses only. Interpreted JavaScript runs
+//! inside V8's bytecode handlers, so every interpreted function would share one stack; and the
+//! function a JIT frame belongs to cannot be recovered from its address once the code is gone.
+//! This walk follows the same frame-pointer chain and also keeps, per frame, the
+//! `SharedFunctionInfo` of the JavaScript function in it (read through the `JSFunction` slot V8
+//! keeps below each JavaScript frame's frame pointer, validated by its map's instance type).
+
+use aya_ebpf::{
+    bindings::{pt_regs, BPF_NOEXIST},
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{ProbeContext, TracePointContext},
+};
+use leakprobe_ebpf::{
+    alloc::{MAX_STACKS, NO_STACK},
+    drops::DropReason,
+    stack::{mix, stack_id, JsLayout, RawStack, HASH_START, MAX_FRAMES},
+};
+
+use crate::maps::count_drop;
+
+/// User stacks of allocations, shared by every family; ids are keys of the per-stack totals.
+#[map]
+pub static STACKS: HashMap<i64, RawStack> = HashMap::with_max_entries(MAX_STACKS, 0);
+
+/// User stacks of the heap's allocation samples, kept apart from [`STACKS`]: JIT code gives
+/// the churn many distinct stacks, which must not crowd out (by filling the map) the stacks
+/// that leak suspects are named by.
+#[map]
+pub static SAMPLE_STACKS: HashMap<i64, RawStack> = HashMap::with_max_entries(MAX_STACKS, 0);
+
+/// Where JavaScript frames keep their function (set by userspace from the binary's metadata).
+#[map]
+pub static JS_LAYOUT: Array<JsLayout> = Array::with_max_entries(1, 0);
+
+/// Per-CPU room to build a stack in (too big for the 512-byte program stack).
+#[map]
+static SCRATCH: PerCpuArray<RawStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// The user registers a walk starts from.
+pub struct Regs {
+    ip: u64,
+    sp: u64,
+    fp: u64,
+    /// Stopped at a function's first instruction: its caller's return address is at `sp`, and
+    /// `fp` is still the caller's frame pointer.
+    at_entry: bool,
+}
+
+/// Program contexts a user stack can be taken from.
+pub trait UserRegs {
+    /// The interrupted user registers.
+    fn user_regs(&self) -> Option<Regs>;
+}
+
+impl UserRegs for ProbeContext {
+    /// Every uprobe is placed on a function's entry.
+    fn user_regs(&self) -> Option<Regs> {
+        // SAFETY: `regs` is the context the kernel passed to the program.
+        let r = unsafe { &*self.regs };
+        Some(Regs { ip: r.rip, sp: r.rsp, fp: r.rbp, at_entry: true })
+    }
+}
+
+impl UserRegs for TracePointContext {
+    /// A syscall tracepoint: the registers saved at the syscall, inside libc's wrapper.
+    fn user_regs(&self) -> Option<Regs> {
+        // SAFETY: BTF helpers on the current task; the result is read with probe_read_kernel.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+        let r = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
+        Some(Regs { ip: r.rip, sp: r.rsp, fp: r.rbp, at_entry: false })
+    }
+}
+
+/// The user stack of the current thread in [`STACKS`], or [`NO_STACK`] (counted).
+#[inline(always)]
+pub fn user_stack<C: UserRegs>(ctx: &C) -> i64 {
+    user_stack_in(ctx, &STACKS)
+}
+
+/// The user stack of the current thread in `map`, or [`NO_STACK`] (counted as `StackLost`).
+#[inline(always)]
+pub fn user_stack_in<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>) -> i64 {
+    match capture(ctx, map) {
+        Some(id) => id,
+        None => {
+            count_drop(DropReason::StackLost);
+            NO_STACK
+        }
+    }
+}
+
+#[inline(always)]
+fn capture<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>) -> Option<i64> {
+    let regs = ctx.user_regs()?;
+    let stack = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    let layout = JS_LAYOUT.get(0).copied().unwrap_or_default();
+    let hash = walk(&regs, &layout, stack);
+    let id = stack_id(hash);
+    // SAFETY: read-only lookup of a map value.
+    if unsafe { map.get(&id) }.is_none() {
+        match map.insert(&id, stack, BPF_NOEXIST as u64) {
+            // Another CPU just stored the same stack.
+            Ok(()) | Err(-17) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(id)
+}
+
+/// Fills `stack` from `regs`, returning the hash of its frames.
+#[inline(never)]
+fn walk(regs: &Regs, layout: &JsLayout, stack: &mut RawStack) -> u64 {
+    stack.pcs[0] = regs.ip;
+    stack.js[0] = 0;
+    let mut hash = mix(HASH_START, regs.ip);
+    let mut len = 1u64;
+    // The frame pointer whose saved return address and caller frame pointer are read next.
+    let mut fp = regs.fp;
+    for i in 1..MAX_FRAMES {
+        let (pc, owner) = if i == 1 && regs.at_entry {
+            // The probed function has not pushed a frame yet: its caller is at `sp`.
+            (read(regs.sp), fp)
+        } else {
+            if fp == 0 {
+                break;
+            }
+            let (Some(ret), Some(next)) = (read(fp + 8), read(fp)) else { break };
+            if next != 0 && next <= fp {
+                // Frames lie at rising addresses; anything else is not a frame chain.
+                break;
+            }
+            fp = next;
+            (Some(ret), next)
+        };
+        let Some(pc) = pc.filter(|pc| *pc != 0) else { break };
+        let js = if owner != 0 { js_function(layout, owner) } else { 0 };
+        stack.pcs[i] = pc;
+        stack.js[i] = js;
+        hash = mix(mix(hash, pc), js);
+        len = i as u64 + 1;
+    }
+    stack.len = len;
+    hash
+}
+
+/// The tagged `SharedFunctionInfo` of the JavaScript function whose frame pointer is `fp`, or 0
+/// when the frame holds no `JSFunction` (a C++ frame, or a V8 frame of another type).
+#[inline(always)]
+fn js_function(l: &JsLayout, fp: u64) -> u64 {
+    if l.enabled == 0 {
+        return 0;
+    }
+    let tagged = |word: u64| word & l.tag_mask == l.heap_tag;
+    // A typed frame's marker is a Smi: such a frame may hold a function it is about to call.
+    if read(fp.wrapping_add(l.fp_context_or_type as u64)).filter(|w| tagged(*w)).is_none() {
+        return 0;
+    }
+    let Some(function) = read(fp.wrapping_add(l.fp_function as u64)).filter(|w| tagged(*w)) else {
+        return 0;
+    };
+    let object = function - l.heap_tag;
+    let Some(map) = read(object + l.map).filter(|w| tagged(*w)) else { return 0 };
+    // SAFETY: a user-memory read of two bytes; failure is handled.
+    let Ok(ty) = (unsafe { bpf_probe_read_user((map - l.heap_tag + l.instance_type) as *const u16) }) else {
+        return 0;
+    };
+    if (ty as u64) < l.first_function_type || (ty as u64) > l.last_function_type {
+        return 0;
+    }
+    read(object + l.shared).filter(|w| tagged(*w)).unwrap_or(0)
+}
+
+/// One word of user memory.
+#[inline(always)]
+fn read(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the address; a fault is an error, not a crash.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}

@@ -1,0 +1,674 @@
+//! Naming JavaScript functions from outside the process: V8's postmortem metadata (the
+//! `v8dbg_*` constants every node binary carries) describes its object layouts, and the
+//! target's memory (`/proc/PID/mem`) holds the objects. From a `SharedFunctionInfo` pointer
+//! captured with a stack, this reads the function's name, its script's name and the line it
+//! starts on — with no flags on the target and no per-version offset tables here, except the
+//! one place the metadata is silent (where `ScopeInfo` keeps the function's source positions).
+//!
+//! Everything read from the target is untrusted: objects are checked by their map's instance
+//! type, strings and arrays are bounded, and anything unexpected is a [`Bad`] — never a panic.
+
+use std::{collections::HashMap, fs::File, os::unix::fs::FileExt};
+
+use leakprobe_ebpf::stack::JsLayout;
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+/// Why the metadata cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MetadataError {
+    /// The binary has no `v8dbg_*` symbols (stripped, or V8 built without postmortem support).
+    #[error("no V8 postmortem metadata (v8dbg_* symbols)")]
+    Absent,
+    /// A constant the reader needs is not among them.
+    #[error("V8 postmortem metadata lacks {0}")]
+    Missing(&'static str),
+    /// A layout this reader does not handle.
+    #[error("unsupported V8 layout: {0}")]
+    Unsupported(&'static str),
+}
+
+/// The `v8dbg_*` constants of one binary, by name without the prefix.
+#[derive(Debug, Default, Clone)]
+pub struct Metadata(HashMap<String, i64>);
+
+impl Metadata {
+    /// Reads every `v8dbg_*` symbol of an ELF image (each a 4-byte `int` in its data).
+    pub fn from_elf(bytes: &[u8]) -> Result<Self, MetadataError> {
+        let file = object::File::parse(bytes).map_err(|_| MetadataError::Absent)?;
+        let mut values = HashMap::new();
+        for symbol in file.symbols().chain(file.dynamic_symbols()) {
+            let Some(name) = symbol.name().ok().and_then(|n| n.strip_prefix("v8dbg_")) else {
+                continue;
+            };
+            let Some(section) = symbol.section_index().and_then(|i| file.section_by_index(i).ok()) else {
+                continue;
+            };
+            let value = match section.kind() {
+                // Constants that are 0 land in .bss.
+                object::SectionKind::UninitializedData | object::SectionKind::UninitializedTls => 0,
+                _ => match section.data_range(symbol.address(), 4) {
+                    Ok(Some(raw)) => i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as i64,
+                    _ => continue,
+                },
+            };
+            values.insert(name.to_string(), value);
+        }
+        Self::from_pairs(values)
+    }
+
+    /// From `(name without "v8dbg_", value)` pairs.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, i64)>) -> Result<Self, MetadataError> {
+        let values: HashMap<String, i64> = pairs.into_iter().collect();
+        match values.is_empty() {
+            true => Err(MetadataError::Absent),
+            false => Ok(Self(values)),
+        }
+    }
+
+    /// The constant `name`.
+    fn get(&self, name: &'static str) -> Result<i64, MetadataError> {
+        self.0.get(name).copied().ok_or(MetadataError::Missing(name))
+    }
+
+    /// The constant whose name starts with `prefix` (field names end in a type that changes
+    /// between versions: `__Object`, `__Tagged_Object_`, …).
+    fn field(&self, prefix: &'static str) -> Result<i64, MetadataError> {
+        let mut hits = self.0.iter().filter(|(k, _)| k.starts_with(prefix));
+        hits.next().map(|(_, v)| *v).ok_or(MetadataError::Missing(prefix))
+    }
+
+    /// The first of `names` present.
+    fn any(&self, names: &[&'static str]) -> Result<i64, MetadataError> {
+        names.iter().find_map(|n| self.0.get(*n).copied()).ok_or(MetadataError::Missing(names[0]))
+    }
+}
+
+/// Where `ScopeInfo` keeps a function's source positions: the metadata does not say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScopeInfoPositions {
+    /// V8 ≥ 12.8 (node ≥ 23): fixed slots 3 and 4 after the map.
+    Fixed,
+    /// Older V8: after the function name among the variable-length slots, found by shape.
+    AfterName,
+}
+
+impl ScopeInfoPositions {
+    /// For a node major version (V8 12.8 arrived in node 23).
+    pub fn for_node(major: Option<u32>) -> Self {
+        match major {
+            Some(m) if m >= 23 => Self::Fixed,
+            _ => Self::AfterName,
+        }
+    }
+}
+
+/// The object layouts the reader needs, from one binary's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    heap_tag: u64,
+    tag_mask: u64,
+    smi_shift: u32,
+    map: u64,
+    instance_type: u64,
+    fp_function: i64,
+    fp_context_or_type: i64,
+    function_shared: u64,
+    first_function_type: u64,
+    last_function_type: u64,
+    sfi_type: u64,
+    script_type: u64,
+    scope_info_type: u64,
+    fixed_array_type: u64,
+    sfi_name_or_scope_info: u64,
+    sfi_script: u64,
+    script_name: u64,
+    script_source: u64,
+    script_line_ends: u64,
+    array_length: u64,
+    array_data: u64,
+    scope_first_vars: u64,
+    scope_context_locals: u64,
+    positions: ScopeInfoPositions,
+    strings: StringLayout,
+}
+
+/// How strings are laid out and told apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StringLayout {
+    first_nonstring: u64,
+    representation_mask: u64,
+    encoding_mask: u64,
+    seq: u64,
+    cons: u64,
+    sliced: u64,
+    thin: u64,
+    one_byte: u64,
+    length: u64,
+    one_byte_chars: u64,
+    two_byte_chars: u64,
+    cons_first: u64,
+    cons_second: u64,
+    sliced_parent: u64,
+    sliced_offset: u64,
+    thin_actual: u64,
+}
+
+impl Layout {
+    /// The layout described by `m`, for a binary of node major version `node_major`.
+    pub fn new(m: &Metadata, node_major: Option<u32>) -> Result<Self, MetadataError> {
+        if m.get("TaggedSize").unwrap_or(8) != 8 {
+            return Err(MetadataError::Unsupported("pointer compression"));
+        }
+        let u = |v: i64| v as u64;
+        Ok(Self {
+            heap_tag: u(m.get("HeapObjectTag")?),
+            tag_mask: u(m.get("HeapObjectTagMask")?),
+            smi_shift: m.get("SmiShiftSize")?.saturating_add(1).clamp(1, 63) as u32,
+            map: u(m.field("class_HeapObject__map__")?),
+            instance_type: u(m.field("class_Map__instance_type__")?),
+            fp_function: m.get("off_fp_function")?,
+            fp_context_or_type: m.get("off_fp_context_or_frame_type")?,
+            function_shared: u(m.field("class_JSFunction__shared__")?),
+            // Before V8 12 the range is not in the metadata; JSFunction's instance types are
+            // the last ones, starting at JS_FUNCTION_TYPE.
+            first_function_type: u(m.any(&["FirstJSFunctionType", "type_JSFunction__JS_FUNCTION_TYPE"])?),
+            last_function_type: u(m.get("LastJSFunctionType").unwrap_or(u16::MAX as i64)),
+            sfi_type: u(m.get("type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE")?),
+            script_type: u(m.get("type_Script__SCRIPT_TYPE")?),
+            scope_info_type: u(m.get("type_ScopeInfo__SCOPE_INFO_TYPE")?),
+            fixed_array_type: u(m.get("type_FixedArray__FIXED_ARRAY_TYPE")?),
+            sfi_name_or_scope_info: u(m.field("class_SharedFunctionInfo__name_or_scope_info__")?),
+            sfi_script: u(m.any(&[
+                "class_SharedFunctionInfo__script__Tagged_HeapObject_",
+                "class_SharedFunctionInfo__script_or_debug_info__HeapObject",
+            ])
+            .or_else(|_| m.field("class_SharedFunctionInfo__script"))?),
+            script_name: u(m.field("class_Script__name__")?),
+            script_source: u(m.field("class_Script__source__")?),
+            script_line_ends: u(m.field("class_Script__line_ends__")?),
+            array_length: u(m.field("class_FixedArrayBase__length__")?),
+            array_data: u(m.field("class_FixedArray__data__")?),
+            scope_first_vars: u(m.get("scopeinfo_idx_first_vars")?),
+            scope_context_locals: u(m.get("scopeinfo_idx_ncontextlocals")?),
+            positions: ScopeInfoPositions::for_node(node_major),
+            strings: StringLayout {
+                first_nonstring: u(m.get("FirstNonstringType")?),
+                representation_mask: u(m.get("StringRepresentationMask")?),
+                encoding_mask: u(m.get("StringEncodingMask")?),
+                seq: u(m.get("SeqStringTag")?),
+                cons: u(m.get("ConsStringTag")?),
+                sliced: u(m.get("SlicedStringTag")?),
+                thin: u(m.get("ThinStringTag")?),
+                one_byte: u(m.get("OneByteStringTag")?),
+                length: u(m.field("class_String__length__")?),
+                one_byte_chars: u(m.field("class_SeqOneByteString__chars__")?),
+                two_byte_chars: u(m.field("class_SeqTwoByteString__chars__")?),
+                cons_first: u(m.field("class_ConsString__first__")?),
+                cons_second: u(m.field("class_ConsString__second__")?),
+                sliced_parent: u(m.field("class_SlicedString__parent__")?),
+                sliced_offset: u(m.field("class_SlicedString__offset__")?),
+                thin_actual: u(m.field("class_ThinString__actual__")?),
+            },
+        })
+    }
+
+    /// What the kernel's stack walk needs to find each JavaScript frame's function.
+    pub fn kernel(&self) -> JsLayout {
+        JsLayout {
+            enabled: 1,
+            fp_function: self.fp_function,
+            fp_context_or_type: self.fp_context_or_type,
+            tag_mask: self.tag_mask,
+            heap_tag: self.heap_tag,
+            map: self.map,
+            instance_type: self.instance_type,
+            shared: self.function_shared,
+            first_function_type: self.first_function_type,
+            last_function_type: self.last_function_type,
+        }
+    }
+}
+
+/// A JavaScript function, as named from its `SharedFunctionInfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsFunction {
+    /// Its name; `(anonymous)` when it has none.
+    pub name: String,
+    /// Its script's name (a path or URL), when it has a script with a name.
+    pub file: Option<String>,
+    /// The 1-based line it starts on, when known.
+    pub line: Option<u32>,
+}
+
+/// Why a `SharedFunctionInfo` could not be named.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Bad {
+    /// Memory could not be read (unmapped, or the process is gone).
+    #[error("unreadable memory at {0:#x}")]
+    Unreadable(u64),
+    /// A word that should be a heap object pointer is not one.
+    #[error("not a heap object: {0:#x}")]
+    NotObject(u64),
+    /// An object of an unexpected type (stale pointer, or garbage).
+    #[error("object at {addr:#x} has type {found}, not {wanted}")]
+    WrongType { addr: u64, found: u64, wanted: &'static str },
+    /// A string or array longer than we are willing to read, or deeper than we follow.
+    #[error("implausible {0}")]
+    Implausible(&'static str),
+}
+
+/// Read access to the target's memory.
+pub trait Memory {
+    /// Fills `buf` from address `addr`, or fails.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
+}
+
+/// A process's memory through `/proc/PID/mem`.
+pub struct ProcMem(File);
+
+impl ProcMem {
+    /// Opens the memory of `pid`.
+    pub fn open(pid: u32) -> std::io::Result<Self> {
+        File::open(format!("/proc/{pid}/mem")).map(Self)
+    }
+}
+
+impl Memory for ProcMem {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.0.read_exact_at(buf, addr).is_ok()
+    }
+}
+
+/// Longest string read (function and script names, or a source to count lines in).
+const MAX_STRING: u64 = 16 << 20;
+/// Deepest chain of cons/sliced/thin strings followed.
+const MAX_STRING_DEPTH: u32 = 64;
+/// Most string objects visited for one string (cons strings branch).
+const MAX_STRING_PARTS: u32 = 4096;
+/// Most lines a `line_ends` array may claim.
+const MAX_LINES: u64 = 4 << 20;
+/// `ScopeInfo` slots searched for a name and positions in the older layout.
+const SCOPE_SLOTS: u64 = 16;
+
+/// Reads V8 objects of one process.
+pub struct Reader<M: Memory> {
+    layout: Layout,
+    mem: M,
+    /// Scripts by address: (name, line ends). Cleared with [`Reader::forget`].
+    scripts: HashMap<u64, (Option<String>, Option<Vec<u32>>)>,
+}
+
+impl<M: Memory> Reader<M> {
+    /// A reader of `mem` with `layout`.
+    pub fn new(layout: Layout, mem: M) -> Self {
+        Self { layout, mem, scripts: HashMap::new() }
+    }
+
+    /// Drops what was cached by address (after a mark-compact, objects may have moved).
+    pub fn forget(&mut self) {
+        self.scripts.clear();
+    }
+
+    /// Names the function of the tagged `SharedFunctionInfo` pointer `sfi`.
+    pub fn function(&mut self, sfi: u64) -> Result<JsFunction, Bad> {
+        let l = self.layout.clone();
+        let sfi = self.typed(sfi, l.sfi_type, "SharedFunctionInfo")?;
+        let name_or_scope = self.word(sfi.wrapping_add(l.sfi_name_or_scope_info))?;
+        let (name, position) = match self.type_of(name_or_scope) {
+            Ok((obj, ty)) if ty == l.scope_info_type => self.scope_info(obj)?,
+            Ok((_, ty)) if ty < l.strings.first_nonstring => (Some(self.string(name_or_scope)?), None),
+            _ => (None, None),
+        };
+        let (file, line_ends) = match self.type_of(self.word(sfi.wrapping_add(l.sfi_script))?) {
+            Ok((script, ty)) if ty == l.script_type => self.script(script),
+            _ => (None, None),
+        };
+        let line = match (position, line_ends) {
+            (Some(pos), Some(ends)) => Some(line_of(&ends, pos)),
+            _ => None,
+        };
+        let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| "(anonymous)".into());
+        Ok(JsFunction { name, file, line })
+    }
+
+    /// The function name and start position a `ScopeInfo` holds.
+    fn scope_info(&self, obj: u64) -> Result<(Option<String>, Option<u32>), Bad> {
+        let l = &self.layout;
+        let data = obj.wrapping_add(l.map).wrapping_add(8);
+        let slot = |i: u64| self.word(data.wrapping_add(i.wrapping_mul(8)));
+        let fixed = match l.positions {
+            ScopeInfoPositions::Fixed => self.smi(slot(3)?).filter(|p| *p >= 0).map(|p| p as u32),
+            ScopeInfoPositions::AfterName => None,
+        };
+        let locals = self.smi(slot(l.scope_context_locals)?).filter(|n| (0..=1 << 16).contains(n)).unwrap_or(0);
+        let mut name = None;
+        let mut prev: Option<i64> = None;
+        let start = l.scope_first_vars.wrapping_add(2 * locals as u64);
+        for i in (0..SCOPE_SLOTS).map(|k| start.wrapping_add(k)) {
+            let Ok(word) = slot(i) else { break };
+            if name.is_none() {
+                if let Ok((_, ty)) = self.type_of(word) {
+                    if ty < l.strings.first_nonstring {
+                        name = self.string(word).ok();
+                        if fixed.is_some() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let value = self.smi(word);
+            if let (Some(start), Some(end), ScopeInfoPositions::AfterName) = (prev, value, l.positions) {
+                if 0 <= start && start < end {
+                    return Ok((name, Some(start as u32)));
+                }
+            }
+            prev = value;
+        }
+        Ok((name, fixed))
+    }
+
+    /// A script's name and line ends, cached by address.
+    fn script(&mut self, script: u64) -> (Option<String>, Option<Vec<u32>>) {
+        if let Some(hit) = self.scripts.get(&script) {
+            return hit.clone();
+        }
+        let l = &self.layout;
+        let name = self.word(script.wrapping_add(l.script_name)).and_then(|w| self.string(w)).ok();
+        let ends = self.line_ends(script).ok();
+        self.scripts.insert(script, (name.clone(), ends.clone()));
+        (name, ends)
+    }
+
+    /// Where each line of a script ends: V8's own table when it has built one, else counted
+    /// in the source.
+    fn line_ends(&self, script: u64) -> Result<Vec<u32>, Bad> {
+        let l = &self.layout;
+        if let Ok((array, ty)) = self.type_of(self.word(script.wrapping_add(l.script_line_ends))?) {
+            if ty == l.fixed_array_type {
+                let n = self.smi(self.word(array.wrapping_add(l.array_length))?).ok_or(Bad::Implausible("line_ends length"))?;
+                if !(0..=MAX_LINES as i64).contains(&n) {
+                    return Err(Bad::Implausible("line_ends length"));
+                }
+                let mut raw = vec![0u8; n as usize * 8];
+                self.bytes(array.wrapping_add(l.array_data), &mut raw)?;
+                return Ok(raw
+                    .chunks_exact(8)
+                    .filter_map(|c| self.smi(u64::from_le_bytes(c.try_into().unwrap_or_default())))
+                    .map(|v| v.max(0) as u32)
+                    .collect());
+            }
+        }
+        let source = self.string(self.word(script.wrapping_add(l.script_source))?)?;
+        Ok(count_line_ends(&source))
+    }
+
+    /// The text of the tagged string pointer `tagged`.
+    pub fn string(&self, tagged: u64) -> Result<String, Bad> {
+        let mut units = Vec::new();
+        let mut budget = MAX_STRING_PARTS;
+        self.string_units(tagged, 0, u64::MAX, &mut units, &mut budget, 0)?;
+        Ok(String::from_utf16_lossy(&units))
+    }
+
+    /// Appends UTF-16 units `from..from+len` (clamped) of the string `tagged` to `out`,
+    /// visiting at most `budget` more string objects.
+    fn string_units(
+        &self,
+        tagged: u64,
+        from: u64,
+        len: u64,
+        out: &mut Vec<u16>,
+        budget: &mut u32,
+        depth: u32,
+    ) -> Result<(), Bad> {
+        if depth > MAX_STRING_DEPTH || *budget == 0 || out.len() as u64 > MAX_STRING {
+            return Err(Bad::Implausible("string shape"));
+        }
+        *budget -= 1;
+        let s = &self.layout.strings;
+        let (obj, ty) = self.type_of(tagged)?;
+        if ty >= s.first_nonstring {
+            return Err(Bad::WrongType { addr: obj, found: ty, wanted: "String" });
+        }
+        let mut raw = [0u8; 4];
+        self.bytes(obj.wrapping_add(s.length), &mut raw)?;
+        let length = u32::from_le_bytes(raw) as u64;
+        if length > MAX_STRING {
+            return Err(Bad::Implausible("string length"));
+        }
+        let from = from.min(length);
+        let len = len.min(length - from);
+        match ty & s.representation_mask {
+            r if r == s.seq => {
+                let one_byte = ty & s.encoding_mask == s.one_byte;
+                let (chars, width) = if one_byte { (s.one_byte_chars, 1) } else { (s.two_byte_chars, 2) };
+                let mut raw = vec![0u8; (len * width) as usize];
+                self.bytes(obj.wrapping_add(chars).wrapping_add(from * width), &mut raw)?;
+                match one_byte {
+                    true => out.extend(raw.iter().map(|b| *b as u16)),
+                    false => out.extend(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]))),
+                }
+                Ok(())
+            }
+            r if r == s.cons => {
+                let first = self.word(obj.wrapping_add(s.cons_first))?;
+                let (_, first_ty) = self.type_of(first)?;
+                let first_len = match first_ty < s.first_nonstring {
+                    true => {
+                        let mut raw = [0u8; 4];
+                        self.bytes(first.wrapping_sub(self.layout.heap_tag).wrapping_add(s.length), &mut raw)?;
+                        u32::from_le_bytes(raw) as u64
+                    }
+                    false => return Err(Bad::WrongType { addr: first, found: first_ty, wanted: "String" }),
+                };
+                if from < first_len {
+                    self.string_units(first, from, len.min(first_len - from), out, budget, depth + 1)?;
+                }
+                let end = from + len;
+                if end > first_len {
+                    let second = self.word(obj.wrapping_add(s.cons_second))?;
+                    let start = from.saturating_sub(first_len);
+                    self.string_units(second, start, end - first_len - start, out, budget, depth + 1)?;
+                }
+                Ok(())
+            }
+            r if r == s.sliced => {
+                let parent = self.word(obj.wrapping_add(s.sliced_parent))?;
+                let offset = self.smi(self.word(obj.wrapping_add(s.sliced_offset))?).ok_or(Bad::Implausible("slice offset"))?;
+                let offset = u64::try_from(offset).map_err(|_| Bad::Implausible("slice offset"))?;
+                self.string_units(parent, offset.saturating_add(from), len, out, budget, depth + 1)
+            }
+            r if r == s.thin => self.string_units(self.word(obj.wrapping_add(s.thin_actual))?, from, len, out, budget, depth + 1),
+            // External strings live in the embedder's memory, behind a C++ object: not followed.
+            _ => Err(Bad::Implausible("external string")),
+        }
+    }
+
+    /// The object address of `tagged` if it has type `ty`.
+    fn typed(&self, tagged: u64, ty: u64, wanted: &'static str) -> Result<u64, Bad> {
+        let (obj, found) = self.type_of(tagged)?;
+        match found == ty {
+            true => Ok(obj),
+            false => Err(Bad::WrongType { addr: obj, found, wanted }),
+        }
+    }
+
+    /// The object address and instance type of the tagged pointer `tagged`.
+    fn type_of(&self, tagged: u64) -> Result<(u64, u64), Bad> {
+        let l = &self.layout;
+        if tagged & l.tag_mask != l.heap_tag {
+            return Err(Bad::NotObject(tagged));
+        }
+        let obj = tagged.wrapping_sub(l.heap_tag);
+        let map = self.word(obj.wrapping_add(l.map))?;
+        if map & l.tag_mask != l.heap_tag {
+            return Err(Bad::NotObject(map));
+        }
+        let mut raw = [0u8; 2];
+        self.bytes(map.wrapping_sub(l.heap_tag).wrapping_add(l.instance_type), &mut raw)?;
+        Ok((obj, u16::from_le_bytes(raw) as u64))
+    }
+
+    /// The value of a Smi word, or `None` for a heap object pointer.
+    fn smi(&self, word: u64) -> Option<i64> {
+        (word & self.layout.tag_mask != self.layout.heap_tag).then(|| (word as i64) >> self.layout.smi_shift)
+    }
+
+    fn word(&self, addr: u64) -> Result<u64, Bad> {
+        let mut raw = [0u8; 8];
+        self.bytes(addr, &mut raw)?;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    fn bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), Bad> {
+        match self.mem.read(addr, buf) {
+            true => Ok(()),
+            false => Err(Bad::Unreadable(addr)),
+        }
+    }
+}
+
+/// The offsets where each line of `source` ends (V8's convention: the newline's index).
+pub fn count_line_ends(source: &str) -> Vec<u32> {
+    let mut ends: Vec<u32> =
+        source.encode_utf16().enumerate().filter(|(_, c)| *c == b'\n' as u16).map(|(i, _)| i as u32).collect();
+    ends.push(source.encode_utf16().count() as u32);
+    ends
+}
+
+/// The 1-based line holding source offset `pos`, given the line ends.
+pub fn line_of(line_ends: &[u32], pos: u32) -> u32 {
+    line_ends.partition_point(|end| *end < pos) as u32 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Memory made of arbitrary bytes at arbitrary addresses.
+    struct Garbage(Vec<u8>, u64);
+
+    impl Memory for Garbage {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+            let Some(start) = addr.checked_sub(self.1) else { return false };
+            let Some(end) = start.checked_add(buf.len() as u64) else { return false };
+            match self.0.get(start as usize..end as usize) {
+                Some(src) => {
+                    buf.copy_from_slice(src);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    fn node_layout(major: u32) -> Option<Layout> {
+        let path = format!("/var/cache/leakprobe/node/{major}/node");
+        let bytes = std::fs::read(path).ok()?;
+        Some(Layout::new(&Metadata::from_elf(&bytes).unwrap(), Some(major)).unwrap())
+    }
+
+    /// A real layout (read once: parsing a node binary takes a while).
+    fn any_layout() -> Option<Layout> {
+        static LAYOUT: std::sync::OnceLock<Option<Layout>> = std::sync::OnceLock::new();
+        LAYOUT.get_or_init(|| node_layout(24).or_else(|| node_layout(20))).clone()
+    }
+
+    /// The metadata of /usr/bin/node (read once).
+    fn system_metadata() -> Option<Metadata> {
+        static META: std::sync::OnceLock<Option<Metadata>> = std::sync::OnceLock::new();
+        META.get_or_init(|| Metadata::from_elf(&std::fs::read("/usr/bin/node").ok()?).ok()).clone()
+    }
+
+    #[test]
+    fn every_cached_node_binary_has_the_metadata_we_need() {
+        let mut seen = 0;
+        for major in [18, 20, 22, 24] {
+            if let Some(layout) = node_layout(major) {
+                seen += 1;
+                let k = layout.kernel();
+                assert_eq!((k.heap_tag, k.tag_mask, k.fp_function, k.fp_context_or_type), (1, 3, -16, -8), "node {major}");
+                assert!(k.first_function_type <= k.last_function_type);
+            }
+        }
+        let usr = Metadata::from_elf(&std::fs::read("/usr/bin/node").unwrap_or_default());
+        if let Ok(m) = usr {
+            Layout::new(&m, Some(20)).unwrap();
+            seen += 1;
+        }
+        assert!(seen > 0, "no node binary to read metadata from");
+    }
+
+    #[test]
+    fn lines_of_offsets() {
+        let ends = count_line_ends("a\nbc\n\nd");
+        assert_eq!(ends, vec![1, 4, 5, 7]);
+        assert_eq!(line_of(&ends, 0), 1);
+        assert_eq!(line_of(&ends, 1), 1);
+        assert_eq!(line_of(&ends, 2), 2);
+        assert_eq!(line_of(&ends, 6), 4);
+        assert_eq!(line_of(&ends, 99), 5);
+        assert_eq!(line_of(&[], 3), 1);
+    }
+
+    #[test]
+    fn metadata_errors_are_named() {
+        assert_eq!(Metadata::from_elf(b"not an elf").unwrap_err(), MetadataError::Absent);
+        let m = Metadata::from_pairs([("HeapObjectTag".to_string(), 1)]).unwrap();
+        assert_eq!(Layout::new(&m, None).unwrap_err(), MetadataError::Missing("HeapObjectTagMask"));
+        let m = Metadata::from_pairs([("TaggedSize".to_string(), 4)]).unwrap();
+        assert_eq!(Layout::new(&m, None).unwrap_err(), MetadataError::Unsupported("pointer compression"));
+    }
+
+    /// Where [`Garbage`] memory starts in the property tests.
+    const BASE: u64 = 0x10_0000;
+
+    fn garbage_word() -> impl Strategy<Value = u64> {
+        let l = any_layout();
+        let (objects, strings): (Vec<u64>, Vec<u64>) = match &l {
+            Some(l) => (
+                vec![l.sfi_type, l.scope_info_type, l.script_type, l.fixed_array_type],
+                (0..l.strings.first_nonstring).collect(),
+            ),
+            None => (vec![0], vec![0]),
+        };
+        let lanes = |t: u64| t | t << 16 | t << 32 | t << 48;
+        prop_oneof![
+            1 => any::<u64>(),
+            3 => (0u64..512).prop_map(|k| BASE + k * 8 + 1),
+            1 => (0i64..64).prop_map(|v| (v as u64) << 32),
+            3 => proptest::sample::select(objects).prop_map(lanes),
+            1 => proptest::sample::select(strings).prop_map(lanes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Garbage read from the target gives an error or a name, never a panic or a hang.
+        /// The garbage is words that are often tagged pointers back into it, Smis or small
+        /// type numbers, so that the reader's checks pass often enough to reach deep.
+        #[test]
+        fn garbage_memory_never_panics(words in proptest::collection::vec(garbage_word(), 1..512),
+                                       ptr in any::<u64>(), slot in 0u64..512) {
+            let Some(layout) = any_layout() else { return Ok(()) };
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let mut reader = Reader::new(layout, Garbage(bytes, BASE));
+            let _ = reader.function(ptr);
+            let _ = reader.function(BASE + slot * 8 + 1);
+            let _ = reader.string(BASE + slot * 8 + 1);
+        }
+
+        /// Arbitrary metadata values give a layout or an error, never a panic.
+        #[test]
+        fn garbage_metadata_never_panics(values in proptest::collection::vec(any::<i64>(), 64)) {
+            let Some(real) = system_metadata() else { return Ok(()) };
+            let pairs = real.0.keys().cloned().zip(values.into_iter().cycle());
+            if let Ok(layout) = Layout::new(&Metadata::from_pairs(pairs).unwrap(), Some(20)) {
+                let mut reader = Reader::new(layout, Garbage(vec![0x11; 256], 0x1000));
+                let _ = reader.function(0x1001);
+            }
+        }
+    }
+}
