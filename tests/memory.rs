@@ -14,24 +14,6 @@ fn profile(node: &Path, flags: &[&str], fixture_name: &str) -> (Value, Vec<Strin
     profile_with(node, flags, fixture_name, &[])
 }
 
-/// [`profile`] with extra leakprobe arguments.
-fn profile_with(
-    node: &Path,
-    flags: &[&str],
-    fixture_name: &str,
-    leakprobe_args: &[&str],
-) -> (Value, Vec<String>) {
-    let mut fixture = Node::start(node, flags, fixture_name);
-    let mut args = vec!["--interval", "200ms"];
-    args.extend_from_slice(leakprobe_args);
-    let mut leakprobe = Leakprobe::attach(fixture.pid(), &args);
-    fixture.go();
-    assert!(fixture.wait(Duration::from_secs(120)).success());
-    let report = leakprobe.report();
-    let stdout = fixture.stdout.rest().to_vec();
-    (report, stdout)
-}
-
 /// The fixture's holds: (begin ms, end ms, value at begin, value at end) from its
 /// `HOLD begin|end <epoch ms> <value>` lines.
 fn holds(stdout: &[String]) -> Vec<(f64, f64, f64, f64)> {
@@ -150,14 +132,39 @@ fn node24_external_matches_array_buffers() {
     external_matches_array_buffers(&official_node(24));
 }
 
-/// With `--alloc-stacks`, the top suspect of a leaking fixture is in `category`, allocated
-/// through `entry` (the probed native function, the stack's innermost frame), and growing under
-/// the GC's sawtooth.
-fn top_suspect(fixture: &str, category: &str, entry: &str, through: &str) {
-    top_suspect_with(fixture, &["--alloc-stacks"], category, entry, through);
+/// The JS function a leak fixture's top suspect must name (name, line it starts on): the
+/// leaking `function`, or its `caller` in a compiled frame (whose note says that inlined calls
+/// are not expanded), where V8 inlined the one into the other.
+struct Leaker {
+    function: (&'static str, u64),
+    caller: (&'static str, u64),
 }
 
-/// [`top_suspect`] with extra leakprobe arguments.
+/// With `--alloc-stacks`, the top suspect of a leaking fixture is in `category`, allocated
+/// through `entry` (the probed native function, the stack's innermost frame), growing under
+/// the GC's sawtooth, and names the leaking JS function.
+fn top_suspect(fixture: &str, category: &str, entry: &str, through: &str, leaker: Leaker) -> Value {
+    let report = top_suspect_with(fixture, &["--alloc-stacks"], category, entry, through);
+    let file = common::fixture(fixture).canonicalize().unwrap();
+    let top = &report["suspects"][0];
+    let js: Vec<(&str, u64, bool)> = top["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "js" && f["file"].as_str().map(Path::new) == Some(&file))
+        .map(|f| (f["name"].as_str().unwrap(), f["line"].as_u64().unwrap_or(0), f.get("note").is_some()))
+        .collect();
+    let (name, line) = leaker.function;
+    let (caller, caller_line) = leaker.caller;
+    assert!(
+        js.iter().any(|&(n, l, _)| (n, l) == (name, line))
+            || js.iter().any(|&(n, l, compiled)| (n, l) == (caller, caller_line) && compiled),
+        "{fixture}: the top suspect names neither {name}:{line} nor, inlined, {caller}:{caller_line}: {js:?}"
+    );
+    report
+}
+
+/// [`top_suspect`] with extra leakprobe arguments, without the JS check.
 fn top_suspect_with(
     fixture: &str,
     leakprobe_args: &[&str],
@@ -185,6 +192,7 @@ fn unbounded_buffer_cache_is_an_external_suspect() {
         "external",
         "node::NodeArrayBufferAllocator::Allocate",
         "BackingStore::Allocate",
+        Leaker { function: ("cacheReport", 7), caller: ("(anonymous)", 13) },
     );
 }
 
@@ -195,11 +203,13 @@ fn ignored_backpressure_is_an_external_suspect() {
         "external",
         "node::NodeArrayBufferAllocator::Allocate",
         "BackingStore::Allocate",
+        Leaker { function: ("forwardChunk", 15), caller: ("(anonymous)", 21) },
     );
 }
 
 /// With --native, unclosed zlib streams are a native suspect allocated by malloc from zlib's
-/// init, and the sampled estimate is reported.
+/// init, and the sampled estimate is reported. (Its stack ends in zlib, which keeps no frame
+/// pointers: no JS frame to name.)
 #[test]
 fn unclosed_zlib_handles_are_a_native_suspect() {
     let report = top_suspect_with("zlib-handles.js", &["--native"], "native", "malloc", "deflateInit2_");
@@ -223,12 +233,12 @@ fn native_is_opt_in() {
 
 #[test]
 fn growing_module_array_is_a_v8_heap_suspect() {
-    let report = top_suspect_with(
+    let report = top_suspect(
         "growing-array.js",
-        &["--alloc-stacks"],
         "v8_heap",
         "v8::internal::MemoryAllocator::AllocateLargePage",
         "LargeObjectSpace::AllocateRaw",
+        Leaker { function: ("recordAudit", 8), caller: ("(anonymous)", 14) },
     );
     // The churn view: JIT code's slow-path allocations, sampled by stack.
     let heap = &report["heap"];
@@ -248,6 +258,7 @@ fn accumulating_listeners_are_a_v8_heap_suspect() {
         "v8_heap",
         "v8::internal::MemoryAllocator::AllocateLargePage",
         "LargeObjectSpace::AllocateRaw",
+        Leaker { function: ("handleRequest", 10), caller: ("(anonymous)", 17) },
     );
 }
 

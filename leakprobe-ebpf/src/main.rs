@@ -6,9 +6,9 @@
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
-mod stacks;
-#[cfg(target_arch = "bpf")]
 mod probes;
+#[cfg(target_arch = "bpf")]
+mod stacks;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -45,8 +45,8 @@ pub struct Regs {
     ip: u64,
     sp: u64,
     fp: u64,
-    /// Stopped at a function's first instruction: its caller's return address is at `sp`, and
-    /// `fp` is still the caller's frame pointer.
+    /// Stopped where the function has pushed nothing (its first instruction, or a frameless
+    /// leaf): its caller's return address is at `sp`, and `fp` is still the caller's.
     at_entry: bool,
 }
 
@@ -66,12 +66,14 @@ impl UserRegs for ProbeContext {
 }
 
 impl UserRegs for TracePointContext {
-    /// A syscall tracepoint: the registers saved at the syscall, inside libc's wrapper.
+    /// A syscall tracepoint: the registers saved at the syscall, inside libc's wrapper. glibc's
+    /// wrappers (`mmap64`, `munmap`, `brk`) are leaves that push nothing, so as at a function's
+    /// entry the caller's return address is at `sp` and `fp` is the caller's.
     fn user_regs(&self) -> Option<Regs> {
         // SAFETY: BTF helpers on the current task; the result is read with probe_read_kernel.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
         let r = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
-        Some(Regs { ip: r.rip, sp: r.rsp, fp: r.rbp, at_entry: false })
+        Some(Regs { ip: r.rip, sp: r.rsp, fp: r.rbp, at_entry: true })
     }
 }
 

@@ -38,5 +38,5 @@ pub mod symbolize;
 pub mod symbols;
 pub mod syscalls;
 pub mod target;
-pub mod v8;
 pub mod tracefs;
+pub mod v8;

@@ -15,10 +15,10 @@ use aya::{
 };
 use leakprobe_ebpf::{
     alloc::NO_STACK,
-    stack::{JsLayout, RawStack},
     drops::DropReason,
     gc::GcEvent,
     heap::HeapEvent,
+    stack::{JsLayout, RawStack},
     syscalls::{MapEvent, CONFIG_TGID},
     EventKind,
 };
@@ -39,9 +39,9 @@ use crate::{
     report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
     suspects,
     symbolize::{RawFrame, Symbolizer},
-    v8::{self, Metadata, ProcMem, Reader},
     syscalls::Mappings,
     target::Target,
+    v8::{self, Metadata, ProcMem, Reader},
 };
 
 /// What the user asked for.
@@ -607,7 +607,10 @@ impl Session {
 /// metadata, and returns the reader that names them with `report.target.js_frames`; without
 /// usable metadata, JavaScript frames are not named (said on stderr once).
 fn js_reader(target: &Target, ebpf: &mut Ebpf) -> (Option<Reader<ProcMem>>, String) {
-    let major = target.node_version.as_deref().and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok());
+    let major = target
+        .node_version
+        .as_deref()
+        .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok());
     let reader = Metadata::from_elf(target.elf.bytes())
         .and_then(|m| v8::Layout::new(&m, major))
         .map_err(|e| e.to_string())
@@ -615,7 +618,8 @@ fn js_reader(target: &Target, ebpf: &mut Ebpf) -> (Option<Reader<ProcMem>>, Stri
             let mut config: Array<&mut MapData, JsLayout> =
                 ebpf.map_mut("JS_LAYOUT").and_then(|m| Array::try_from(m).ok()).ok_or("no JS_LAYOUT map")?;
             config.set(0, layout.kernel(), 0).map_err(|e| format!("setting JS_LAYOUT: {e}"))?;
-            let mem = ProcMem::open(target.pid).map_err(|e| format!("opening /proc/{}/mem: {e}", target.pid))?;
+            let mem =
+                ProcMem::open(target.pid).map_err(|e| format!("opening /proc/{}/mem: {e}", target.pid))?;
             Ok(Reader::new(layout, mem))
         });
     match reader {

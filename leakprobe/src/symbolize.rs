@@ -83,7 +83,14 @@ impl RawFrame {
 impl Frame {
     /// The frame standing for a stack that could not be captured.
     pub fn lost() -> Frame {
-        Frame { name: "[stack lost]".into(), kind: FrameKind::Unknown, addr: 0, file: None, line: None, note: None }
+        Frame {
+            name: "[stack lost]".into(),
+            kind: FrameKind::Unknown,
+            addr: 0,
+            file: None,
+            line: None,
+            note: None,
+        }
     }
 
     /// What identifies the frame across compilations: its name, or its kind for JIT and
@@ -93,7 +100,9 @@ impl Frame {
             FrameKind::Jit => "[JIT]".into(),
             FrameKind::Unknown => "[unknown]".into(),
             FrameKind::Native | FrameKind::Builtin => self.name.clone(),
-            FrameKind::Js => format!("{} {}:{}", self.name, self.file.as_deref().unwrap_or(""), self.line.unwrap_or(0)),
+            FrameKind::Js => {
+                format!("{} {}:{}", self.name, self.file.as_deref().unwrap_or(""), self.line.unwrap_or(0))
+            }
         }
     }
 }

@@ -178,11 +178,12 @@ impl Layout {
             scope_info_type: u(m.get("type_ScopeInfo__SCOPE_INFO_TYPE")?),
             fixed_array_type: u(m.get("type_FixedArray__FIXED_ARRAY_TYPE")?),
             sfi_name_or_scope_info: u(m.field("class_SharedFunctionInfo__name_or_scope_info__")?),
-            sfi_script: u(m.any(&[
-                "class_SharedFunctionInfo__script__Tagged_HeapObject_",
-                "class_SharedFunctionInfo__script_or_debug_info__HeapObject",
-            ])
-            .or_else(|_| m.field("class_SharedFunctionInfo__script"))?),
+            sfi_script: u(m
+                .any(&[
+                    "class_SharedFunctionInfo__script__Tagged_HeapObject_",
+                    "class_SharedFunctionInfo__script_or_debug_info__HeapObject",
+                ])
+                .or_else(|_| m.field("class_SharedFunctionInfo__script"))?),
             script_name: u(m.field("class_Script__name__")?),
             script_source: u(m.field("class_Script__source__")?),
             script_line_ends: u(m.field("class_Script__line_ends__")?),
@@ -340,7 +341,8 @@ impl<M: Memory> Reader<M> {
             ScopeInfoPositions::Fixed => self.smi(slot(3)?).filter(|p| *p >= 0).map(|p| p as u32),
             ScopeInfoPositions::AfterName => None,
         };
-        let locals = self.smi(slot(l.scope_context_locals)?).filter(|n| (0..=1 << 16).contains(n)).unwrap_or(0);
+        let locals =
+            self.smi(slot(l.scope_context_locals)?).filter(|n| (0..=1 << 16).contains(n)).unwrap_or(0);
         let mut name = None;
         let mut prev: Option<i64> = None;
         let start = l.scope_first_vars.wrapping_add(2 * locals as u64);
@@ -385,7 +387,9 @@ impl<M: Memory> Reader<M> {
         let l = &self.layout;
         if let Ok((array, ty)) = self.type_of(self.word(script.wrapping_add(l.script_line_ends))?) {
             if ty == l.fixed_array_type {
-                let n = self.smi(self.word(array.wrapping_add(l.array_length))?).ok_or(Bad::Implausible("line_ends length"))?;
+                let n = self
+                    .smi(self.word(array.wrapping_add(l.array_length))?)
+                    .ok_or(Bad::Implausible("line_ends length"))?;
                 if !(0..=MAX_LINES as i64).contains(&n) {
                     return Err(Bad::Implausible("line_ends length"));
                 }
@@ -456,7 +460,10 @@ impl<M: Memory> Reader<M> {
                 let first_len = match first_ty < s.first_nonstring {
                     true => {
                         let mut raw = [0u8; 4];
-                        self.bytes(first.wrapping_sub(self.layout.heap_tag).wrapping_add(s.length), &mut raw)?;
+                        self.bytes(
+                            first.wrapping_sub(self.layout.heap_tag).wrapping_add(s.length),
+                            &mut raw,
+                        )?;
                         u32::from_le_bytes(raw) as u64
                     }
                     false => return Err(Bad::WrongType { addr: first, found: first_ty, wanted: "String" }),
@@ -474,11 +481,20 @@ impl<M: Memory> Reader<M> {
             }
             r if r == s.sliced => {
                 let parent = self.word(obj.wrapping_add(s.sliced_parent))?;
-                let offset = self.smi(self.word(obj.wrapping_add(s.sliced_offset))?).ok_or(Bad::Implausible("slice offset"))?;
+                let offset = self
+                    .smi(self.word(obj.wrapping_add(s.sliced_offset))?)
+                    .ok_or(Bad::Implausible("slice offset"))?;
                 let offset = u64::try_from(offset).map_err(|_| Bad::Implausible("slice offset"))?;
                 self.string_units(parent, offset.saturating_add(from), len, out, budget, depth + 1)
             }
-            r if r == s.thin => self.string_units(self.word(obj.wrapping_add(s.thin_actual))?, from, len, out, budget, depth + 1),
+            r if r == s.thin => self.string_units(
+                self.word(obj.wrapping_add(s.thin_actual))?,
+                from,
+                len,
+                out,
+                budget,
+                depth + 1,
+            ),
             // External strings live in the embedder's memory, behind a C++ object: not followed.
             _ => Err(Bad::Implausible("external string")),
         }
@@ -530,8 +546,12 @@ impl<M: Memory> Reader<M> {
 
 /// The offsets where each line of `source` ends (V8's convention: the newline's index).
 pub fn count_line_ends(source: &str) -> Vec<u32> {
-    let mut ends: Vec<u32> =
-        source.encode_utf16().enumerate().filter(|(_, c)| *c == b'\n' as u16).map(|(i, _)| i as u32).collect();
+    let mut ends: Vec<u32> = source
+        .encode_utf16()
+        .enumerate()
+        .filter(|(_, c)| *c == b'\n' as u16)
+        .map(|(i, _)| i as u32)
+        .collect();
     ends.push(source.encode_utf16().count() as u32);
     ends
 }
@@ -588,7 +608,11 @@ mod tests {
             if let Some(layout) = node_layout(major) {
                 seen += 1;
                 let k = layout.kernel();
-                assert_eq!((k.heap_tag, k.tag_mask, k.fp_function, k.fp_context_or_type), (1, 3, -16, -8), "node {major}");
+                assert_eq!(
+                    (k.heap_tag, k.tag_mask, k.fp_function, k.fp_context_or_type),
+                    (1, 3, -16, -8),
+                    "node {major}"
+                );
                 assert!(k.first_function_type <= k.last_function_type);
             }
         }

@@ -210,6 +210,25 @@ impl Drop for Leakprobe {
     }
 }
 
+/// Runs `fixture_name` with `node flags` under `leakprobe --interval 200ms leakprobe_args`
+/// until it exits; returns the report and the fixture's stdout.
+pub fn profile_with(
+    node: &Path,
+    flags: &[&str],
+    fixture_name: &str,
+    leakprobe_args: &[&str],
+) -> (Value, Vec<String>) {
+    let mut fixture = Node::start(node, flags, fixture_name);
+    let mut args = vec!["--interval", "200ms"];
+    args.extend_from_slice(leakprobe_args);
+    let mut leakprobe = Leakprobe::attach(fixture.pid(), &args);
+    fixture.go();
+    assert!(fixture.wait(Duration::from_secs(120)).success());
+    let report = leakprobe.report();
+    let stdout = fixture.stdout.rest().to_vec();
+    (report, stdout)
+}
+
 /// Parses `<dir>/report.json`.
 pub fn read_report(dir: &Path) -> Value {
     let path = dir.join("report.json");

@@ -16,8 +16,8 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
-use crate::stacks::user_stack;
 use crate::maps::{count_drop, emit};
+use crate::stacks::user_stack;
 
 /// Pauses in flight, by thread id.
 #[map]

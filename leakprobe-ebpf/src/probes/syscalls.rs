@@ -14,8 +14,8 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
-use crate::stacks::user_stack;
 use crate::maps::{count_drop, emit};
+use crate::stacks::user_stack;
 use leakprobe_ebpf::drops::DropReason;
 
 #[map]
