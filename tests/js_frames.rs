@@ -94,3 +94,20 @@ fn interpreted_frames_are_named_and_kept_apart() {
         .iter()
         .all(|f| f["name"] != "makeInvoice")));
 }
+
+/// A target started with `--perf-basic-prof` writes a perf map; with `--no-v8-names` (V8's
+/// objects not read), its JIT frames are still named from it, with file and line.
+#[test]
+fn the_perf_map_names_jit_frames() {
+    let mut node = Node::start(&system_node(), &["--perf-basic-prof"], "invoice-leak.js");
+    let perf_map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", node.pid()));
+    let mut leakprobe =
+        Leakprobe::attach(node.pid(), &["--interval", "200ms", "--alloc-stacks", "--no-v8-names"]);
+    node.go();
+    assert!(node.wait(std::time::Duration::from_secs(120)).success());
+    let report = leakprobe.report();
+    let _ = std::fs::remove_file(&perf_map);
+    assert_eq!(report["target"]["js_frames"], "perf map only (--no-v8-names)");
+    let top = &report["suspects"][0];
+    assert!(top["frames"].as_array().unwrap().iter().any(|f| is_js(f, "invoice-leak.js", RENDER)), "{top}");
+}

@@ -28,6 +28,7 @@ pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod native;
+pub mod perfmap;
 pub mod pprof;
 pub mod privilege;
 pub mod probes;

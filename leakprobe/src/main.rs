@@ -98,6 +98,10 @@ struct Args {
     /// microseconds per allocation; without them, leakprobe shows which memory grows, not where.
     #[arg(long)]
     alloc_stacks: bool,
+    /// Do not read V8's objects in the target to name JavaScript frames; name them only from
+    /// the perf map the target writes when started with --perf-basic-prof.
+    #[arg(long)]
+    no_v8_names: bool,
     /// Live allocations each family tracks at once; more are counted as lost (`live_full`).
     /// Each entry costs the kernel about 100 bytes.
     #[arg(long, default_value_t = leakprobe_ebpf::alloc::MAX_LIVE, value_parser = clap::value_parser!(u32).range(1..))]
@@ -196,6 +200,7 @@ fn options(pid: u32, args: Args) -> Options {
         sample_rate: args.sample_rate,
         max_tracked: args.max_tracked,
         alloc_stacks: args.alloc_stacks,
+        v8_names: !args.no_v8_names,
         fleet: false,
     }
 }

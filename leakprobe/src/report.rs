@@ -84,8 +84,10 @@ pub struct TargetInfo {
     pub module: String,
     /// `v20.20.2`, or null when the binary does not say.
     pub node_version: Option<String>,
-    /// How JavaScript frames are named: `"v8 metadata"`, or why they cannot be
-    /// (`"unavailable: …"`; they are then labelled `[JIT 0x…]` or by their builtin).
+    /// How JavaScript frames are named: `"v8 metadata"`, `"perf map only (--no-v8-names)"`,
+    /// or why they cannot be (`"unavailable: …"`). Either way the target's perf map names JIT
+    /// frames V8's objects do not, when the target writes one (`--perf-basic-prof`); the rest
+    /// are labelled `[JIT 0x…]` or by their builtin.
     pub js_frames: String,
 }
 

@@ -65,6 +65,8 @@ pub struct Options {
     pub max_tracked: u32,
     /// Keep the per-allocation probes (external by stack, heap allocation sampling).
     pub alloc_stacks: bool,
+    /// Name JavaScript frames by reading V8's objects (else only from the target's perf map).
+    pub v8_names: bool,
     /// Run for the host-wide agent: no GC timeline (memory stays bounded over days), and each
     /// pause is handed to [`Session::take_pauses`] for the metrics instead.
     pub fleet: bool,
@@ -88,6 +90,7 @@ impl Options {
             sample_rate: crate::native::DEFAULT_SAMPLE_RATE,
             max_tracked: FLEET_MAX_TRACKED,
             alloc_stacks: false,
+            v8_names: false,
             fleet: true,
         }
     }
@@ -334,10 +337,11 @@ impl Session {
         let external = ExternalState::new(&target, &lookup, ext_by_stack, ext_allocators);
         let heap_large_objects = take_map(&mut ebpf, "HEAP_LO_BY_STACK")?;
         let heap_samples = take_map(&mut ebpf, "HEAP_SAMPLES")?;
-        let (js, js_frames) = match options.fleet {
+        let (js, js_frames) = match (options.fleet, options.v8_names) {
             // Fleet mode reports no stacks: keep the kernel's walk to return addresses.
-            true => (None, "unavailable: not used in agent mode".to_string()),
-            false => js_reader(&target, &mut ebpf),
+            (true, _) => (None, "unavailable: not used in agent mode".to_string()),
+            (false, false) => (None, "perf map only (--no-v8-names)".to_string()),
+            (false, true) => js_reader(&target, &mut ebpf),
         };
         let symbolizer = Symbolizer::new(target.pid, js);
         let target_pid = target.pid;

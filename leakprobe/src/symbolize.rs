@@ -22,7 +22,10 @@ use blazesym::{
 use leakprobe_ebpf::alloc::NO_STACK;
 use serde::Serialize;
 
-use crate::v8::{JsFunction, ProcMem, Reader};
+use crate::{
+    perfmap::PerfMap,
+    v8::{JsFunction, ProcMem, Reader},
+};
 
 /// What kind of code a frame is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -214,6 +217,7 @@ struct Namer {
     pid: u32,
     blazesym: Blazesym,
     js: Option<Reader<ProcMem>>,
+    perf_map: PerfMap,
     native: HashMap<u64, Frame>,
     functions: HashMap<u64, Option<JsFunction>>,
     stacks: Arc<Mutex<HashMap<i64, Vec<Frame>>>>,
@@ -222,7 +226,15 @@ struct Namer {
 impl Namer {
     fn new(pid: u32, js: Option<Reader<ProcMem>>, stacks: Arc<Mutex<HashMap<i64, Vec<Frame>>>>) -> Self {
         let blazesym = Blazesym::builder().enable_demangling(true).build();
-        Self { pid, blazesym, js, native: HashMap::new(), functions: HashMap::new(), stacks }
+        Self {
+            pid,
+            blazesym,
+            js,
+            perf_map: PerfMap::default(),
+            native: HashMap::new(),
+            functions: HashMap::new(),
+            stacks,
+        }
     }
 
     fn moved(&mut self) {
@@ -238,7 +250,8 @@ impl Namer {
         addrs.dedup();
         addrs.retain(|a| !self.native.contains_key(a));
         if !addrs.is_empty() {
-            self.native.extend(name(&self.blazesym, self.pid, &addrs));
+            self.perf_map.refresh(self.pid);
+            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs));
         }
         for (id, raw) in stacks {
             let frames: Vec<Frame> = raw.iter().map(|f| self.frame(*f)).collect();
@@ -272,9 +285,13 @@ impl Namer {
 }
 
 /// Frames for the addresses of `pid`.
-fn name(blazesym: &Blazesym, pid: u32, addrs: &[u64]) -> Vec<(u64, Frame)> {
+fn name(blazesym: &Blazesym, perf_map: &PerfMap, pid: u32, addrs: &[u64]) -> Vec<(u64, Frame)> {
     let jit = exec_anon_ranges(pid);
-    let src = Source::Process(Process::new(Pid::from(pid)));
+    let mut process = Process::new(Pid::from(pid));
+    // Read by `PerfMap` instead: blazesym would keep a parsed copy of each version of the
+    // growing file.
+    process.perf_map = false;
+    let src = Source::Process(process);
     let symbolized = blazesym.symbolize(&src, Input::AbsAddr(addrs)).unwrap_or_default();
     addrs
         .iter()
@@ -293,15 +310,68 @@ fn name(blazesym: &Blazesym, pid: u32, addrs: &[u64]) -> Vec<(u64, Frame)> {
                     line: sym.code_info.as_ref().and_then(|c| c.line),
                     note: None,
                 },
-                _ => unnamed(addr, &jit),
+                // JIT code, named by the target's perf map when it writes one.
+                _ => match perf_map.lookup(addr) {
+                    Some(symbol) => perf_map_frame(symbol, addr)
+                        .unwrap_or_else(|| Frame { name: symbol.to_string(), ..unnamed(addr, &jit) }),
+                    None => unnamed(addr, &jit),
+                },
             };
             (addr, frame)
         })
         .collect()
 }
 
+/// Whether `addr` lies in one of `ranges`.
+fn in_ranges(addr: u64, ranges: &[(u64, u64)]) -> bool {
+    ranges.iter().any(|(lo, hi)| (*lo..*hi).contains(&addr))
+}
+
+/// The frame a perf map entry of V8's names, e.g. `JS:*render /app/pdf.js:88:17` (a function,
+/// its tier marker, script, line and column), `LazyCompile:~f file:3` (older V8), or
+/// `Builtin:ArrayForEach`; `None` for entries of other shapes.
+pub fn perf_map_frame(symbol: &str, addr: u64) -> Option<Frame> {
+    let (tag, rest) = symbol.split_once(':')?;
+    let frame = |name: String, kind, file, line| Frame { name, kind, addr, file, line, note: None };
+    match tag {
+        "JS" | "LazyCompile" | "Function" | "Script" | "Eval" | "InterpretedFunction" => {
+            // The tier: `*` TurboFan and `+` Maglev inline calls, `^` Sparkplug and `~` do not.
+            let optimized = rest.starts_with(['*', '+']);
+            let rest = rest.trim_start_matches(['*', '~', '^', '+']);
+            let (name, location) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (file, line) = split_location(location.trim());
+            let name = if name.is_empty() { "(anonymous)" } else { name };
+            let note = optimized.then_some(INLINED_NOTE);
+            Some(Frame { note, ..frame(name.to_string(), FrameKind::Js, file, line) })
+        }
+        "Builtin" | "BytecodeHandler" | "Stub" | "Handler" | "RegExp" => {
+            Some(frame(symbol.to_string(), FrameKind::Builtin, None, None))
+        }
+        _ => None,
+    }
+}
+
+/// `file:line:column` or `file:line` → (file, line); a location without numbers is a file.
+fn split_location(location: &str) -> (Option<String>, Option<u32>) {
+    let mut file = location;
+    let mut numbers = Vec::new();
+    while numbers.len() < 2 {
+        match file.rsplit_once(':') {
+            Some((head, tail)) if !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) => {
+                numbers.push(tail);
+                file = head;
+            }
+            _ => break,
+        }
+    }
+    // With two numbers, the first from the right is the column.
+    let line = numbers.last().and_then(|n| n.parse().ok());
+    let file = (!file.is_empty()).then(|| file.to_string());
+    (file, line)
+}
+
 fn unnamed(addr: u64, jit: &[(u64, u64)]) -> Frame {
-    let is_jit = jit.iter().any(|(lo, hi)| (*lo..*hi).contains(&addr));
+    let is_jit = in_ranges(addr, jit);
     Frame {
         name: if is_jit { format!("[JIT {addr:#x}]") } else { format!("[unknown {addr:#x}]") },
         kind: if is_jit { FrameKind::Jit } else { FrameKind::Unknown },
@@ -348,6 +418,45 @@ zz-yy r-xp 0 0 0
 7ffd-7ffe rw-p 00000000 00:00 0 [stack]";
         assert_eq!(parse_exec_anon(maps), vec![(0x1f3a0000, 0x1f3c0000), (0x7f00, 0x7fff)]);
         assert!(parse_exec_anon("garbage").is_empty());
+    }
+
+    #[test]
+    fn reads_v8_perf_map_entries() {
+        let f = perf_map_frame("JS:*renderInvoicePdf /app/billing/pdf.js:88:17", 1).unwrap();
+        assert_eq!((f.name.as_str(), f.kind), ("renderInvoicePdf", FrameKind::Js));
+        assert_eq!((f.file.as_deref(), f.line), (Some("/app/billing/pdf.js"), Some(88)));
+        assert_eq!(f.note, Some(INLINED_NOTE), "optimized code may hold inlined calls");
+        let f = perf_map_frame("LazyCompile:~handle file:///srv/a b.mjs:3", 1).unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.file.as_deref(), f.line),
+            ("handle", Some("file:///srv/a b.mjs"), Some(3))
+        );
+        assert_eq!(f.note, None);
+        let f = perf_map_frame("JS:~ node:internal/main/eval_string:1:1", 1).unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.file.as_deref(), f.line),
+            ("(anonymous)", Some("node:internal/main/eval_string"), Some(1))
+        );
+        let f = perf_map_frame("JS:^f", 1).unwrap();
+        assert_eq!((f.name.as_str(), f.file, f.line), ("f", None, None));
+        assert_eq!(perf_map_frame("Builtin:ArrayForEach", 1).unwrap().kind, FrameKind::Builtin);
+        assert_eq!(perf_map_frame("operator new(unsigned long)", 1), None);
+        assert_eq!(perf_map_frame("Other:x", 1), None);
+    }
+
+    proptest::proptest! {
+        /// Any perf map symbol text gives a frame or `None`, never a panic.
+        #[test]
+        fn perf_map_entries_never_panic(symbol in ".*", tag in "(JS|LazyCompile|Builtin|Script):[*~^+]?") {
+            let _ = perf_map_frame(&symbol, 0);
+            let _ = perf_map_frame(&format!("{tag}{symbol}"), 0);
+        }
+
+        /// Any /proc/PID/maps text parses or is skipped, never panics.
+        #[test]
+        fn maps_lines_never_panic(text in "([0-9a-f]{0,12}-[0-9a-f]{0,12} [rwxps-]{0,4} .{0,40}\n){0,8}") {
+            proptest::prop_assert!(parse_exec_anon(&text).len() <= text.lines().count());
+        }
     }
 
     #[test]
