@@ -111,3 +111,50 @@ fn the_perf_map_names_jit_frames() {
     let top = &report["suspects"][0];
     assert!(top["frames"].as_array().unwrap().iter().any(|f| is_js(f, "invoice-leak.js", RENDER)), "{top}");
 }
+
+/// V8's own perf map is an independent oracle for the names and lines leakprobe reads from
+/// V8's objects: every JS frame of the profiled stacks that the perf map also lists (same
+/// function and script) has a line the perf map gives it — including node's own library,
+/// whose sources live outside V8's heap.
+#[test]
+fn names_read_from_v8_agree_with_the_perf_map() {
+    let mut node = Node::start(&system_node(), &["--perf-basic-prof"], "invoice-leak.js");
+    let perf_map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", node.pid()));
+    let mut leakprobe = Leakprobe::attach(node.pid(), &["--interval", "200ms", "--alloc-stacks"]);
+    node.go();
+    assert!(node.wait(std::time::Duration::from_secs(120)).success());
+    let report = leakprobe.report();
+    let text = std::fs::read_to_string(&perf_map).unwrap();
+    let _ = std::fs::remove_file(&perf_map);
+    let listed: Vec<(String, Option<String>, Option<u32>)> = text
+        .lines()
+        .filter_map(|l| {
+            let (_, _, symbol) = leakprobe::perfmap::parse_line(l)?;
+            let f = leakprobe::symbolize::perf_map_frame(symbol, 0)?;
+            Some((f.name, f.file, f.line))
+        })
+        .collect();
+    let mut compared = 0;
+    let mut internal = 0;
+    for stack in report["stacks"].as_array().unwrap().iter().take(20) {
+        for f in stack["frames"].as_array().unwrap().iter().filter(|f| f["kind"] == "js") {
+            let (name, file) = (f["name"].as_str().unwrap(), f["file"].as_str().map(String::from));
+            let lines: Vec<Option<u32>> =
+                listed.iter().filter(|(n, fl, _)| n == name && *fl == file).map(|(_, _, l)| *l).collect();
+            if lines.is_empty() {
+                continue;
+            }
+            let line = f["line"].as_u64().map(|l| l as u32);
+            assert!(
+                lines.contains(&line),
+                "{name} in {file:?}: leakprobe says line {line:?}, the perf map {lines:?}"
+            );
+            compared += 1;
+            internal += usize::from(file.is_some_and(|f| f.starts_with("node:")));
+        }
+    }
+    assert!(
+        compared >= 10 && internal >= 3,
+        "only {compared} frames ({internal} of node's library) compared"
+    );
+}

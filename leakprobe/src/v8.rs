@@ -142,6 +142,11 @@ struct StringLayout {
     cons: u64,
     sliced: u64,
     thin: u64,
+    external: u64,
+    /// The instance-type bit of external strings that do not cache their data pointer.
+    uncached_external: u64,
+    /// `ExternalString::resource`; the cached data pointer follows it.
+    external_resource: u64,
     one_byte: u64,
     length: u64,
     one_byte_chars: u64,
@@ -200,6 +205,17 @@ impl Layout {
                 cons: u(m.get("ConsStringTag")?),
                 sliced: u(m.get("SlicedStringTag")?),
                 thin: u(m.get("ThinStringTag")?),
+                external: u(m.get("ExternalStringTag")?),
+                // Not in the metadata before V8 12; V8's kUncachedExternalStringMask (1 << 4)
+                // has not changed since it was introduced.
+                uncached_external: match (
+                    m.get("type_UncachedExternalString__UNCACHED_EXTERNAL_ONE_BYTE_STRING_TYPE"),
+                    m.get("type_ExternalOneByteString__EXTERNAL_ONE_BYTE_STRING_TYPE"),
+                ) {
+                    (Ok(uncached), Ok(cached)) => u(uncached ^ cached),
+                    _ => 1 << 4,
+                },
+                external_resource: u(m.field("class_ExternalString__resource__")?),
                 one_byte: u(m.get("OneByteStringTag")?),
                 length: u(m.field("class_String__length__")?),
                 one_byte_chars: u(m.field("class_SeqOneByteString__chars__")?),
@@ -446,13 +462,7 @@ impl<M: Memory> Reader<M> {
             r if r == s.seq => {
                 let one_byte = ty & s.encoding_mask == s.one_byte;
                 let (chars, width) = if one_byte { (s.one_byte_chars, 1) } else { (s.two_byte_chars, 2) };
-                let mut raw = vec![0u8; (len * width) as usize];
-                self.bytes(obj.wrapping_add(chars).wrapping_add(from * width), &mut raw)?;
-                match one_byte {
-                    true => out.extend(raw.iter().map(|b| *b as u16)),
-                    false => out.extend(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]))),
-                }
-                Ok(())
+                self.chars(obj.wrapping_add(chars).wrapping_add(from * width), len, width, out)
             }
             r if r == s.cons => {
                 let first = self.word(obj.wrapping_add(s.cons_first))?;
@@ -495,9 +505,26 @@ impl<M: Memory> Reader<M> {
                 budget,
                 depth + 1,
             ),
-            // External strings live in the embedder's memory, behind a C++ object: not followed.
-            _ => Err(Bad::Implausible("external string")),
+            // The embedder's characters (node's own library sources are such), through the
+            // data pointer V8 caches after the resource.
+            r if r == s.external && ty & s.uncached_external == 0 => {
+                let data = self.word(obj.wrapping_add(s.external_resource).wrapping_add(8))?;
+                let width = if ty & s.encoding_mask == s.one_byte { 1 } else { 2 };
+                self.chars(data.wrapping_add(from * width), len, width, out)
+            }
+            _ => Err(Bad::Implausible("uncached external string")),
         }
+    }
+
+    /// Appends `len` characters of `width` bytes (1: Latin-1, 2: UTF-16) read at `addr`.
+    fn chars(&self, addr: u64, len: u64, width: u64, out: &mut Vec<u16>) -> Result<(), Bad> {
+        let mut raw = vec![0u8; (len * width) as usize];
+        self.bytes(addr, &mut raw)?;
+        match width {
+            1 => out.extend(raw.iter().map(|b| *b as u16)),
+            _ => out.extend(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]))),
+        }
+        Ok(())
     }
 
     /// The object address of `tagged` if it has type `ty`.
