@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use inferno::flamegraph::{
     self,
     color::{BackgroundColor, Color, PaletteMap},
-    FuncFrameAttrsMap,
+    FuncFrameAttrsMap, TextTruncateDirection,
 };
 use serde_json::Value;
 
@@ -341,6 +341,8 @@ fn options<'a>(
     opt.name_type = "Frame:".to_string();
     opt.bgcolors = Some(BackgroundColor::Grey);
     opt.deterministic = true;
+    // Keep the start of a label (the function's name) when a box is too narrow for all of it.
+    opt.text_truncate_direction = TextTruncateDirection::Right;
     opt.func_frameattrs = frame_attrs(kinds)?;
     opt.palette_map = palette;
     Ok(opt)

@@ -2,7 +2,11 @@
 
 use std::fmt::Write as _;
 
-use crate::{gc::GcKind, report::Report};
+use crate::{
+    gc::GcKind,
+    report::Report,
+    symbolize::{Frame, FrameKind},
+};
 
 /// The multi-line summary shown live on a terminal and written as `summary.txt`.
 pub fn summary(report: &Report) -> String {
@@ -125,10 +129,26 @@ fn suspects(out: &mut String, report: &Report) {
             mib(s.outstanding_bytes.max(0) as u64),
             rate(s.growth_bytes_per_s).trim()
         );
-        for f in s.frames.iter().take(6) {
-            let _ = writeln!(out, "       {}", truncate(&f.name, 90));
+        for line in suspect_lines(&s.frames) {
+            let _ = writeln!(out, "       {}", truncate(&line, 100));
         }
     }
+}
+
+/// How a suspect's stack reads in the summary: the allocating entry point, then the
+/// JavaScript frames that led there (what the user can change); with no JavaScript frame, the
+/// innermost native frames.
+fn suspect_lines(frames: &[Frame]) -> Vec<String> {
+    let js: Vec<usize> = (0..frames.len()).filter(|&i| frames[i].kind == FrameKind::Js).take(6).collect();
+    let Some(&first) = js.first() else {
+        return frames.iter().take(6).map(|f| f.name.clone()).collect();
+    };
+    let mut lines = vec![frames[0].name.clone()];
+    if first > 1 {
+        lines.push(format!("… {} native frames", first - 1));
+    }
+    lines.extend(js.iter().map(|&i| frames[i].label()));
+    lines
 }
 
 fn mib(bytes: u64) -> String {
@@ -141,4 +161,37 @@ fn rate(bytes_per_s: f64) -> String {
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str, kind: FrameKind, file: Option<&str>, line: Option<u32>) -> Frame {
+        Frame { name: name.into(), kind, addr: 0, file: file.map(Into::into), line, note: None }
+    }
+
+    #[test]
+    fn a_suspect_reads_as_its_entry_point_then_its_js_frames() {
+        let frames = vec![
+            frame("node::NodeArrayBufferAllocator::Allocate", FrameKind::Native, None, None),
+            frame("v8::internal::BackingStore::Allocate", FrameKind::Native, None, None),
+            frame("Builtins_CallApiCallback", FrameKind::Builtin, None, None),
+            frame("renderInvoicePdf", FrameKind::Js, Some("/app/pdf.js"), Some(8)),
+            frame("listOnTimeout", FrameKind::Js, Some("node:internal/timers"), None),
+            frame("uv_run", FrameKind::Native, None, None),
+        ];
+        assert_eq!(
+            suspect_lines(&frames),
+            [
+                "node::NodeArrayBufferAllocator::Allocate",
+                "… 2 native frames",
+                "renderInvoicePdf (/app/pdf.js:8)",
+                "listOnTimeout (node:internal/timers)"
+            ]
+        );
+        let native: Vec<Frame> =
+            (0..8).map(|i| frame(&format!("f{i}"), FrameKind::Native, None, None)).collect();
+        assert_eq!(suspect_lines(&native), ["f0", "f1", "f2", "f3", "f4", "f5"]);
+    }
 }

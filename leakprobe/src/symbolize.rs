@@ -96,6 +96,15 @@ impl Frame {
         }
     }
 
+    /// The frame as a line of text: its name, with `(file:line)` for JavaScript.
+    pub fn label(&self) -> String {
+        match (&self.file, self.line, self.kind) {
+            (Some(file), Some(line), FrameKind::Js) => format!("{} ({file}:{line})", self.name),
+            (Some(file), None, FrameKind::Js) => format!("{} ({file})", self.name),
+            _ => self.name.clone(),
+        }
+    }
+
     /// What identifies the frame across compilations: its name, or its kind for JIT and
     /// unknown code (whose labels carry addresses).
     pub fn kind_key(&self) -> String {
