@@ -33,7 +33,8 @@ pub struct JsLayout {
     /// Offset from a JavaScript frame's frame pointer to its `JSFunction` slot (`off_fp_function`).
     pub fp_function: i64,
     /// Offset from a frame pointer to the slot holding a JavaScript frame's context or, in
-    /// V8's other frames (entry, exit, internal, stub), a Smi marker of the frame's type.
+    /// V8's other frames (entry, exit, internal, stub), a Smi marker of the frame's type. The
+    /// kernel reads it with the function slot: it must be `fp_function + 8`.
     pub fp_context_or_type: i64,
     /// `HeapObjectTagMask`.
     pub tag_mask: u64,

@@ -130,7 +130,8 @@ fn walk(regs: &Regs, layout: &JsLayout, stack: &mut RawStack) -> u64 {
             if fp == 0 {
                 break;
             }
-            let (Some(ret), Some(next)) = (read(fp + 8), read(fp)) else { break };
+            // The saved caller frame pointer, then the return address: one read.
+            let Some([next, ret]) = read_pair(fp) else { break };
             if next != 0 && next <= fp {
                 // Frames lie at rising addresses; anything else is not a frame chain.
                 break;
@@ -157,13 +158,15 @@ fn js_function(l: &JsLayout, fp: u64) -> u64 {
         return 0;
     }
     let tagged = |word: u64| word & l.tag_mask == l.heap_tag;
-    // A typed frame's marker is a Smi: such a frame may hold a function it is about to call.
-    if read(fp.wrapping_add(l.fp_context_or_type as u64)).filter(|w| tagged(*w)).is_none() {
-        return 0;
-    }
-    let Some(function) = read(fp.wrapping_add(l.fp_function as u64)).filter(|w| tagged(*w)) else {
+    // The function slot and, right above it, the context (userspace checks they are adjacent).
+    let Some([function, context]) = read_pair(fp.wrapping_add(l.fp_function as u64)) else {
         return 0;
     };
+    // A typed frame's marker in the context slot is a Smi: such a frame may hold a function
+    // it is about to call, not one it runs. C++ frames fail these checks almost always.
+    if !tagged(context) || !tagged(function) {
+        return 0;
+    }
     let object = function - l.heap_tag;
     let Some(map) = read(object + l.map).filter(|w| tagged(*w)) else { return 0 };
     // SAFETY: a user-memory read of two bytes; failure is handled.
@@ -174,6 +177,13 @@ fn js_function(l: &JsLayout, fp: u64) -> u64 {
         return 0;
     }
     read(object + l.shared).filter(|w| tagged(*w)).unwrap_or(0)
+}
+
+/// Two adjacent words of user memory.
+#[inline(always)]
+fn read_pair(addr: u64) -> Option<[u64; 2]> {
+    // SAFETY: as in `read`.
+    unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.ok()
 }
 
 /// One word of user memory.

@@ -165,6 +165,9 @@ impl Layout {
             return Err(MetadataError::Unsupported("pointer compression"));
         }
         let u = |v: i64| v as u64;
+        if m.get("off_fp_context_or_frame_type")? != m.get("off_fp_function")? + 8 {
+            return Err(MetadataError::Unsupported("frame slots: the context does not follow the function"));
+        }
         Ok(Self {
             heap_tag: u(m.get("HeapObjectTag")?),
             tag_mask: u(m.get("HeapObjectTagMask")?),
@@ -667,7 +670,16 @@ mod tests {
     fn metadata_errors_are_named() {
         assert_eq!(Metadata::from_elf(b"not an elf").unwrap_err(), MetadataError::Absent);
         let m = Metadata::from_pairs([("HeapObjectTag".to_string(), 1)]).unwrap();
-        assert_eq!(Layout::new(&m, None).unwrap_err(), MetadataError::Missing("HeapObjectTagMask"));
+        assert_eq!(
+            Layout::new(&m, None).unwrap_err(),
+            MetadataError::Missing("off_fp_context_or_frame_type")
+        );
+        let slots = [("off_fp_function", -16), ("off_fp_context_or_frame_type", -24)]
+            .map(|(k, v)| (k.to_string(), v));
+        assert!(matches!(
+            Layout::new(&Metadata::from_pairs(slots).unwrap(), None),
+            Err(MetadataError::Unsupported(_))
+        ));
         let m = Metadata::from_pairs([("TaggedSize".to_string(), 4)]).unwrap();
         assert_eq!(Layout::new(&m, None).unwrap_err(), MetadataError::Unsupported("pointer compression"));
     }
