@@ -75,14 +75,14 @@ fn node24_names_the_allocating_function() {
 /// In V8's interpreter every function runs in the same bytecode handlers, so return addresses
 /// alone would give every interpreted function one stack. With `--jitless` (everything
 /// interpreted), the stacks still tell the functions apart and name node's own library
-/// functions down to the allocation, with no "compiled" note.
+/// functions down to the allocation, each noted `interpreted`.
 #[test]
 fn interpreted_frames_are_named_and_kept_apart() {
     let (report, _) = profile_with(&system_node(), &["--jitless"], "invoice-leak.js", &["--alloc-stacks"]);
     let stacks = stacks_through(&report, "external", "invoice-leak.js");
     let top = stacks.iter().max_by_key(|s| s["outstanding_bytes"].as_i64().unwrap()).expect("a stack");
     let js: Vec<&Value> = top["frames"].as_array().unwrap().iter().filter(|f| f["kind"] == "js").collect();
-    assert!(js.iter().all(|f| f.get("note").is_none()), "{js:#?}");
+    assert!(js.iter().all(|f| f["note"] == "interpreted"), "{js:#?}");
     let names: Vec<&str> = js.iter().map(|f| f["name"].as_str().unwrap()).collect();
     let render = names.iter().position(|n| *n == RENDER.0).unwrap_or_else(|| panic!("{names:?}"));
     assert!(names[..render].contains(&"alloc"), "Buffer.alloc is named inside {}: {names:?}", RENDER.0);

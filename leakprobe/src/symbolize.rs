@@ -67,6 +67,21 @@ pub struct Frame {
 /// functions into their callers, and those inlined frames are not recovered.
 pub const INLINED_NOTE: &str = "compiled: inlined calls not expanded";
 
+/// The note on a JavaScript frame running in V8's interpreter (its bytecode handlers).
+pub const INTERPRETED_NOTE: &str = "interpreted";
+
+/// The note for a JavaScript function found in the frame `native` names by address: compiled
+/// code may hold inlined calls; the interpreter's handlers run one function's bytecode.
+fn note(native: &Frame) -> Option<&'static str> {
+    match native.kind {
+        FrameKind::Jit | FrameKind::Unknown => Some(INLINED_NOTE),
+        FrameKind::Builtin if native.name.contains("Handler") || native.name.contains("Interpreter") => {
+            Some(INTERPRETED_NOTE)
+        }
+        _ => None,
+    }
+}
+
 /// One frame as the kernel captured it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RawFrame {
@@ -286,7 +301,7 @@ impl Namer {
                 addr: raw.pc,
                 file: f.file.clone(),
                 line: f.line,
-                note: (native.kind == FrameKind::Jit).then_some(INLINED_NOTE),
+                note: note(&native),
             },
             _ => native,
         }
