@@ -12,8 +12,8 @@ pub enum DropReason {
     RingbufFull = 0,
     /// The map of GC pauses in flight (one entry per thread inside a GC) was full.
     GcInflightFull = 1,
-    /// An allocation's stack could not be captured (stack map full or hash collision); the
-    /// allocation is still counted, under the stack `[stack lost]`.
+    /// An allocation's stack could not be kept (the stack map was full, or the registers
+    /// could not be read); the allocation is still counted, under the stack `[stack lost]`.
     StackLost = 2,
     /// A per-thread map (a call between entry and return) was full: that call is not tracked.
     PendingFull = 3,
