@@ -58,6 +58,11 @@ fn names_the_allocating_function(node: &Path) {
 }
 
 #[test]
+fn node18_names_the_allocating_function() {
+    names_the_allocating_function(&official_node(18));
+}
+
+#[test]
 fn node20_names_the_allocating_function() {
     names_the_allocating_function(&official_node(20));
 }
