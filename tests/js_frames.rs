@@ -100,18 +100,27 @@ fn interpreted_frames_are_named_and_kept_apart() {
         .all(|f| f["name"] != "makeInvoice")));
 }
 
+/// Profiles `invoice-leak.js` on a node started with `--perf-basic-prof`, under
+/// `leakprobe --alloc-stacks extra`; returns the report and the perf map node wrote (removed).
+fn profile_writing_perf_map(extra: &[&str]) -> (Value, String) {
+    let mut node = Node::start(&system_node(), &["--perf-basic-prof"], "invoice-leak.js");
+    let perf_map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", node.pid()));
+    let mut args = vec!["--interval", "200ms", "--alloc-stacks"];
+    args.extend_from_slice(extra);
+    let mut leakprobe = Leakprobe::attach(node.pid(), &args);
+    node.go();
+    assert!(node.wait(std::time::Duration::from_secs(120)).success());
+    let report = leakprobe.report();
+    let text = std::fs::read_to_string(&perf_map).unwrap();
+    let _ = std::fs::remove_file(&perf_map);
+    (report, text)
+}
+
 /// A target started with `--perf-basic-prof` writes a perf map; with `--no-v8-names` (V8's
 /// objects not read), its JIT frames are still named from it, with file and line.
 #[test]
 fn the_perf_map_names_jit_frames() {
-    let mut node = Node::start(&system_node(), &["--perf-basic-prof"], "invoice-leak.js");
-    let perf_map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", node.pid()));
-    let mut leakprobe =
-        Leakprobe::attach(node.pid(), &["--interval", "200ms", "--alloc-stacks", "--no-v8-names"]);
-    node.go();
-    assert!(node.wait(std::time::Duration::from_secs(120)).success());
-    let report = leakprobe.report();
-    let _ = std::fs::remove_file(&perf_map);
+    let (report, _) = profile_writing_perf_map(&["--no-v8-names"]);
     assert_eq!(report["target"]["js_frames"], "perf map only (--no-v8-names)");
     let top = &report["suspects"][0];
     assert!(top["frames"].as_array().unwrap().iter().any(|f| is_js(f, "invoice-leak.js", RENDER)), "{top}");
@@ -123,14 +132,7 @@ fn the_perf_map_names_jit_frames() {
 /// whose sources live outside V8's heap.
 #[test]
 fn names_read_from_v8_agree_with_the_perf_map() {
-    let mut node = Node::start(&system_node(), &["--perf-basic-prof"], "invoice-leak.js");
-    let perf_map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", node.pid()));
-    let mut leakprobe = Leakprobe::attach(node.pid(), &["--interval", "200ms", "--alloc-stacks"]);
-    node.go();
-    assert!(node.wait(std::time::Duration::from_secs(120)).success());
-    let report = leakprobe.report();
-    let text = std::fs::read_to_string(&perf_map).unwrap();
-    let _ = std::fs::remove_file(&perf_map);
+    let (report, text) = profile_writing_perf_map(&[]);
     let listed: Vec<(String, Option<String>, Option<u32>)> = text
         .lines()
         .filter_map(|l| {

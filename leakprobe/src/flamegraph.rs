@@ -34,6 +34,8 @@ use inferno::flamegraph::{
 };
 use serde_json::Value;
 
+use crate::symbolize::located;
+
 /// What a frame is, from the report's `kind` field (plus the category root frames leakprobe adds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {
@@ -194,11 +196,7 @@ pub fn sanitize(name: &str) -> String {
 /// A frame's label in the graph: its name, plus ` (file:line)` when both are known (a
 /// JavaScript frame's file alone when its line is not), plus its note in brackets.
 pub fn frame_label(frame: &FrameRef<'_>) -> String {
-    let mut label = match (frame.file, frame.line) {
-        (Some(file), Some(line)) => format!("{} ({file}:{line})", frame.name),
-        (Some(file), None) if frame.kind == FrameKind::Js => format!("{} ({file})", frame.name),
-        _ => frame.name.to_string(),
-    };
+    let mut label = located(frame.name, frame.kind == FrameKind::Js, frame.file, frame.line);
     if let Some(note) = frame.note {
         label.push_str(&format!(" [{note}]"));
     }

@@ -3,7 +3,12 @@
 //! appended as code is compiled. Read through `/proc/PID/root` so targets in containers work,
 //! with the pid the target sees itself as.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{Read as _, Seek as _, SeekFrom},
+    path::PathBuf,
+};
 
 /// A parsed perf map, reloaded when the file grows.
 #[derive(Debug, Default)]
@@ -31,17 +36,21 @@ impl PerfMap {
         (addr < *end).then_some(name.as_str())
     }
 
-    /// Reads what `pid`'s perf map gained since the last call (nothing when it has none).
+    /// Reads what `pid`'s perf map gained since the last call (nothing when it has none): only
+    /// the bytes past those already parsed.
     pub fn refresh(&mut self, pid: u32) {
         let Some(path) = path(pid) else { return };
-        let Ok(bytes) = std::fs::read(&path) else { return };
-        let len = bytes.len() as u64;
+        let Ok(mut file) = File::open(&path) else { return };
+        let Ok(len) = file.metadata().map(|m| m.len()) else { return };
         if len < self.parsed {
             // A new file (the process restarted under the same pid): start over.
             *self = Self::default();
         }
+        let mut new = Vec::new();
+        if file.seek(SeekFrom::Start(self.parsed)).and_then(|_| file.read_to_end(&mut new)).is_err() {
+            return;
+        }
         // Only whole lines: the JIT may be mid-write.
-        let new = &bytes[self.parsed as usize..];
         let whole = new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         self.add(&String::from_utf8_lossy(&new[..whole]));
         self.parsed += whole as u64;

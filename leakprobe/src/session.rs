@@ -146,8 +146,9 @@ pub struct Session {
     stacks: StackMap,
     /// Stacks of the heap's allocation samples.
     sample_stacks: StackMap,
-    /// Stack ids already symbolized, and whether each is in `sample_stacks`.
-    named: HashSet<(bool, i64)>,
+    /// Stack ids already symbolized. An id is a hash of the stack's frames, the same in both
+    /// stack maps, so each is named once whichever map holds it.
+    named: HashSet<i64>,
     gc: GcStats,
     heap: HeapBooks,
     native: Option<NativeState>,
@@ -523,7 +524,7 @@ impl Session {
         let sampled =
             heap.top_samples().0.into_iter().map(|(id, _)| (true, id)).filter(|(_, id)| *id != NO_STACK);
         for (in_samples, id) in held.chain(sampled) {
-            if named.insert((in_samples, id)) {
+            if named.insert(id) {
                 let map = if in_samples { &*sample_stacks } else { &*stacks };
                 symbolizer.prefetch(id, Self::stack(map, id));
             }

@@ -63,6 +63,16 @@ pub struct Frame {
     pub note: Option<&'static str>,
 }
 
+/// A frame's name with where it is: ` (file:line)` when both are known, ` (file)` for a
+/// JavaScript frame whose line is not (the summary and the flamegraphs read the same).
+pub fn located(name: &str, js: bool, file: Option<&str>, line: Option<i64>) -> String {
+    match (file, line) {
+        (Some(file), Some(line)) => format!("{name} ({file}:{line})"),
+        (Some(file), None) if js => format!("{name} ({file})"),
+        _ => name.to_string(),
+    }
+}
+
 /// The note on a JavaScript frame running compiled code: the optimizing tiers inline small
 /// functions into their callers, and those inlined frames are not recovered.
 pub const INLINED_NOTE: &str = "compiled: inlined calls not expanded";
@@ -111,13 +121,9 @@ impl Frame {
         }
     }
 
-    /// The frame as a line of text: its name, with `(file:line)` for JavaScript.
+    /// The frame as a line of text ([`located`]).
     pub fn label(&self) -> String {
-        match (&self.file, self.line, self.kind) {
-            (Some(file), Some(line), FrameKind::Js) => format!("{} ({file}:{line})", self.name),
-            (Some(file), None, FrameKind::Js) => format!("{} ({file})", self.name),
-            _ => self.name.clone(),
-        }
+        located(&self.name, self.kind == FrameKind::Js, self.file.as_deref(), self.line.map(i64::from))
     }
 
     /// What identifies the frame across compilations: its name, or its kind for JIT and

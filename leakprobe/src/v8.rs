@@ -453,9 +453,7 @@ impl<M: Memory> Reader<M> {
         if ty >= s.first_nonstring {
             return Err(Bad::WrongType { addr: obj, found: ty, wanted: "String" });
         }
-        let mut raw = [0u8; 4];
-        self.bytes(obj.wrapping_add(s.length), &mut raw)?;
-        let length = u32::from_le_bytes(raw) as u64;
+        let length = self.string_length(obj)?;
         if length > MAX_STRING {
             return Err(Bad::Implausible("string length"));
         }
@@ -469,16 +467,9 @@ impl<M: Memory> Reader<M> {
             }
             r if r == s.cons => {
                 let first = self.word(obj.wrapping_add(s.cons_first))?;
-                let (_, first_ty) = self.type_of(first)?;
+                let (first_obj, first_ty) = self.type_of(first)?;
                 let first_len = match first_ty < s.first_nonstring {
-                    true => {
-                        let mut raw = [0u8; 4];
-                        self.bytes(
-                            first.wrapping_sub(self.layout.heap_tag).wrapping_add(s.length),
-                            &mut raw,
-                        )?;
-                        u32::from_le_bytes(raw) as u64
-                    }
+                    true => self.string_length(first_obj)?,
                     false => return Err(Bad::WrongType { addr: first, found: first_ty, wanted: "String" }),
                 };
                 if from < first_len {
@@ -517,6 +508,13 @@ impl<M: Memory> Reader<M> {
             }
             _ => Err(Bad::Implausible("uncached external string")),
         }
+    }
+
+    /// The length field of the string object at `obj`.
+    fn string_length(&self, obj: u64) -> Result<u64, Bad> {
+        let mut raw = [0u8; 4];
+        self.bytes(obj.wrapping_add(self.layout.strings.length), &mut raw)?;
+        Ok(u32::from_le_bytes(raw) as u64)
     }
 
     /// Appends `len` characters of `width` bytes (1: Latin-1, 2: UTF-16) read at `addr`.
