@@ -165,3 +165,98 @@ fn names_read_from_v8_agree_with_the_perf_map() {
         "only {compared} frames ({internal} of node's library) compared"
     );
 }
+
+/// The JS call chain of `inlined-leak.js` below its timer callback, innermost first.
+const RECEIPT_CHAIN: [&str; 4] = ["stampReceipt", "issueReceipts", "(anonymous)", "listOnTimeout"];
+
+/// The (inlined function, function compiled) pairs of V8's `--trace-turbo-inlining` lines:
+/// `Inlining 0x… {0x… <SharedFunctionInfo f>} into 0x… {0x… <SharedFunctionInfo g>}`.
+fn turbofan_inlined(stdout: &[String]) -> Vec<(String, String)> {
+    let name = |s: &str| {
+        let name = s.split("<SharedFunctionInfo").nth(1)?.split('>').next()?.trim();
+        Some(if name.is_empty() { "(anonymous)".to_string() } else { name.to_string() })
+    };
+    stdout
+        .iter()
+        .filter_map(|l| l.strip_prefix("Inlining ")?.split_once(" into "))
+        .filter_map(|(f, g)| Some((name(f)?, name(g)?)))
+        .collect()
+}
+
+/// `stampReceipt` leaks and is small: the optimizing compilers inline it into its caller (and
+/// node's `Buffer.alloc` into it), so physical frames hold several functions. Expanded from
+/// the code's inlining positions, at least 90% of the stacks through the fixture still read
+/// its whole call chain, and the inlined frames say so; V8's own trace (`--trace-turbo-inlining`
+/// on the target) confirms some of the pairs leakprobe reports: inlined function, and the
+/// function whose frame holds it.
+fn expands_inlined_frames(node: &Path) {
+    let (report, stdout) =
+        profile_with(node, &["--trace-turbo-inlining"], "inlined-leak.js", &["--alloc-stacks"]);
+    let v8_inlined = turbofan_inlined(&stdout);
+    assert!(!v8_inlined.is_empty(), "V8 inlined nothing: {stdout:?}");
+    let stacks = stacks_through(&report, "external", "inlined-leak.js");
+    assert!(!stacks.is_empty());
+    let mut whole = 0;
+    let mut pairs = Vec::new();
+    for stack in &stacks {
+        let js: Vec<&Value> =
+            stack["frames"].as_array().unwrap().iter().filter(|f| f["kind"] == "js").collect();
+        let names: Vec<&str> = js.iter().map(|f| f["name"].as_str().unwrap()).collect();
+        whole += usize::from(names.windows(RECEIPT_CHAIN.len()).any(|w| w == RECEIPT_CHAIN));
+        // Each inlined frame and the next frame that is not inlined: the physical one.
+        for (i, f) in js.iter().enumerate().filter(|(_, f)| f["note"] == "inlined") {
+            let holder =
+                js[i + 1..].iter().find(|g| g["note"] != "inlined").expect("an inlined frame has a holder");
+            pairs.push((
+                f["name"].as_str().unwrap().to_string(),
+                holder["name"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert!(
+        whole * 10 >= stacks.len() * 9,
+        "{whole} of {} stacks read {RECEIPT_CHAIN:?}: {stacks:#?}",
+        stacks.len()
+    );
+    assert!(
+        pairs.iter().any(|p| v8_inlined.contains(p)),
+        "none of {pairs:?} is in V8's trace {v8_inlined:?}"
+    );
+    assert!(report["stacks"].as_array().unwrap().iter().all(|s| s["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["note"] != "compiled: inlined calls not expanded"
+            || !f["file"].as_str().is_some_and(|f| f.ends_with("inlined-leak.js")))));
+}
+
+#[test]
+fn node20_expands_inlined_frames() {
+    expands_inlined_frames(&official_node(20));
+}
+
+#[test]
+fn node22_expands_inlined_frames() {
+    expands_inlined_frames(&official_node(22));
+}
+
+#[test]
+fn node24_expands_inlined_frames() {
+    expands_inlined_frames(&official_node(24));
+}
+
+/// Node 18's V8 keeps instructions inside its `Code` objects, which this reader does not
+/// search: its optimized frames are not expanded, and their label says so.
+#[test]
+fn node18_says_inlined_frames_are_not_expanded() {
+    let (report, _) = profile_with(&official_node(18), &[], "inlined-leak.js", &["--alloc-stacks"]);
+    let top = &report["suspects"][0];
+    let frames = top["frames"].as_array().unwrap();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["name"] == "issueReceipts" && f["note"] == "compiled: inlined calls not expanded"),
+        "{top}"
+    );
+    assert!(frames.iter().all(|f| f["note"] != "inlined"), "{top}");
+}

@@ -24,6 +24,8 @@ pub enum EventKind {
     Heap = 2,
     /// A [`syscalls::MapEvent`].
     Map = 3,
+    /// A [`stack::NewStack`].
+    NewStack = 4,
 }
 
 /// Implements `aya::Pod` for shared types when built for userspace.

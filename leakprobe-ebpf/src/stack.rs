@@ -22,6 +22,19 @@ pub struct RawStack {
     pub js: [u64; MAX_FRAMES],
 }
 
+/// A stack seen for the first time, so that userspace names it while the code and objects its
+/// frames point to are still there (V8 frees compiled code it replaces).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewStack {
+    /// [`crate::EventKind::NewStack`].
+    pub kind: u32,
+    /// 1 when the stack is in `SAMPLE_STACKS`, 0 in `STACKS`.
+    pub sampled: u32,
+    /// Its id.
+    pub id: i64,
+}
+
 /// What the kernel needs to find a JavaScript frame's function: taken from the target binary's
 /// V8 postmortem metadata (`v8dbg_*`) by userspace. The `JS_LAYOUT` array's one entry; while
 /// `enabled` is 0 (no metadata), stacks carry return addresses only.
@@ -52,7 +65,7 @@ pub struct JsLayout {
     pub last_function_type: u64,
 }
 
-user_pod!(RawStack, JsLayout);
+user_pod!(NewStack, RawStack, JsLayout);
 
 impl RawStack {
     /// The filled frames as (instruction address, tagged `SharedFunctionInfo` or 0).

@@ -17,10 +17,11 @@ use aya_ebpf::{
 use leakprobe_ebpf::{
     alloc::{MAX_STACKS, NO_STACK},
     drops::DropReason,
-    stack::{mix, stack_id, JsLayout, RawStack, HASH_START, MAX_FRAMES},
+    stack::{mix, stack_id, JsLayout, NewStack, RawStack, HASH_START, MAX_FRAMES},
+    EventKind,
 };
 
-use crate::maps::count_drop;
+use crate::maps::{count_drop, emit};
 
 /// User stacks of allocations, shared by every family; ids are keys of the per-stack totals.
 #[map]
@@ -80,13 +81,19 @@ impl UserRegs for TracePointContext {
 /// The user stack of the current thread in [`STACKS`], or [`NO_STACK`] (counted).
 #[inline(always)]
 pub fn user_stack<C: UserRegs>(ctx: &C) -> i64 {
-    user_stack_in(ctx, &STACKS)
+    stack_in(ctx, &STACKS, false)
+}
+
+/// The user stack of the current thread in [`SAMPLE_STACKS`], or [`NO_STACK`] (counted).
+#[inline(always)]
+pub fn sampled_user_stack<C: UserRegs>(ctx: &C) -> i64 {
+    stack_in(ctx, &SAMPLE_STACKS, true)
 }
 
 /// The user stack of the current thread in `map`, or [`NO_STACK`] (counted as `StackLost`).
 #[inline(always)]
-pub fn user_stack_in<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>) -> i64 {
-    match capture(ctx, map) {
+fn stack_in<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>, sampled: bool) -> i64 {
+    match capture(ctx, map, sampled) {
         Some(id) => id,
         None => {
             count_drop(DropReason::StackLost);
@@ -96,7 +103,7 @@ pub fn user_stack_in<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>) -> i64 
 }
 
 #[inline(always)]
-fn capture<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>) -> Option<i64> {
+fn capture<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>, sampled: bool) -> Option<i64> {
     let regs = ctx.user_regs()?;
     let stack = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     let layout = JS_LAYOUT.get(0).copied().unwrap_or_default();
@@ -105,8 +112,9 @@ fn capture<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>) -> Option<i64> {
     // SAFETY: read-only lookup of a map value.
     if unsafe { map.get(&id) }.is_none() {
         match map.insert(&id, stack, BPF_NOEXIST as u64) {
+            Ok(()) => emit(NewStack { kind: EventKind::NewStack as u32, sampled: sampled as u32, id }),
             // Another CPU just stored the same stack.
-            Ok(()) | Err(-17) => {}
+            Err(-17) => {}
             Err(_) => return None,
         }
     }

@@ -18,7 +18,7 @@ use leakprobe_ebpf::{
     drops::DropReason,
     gc::GcEvent,
     heap::HeapEvent,
-    stack::{JsLayout, RawStack},
+    stack::{JsLayout, NewStack, RawStack},
     syscalls::{MapEvent, CONFIG_TGID},
     EventKind,
 };
@@ -344,7 +344,10 @@ impl Session {
             (false, false) => (None, "perf map only (--no-v8-names)".to_string()),
             (false, true) => js_reader(&target, &mut ebpf),
         };
-        let symbolizer = Symbolizer::new(target.pid, js);
+        let mut symbolizer = Symbolizer::new(target.pid, js);
+        if !options.fleet {
+            symbolizer.warm();
+        }
         let target_pid = target.pid;
         let mut session = Session {
             target,
@@ -450,6 +453,9 @@ impl Session {
             pending_pauses,
             events_read,
             symbolizer,
+            named,
+            stacks,
+            sample_stacks,
             ..
         } = self;
         let t = started.elapsed().as_secs_f64();
@@ -480,6 +486,15 @@ impl Session {
             } else if kind == Some(EventKind::Map as u32) {
                 if let Some(event) = read_record::<MapEvent>(&item) {
                     mappings.apply(&event);
+                }
+            } else if kind == Some(EventKind::NewStack as u32) {
+                // Named at once, while its frames' code and objects are where they were
+                // (fleet mode reports no stacks).
+                if let Some(new) = read_record::<NewStack>(&item).filter(|_| pending_pauses.is_none()) {
+                    if named.insert(new.id) {
+                        let map = if new.sampled != 0 { &*sample_stacks } else { &*stacks };
+                        symbolizer.prefetch(new.id, Self::stack(map, new.id));
+                    }
                 }
             }
         }

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::{
     perfmap::PerfMap,
-    v8::{JsFunction, ProcMem, Reader},
+    v8::{Compiled, JsFunction, ProcMem, Reader},
 };
 
 /// What kind of code a frame is in.
@@ -73,9 +73,14 @@ pub fn located(name: &str, js: bool, file: Option<&str>, line: Option<i64>) -> S
     }
 }
 
-/// The note on a JavaScript frame running compiled code: the optimizing tiers inline small
-/// functions into their callers, and those inlined frames are not recovered.
+/// The note on a JavaScript frame running compiled code whose inlined calls could not be
+/// recovered (the optimizing tiers inline small functions into their callers): code V8 had
+/// freed by the time the stack was named, node 18, or names from the perf map alone.
 pub const INLINED_NOTE: &str = "compiled: inlined calls not expanded";
+
+/// The note on a JavaScript function that optimized code inlined into the frame below it in
+/// the list (its caller): it ran in its caller's physical frame.
+pub const INLINED_INTO_NOTE: &str = "inlined";
 
 /// The note on a JavaScript frame running in V8's interpreter (its bytecode handlers).
 pub const INTERPRETED_NOTE: &str = "interpreted";
@@ -167,6 +172,8 @@ enum Job {
     Name { stacks: Vec<(i64, Vec<RawFrame>)>, done: Option<SyncSender<()>> },
     /// Objects may have moved: forget what was cached by object address.
     Moved,
+    /// Load the target's symbols now, not with the first stack.
+    Warm,
 }
 
 impl Symbolizer {
@@ -196,6 +203,7 @@ impl Symbolizer {
                             }
                         }
                         Job::Moved => namer.moved(),
+                        Job::Warm => namer.warm(),
                     }
                 }
             });
@@ -228,6 +236,13 @@ impl Symbolizer {
         }
     }
 
+    /// Starts naming: the target's binaries are parsed before the first stack arrives, so
+    /// that stacks are named soon after they are taken (V8 frees compiled code it replaces,
+    /// and what a frame's code inlined can only be read while it lives).
+    pub fn warm(&mut self) {
+        let _ = self.jobs().send(Job::Warm);
+    }
+
     /// A mark-compact ran: JavaScript objects may have moved, so names cached by object
     /// address are dropped (stacks already named keep their names).
     pub fn moved(&mut self) {
@@ -250,6 +265,9 @@ struct Namer {
     perf_map: PerfMap,
     native: HashMap<u64, Frame>,
     functions: HashMap<u64, Option<JsFunction>>,
+    /// What compiled code ran at each return address (its inlined functions), by address and
+    /// function.
+    compiled: HashMap<(u64, u64), Option<Compiled>>,
     stacks: Arc<Mutex<HashMap<i64, Vec<Frame>>>>,
 }
 
@@ -263,18 +281,46 @@ impl Namer {
             perf_map: PerfMap::default(),
             native: HashMap::new(),
             functions: HashMap::new(),
+            compiled: HashMap::new(),
             stacks,
         }
     }
 
     fn moved(&mut self) {
         self.functions.clear();
+        self.compiled.clear();
         if let Some(js) = &mut self.js {
             js.forget();
         }
     }
 
+    /// Parses the target's main binary (the first address of its executable mappings).
+    fn warm(&mut self) {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok();
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default();
+        let text = maps.lines().find(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.get(1).is_some_and(|p| p.contains('x'))
+                && fields.get(5).map(std::path::Path::new) == exe.as_deref()
+        });
+        let start = text.and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok());
+        if let Some(addr) = start {
+            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &[addr]));
+        }
+    }
+
+    /// What compiled code each JIT frame ran, read before anything slower: V8 frees code it
+    /// replaces (tiering up, deoptimizing), and other code may take its place.
+    fn read_compiled(&mut self, stacks: &[(i64, Vec<RawFrame>)]) {
+        let Some(reader) = &mut self.js else { return };
+        let jit = exec_anon_ranges(self.pid);
+        for f in stacks.iter().flat_map(|(_, s)| s).filter(|f| f.js != 0 && in_ranges(f.pc, &jit)) {
+            self.compiled.entry((f.pc, f.js)).or_insert_with(|| reader.compiled(f.pc, f.js).ok());
+        }
+    }
+
     fn name(&mut self, stacks: Vec<(i64, Vec<RawFrame>)>) {
+        self.read_compiled(&stacks);
         let mut addrs: Vec<u64> = stacks.iter().flat_map(|(_, s)| s.iter().map(|f| f.pc)).collect();
         addrs.sort_unstable();
         addrs.dedup();
@@ -284,34 +330,70 @@ impl Namer {
             self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs));
         }
         for (id, raw) in stacks {
-            let frames: Vec<Frame> = raw.iter().map(|f| self.frame(*f)).collect();
+            let mut frames = Vec::with_capacity(raw.len());
+            for f in raw {
+                self.frames(f, &mut frames);
+            }
             lock(&self.stacks).insert(id, frames);
         }
     }
 
-    /// One frame: the JavaScript function when the frame has one with a script (V8's own
-    /// builtins, such as `Array.prototype.forEach`, keep their `Builtins_` names), else the
-    /// native name or label.
-    fn frame(&mut self, raw: RawFrame) -> Frame {
+    /// The frames of one captured frame: the JavaScript function when the frame has one with
+    /// a script (V8's own builtins, such as `Array.prototype.forEach`, keep their `Builtins_`
+    /// names), preceded by the functions inlined into it at that address; else the native name
+    /// or label.
+    fn frames(&mut self, raw: RawFrame, out: &mut Vec<Frame>) {
         let native = self.native.get(&raw.pc).cloned().unwrap_or_else(|| unnamed(raw.pc, &[]));
         // Only V8's code holds a JSFunction in the slot; a C++ frame's is a stray local.
         if raw.js == 0 || native.kind == FrameKind::Native {
-            return native;
+            return out.push(native);
         }
-        let Some(reader) = &mut self.js else { return native };
-        let function = self.functions.entry(raw.js).or_insert_with(|| reader.function(raw.js).ok());
-        match function {
-            Some(f) if f.file.is_some() => Frame {
-                name: f.name.clone(),
-                kind: FrameKind::Js,
-                addr: raw.pc,
-                file: f.file.clone(),
-                line: f.line,
-                note: note(&native),
-            },
-            _ => native,
+        let Some(reader) = &mut self.js else { return out.push(native) };
+        let Some(function) = js_function(&mut self.functions, reader, raw.js).filter(|f| f.file.is_some())
+        else {
+            return out.push(native);
+        };
+        let js = |f: JsFunction, note| Frame {
+            name: f.name,
+            kind: FrameKind::Js,
+            addr: raw.pc,
+            file: f.file,
+            line: f.line,
+            note,
+        };
+        let mut note = note(&native);
+        if note == Some(INLINED_NOTE) {
+            let compiled =
+                self.compiled.entry((raw.pc, raw.js)).or_insert_with(|| reader.compiled(raw.pc, raw.js).ok());
+            match compiled.clone() {
+                Some(Compiled::Optimized(inlined)) => {
+                    for sfi in inlined {
+                        let frame = match js_function(&mut self.functions, reader, sfi) {
+                            Some(f) => js(f, Some(INLINED_INTO_NOTE)),
+                            None => Frame {
+                                name: format!("[inlined {sfi:#x}]"),
+                                ..js(function.clone(), Some(INLINED_INTO_NOTE))
+                            },
+                        };
+                        out.push(frame);
+                    }
+                    note = None;
+                }
+                Some(Compiled::Baseline) => note = None,
+                None => {}
+            }
         }
+        out.push(js(function, note));
     }
+}
+
+/// The function of `sfi`, named once until objects move.
+fn js_function(
+    functions: &mut HashMap<u64, Option<JsFunction>>,
+    reader: &mut Reader<ProcMem>,
+    sfi: u64,
+) -> Option<JsFunction> {
+    functions.entry(sfi).or_insert_with(|| reader.function(sfi).ok()).clone()
 }
 
 /// Frames for the addresses of `pid`.

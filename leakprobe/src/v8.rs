@@ -13,6 +13,9 @@ use std::{collections::HashMap, fs::File, os::unix::fs::FileExt};
 use leakprobe_ebpf::stack::JsLayout;
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
+mod code;
+pub use code::{CodeLayout, Compiled};
+
 /// Why the metadata cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MetadataError {
@@ -130,6 +133,8 @@ pub struct Layout {
     scope_context_locals: u64,
     positions: ScopeInfoPositions,
     strings: StringLayout,
+    /// Code objects, to expand inlined frames; `None` where this reader does not know them.
+    code: Option<CodeLayout>,
 }
 
 /// How strings are laid out and told apart.
@@ -229,6 +234,7 @@ impl Layout {
                 sliced_offset: u(m.field("class_SlicedString__offset__")?),
                 thin_actual: u(m.field("class_ThinString__actual__")?),
             },
+            code: CodeLayout::new(m).ok(),
         })
     }
 
@@ -316,12 +322,14 @@ pub struct Reader<M: Memory> {
     mem: M,
     /// Scripts by address: (name, line ends). Cleared with [`Reader::forget`].
     scripts: HashMap<u64, (Option<String>, Option<Vec<u32>>)>,
+    /// The map of `InstructionStream`s, once one was found ([`Reader::compiled`]).
+    istream_map: Option<u64>,
 }
 
 impl<M: Memory> Reader<M> {
     /// A reader of `mem` with `layout`.
     pub fn new(layout: Layout, mem: M) -> Self {
-        Self { layout, mem, scripts: HashMap::new() }
+        Self { layout, mem, scripts: HashMap::new(), istream_map: None }
     }
 
     /// Drops what was cached by address (after a mark-compact, objects may have moved).
@@ -642,6 +650,8 @@ mod tests {
                     "node {major}"
                 );
                 assert!(k.first_function_type <= k.last_function_type);
+                // Node 18's V8 keeps instructions inside `Code`: its inlined frames stay noted.
+                assert_eq!(layout.code.is_some(), major >= 20, "node {major}: code layout");
             }
         }
         let usr = Metadata::from_elf(&std::fs::read("/usr/bin/node").unwrap_or_default());

@@ -22,7 +22,7 @@ use leakprobe_ebpf::{
 use super::track::Tracker;
 use crate::{
     maps::{count_drop, emit},
-    stacks::{user_stack_in, SAMPLE_STACKS},
+    stacks::sampled_user_stack,
 };
 
 /// Large-object pages by allocation stack (one JS object per page: a big array or string).
@@ -142,7 +142,7 @@ pub fn heap_stats_exit(_ctx: RetProbeContext) -> u32 {
 /// these by stack samples where the JS heap churn comes from.
 #[uprobe]
 pub fn heap_sample(ctx: ProbeContext) -> u32 {
-    let stack_id = user_stack_in(&ctx, &SAMPLE_STACKS);
+    let stack_id = sampled_user_stack(&ctx);
     match HEAP_SAMPLES.get_ptr_mut(&stack_id) {
         // SAFETY: this CPU's slot of the value, valid while the program runs.
         Some(count) => unsafe { *count += 1 },

@@ -1,0 +1,352 @@
+//! Inlined frames: which JavaScript functions an optimized frame was running at a return
+//! address. Maglev and TurboFan inline small functions into their callers, so one physical
+//! frame can hold several functions. V8 records, per offset in the code, a source position
+//! whose inlining id indexes the code's deoptimization data: there, each inlining position
+//! names the inlined function (a `SharedFunctionInfo` in the literal array) and the position
+//! in its caller it was inlined at, whose own inlining id leads one caller further out.
+//!
+//! The code object is found from the frame's return address alone: JIT code lives in
+//! `InstructionStream` objects whose instructions start right after a header, and whose
+//! header points back to their `Code`. The return address lies in exactly one of them, and a
+//! candidate counts only when its `Code` says its instructions start there and reach the
+//! address. So nothing extra is captured in the kernel.
+//!
+//! The metadata gives the types, the deoptimization-data indices, the code-kind field and most
+//! offsets; where it is silent the fallbacks are commented.
+
+use super::{Bad, Memory, Metadata, MetadataError, Reader};
+
+/// How far below a return address the start of its code is searched for: larger than any
+/// function V8 compiles (its optimizing tiers give up on huge functions long before).
+const MAX_CODE: u64 = 1 << 20;
+
+/// V8 aligns instruction starts to `kCodeAlignment` (64 on x64 since V8 11, 32 before); a
+/// search in steps of 32 finds either.
+const CODE_ALIGN: u64 = 32;
+
+/// Most inlining levels followed for one frame (V8's own limit is far lower).
+const MAX_INLINING_DEPTH: usize = 64;
+
+/// Longest source position table read.
+const MAX_POSITION_TABLE: u64 = 4 << 20;
+
+/// Size of one `InliningPosition` in the deoptimization data: a `SourcePosition` (8 bytes)
+/// and the inlined function's index (`int`), padded to 16. Not in the metadata; unchanged
+/// since inlining positions were introduced.
+const INLINING_POSITION_SIZE: u64 = 16;
+
+/// The layouts of V8's code objects, from one binary's metadata; `None` from [`CodeLayout::new`]
+/// for V8 before 11 (node 18), whose code has no separate `InstructionStream`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeLayout {
+    istream_type: u64,
+    /// Where an `InstructionStream`'s instructions start (its header size).
+    istream_header: u64,
+    /// `InstructionStream::code`, the pointer back to its `Code`.
+    istream_code: u64,
+    code_type: u64,
+    code_deopt: u64,
+    code_positions: u64,
+    code_start: u64,
+    code_flags: u64,
+    code_size: u64,
+    kind_mask: u64,
+    kind_shift: u64,
+    /// `CodeKind::BASELINE`; MAGLEV and TURBOFAN follow it in V8's enum.
+    baseline: u64,
+    deopt_inlined_count: u64,
+    /// Where the deoptimization data keeps the code's own function; behind a
+    /// `SharedFunctionInfoWrapper` (whose first field is the function) from V8 13.
+    deopt_function: u64,
+    deopt_function_wrapped: bool,
+    deopt_literals: u64,
+    deopt_inlining_positions: u64,
+}
+
+impl CodeLayout {
+    /// The layout `m` describes, with fallbacks where it is silent.
+    pub fn new(m: &Metadata) -> Result<Self, MetadataError> {
+        let u = |v: i64| v as u64;
+        // The first two fields after the map: the metadata lists them on node 20 (V8 11.3)
+        // and has lost them since; they have stayed first through node 24 (V8 13.6).
+        let code_deopt = u(m.field("class_Code__deoptimization_data__").unwrap_or(8));
+        let code_positions =
+            u(m.field("class_Code__source_position_table__").unwrap_or(code_deopt as i64 + 8));
+        // V8 11.3's metadata lacks the rest of `Code`: the instruction start follows the
+        // position table after one more pointer (the `InstructionStream`), then the flags,
+        // then two 16-bit fields (builtin id, kind-specific flags), then the size.
+        let code_start = u(m.field("class_Code__instruction_start__").unwrap_or(code_positions as i64 + 16));
+        let code_flags = u(m.field("class_Code__flags__").unwrap_or(code_start as i64 + 8));
+        let code_size = u(m.field("class_Code__instruction_size__").unwrap_or(code_flags as i64 + 8));
+        Ok(Self {
+            istream_type: u(m.get("type_InstructionStream__INSTRUCTION_STREAM_TYPE")?),
+            istream_header: u(m.field("class_InstructionStream__instruction_start__")?),
+            // Not in the metadata: the first field after the map (V8 11 through 13).
+            istream_code: 8,
+            code_type: u(m.get("type_Code__CODE_TYPE")?),
+            code_deopt,
+            code_positions,
+            code_start,
+            code_flags,
+            code_size,
+            kind_mask: u(m.get("CodeKindFieldMask")?),
+            kind_shift: u(m.get("CodeKindFieldShift")?),
+            baseline: u(m.get("CodeKindBaseline")?),
+            deopt_inlined_count: u(m.get("DeoptimizationDataInlinedFunctionCountIndex")?),
+            deopt_function: u(m.any(&[
+                "DeoptimizationDataSharedFunctionInfoIndex",
+                "DeoptimizationDataWrappedSharedFunctionInfoIndex",
+            ])?),
+            deopt_function_wrapped: m.get("DeoptimizationDataSharedFunctionInfoIndex").is_err(),
+            deopt_literals: u(m.get("DeoptimizationDataLiteralArrayIndex")?),
+            deopt_inlining_positions: u(m.get("DeoptimizationDataInliningPositionsIndex")?),
+        })
+    }
+}
+
+/// What a compiled frame's code says about the functions it ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compiled {
+    /// Baseline (Sparkplug) code: one function, never inlined calls.
+    Baseline,
+    /// Optimized code (Maglev, TurboFan) and the tagged `SharedFunctionInfo`s of the functions
+    /// inlined at the return address, innermost first (empty when it was in the frame's own
+    /// function).
+    Optimized(Vec<u64>),
+}
+
+/// V8's `SourcePosition` bit fields: bit 0 says "external", bits 1..31 the script offset,
+/// bits 31..47 the inlining id plus one (0: not inlined).
+fn inlining_id(position: u64) -> Option<u64> {
+    ((position >> 31) & 0xffff).checked_sub(1)
+}
+
+/// One unsigned VLQ number (7 bits a byte, low groups first) from `table` at `*at`.
+fn vlq(table: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *table.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// A zigzag-encoded signed VLQ number.
+fn signed_vlq(table: &[u8], at: &mut usize) -> Option<i64> {
+    let v = vlq(table, at)?;
+    Some((v >> 1) as i64 ^ -((v & 1) as i64))
+}
+
+/// The source position of the call at return offset `ret` in a source position table: the
+/// last entry at or before the call instruction (`ret - 1`). Entries are pairs of deltas: the
+/// code offset's (negative for non-statement positions, as `-delta - 1`) and the position's.
+pub fn position_at(table: &[u8], ret: u64) -> Option<u64> {
+    let (mut at, mut offset, mut position, mut found) = (0usize, 0i64, 0i64, None);
+    let call = ret.checked_sub(1)? as i64;
+    while at < table.len() {
+        let delta = signed_vlq(table, &mut at)?;
+        offset = offset.checked_add(if delta < 0 { -(delta + 1) } else { delta })?;
+        position = position.checked_add(signed_vlq(table, &mut at)?)?;
+        if offset > call {
+            break;
+        }
+        found = Some(position as u64);
+    }
+    found
+}
+
+impl<M: Memory> Reader<M> {
+    /// The functions a compiled frame of function `sfi` (tagged `SharedFunctionInfo`) ran at
+    /// return address `pc`: its code found from the address, and the inlining chain of the
+    /// call there. Optimized code must name `sfi` as its function: the code that ran may have
+    /// been freed since, and other code put at the address.
+    pub fn compiled(&mut self, pc: u64, sfi: u64) -> Result<Compiled, Bad> {
+        let c = self.layout.code.clone().ok_or(Bad::Implausible("code layout for this V8"))?;
+        let (code, start) = self.code_at(&c, pc)?;
+        let mut flags = [0u8; 4];
+        self.bytes(code.wrapping_add(c.code_flags), &mut flags)?;
+        let kind = (u64::from(u32::from_le_bytes(flags)) & c.kind_mask) >> c.kind_shift;
+        match kind.checked_sub(c.baseline) {
+            Some(0) => return Ok(Compiled::Baseline),
+            Some(1 | 2) => {}
+            _ => return Err(Bad::Implausible("kind of code for a JavaScript frame")),
+        }
+        let deopt = self.array(self.word(code.wrapping_add(c.code_deopt))?)?;
+        let element =
+            |i: u64| deopt.1.get(i as usize).copied().ok_or(Bad::Implausible("deoptimization data"));
+        let mut own = element(c.deopt_function)?;
+        if c.deopt_function_wrapped {
+            own = self.word(self.type_of(own)?.0.wrapping_add(8))?;
+        }
+        if own != sfi {
+            return Err(Bad::WrongType { addr: code, found: own, wanted: "code of the frame's function" });
+        }
+        let table = self.byte_array(self.word(code.wrapping_add(c.code_positions))?)?;
+        if table.is_empty() {
+            return Err(Bad::Implausible("empty source position table"));
+        }
+        let position = position_at(&table, pc - start).ok_or(Bad::Implausible("source position table"))?;
+        let Some(mut id) = inlining_id(position) else { return Ok(Compiled::Optimized(Vec::new())) };
+        let inlined = self.smi(element(c.deopt_inlined_count)?).ok_or(Bad::NotObject(0))?;
+        let literals = self.array(element(c.deopt_literals)?)?.1;
+        let positions = self.byte_array(element(c.deopt_inlining_positions)?)?;
+        let mut functions = Vec::new();
+        while functions.len() < MAX_INLINING_DEPTH {
+            let at = (id * INLINING_POSITION_SIZE) as usize;
+            let entry = positions.get(at..at + 12).ok_or(Bad::Implausible("inlining id"))?;
+            let position = u64::from_le_bytes(entry[..8].try_into().unwrap_or_default());
+            let function = i32::from_le_bytes(entry[8..12].try_into().unwrap_or_default());
+            let sfi = match usize::try_from(function) {
+                Ok(f) if (f as i64) < inlined => literals.get(f).copied(),
+                _ => None,
+            };
+            // A weak reference (low bits 11) to the function is still the function.
+            let sfi = sfi.ok_or(Bad::Implausible("inlined function index"))?;
+            functions.push(if sfi & 3 == 3 { sfi & !2 } else { sfi });
+            match inlining_id(position) {
+                Some(next) => id = next,
+                None => return Ok(Compiled::Optimized(functions)),
+            }
+        }
+        Err(Bad::Implausible("inlining depth"))
+    }
+
+    /// The `Code` object (untagged) whose instructions hold `pc`, and where they start.
+    fn code_at(&mut self, c: &CodeLayout, pc: u64) -> Result<(u64, u64), Bad> {
+        let lowest = pc.saturating_sub(MAX_CODE).max(c.istream_header);
+        let mut start = pc.wrapping_sub(1) & !(CODE_ALIGN - 1);
+        let mut page = Vec::new();
+        while start >= lowest && start != 0 {
+            // The headers of candidates below `start` within one page, read at once.
+            let header = start - c.istream_header;
+            let base = header & !0xfff;
+            page.resize((header + 8 - base) as usize, 0);
+            self.bytes(base, &mut page)?;
+            while start >= lowest && start - c.istream_header >= base {
+                let at = (start - c.istream_header - base) as usize;
+                let map = u64::from_le_bytes(page[at..at + 8].try_into().unwrap_or_default());
+                if self.is_istream_map(c, map) {
+                    if let Ok(code) = self.istream_code(c, start - c.istream_header, start, pc) {
+                        self.istream_map = Some(map);
+                        return Ok((code, start));
+                    }
+                }
+                start = start.wrapping_sub(CODE_ALIGN);
+            }
+        }
+        Err(Bad::Implausible("code object for a return address"))
+    }
+
+    /// Whether `map` is the map of `InstructionStream`s (known once one was found).
+    fn is_istream_map(&self, c: &CodeLayout, map: u64) -> bool {
+        let l = &self.layout;
+        if let Some(known) = self.istream_map {
+            return map == known;
+        }
+        let mut raw = [0u8; 2];
+        map & l.tag_mask == l.heap_tag
+            && self.bytes(map.wrapping_sub(l.heap_tag).wrapping_add(l.instance_type), &mut raw).is_ok()
+            && u64::from(u16::from_le_bytes(raw)) == c.istream_type
+    }
+
+    /// The `Code` of the `InstructionStream` at `istream` if it says its instructions start at
+    /// `start` and reach `pc`.
+    fn istream_code(&self, c: &CodeLayout, istream: u64, start: u64, pc: u64) -> Result<u64, Bad> {
+        let (code, ty) = self.type_of(self.word(istream.wrapping_add(c.istream_code))?)?;
+        let mut size = [0u8; 4];
+        self.bytes(code.wrapping_add(c.code_size), &mut size)?;
+        let reaches = pc - start <= u64::from(u32::from_le_bytes(size));
+        match ty == c.code_type && self.word(code.wrapping_add(c.code_start))? == start && reaches {
+            true => Ok(code),
+            false => Err(Bad::WrongType { addr: code, found: ty, wanted: "Code of this instruction stream" }),
+        }
+    }
+
+    /// The elements of a tagged fixed array (of any of V8's fixed-array types), bounded.
+    fn array(&self, tagged: u64) -> Result<(u64, Vec<u64>), Bad> {
+        let l = &self.layout;
+        let (obj, _) = self.type_of(tagged)?;
+        let len = self.smi(self.word(obj.wrapping_add(l.array_length))?).ok_or(Bad::NotObject(obj))?;
+        if !(0..=1 << 16).contains(&len) {
+            return Err(Bad::Implausible("array length"));
+        }
+        let mut raw = vec![0u8; len as usize * 8];
+        self.bytes(obj.wrapping_add(l.array_data), &mut raw)?;
+        let words = raw.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()));
+        Ok((obj, words.collect()))
+    }
+
+    /// The bytes of a tagged byte array (`ByteArray` or `TrustedByteArray`), bounded.
+    fn byte_array(&self, tagged: u64) -> Result<Vec<u8>, Bad> {
+        let l = &self.layout;
+        let (obj, _) = self.type_of(tagged)?;
+        let len = self.smi(self.word(obj.wrapping_add(l.array_length))?).ok_or(Bad::NotObject(obj))?;
+        if !(0..=MAX_POSITION_TABLE as i64).contains(&len) {
+            return Err(Bad::Implausible("byte array length"));
+        }
+        let mut raw = vec![0u8; len as usize];
+        self.bytes(obj.wrapping_add(l.array_data), &mut raw)?;
+        Ok(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A position table as V8 writes one: (code offset, is statement, position) entries.
+    fn table(entries: &[(i64, bool, i64)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut put = |v: i64| {
+            let mut z = ((v << 1) ^ (v >> 63)) as u64;
+            loop {
+                let byte = (z & 0x7f) as u8;
+                z >>= 7;
+                out.push(if z == 0 { byte } else { byte | 0x80 });
+                if z == 0 {
+                    break;
+                }
+            }
+        };
+        let (mut offset, mut position) = (0, 0);
+        for &(o, statement, p) in entries {
+            let delta = o - offset;
+            put(if statement { delta } else { -delta - 1 });
+            put(p - position);
+            (offset, position) = (o, p);
+        }
+        out
+    }
+
+    fn inlined(script_offset: u64, id: Option<u64>) -> i64 {
+        ((script_offset << 1) | (id.map_or(0, |i| i + 1) << 31)) as i64
+    }
+
+    #[test]
+    fn the_position_of_a_call_is_the_last_entry_before_its_return_address() {
+        let t = table(&[
+            (1, false, inlined(77, None)),
+            (48, true, inlined(26, Some(0))),
+            (142, false, inlined(4779, Some(4))),
+        ]);
+        // A call instruction ending at 48 (return address 48) began before entry 48.
+        assert_eq!(position_at(&t, 48).and_then(inlining_id), None);
+        assert_eq!(position_at(&t, 49).and_then(inlining_id), Some(0));
+        assert_eq!(position_at(&t, 500).and_then(inlining_id), Some(4));
+        assert_eq!(position_at(&t, 1), None, "nothing before the first entry");
+        assert_eq!(position_at(&t, 0), None);
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_position_tables_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256),
+                                               ret in any::<u64>()) {
+            let _ = position_at(&bytes, ret).map(inlining_id);
+        }
+    }
+}
