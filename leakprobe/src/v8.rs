@@ -4,6 +4,7 @@
 //! captured with a stack, this reads the function's name, its script's name and the line it
 //! starts on — with no flags on the target and no per-version offset tables here, except the
 //! one place the metadata is silent (where `ScopeInfo` keeps the function's source positions).
+//! [`code`] expands the functions an optimized frame inlined, from its return address.
 //!
 //! Everything read from the target is untrusted: objects are checked by their map's instance
 //! type, strings and arrays are bounded, and anything unexpected is a [`Bad`] — never a panic.
