@@ -346,7 +346,7 @@ impl Session {
         };
         let mut symbolizer = Symbolizer::new(target.pid, js);
         if !options.fleet {
-            symbolizer.warm();
+            symbolizer.warm(&target.module_display);
         }
         let target_pid = target.pid;
         let mut session = Session {
@@ -491,10 +491,8 @@ impl Session {
                 // Named at once, while its frames' code and objects are where they were
                 // (fleet mode reports no stacks).
                 if let Some(new) = read_record::<NewStack>(&item).filter(|_| pending_pauses.is_none()) {
-                    if named.insert(new.id) {
-                        let map = if new.sampled != 0 { &*sample_stacks } else { &*stacks };
-                        symbolizer.prefetch(new.id, Self::stack(map, new.id));
-                    }
+                    let map = if new.sampled != 0 { &*sample_stacks } else { &*stacks };
+                    Self::name_once(named, symbolizer, map, new.id);
                 }
             }
         }
@@ -539,10 +537,14 @@ impl Session {
         let sampled =
             heap.top_samples().0.into_iter().map(|(id, _)| (true, id)).filter(|(_, id)| *id != NO_STACK);
         for (in_samples, id) in held.chain(sampled) {
-            if named.insert(id) {
-                let map = if in_samples { &*sample_stacks } else { &*stacks };
-                symbolizer.prefetch(id, Self::stack(map, id));
-            }
+            Self::name_once(named, symbolizer, if in_samples { &*sample_stacks } else { &*stacks }, id);
+        }
+    }
+
+    /// Starts naming stack `id` of `map` unless it was started before.
+    fn name_once(named: &mut HashSet<i64>, symbolizer: &mut Symbolizer, map: &StackMap, id: i64) {
+        if named.insert(id) {
+            symbolizer.prefetch(id, Self::stack(map, id));
         }
     }
 

@@ -172,8 +172,9 @@ enum Job {
     Name { stacks: Vec<(i64, Vec<RawFrame>)>, done: Option<SyncSender<()>> },
     /// Objects may have moved: forget what was cached by object address.
     Moved,
-    /// Load the target's symbols now, not with the first stack.
-    Warm,
+    /// Load the symbols of the target's module (its path as the process sees it) now, not
+    /// with the first stack.
+    Warm(String),
 }
 
 impl Symbolizer {
@@ -203,7 +204,7 @@ impl Symbolizer {
                             }
                         }
                         Job::Moved => namer.moved(),
-                        Job::Warm => namer.warm(),
+                        Job::Warm(module) => namer.warm(&module),
                     }
                 }
             });
@@ -239,8 +240,9 @@ impl Symbolizer {
     /// Starts naming: the target's binaries are parsed before the first stack arrives, so
     /// that stacks are named soon after they are taken (V8 frees compiled code it replaces,
     /// and what a frame's code inlined can only be read while it lives).
-    pub fn warm(&mut self) {
-        let _ = self.jobs().send(Job::Warm);
+    /// `module` is the binary holding V8 (node, or its `libnode.so`) as the process sees it.
+    pub fn warm(&mut self, module: &str) {
+        let _ = self.jobs().send(Job::Warm(module.to_string()));
     }
 
     /// A mark-compact ran: JavaScript objects may have moved, so names cached by object
@@ -294,45 +296,42 @@ impl Namer {
         }
     }
 
-    /// Parses the target's main binary (the first address of its executable mappings).
-    fn warm(&mut self) {
-        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok();
+    /// Parses `module` (the first address of its executable mappings).
+    fn warm(&mut self, module: &str) {
         let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap_or_default();
         let text = maps.lines().find(|l| {
             let fields: Vec<&str> = l.split_whitespace().collect();
-            fields.get(1).is_some_and(|p| p.contains('x'))
-                && fields.get(5).map(std::path::Path::new) == exe.as_deref()
+            fields.get(1).is_some_and(|p| p.contains('x')) && fields.get(5) == Some(&module)
         });
-        let start = text.and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok());
-        if let Some(addr) = start {
-            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &[addr]));
+        if let Some(addr) = text.and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok()) {
+            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &[addr], &[]));
         }
     }
 
     /// What compiled code each JIT frame ran, read before anything slower: V8 frees code it
     /// replaces (tiering up, deoptimizing), and other code may take its place.
-    fn read_compiled(&mut self, stacks: &[(i64, Vec<RawFrame>)]) {
+    fn read_compiled(&mut self, stacks: &[(i64, Vec<RawFrame>)], jit: &[(u64, u64)]) {
         let Some(reader) = &mut self.js else { return };
-        let jit = exec_anon_ranges(self.pid);
-        for f in stacks.iter().flat_map(|(_, s)| s).filter(|f| f.js != 0 && in_ranges(f.pc, &jit)) {
+        for f in stacks.iter().flat_map(|(_, s)| s).filter(|f| f.js != 0 && in_ranges(f.pc, jit)) {
             self.compiled.entry((f.pc, f.js)).or_insert_with(|| reader.compiled(f.pc, f.js).ok());
         }
     }
 
     fn name(&mut self, stacks: Vec<(i64, Vec<RawFrame>)>) {
-        self.read_compiled(&stacks);
+        let jit = exec_anon_ranges(self.pid);
+        self.read_compiled(&stacks, &jit);
         let mut addrs: Vec<u64> = stacks.iter().flat_map(|(_, s)| s.iter().map(|f| f.pc)).collect();
         addrs.sort_unstable();
         addrs.dedup();
         addrs.retain(|a| !self.native.contains_key(a));
         if !addrs.is_empty() {
             self.perf_map.refresh(self.pid);
-            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs));
+            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs, &jit));
         }
         for (id, raw) in stacks {
             let mut frames = Vec::with_capacity(raw.len());
             for f in raw {
-                self.frames(f, &mut frames);
+                self.frames(f, in_ranges(f.pc, &jit), &mut frames);
             }
             lock(&self.stacks).insert(id, frames);
         }
@@ -340,9 +339,9 @@ impl Namer {
 
     /// The frames of one captured frame: the JavaScript function when the frame has one with
     /// a script (V8's own builtins, such as `Array.prototype.forEach`, keep their `Builtins_`
-    /// names), preceded by the functions inlined into it at that address; else the native name
-    /// or label.
-    fn frames(&mut self, raw: RawFrame, out: &mut Vec<Frame>) {
+    /// names), preceded by the functions inlined into it at that address when it runs JIT code
+    /// (`jit`); else the native name or label.
+    fn frames(&mut self, raw: RawFrame, jit: bool, out: &mut Vec<Frame>) {
         let native = self.native.get(&raw.pc).cloned().unwrap_or_else(|| unnamed(raw.pc, &[]));
         // Only V8's code holds a JSFunction in the slot; a C++ frame's is a stray local.
         if raw.js == 0 || native.kind == FrameKind::Native {
@@ -361,27 +360,24 @@ impl Namer {
             line: f.line,
             note,
         };
-        let mut note = note(&native);
-        if note == Some(INLINED_NOTE) {
-            let compiled =
-                self.compiled.entry((raw.pc, raw.js)).or_insert_with(|| reader.compiled(raw.pc, raw.js).ok());
-            match compiled.clone() {
-                Some(Compiled::Optimized(inlined)) => {
-                    for sfi in inlined {
-                        let frame = match js_function(&mut self.functions, reader, sfi) {
-                            Some(f) => js(f, Some(INLINED_INTO_NOTE)),
-                            None => Frame {
-                                name: format!("[inlined {sfi:#x}]"),
-                                ..js(function.clone(), Some(INLINED_INTO_NOTE))
-                            },
-                        };
-                        out.push(frame);
-                    }
-                    note = None;
+        let mut note = if jit { Some(INLINED_NOTE) } else { note(&native) };
+        // Read by `read_compiled` for every JIT frame, before anything slower.
+        match self.compiled.get(&(raw.pc, raw.js)).filter(|_| jit).cloned().flatten() {
+            Some(Compiled::Optimized(inlined)) => {
+                for sfi in inlined {
+                    let frame = match js_function(&mut self.functions, reader, sfi) {
+                        Some(f) => js(f, Some(INLINED_INTO_NOTE)),
+                        None => Frame {
+                            name: format!("[inlined {sfi:#x}]"),
+                            ..js(function.clone(), Some(INLINED_INTO_NOTE))
+                        },
+                    };
+                    out.push(frame);
                 }
-                Some(Compiled::Baseline) => note = None,
-                None => {}
+                note = None;
             }
+            Some(Compiled::Baseline) => note = None,
+            None => {}
         }
         out.push(js(function, note));
     }
@@ -396,9 +392,14 @@ fn js_function(
     functions.entry(sfi).or_insert_with(|| reader.function(sfi).ok()).clone()
 }
 
-/// Frames for the addresses of `pid`.
-fn name(blazesym: &Blazesym, perf_map: &PerfMap, pid: u32, addrs: &[u64]) -> Vec<(u64, Frame)> {
-    let jit = exec_anon_ranges(pid);
+/// Frames for the addresses of `pid`, whose JIT code lies in `jit`.
+fn name(
+    blazesym: &Blazesym,
+    perf_map: &PerfMap,
+    pid: u32,
+    addrs: &[u64],
+    jit: &[(u64, u64)],
+) -> Vec<(u64, Frame)> {
     let mut process = Process::new(Pid::from(pid));
     // Read by `PerfMap` instead: blazesym would keep a parsed copy of each version of the
     // growing file.
@@ -425,8 +426,8 @@ fn name(blazesym: &Blazesym, perf_map: &PerfMap, pid: u32, addrs: &[u64]) -> Vec
                 // JIT code, named by the target's perf map when it writes one.
                 _ => match perf_map.lookup(addr) {
                     Some(symbol) => perf_map_frame(symbol, addr)
-                        .unwrap_or_else(|| Frame { name: symbol.to_string(), ..unnamed(addr, &jit) }),
-                    None => unnamed(addr, &jit),
+                        .unwrap_or_else(|| Frame { name: symbol.to_string(), ..unnamed(addr, jit) }),
+                    None => unnamed(addr, jit),
                 },
             };
             (addr, frame)

@@ -415,19 +415,8 @@ impl<M: Memory> Reader<M> {
         let l = &self.layout;
         if let Ok((array, ty)) = self.type_of(self.word(script.wrapping_add(l.script_line_ends))?) {
             if ty == l.fixed_array_type {
-                let n = self
-                    .smi(self.word(array.wrapping_add(l.array_length))?)
-                    .ok_or(Bad::Implausible("line_ends length"))?;
-                if !(0..=MAX_LINES as i64).contains(&n) {
-                    return Err(Bad::Implausible("line_ends length"));
-                }
-                let mut raw = vec![0u8; n as usize * 8];
-                self.bytes(array.wrapping_add(l.array_data), &mut raw)?;
-                return Ok(raw
-                    .chunks_exact(8)
-                    .filter_map(|c| self.smi(u64::from_le_bytes(c.try_into().unwrap_or_default())))
-                    .map(|v| v.max(0) as u32)
-                    .collect());
+                let raw = self.array_bytes(array, 8, MAX_LINES, "line_ends length")?;
+                return Ok(words(&raw).filter_map(|w| self.smi(w)).map(|v| v.max(0) as u32).collect());
             }
         }
         let source = self.string(self.word(script.wrapping_add(l.script_source))?)?;
@@ -537,6 +526,19 @@ impl<M: Memory> Reader<M> {
         Ok(())
     }
 
+    /// The data of the array object `obj` (any of V8's fixed or byte arrays: a Smi length, then
+    /// the elements), `width` bytes an element, at most `max` elements.
+    fn array_bytes(&self, obj: u64, width: u64, max: u64, what: &'static str) -> Result<Vec<u8>, Bad> {
+        let l = &self.layout;
+        let len = self.smi(self.word(obj.wrapping_add(l.array_length))?).ok_or(Bad::Implausible(what))?;
+        if !(0..=max as i64).contains(&len) {
+            return Err(Bad::Implausible(what));
+        }
+        let mut raw = vec![0u8; (len as u64 * width) as usize];
+        self.bytes(obj.wrapping_add(l.array_data), &mut raw)?;
+        Ok(raw)
+    }
+
     /// The object address of `tagged` if it has type `ty`.
     fn typed(&self, tagged: u64, ty: u64, wanted: &'static str) -> Result<u64, Bad> {
         let (obj, found) = self.type_of(tagged)?;
@@ -579,6 +581,11 @@ impl<M: Memory> Reader<M> {
             false => Err(Bad::Unreadable(addr)),
         }
     }
+}
+
+/// The little-endian 8-byte words of `raw` (a trailing part word is ignored).
+fn words(raw: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    raw.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
 }
 
 /// The offsets where each line of `source` ends (V8's convention: the newline's index).

@@ -14,7 +14,7 @@
 //! The metadata gives the types, the deoptimization-data indices, the code-kind field and most
 //! offsets; where it is silent the fallbacks are commented.
 
-use super::{Bad, Memory, Metadata, MetadataError, Reader};
+use super::{words, Bad, Memory, Metadata, MetadataError, Reader};
 
 /// How far below a return address the start of its code is searched for: larger than any
 /// function V8 compiles (its optimizing tiers give up on huge functions long before).
@@ -26,6 +26,9 @@ const CODE_ALIGN: u64 = 32;
 
 /// Most inlining levels followed for one frame (V8's own limit is far lower).
 const MAX_INLINING_DEPTH: usize = 64;
+
+/// Most elements read from a deoptimization data or literal array.
+const MAX_ARRAY: u64 = 1 << 16;
 
 /// Longest source position table read.
 const MAX_POSITION_TABLE: u64 = 4 << 20;
@@ -176,8 +179,7 @@ impl<M: Memory> Reader<M> {
             _ => return Err(Bad::Implausible("kind of code for a JavaScript frame")),
         }
         let deopt = self.array(self.word(code.wrapping_add(c.code_deopt))?)?;
-        let element =
-            |i: u64| deopt.1.get(i as usize).copied().ok_or(Bad::Implausible("deoptimization data"));
+        let element = |i: u64| deopt.get(i as usize).copied().ok_or(Bad::Implausible("deoptimization data"));
         let mut own = element(c.deopt_function)?;
         if c.deopt_function_wrapped {
             own = self.word(self.type_of(own)?.0.wrapping_add(8))?;
@@ -192,7 +194,7 @@ impl<M: Memory> Reader<M> {
         let position = position_at(&table, pc - start).ok_or(Bad::Implausible("source position table"))?;
         let Some(mut id) = inlining_id(position) else { return Ok(Compiled::Optimized(Vec::new())) };
         let inlined = self.smi(element(c.deopt_inlined_count)?).ok_or(Bad::NotObject(0))?;
-        let literals = self.array(element(c.deopt_literals)?)?.1;
+        let literals = self.array(element(c.deopt_literals)?)?;
         let positions = self.byte_array(element(c.deopt_inlining_positions)?)?;
         let mut functions = Vec::new();
         while functions.len() < MAX_INLINING_DEPTH {
@@ -267,30 +269,14 @@ impl<M: Memory> Reader<M> {
     }
 
     /// The elements of a tagged fixed array (of any of V8's fixed-array types), bounded.
-    fn array(&self, tagged: u64) -> Result<(u64, Vec<u64>), Bad> {
-        let l = &self.layout;
-        let (obj, _) = self.type_of(tagged)?;
-        let len = self.smi(self.word(obj.wrapping_add(l.array_length))?).ok_or(Bad::NotObject(obj))?;
-        if !(0..=1 << 16).contains(&len) {
-            return Err(Bad::Implausible("array length"));
-        }
-        let mut raw = vec![0u8; len as usize * 8];
-        self.bytes(obj.wrapping_add(l.array_data), &mut raw)?;
-        let words = raw.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()));
-        Ok((obj, words.collect()))
+    fn array(&self, tagged: u64) -> Result<Vec<u64>, Bad> {
+        let raw = self.array_bytes(self.type_of(tagged)?.0, 8, MAX_ARRAY, "array length")?;
+        Ok(words(&raw).collect())
     }
 
     /// The bytes of a tagged byte array (`ByteArray` or `TrustedByteArray`), bounded.
     fn byte_array(&self, tagged: u64) -> Result<Vec<u8>, Bad> {
-        let l = &self.layout;
-        let (obj, _) = self.type_of(tagged)?;
-        let len = self.smi(self.word(obj.wrapping_add(l.array_length))?).ok_or(Bad::NotObject(obj))?;
-        if !(0..=MAX_POSITION_TABLE as i64).contains(&len) {
-            return Err(Bad::Implausible("byte array length"));
-        }
-        let mut raw = vec![0u8; len as usize];
-        self.bytes(obj.wrapping_add(l.array_data), &mut raw)?;
-        Ok(raw)
+        self.array_bytes(self.type_of(tagged)?.0, 1, MAX_POSITION_TABLE, "byte array length")
     }
 }
 
