@@ -137,7 +137,19 @@ fn node24_external_matches_array_buffers() {
 /// the GC's sawtooth, and names the leaking JS function `leaker` (name, line it starts on) —
 /// also where V8 inlined it into its caller.
 fn top_suspect(fixture: &str, category: &str, entry: &str, through: &str, leaker: (&str, u64)) -> Value {
-    let report = top_suspect_with(fixture, &["--alloc-stacks"], category, entry, through);
+    top_suspect_with(fixture, &["--alloc-stacks"], category, entry, through, leaker)
+}
+
+/// [`top_suspect`] with other leakprobe arguments.
+fn top_suspect_with(
+    fixture: &str,
+    leakprobe_args: &[&str],
+    category: &str,
+    entry: &str,
+    through: &str,
+    leaker: (&str, u64),
+) -> Value {
+    let report = top_suspect_at(fixture, leakprobe_args, category, entry, through);
     let file = common::fixture(fixture).canonicalize().unwrap();
     let top = &report["suspects"][0];
     let js: Vec<(&str, u64)> = top["frames"]
@@ -151,8 +163,8 @@ fn top_suspect(fixture: &str, category: &str, entry: &str, through: &str, leaker
     report
 }
 
-/// [`top_suspect`] with extra leakprobe arguments, without the JS check.
-fn top_suspect_with(
+/// [`top_suspect_with`] without the JS check.
+fn top_suspect_at(
     fixture: &str,
     leakprobe_args: &[&str],
     category: &str,
@@ -195,13 +207,26 @@ fn ignored_backpressure_is_an_external_suspect() {
 }
 
 /// With --native, unclosed zlib streams are a native suspect allocated by malloc from zlib's
-/// init, and the sampled estimate is reported. (Node runs zlib's init as thread-pool work: the
-/// stack is a libuv worker's, with no JS on it to name.)
+/// init, and the sampled estimate is reported. Node runs zlib's init as libuv thread-pool work,
+/// on a pool thread with no JS on its stack: the suspect goes on, past the queued frame, with
+/// the stack that queued the work, down to the leaking function.
 #[test]
 fn unclosed_zlib_handles_are_a_native_suspect() {
-    let report = top_suspect_with("zlib-handles.js", &["--native"], "native", "malloc", "deflateInit2_");
+    let report = top_suspect_with(
+        "zlib-handles.js",
+        &["--native"],
+        "native",
+        "malloc",
+        "deflateInit2_",
+        ("compressResponse", 9),
+    );
     let frames = report["suspects"][0]["frames"].as_array().unwrap();
-    assert!(frames.iter().any(|f| f["name"].as_str().unwrap().contains("DoThreadPoolWork")), "{frames:?}");
+    let at = |kind: &str, name: &str| {
+        frames.iter().position(|f| f["kind"] == kind && f["name"].as_str().unwrap().contains(name))
+    };
+    let (pool, queued, js) =
+        (at("native", "DoThreadPoolWork"), at("queued", ""), at("js", "compressResponse"));
+    assert!(pool < queued && queued < js && pool.is_some(), "{frames:?}");
     let native = &report["native"];
     assert_eq!(native["sample_rate_bytes"], 512 * 1024);
     assert!(native["sampled_allocations"].as_u64().unwrap() > 100, "{native}");

@@ -24,11 +24,14 @@ pub enum DropReason {
     /// More ArrayBuffer allocator objects (isolates) than the map holds: external bytes of the
     /// extra isolates are missing from `external.bytes`.
     AllocatorsFull = 6,
+    /// The map of thread-pool work queued but not started was full: stacks taken while that
+    /// work runs lack the stack that queued it.
+    QueuedFull = 7,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::RingbufFull,
         DropReason::GcInflightFull,
         DropReason::StackLost,
@@ -36,6 +39,7 @@ impl DropReason {
         DropReason::LiveFull,
         DropReason::StackTotalsFull,
         DropReason::AllocatorsFull,
+        DropReason::QueuedFull,
     ];
     /// Number of slots in the `DROPS` array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -50,6 +54,7 @@ impl DropReason {
             DropReason::LiveFull => "live_full",
             DropReason::StackTotalsFull => "stack_totals_full",
             DropReason::AllocatorsFull => "allocators_full",
+            DropReason::QueuedFull => "queued_full",
         }
     }
 }

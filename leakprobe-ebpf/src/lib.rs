@@ -13,6 +13,7 @@ pub mod heap;
 pub mod native;
 pub mod stack;
 pub mod syscalls;
+pub mod threadpool;
 
 /// The first `u32` of every record in the `EVENTS` ring buffer: which struct follows.
 #[repr(u32)]

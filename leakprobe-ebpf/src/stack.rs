@@ -20,6 +20,9 @@ pub struct RawStack {
     /// For each frame, the tagged `SharedFunctionInfo` pointer of the JavaScript function
     /// running in it, or 0 for a frame that is not a JavaScript one.
     pub js: [u64; MAX_FRAMES],
+    /// For a stack taken on a libuv pool thread while it ran queued work: the id (in `STACKS`)
+    /// of the stack that queued the work; else `alloc::NO_STACK`. Part of the stack's id.
+    pub origin: i64,
 }
 
 /// A stack seen for the first time, so that userspace names it while the code and objects its

@@ -6,6 +6,7 @@
 //! This walk follows the same frame-pointer chain and also keeps, per frame, the
 //! `SharedFunctionInfo` of the JavaScript function in it (read through the `JSFunction` slot V8
 //! keeps below each JavaScript frame's frame pointer, validated by its map's instance type).
+//! A stack taken on a libuv pool thread also keeps the stack that queued the work it runs.
 
 use aya_ebpf::{
     bindings::{pt_regs, BPF_NOEXIST},
@@ -21,7 +22,10 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
-use crate::maps::{count_drop, emit};
+use crate::{
+    maps::{count_drop, emit},
+    probes::threadpool::queued_by,
+};
 
 /// User stacks of allocations, shared by every family; ids are keys of the per-stack totals.
 #[map]
@@ -108,7 +112,9 @@ fn capture<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>, sampled: bool) ->
     let stack = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     let layout = JS_LAYOUT.get(0).copied().unwrap_or_default();
     let hash = walk(&regs, &layout, stack);
-    let id = stack_id(hash);
+    // Work a pool thread runs for a stack that queued it: the two are one stack.
+    stack.origin = queued_by();
+    let id = stack_id(mix(hash, stack.origin as u64));
     // SAFETY: read-only lookup of a map value.
     if unsafe { map.get(&id) }.is_none() {
         match map.insert(&id, stack, BPF_NOEXIST as u64) {

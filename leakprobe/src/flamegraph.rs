@@ -14,7 +14,7 @@
 //! | `gc-triggers.svg` | `gc.trigger_stacks[].pauses` | GC pauses entered from the stack |
 //! | `heap-samples.svg` | `heap.allocation_samples[].samples` | JS heap allocation samples |
 //!
-//! Frames are coloured by kind (JS, native, builtin, JIT, kernel, unknown) through a fixed
+//! Frames are coloured by kind (JS, native, builtin, JIT, kernel, unknown, queued) through a fixed
 //! per-function palette; each frame's `<g>` also carries `class="kind-<kind>"` (inferno's
 //! per-function attributes). The differential graph uses inferno's red/blue delta colours.
 
@@ -53,6 +53,9 @@ pub enum FrameKind {
     Unknown,
     /// The root frame naming the memory category (`[external]`, `[native]`, ...).
     Category,
+    /// Where work queued to libuv's thread pool (the frames above) meets the stack that
+    /// queued it (below).
+    Queued,
 }
 
 impl FrameKind {
@@ -64,6 +67,7 @@ impl FrameKind {
             "builtin" => FrameKind::Builtin,
             "jit" => FrameKind::Jit,
             "kernel" => FrameKind::Kernel,
+            "queued" => FrameKind::Queued,
             _ => FrameKind::Unknown,
         }
     }
@@ -78,6 +82,7 @@ impl FrameKind {
             FrameKind::Kernel => "kernel",
             FrameKind::Unknown => "unknown",
             FrameKind::Category => "category",
+            FrameKind::Queued => "queued",
         }
     }
 
@@ -91,6 +96,7 @@ impl FrameKind {
             FrameKind::Kernel => (200, 120, 112),   // grey-red
             FrameKind::Unknown => (184, 184, 184),  // grey
             FrameKind::Category => (196, 176, 228), // lavender
+            FrameKind::Queued => (96, 200, 190),    // teal
         };
         Color { r, g, b }
     }

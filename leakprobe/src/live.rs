@@ -136,18 +136,43 @@ fn suspects(out: &mut String, report: &Report) {
 }
 
 /// How a suspect's stack reads in the summary: the allocating entry point, then the
-/// JavaScript frames that led there (what the user can change); with no JavaScript frame, the
-/// innermost native frames.
+/// JavaScript frames that led there, from the first of the user's own (what the user can
+/// change; node's own `node:` frames before it and native frames are counted, not listed);
+/// with no JavaScript frame, the innermost native frames. Where the stack crossed to libuv's
+/// thread pool is kept.
 fn suspect_lines(frames: &[Frame]) -> Vec<String> {
-    let js: Vec<usize> = (0..frames.len()).filter(|&i| frames[i].kind == FrameKind::Js).take(6).collect();
-    let Some(&first) = js.first() else {
+    let js = |f: &Frame| f.kind == FrameKind::Js;
+    let node_js = |f: &Frame| js(f) && f.file.as_deref().is_some_and(|p| p.starts_with("node:"));
+    let Some(start) = frames.iter().position(|f| js(f) && !node_js(f)).or_else(|| frames.iter().position(js))
+    else {
         return frames.iter().take(6).map(|f| f.name.clone()).collect();
     };
     let mut lines = vec![frames[0].name.clone()];
-    if first > 1 {
-        lines.push(format!("… {} native frames", first - 1));
+    // Runs of hidden frames, counted by what they are.
+    let mut run: Option<(&str, usize)> = None;
+    let hidden = |(what, n): (&str, usize)| match n {
+        1 => format!("… 1 {}", what.replacen("frames", "frame", 1)),
+        _ => format!("… {n} {what}"),
+    };
+    for f in frames.get(1..start).unwrap_or_default() {
+        let what = match f.kind {
+            FrameKind::Queued => None,
+            FrameKind::Js => Some("frames of node's own JavaScript"),
+            _ => Some("native frames"),
+        };
+        match (&mut run, what) {
+            (Some((kind, n)), Some(what)) if *kind == what => *n += 1,
+            (_, what) => {
+                lines.extend(run.take().map(hidden));
+                match what {
+                    Some(what) => run = Some((what, 1)),
+                    None => lines.push(f.name.clone()),
+                }
+            }
+        }
     }
-    lines.extend(js.iter().map(|&i| frames[i].label()));
+    lines.extend(run.map(hidden));
+    lines.extend(frames[start..].iter().filter(|f| js(f)).take(6).map(Frame::label));
     lines
 }
 
@@ -193,5 +218,33 @@ mod tests {
         let native: Vec<Frame> =
             (0..8).map(|i| frame(&format!("f{i}"), FrameKind::Native, None, None)).collect();
         assert_eq!(suspect_lines(&native), ["f0", "f1", "f2", "f3", "f4", "f5"]);
+    }
+
+    #[test]
+    fn a_thread_pool_suspect_reads_through_to_the_users_function() {
+        let frames = vec![
+            frame("malloc", FrameKind::Native, None, None),
+            frame("deflateInit2_", FrameKind::Native, None, None),
+            frame("worker", FrameKind::Native, None, None),
+            frame(crate::symbolize::QUEUED_NAME, FrameKind::Queued, None, None),
+            frame("uv_queue_work", FrameKind::Native, None, None),
+            frame("processChunk", FrameKind::Js, Some("node:zlib"), Some(480)),
+            frame("_write", FrameKind::Js, Some("node:internal/streams/writable"), Some(453)),
+            frame("compressResponse", FrameKind::Js, Some("/app/gzip.js"), Some(9)),
+            frame("uv_run", FrameKind::Native, None, None),
+            frame("listOnTimeout", FrameKind::Js, Some("node:internal/timers"), None),
+        ];
+        assert_eq!(
+            suspect_lines(&frames),
+            [
+                "malloc",
+                "… 2 native frames",
+                "[queued to the libuv thread pool]",
+                "… 1 native frame",
+                "… 2 frames of node's own JavaScript",
+                "compressResponse (/app/gzip.js:9)",
+                "listOnTimeout (node:internal/timers)"
+            ]
+        );
     }
 }

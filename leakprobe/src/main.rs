@@ -190,12 +190,9 @@ fn options(pid: u32, args: Args) -> Options {
         interval: args.interval,
         out: args.out,
         json: args.json,
-        families: {
-            let mut families = args.probes;
-            if args.native && !families.contains(&Family::Native) {
-                families.push(Family::Native);
-            }
-            families
+        families: match args.native {
+            true => Family::with_native(args.probes),
+            false => args.probes,
         },
         sample_rate: args.sample_rate,
         max_tracked: args.max_tracked,

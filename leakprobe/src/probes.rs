@@ -38,11 +38,26 @@ pub enum Family {
     Native,
     /// mmap, munmap and brk of the target.
     Syscalls,
+    /// libuv's thread pool: which stack queued the work a pool thread runs (with native).
+    Threadpool,
 }
 
 impl Family {
     /// Every family attached by default.
     pub const DEFAULT: [Family; 4] = [Family::Gc, Family::Heap, Family::External, Family::Syscalls];
+    /// What `--native` adds: libc's allocator, and the thread pool (where much native memory is
+    /// allocated, on threads whose stacks hold no JavaScript).
+    pub const NATIVE: [Family; 2] = [Family::Native, Family::Threadpool];
+
+    /// `families` with the [`Family::NATIVE`] ones added.
+    pub fn with_native(mut families: Vec<Family>) -> Vec<Family> {
+        for family in Family::NATIVE {
+            if !families.contains(&family) {
+                families.push(family);
+            }
+        }
+        families
+    }
 }
 
 /// Which binary of the target a probe's function lives in.
@@ -138,6 +153,13 @@ const REALLOC: &[&str] = &["realloc"];
 const ALIGNED_ALLOC: &[&str] = &["aligned_alloc", "memalign"];
 const POSIX_MEMALIGN: &[&str] = &["posix_memalign"];
 const FREE: &[&str] = &["free"];
+/// libuv's `uv_queue_work` (node's zlib, crypto and addons' work).
+const POOL_QUEUE_WORK: &[&str] = &["uv_queue_work"];
+/// libuv's internal `uv__work_submit` (fs, dns and random work).
+const POOL_SUBMIT: &[&str] = &["uv__work_submit"];
+/// libuv's work functions, which a pool thread calls to run a piece of work.
+const POOL_WORK: &[&str] =
+    &["uv__queue_work", "uv__fs_work", "uv__getaddrinfo_work", "uv__getnameinfo_work", "uv__random_work"];
 /// Every function whose return gives the allocated block.
 const RETURNS_BLOCK: &[&str] = &["malloc", "calloc", "realloc", "aligned_alloc", "memalign"];
 
@@ -388,6 +410,35 @@ pub static PROBES: &[ProbeDef] = &[
         program: "native_free",
         function: "free",
         symbols: FREE,
+        attach: When::Always,
+    },
+    // Attached with native memory (much of it is allocated on pool threads); they fire on
+    // every fs call too, too often for the default view.
+    ProbeDef {
+        name: "pool_queue_work",
+        family: Family::Threadpool,
+        module: Module::Node,
+        program: "pool_queue_work",
+        function: "uv_queue_work",
+        symbols: POOL_QUEUE_WORK,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "pool_submit",
+        family: Family::Threadpool,
+        module: Module::Node,
+        program: "pool_submit",
+        function: "uv__work_submit",
+        symbols: POOL_SUBMIT,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "pool_work",
+        family: Family::Threadpool,
+        module: Module::Node,
+        program: "pool_work",
+        function: "uv__queue_work, uv__fs_work, ... (libuv's work functions)",
+        symbols: POOL_WORK,
         attach: When::Always,
     },
     syscall_tracepoint!("sys_enter_mmap"),

@@ -78,7 +78,7 @@ impl Options {
     pub fn fleet(pid: u32, native: bool, interval: Duration) -> Self {
         let mut families = probes::Family::DEFAULT.to_vec();
         if native {
-            families.push(probes::Family::Native);
+            families = probes::Family::with_native(families);
         }
         Options {
             pid,
@@ -133,6 +133,32 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// A stack map: stack id → the frames the kernel captured.
 type StackMap = BpfHashMap<MapData, i64, RawStack>;
 
+/// The kernel's two stack maps.
+struct StackMaps {
+    /// Stacks of allocations (and of the work queued to libuv's thread pool).
+    stacks: StackMap,
+    /// Stacks of the heap's allocation samples.
+    samples: StackMap,
+}
+
+impl StackMaps {
+    /// Frames of stack `id` (of the samples' map when `sampled`), innermost first; empty when
+    /// lost. A stack taken on a libuv pool thread goes on, past [`RawFrame::QUEUED`], with the
+    /// stack that queued the work the thread ran.
+    fn frames(&self, sampled: bool, id: i64) -> Vec<RawFrame> {
+        let raw = |map: &StackMap, id| map.get(&id, 0).ok();
+        let Some(stack) = raw(if sampled { &self.samples } else { &self.stacks }, id) else {
+            return Vec::new();
+        };
+        let mut frames: Vec<RawFrame> = stack.frames().map(|(pc, js)| RawFrame { pc, js }).collect();
+        if let Some(origin) = (stack.origin != NO_STACK).then(|| raw(&self.stacks, stack.origin)).flatten() {
+            frames.push(RawFrame::QUEUED);
+            frames.extend(origin.frames().map(|(pc, js)| RawFrame { pc, js }));
+        }
+        frames
+    }
+}
+
 /// A live session: loaded programs, attached probes, and what has been collected so far.
 /// One attached process: its probes, maps and books. The command drives it with [`run`]; the
 /// agent drives many through [`Session::attach`], [`Session::poll`] and [`Session::sample`].
@@ -143,9 +169,7 @@ pub struct Session {
     probes: Vec<ProbeStatus>,
     events: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
-    stacks: StackMap,
-    /// Stacks of the heap's allocation samples.
-    sample_stacks: StackMap,
+    stack_maps: StackMaps,
     /// Stack ids already symbolized. An id is a hash of the stack's frames, the same in both
     /// stack maps, so each is named once whichever map holds it.
     named: HashSet<i64>,
@@ -331,8 +355,10 @@ impl Session {
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
         let events = watch(events).context("polling the event ring buffer")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
-        let stacks = take_map(&mut ebpf, "STACKS")?;
-        let sample_stacks = take_map(&mut ebpf, "SAMPLE_STACKS")?;
+        let stack_maps = StackMaps {
+            stacks: take_map(&mut ebpf, "STACKS")?,
+            samples: take_map(&mut ebpf, "SAMPLE_STACKS")?,
+        };
         let ext_by_stack: PerCpuHashMap<MapData, i64, _> = take_map(&mut ebpf, "EXT_BY_STACK")?;
         let ext_allocators: BpfHashMap<MapData, u64, u64> = take_map(&mut ebpf, "EXT_ALLOCATORS")?;
         let external = ExternalState::new(&target, &lookup, ext_by_stack, ext_allocators);
@@ -355,8 +381,7 @@ impl Session {
             probes,
             events,
             drops,
-            stacks,
-            sample_stacks,
+            stack_maps,
             named: HashSet::new(),
             gc: GcStats::default(),
             heap: HeapBooks::new(target_pid, Some(heap_large_objects), Some(heap_samples)),
@@ -454,8 +479,7 @@ impl Session {
             events_read,
             symbolizer,
             named,
-            stacks,
-            sample_stacks,
+            stack_maps,
             ..
         } = self;
         let t = started.elapsed().as_secs_f64();
@@ -491,8 +515,7 @@ impl Session {
                 // Named at once, while its frames' code and objects are where they were
                 // (fleet mode reports no stacks).
                 if let Some(new) = read_record::<NewStack>(&item).filter(|_| pending_pauses.is_none()) {
-                    let map = if new.sampled != 0 { &*sample_stacks } else { &*stacks };
-                    Self::name_once(named, symbolizer, map, new.id);
+                    Self::name_once(named, symbolizer, stack_maps, new.sampled != 0, new.id);
                 }
             }
         }
@@ -530,21 +553,27 @@ impl Session {
             // Fleet mode reports no stacks.
             return;
         }
-        let Session { stacks, sample_stacks, suspects, mapping_growth, heap, symbolizer, named, .. } = self;
+        let Session { stack_maps, suspects, mapping_growth, heap, symbolizer, named, .. } = self;
         let triggers = self.gc.top_trigger_stacks(TRIGGER_STACKS).into_iter().map(|(id, _)| id);
         let held = suspects.ids().chain(mapping_growth.ids()).chain(triggers).filter(|id| *id != NO_STACK);
         let held = held.map(|id| (false, id));
         let sampled =
             heap.top_samples().0.into_iter().map(|(id, _)| (true, id)).filter(|(_, id)| *id != NO_STACK);
         for (in_samples, id) in held.chain(sampled) {
-            Self::name_once(named, symbolizer, if in_samples { &*sample_stacks } else { &*stacks }, id);
+            Self::name_once(named, symbolizer, stack_maps, in_samples, id);
         }
     }
 
-    /// Starts naming stack `id` of `map` unless it was started before.
-    fn name_once(named: &mut HashSet<i64>, symbolizer: &mut Symbolizer, map: &StackMap, id: i64) {
+    /// Starts naming stack `id` unless it was started before.
+    fn name_once(
+        named: &mut HashSet<i64>,
+        symbolizer: &mut Symbolizer,
+        maps: &StackMaps,
+        sampled: bool,
+        id: i64,
+    ) {
         if named.insert(id) {
-            symbolizer.prefetch(id, Self::stack(map, id));
+            symbolizer.prefetch(id, maps.frames(sampled, id));
         }
     }
 
@@ -558,32 +587,24 @@ impl Session {
             .collect()
     }
 
-    /// Frames of stack `id`, innermost first (empty when lost).
-    fn stack(stacks: &StackMap, id: i64) -> Vec<RawFrame> {
-        stacks
-            .get(&id, 0)
-            .map(|s| s.frames().map(|(pc, js)| RawFrame { pc, js }).collect())
-            .unwrap_or_default()
-    }
-
     fn report(&mut self, stop_reason: StopReason, stacks_wanted: Stacks) -> Report {
         let all = stacks_wanted == Stacks::All;
-        let stacks = &self.stacks;
+        let maps = &self.stack_maps;
         let suspects = match stacks_wanted {
             Stacks::Skipped => Vec::new(),
             Stacks::All | Stacks::Suspects => {
-                self.suspects.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer)
+                self.suspects.suspects(|id| maps.frames(false, id), &mut self.symbolizer)
             }
         };
         let growing_mappings = match all {
-            true => self.mapping_growth.suspects(|id| Self::stack(stacks, id), &mut self.symbolizer),
+            true => self.mapping_growth.suspects(|id| maps.frames(false, id), &mut self.symbolizer),
             false => Vec::new(),
         };
         let mut stack_profiles = Vec::new();
         if all {
-            stack_profiles = self.suspects.profiles(|id| Self::stack(stacks, id), &mut self.symbolizer);
+            stack_profiles = self.suspects.profiles(|id| maps.frames(false, id), &mut self.symbolizer);
             stack_profiles
-                .extend(self.mapping_growth.profiles(|id| Self::stack(stacks, id), &mut self.symbolizer));
+                .extend(self.mapping_growth.profiles(|id| maps.frames(false, id), &mut self.symbolizer));
         }
         Report {
             schema_version: SCHEMA_VERSION,
@@ -604,7 +625,7 @@ impl Session {
                         .into_iter()
                         .map(|(id, pauses)| TriggerStack {
                             pauses,
-                            frames: self.symbolizer.stack_frames(id, |id| Self::stack(stacks, id)),
+                            frames: self.symbolizer.stack_frames(id, |id| maps.frames(false, id)),
                         })
                         .collect();
                 }
@@ -612,7 +633,7 @@ impl Session {
             },
             memory: memory::MemoryReport::new(self.memory.items()),
             heap: self.heap.report(|id| match all {
-                true => self.symbolizer.stack_frames(id, |id| Self::stack(&self.sample_stacks, id)),
+                true => self.symbolizer.stack_frames(id, |id| maps.frames(true, id)),
                 false => Vec::new(),
             }),
             native: self.native.as_ref().map(NativeState::report),

@@ -41,7 +41,13 @@ pub enum FrameKind {
     Jit,
     /// Anything else.
     Unknown,
+    /// Not code: where a libuv pool thread's stack ends and the stack that queued the work it
+    /// ran goes on ([`QUEUED_NAME`]).
+    Queued,
 }
+
+/// The name of the [`FrameKind::Queued`] frame.
+pub const QUEUED_NAME: &str = "[queued to the libuv thread pool]";
 
 /// One stack frame.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -107,6 +113,10 @@ pub struct RawFrame {
 }
 
 impl RawFrame {
+    /// Not a frame: the stack before it ran on a libuv pool thread, queued by the stack after
+    /// it (no user address is `u64::MAX`).
+    pub const QUEUED: RawFrame = RawFrame { pc: u64::MAX, js: 0 };
+
     /// A frame known by its address only.
     pub fn native(pc: u64) -> Self {
         Self { pc, js: 0 }
@@ -137,7 +147,7 @@ impl Frame {
         match self.kind {
             FrameKind::Jit => "[JIT]".into(),
             FrameKind::Unknown => "[unknown]".into(),
-            FrameKind::Native | FrameKind::Builtin => self.name.clone(),
+            FrameKind::Native | FrameKind::Builtin | FrameKind::Queued => self.name.clone(),
             FrameKind::Js => {
                 format!("{} {}:{}", self.name, self.file.as_deref().unwrap_or(""), self.line.unwrap_or(0))
             }
@@ -323,7 +333,7 @@ impl Namer {
         let mut addrs: Vec<u64> = stacks.iter().flat_map(|(_, s)| s.iter().map(|f| f.pc)).collect();
         addrs.sort_unstable();
         addrs.dedup();
-        addrs.retain(|a| !self.native.contains_key(a));
+        addrs.retain(|a| !self.native.contains_key(a) && *a != RawFrame::QUEUED.pc);
         if !addrs.is_empty() {
             self.perf_map.refresh(self.pid);
             self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs, &jit));
@@ -342,6 +352,17 @@ impl Namer {
     /// names), preceded by the functions inlined into it at that address when it runs JIT code
     /// (`jit`); else the native name or label.
     fn frames(&mut self, raw: RawFrame, jit: bool, out: &mut Vec<Frame>) {
+        if raw == RawFrame::QUEUED {
+            let name = QUEUED_NAME.into();
+            return out.push(Frame {
+                name,
+                kind: FrameKind::Queued,
+                addr: 0,
+                file: None,
+                line: None,
+                note: None,
+            });
+        }
         let native = self.native.get(&raw.pc).cloned().unwrap_or_else(|| unnamed(raw.pc, &[]));
         // Only V8's code holds a JSFunction in the slot; a C++ frame's is a stray local.
         if raw.js == 0 || native.kind == FrameKind::Native {

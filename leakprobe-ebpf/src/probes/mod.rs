@@ -5,4 +5,5 @@ pub mod gc;
 pub mod heap;
 pub mod native;
 pub mod syscalls;
+pub mod threadpool;
 mod track;
