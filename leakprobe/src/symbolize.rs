@@ -201,9 +201,6 @@ impl Symbolizer {
             let (js, stacks) = (js.take(), Arc::clone(stacks));
             // Ends when the symbolizer (the sender) is dropped.
             std::thread::spawn(move || {
-                // Naming is never urgent: let sampling and the target have the CPU first.
-                // SAFETY: plain syscall on this thread (who = 0: the calling thread).
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 let mut namer = Namer::new(pid, js, stacks);
                 for job in rx {
                     match job {
@@ -214,7 +211,11 @@ impl Symbolizer {
                             }
                         }
                         Job::Moved => namer.moved(),
-                        Job::Warm(module) => namer.warm(&module),
+                        Job::Warm(module) => {
+                            set_nice(19);
+                            namer.warm(&module);
+                            set_nice(0);
+                        }
                     }
                 }
             });
@@ -327,21 +328,34 @@ impl Namer {
         }
     }
 
+    /// Names `stacks`. What their compiled frames ran is read first, at the priority the
+    /// thread waited at (normal): under load, that read must not wait behind the target, which
+    /// may free the code meanwhile. The rest is never urgent: it runs at the lowest priority,
+    /// so sampling and the target have the CPU first.
     fn name(&mut self, stacks: Vec<(i64, Vec<RawFrame>)>) {
         let jit = exec_anon_ranges(self.pid);
         self.read_compiled(&stacks, &jit);
+        set_nice(19);
+        self.name_read(stacks, &jit);
+        // Back to normal for the next job's first read (allowed to root, leakprobe's user;
+        // without CAP_SYS_NICE the thread stays at 19).
+        set_nice(0);
+    }
+
+    /// [`Namer::name`] after the compiled code was read.
+    fn name_read(&mut self, stacks: Vec<(i64, Vec<RawFrame>)>, jit: &[(u64, u64)]) {
         let mut addrs: Vec<u64> = stacks.iter().flat_map(|(_, s)| s.iter().map(|f| f.pc)).collect();
         addrs.sort_unstable();
         addrs.dedup();
         addrs.retain(|a| !self.native.contains_key(a) && *a != RawFrame::QUEUED.pc);
         if !addrs.is_empty() {
             self.perf_map.refresh(self.pid);
-            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs, &jit));
+            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs, jit));
         }
         for (id, raw) in stacks {
             let mut frames = Vec::with_capacity(raw.len());
             for f in raw {
-                self.frames(f, in_ranges(f.pc, &jit), &mut frames);
+                self.frames(f, in_ranges(f.pc, jit), &mut frames);
             }
             lock(&self.stacks).insert(id, frames);
         }
@@ -402,6 +416,12 @@ impl Namer {
         }
         out.push(js(function, note));
     }
+}
+
+/// Sets the calling thread's nice value.
+fn set_nice(nice: i32) {
+    // SAFETY: plain syscall on this thread (who = 0: the calling thread).
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
 }
 
 /// The function of `sfi`, named once until objects move.
