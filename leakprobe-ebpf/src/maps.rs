@@ -37,10 +37,22 @@ const WAKEUP_BYTES: u64 = EVENTS_BYTES as u64 / 4;
 /// short timer; a submit wakes it only when the buffer is a quarter full.
 #[inline(always)]
 pub fn emit<T: 'static>(value: T) {
+    submit(value, false)
+}
+
+/// [`emit`] for an event userspace must act on at once: it wakes userspace. (A stack seen for
+/// the first time: what its compiled frames ran can only be read while V8 keeps that code.)
+#[inline(always)]
+pub fn emit_now<T: 'static>(value: T) {
+    submit(value, true)
+}
+
+#[inline(always)]
+fn submit<T: 'static>(value: T, wake: bool) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(value);
-            let flags = match EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
+            let flags = match wake || EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
                 true => 0,
                 false => BPF_RB_NO_WAKEUP as u64,
             };

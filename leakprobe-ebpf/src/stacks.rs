@@ -23,7 +23,7 @@ use leakprobe_ebpf::{
 };
 
 use crate::{
-    maps::{count_drop, emit},
+    maps::{count_drop, emit_now},
     probes::threadpool::queued_by,
 };
 
@@ -118,7 +118,7 @@ fn capture<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>, sampled: bool) ->
     // SAFETY: read-only lookup of a map value.
     if unsafe { map.get(&id) }.is_none() {
         match map.insert(&id, stack, BPF_NOEXIST as u64) {
-            Ok(()) => emit(NewStack { kind: EventKind::NewStack as u32, sampled: sampled as u32, id }),
+            Ok(()) => emit_now(NewStack { kind: EventKind::NewStack as u32, sampled: sampled as u32, id }),
             // Another CPU just stored the same stack.
             Err(-17) => {}
             Err(_) => return None,

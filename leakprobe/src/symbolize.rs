@@ -163,10 +163,12 @@ fn hex<S: serde::Serializer>(addr: &u64, s: S) -> Result<S::Ok, S::Error> {
 /// by `SharedFunctionInfo` until the next mark-compact ([`Symbolizer::moved`]), and each stack's
 /// frames once named (a stack id always means the same frames).
 ///
-/// The naming runs on a thread of its own: the first lookup parses the target's binaries,
+/// The naming runs on threads of its own: the first lookup parses the target's binaries,
 /// which must not stall sampling, so stacks are named ahead of reports
 /// ([`Symbolizer::prefetch`]) — which also names them while the target is still alive, and
-/// while the objects their JavaScript frames point to are still where they were.
+/// while the objects their JavaScript frames point to are still where they were. A first
+/// thread at normal priority reads what each compiled frame's code ran as soon as its stack
+/// arrives; the namer proper runs at the lowest priority.
 pub struct Symbolizer {
     pid: u32,
     /// Reads the target's V8 objects; `None` without usable metadata (JS frames then stay
@@ -176,10 +178,10 @@ pub struct Symbolizer {
     jobs: Option<Sender<Job>>,
 }
 
-/// Work for the naming thread.
+/// Work for the naming threads: the code reader, then the namer.
 enum Job {
-    /// Name these stacks, then tell `done`.
-    Name { stacks: Vec<(i64, Vec<RawFrame>)>, done: Option<SyncSender<()>> },
+    /// Name these stacks, then tell `done`; `code` is what the code reader read for them.
+    Name { stacks: Vec<(i64, Vec<RawFrame>)>, done: Option<SyncSender<()>>, code: CodeRead },
     /// Objects may have moved: forget what was cached by object address.
     Moved,
     /// Load the symbols of the target's module (its path as the process sees it) now, not
@@ -193,29 +195,38 @@ impl Symbolizer {
         Self { pid, js, stacks: Arc::new(Mutex::new(HashMap::new())), jobs: None }
     }
 
-    /// The naming thread's queue, started on first use.
+    /// The naming threads' queue, started on first use: jobs pass the code reader, then the
+    /// namer.
     fn jobs(&mut self) -> &Sender<Job> {
         let (pid, stacks, js) = (self.pid, &self.stacks, &mut self.js);
         self.jobs.get_or_insert_with(|| {
             let (jobs, rx) = mpsc::channel::<Job>();
+            let (to_namer, namer_rx) = mpsc::channel::<Job>();
             let (js, stacks) = (js.take(), Arc::clone(stacks));
-            // Ends when the symbolizer (the sender) is dropped.
+            let mut code = CodeReader { pid, js: js.clone(), jit: Vec::new(), compiled: HashMap::new() };
+            // Both end when the symbolizer (the first sender) is dropped.
             std::thread::spawn(move || {
-                let mut namer = Namer::new(pid, js, stacks);
                 for job in rx {
+                    if to_namer.send(code.pass(job)).is_err() {
+                        break;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                // Naming is never urgent: let sampling and the target have the CPU first.
+                // SAFETY: plain syscall on this thread (who = 0: the calling thread).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                let mut namer = Namer::new(pid, js, stacks);
+                for job in namer_rx {
                     match job {
-                        Job::Name { stacks, done } => {
-                            namer.name(stacks);
+                        Job::Name { stacks, done, code } => {
+                            namer.name(stacks, code);
                             if let Some(done) = done {
                                 let _ = done.send(());
                             }
                         }
                         Job::Moved => namer.moved(),
-                        Job::Warm(module) => {
-                            set_nice(19);
-                            namer.warm(&module);
-                            set_nice(0);
-                        }
+                        Job::Warm(module) => namer.warm(&module),
                     }
                 }
             });
@@ -234,7 +245,11 @@ impl Symbolizer {
             return frames.clone();
         }
         let (done, wait) = mpsc::sync_channel(1);
-        let job = Job::Name { stacks: vec![(stack_id, raw(stack_id))], done: Some(done) };
+        let job = Job::Name {
+            stacks: vec![(stack_id, raw(stack_id))],
+            done: Some(done),
+            code: CodeRead::default(),
+        };
         if self.jobs().send(job).is_ok() {
             let _ = wait.recv();
         }
@@ -244,7 +259,11 @@ impl Symbolizer {
     /// Names stack `stack_id` in the background, for a later [`Symbolizer::stack_frames`].
     pub fn prefetch(&mut self, stack_id: i64, raw: Vec<RawFrame>) {
         if stack_id != NO_STACK && !lock(&self.stacks).contains_key(&stack_id) {
-            let _ = self.jobs().send(Job::Name { stacks: vec![(stack_id, raw)], done: None });
+            let _ = self.jobs().send(Job::Name {
+                stacks: vec![(stack_id, raw)],
+                done: None,
+                code: CodeRead::default(),
+            });
         }
     }
 
@@ -270,6 +289,79 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the code reader read for one naming job.
+#[derive(Default)]
+struct CodeRead {
+    /// The target's anonymous executable mappings (JIT code) when read.
+    jit: Vec<(u64, u64)>,
+    /// What compiled code each of the job's JIT frames ran, by (return address, function).
+    compiled: HashMap<(u64, u64), Option<Compiled>>,
+}
+
+/// The first naming thread, at normal priority: what compiled code each JIT frame ran, read as
+/// soon as its stack arrives and before anything slower (under load, the low-priority namer can
+/// lag by seconds): V8 frees code it replaces (tiering up, deoptimizing), and may put other code
+/// in its place.
+struct CodeReader {
+    pid: u32,
+    js: Option<Reader<ProcMem>>,
+    /// Every anonymous executable range seen: `/proc/PID/maps` is read in pieces, and a
+    /// target mapping and unmapping meanwhile can have a line skipped from one reading.
+    jit: Vec<(u64, u64)>,
+    /// By (return address, function) until objects move.
+    compiled: HashMap<(u64, u64), Option<Compiled>>,
+}
+
+impl CodeReader {
+    /// `job`, with what its stacks' code ran when it names stacks.
+    fn pass(&mut self, job: Job) -> Job {
+        match job {
+            Job::Name { stacks, done, .. } => {
+                let code = self.read(&stacks);
+                Job::Name { stacks, done, code }
+            }
+            Job::Moved => {
+                self.compiled.clear();
+                Job::Moved
+            }
+            warm => warm,
+        }
+    }
+
+    fn read(&mut self, stacks: &[(i64, Vec<RawFrame>)]) -> CodeRead {
+        let jit = self.jit_ranges();
+        let mut compiled = HashMap::new();
+        let Some(reader) = &mut self.js else { return CodeRead { jit, compiled } };
+        for f in stacks.iter().flat_map(|(_, s)| s).filter(|f| f.js != 0 && in_ranges(f.pc, &jit)) {
+            let read =
+                self.compiled.entry((f.pc, f.js)).or_insert_with(|| match reader.compiled(f.pc, f.js) {
+                    Ok(compiled) => Some(compiled),
+                    Err(e) => {
+                        log::debug!("code at {:#x} of function {:#x}: {e}", f.pc, f.js);
+                        None
+                    }
+                });
+            compiled.insert((f.pc, f.js), read.clone());
+        }
+        CodeRead { jit, compiled }
+    }
+
+    /// The JIT ranges: those read now, and those seen before.
+    fn jit_ranges(&mut self) -> Vec<(u64, u64)> {
+        let now = exec_anon_ranges(self.pid);
+        if self.jit.len() > MAX_JIT_RANGES {
+            self.jit.clear();
+        }
+        self.jit.extend(now);
+        self.jit.sort_unstable();
+        self.jit.dedup();
+        self.jit.clone()
+    }
+}
+
+/// Most JIT ranges remembered (V8 maps a few, and grows them).
+const MAX_JIT_RANGES: usize = 4096;
+
 /// The naming thread's state.
 struct Namer {
     pid: u32,
@@ -278,9 +370,6 @@ struct Namer {
     perf_map: PerfMap,
     native: HashMap<u64, Frame>,
     functions: HashMap<u64, Option<JsFunction>>,
-    /// What compiled code ran at each return address (its inlined functions), by address and
-    /// function.
-    compiled: HashMap<(u64, u64), Option<Compiled>>,
     stacks: Arc<Mutex<HashMap<i64, Vec<Frame>>>>,
 }
 
@@ -294,14 +383,12 @@ impl Namer {
             perf_map: PerfMap::default(),
             native: HashMap::new(),
             functions: HashMap::new(),
-            compiled: HashMap::new(),
             stacks,
         }
     }
 
     fn moved(&mut self) {
         self.functions.clear();
-        self.compiled.clear();
         if let Some(js) = &mut self.js {
             js.forget();
         }
@@ -319,31 +406,9 @@ impl Namer {
         }
     }
 
-    /// What compiled code each JIT frame ran, read before anything slower: V8 frees code it
-    /// replaces (tiering up, deoptimizing), and other code may take its place.
-    fn read_compiled(&mut self, stacks: &[(i64, Vec<RawFrame>)], jit: &[(u64, u64)]) {
-        let Some(reader) = &mut self.js else { return };
-        for f in stacks.iter().flat_map(|(_, s)| s).filter(|f| f.js != 0 && in_ranges(f.pc, jit)) {
-            self.compiled.entry((f.pc, f.js)).or_insert_with(|| reader.compiled(f.pc, f.js).ok());
-        }
-    }
-
-    /// Names `stacks`. What their compiled frames ran is read first, at the priority the
-    /// thread waited at (normal): under load, that read must not wait behind the target, which
-    /// may free the code meanwhile. The rest is never urgent: it runs at the lowest priority,
-    /// so sampling and the target have the CPU first.
-    fn name(&mut self, stacks: Vec<(i64, Vec<RawFrame>)>) {
-        let jit = exec_anon_ranges(self.pid);
-        self.read_compiled(&stacks, &jit);
-        set_nice(19);
-        self.name_read(stacks, &jit);
-        // Back to normal for the next job's first read (allowed to root, leakprobe's user;
-        // without CAP_SYS_NICE the thread stays at 19).
-        set_nice(0);
-    }
-
-    /// [`Namer::name`] after the compiled code was read.
-    fn name_read(&mut self, stacks: Vec<(i64, Vec<RawFrame>)>, jit: &[(u64, u64)]) {
+    /// Names `stacks`, whose compiled code `code` read.
+    fn name(&mut self, stacks: Vec<(i64, Vec<RawFrame>)>, code: CodeRead) {
+        let jit = &code.jit[..];
         let mut addrs: Vec<u64> = stacks.iter().flat_map(|(_, s)| s.iter().map(|f| f.pc)).collect();
         addrs.sort_unstable();
         addrs.dedup();
@@ -355,7 +420,9 @@ impl Namer {
         for (id, raw) in stacks {
             let mut frames = Vec::with_capacity(raw.len());
             for f in raw {
-                self.frames(f, in_ranges(f.pc, jit), &mut frames);
+                let jit = in_ranges(f.pc, jit);
+                let compiled = code.compiled.get(&(f.pc, f.js)).filter(|_| jit).cloned().flatten();
+                self.frames(f, jit, compiled, &mut frames);
             }
             lock(&self.stacks).insert(id, frames);
         }
@@ -364,8 +431,8 @@ impl Namer {
     /// The frames of one captured frame: the JavaScript function when the frame has one with
     /// a script (V8's own builtins, such as `Array.prototype.forEach`, keep their `Builtins_`
     /// names), preceded by the functions inlined into it at that address when it runs JIT code
-    /// (`jit`); else the native name or label.
-    fn frames(&mut self, raw: RawFrame, jit: bool, out: &mut Vec<Frame>) {
+    /// (`jit`, whose code ran `compiled`); else the native name or label.
+    fn frames(&mut self, raw: RawFrame, jit: bool, compiled: Option<Compiled>, out: &mut Vec<Frame>) {
         if raw == RawFrame::QUEUED {
             let name = QUEUED_NAME.into();
             return out.push(Frame {
@@ -396,8 +463,7 @@ impl Namer {
             note,
         };
         let mut note = if jit { Some(INLINED_NOTE) } else { note(&native) };
-        // Read by `read_compiled` for every JIT frame, before anything slower.
-        match self.compiled.get(&(raw.pc, raw.js)).filter(|_| jit).cloned().flatten() {
+        match compiled {
             Some(Compiled::Optimized(inlined)) => {
                 for sfi in inlined {
                     let frame = match js_function(&mut self.functions, reader, sfi) {
@@ -416,12 +482,6 @@ impl Namer {
         }
         out.push(js(function, note));
     }
-}
-
-/// Sets the calling thread's nice value.
-fn set_nice(nice: i32) {
-    // SAFETY: plain syscall on this thread (who = 0: the calling thread).
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
 }
 
 /// The function of `sfi`, named once until objects move.

@@ -7,7 +7,8 @@
 //!
 //! The code object is found from the frame's return address alone: JIT code lives in
 //! `InstructionStream` objects whose instructions start right after a header, and whose
-//! header points back to their `Code`. The return address lies in exactly one of them, and a
+//! header points back to their `Code` (V8 11 on, node 20+); before, in the `Code` object
+//! itself, after its header (node 18). The return address lies in exactly one of them, and a
 //! candidate counts only when its `Code` says its instructions start there and reach the
 //! address. So nothing extra is captured in the kernel.
 //!
@@ -38,15 +39,17 @@ const MAX_POSITION_TABLE: u64 = 4 << 20;
 /// since inlining positions were introduced.
 const INLINING_POSITION_SIZE: u64 = 16;
 
-/// The layouts of V8's code objects, from one binary's metadata; `None` from [`CodeLayout::new`]
-/// for V8 before 11 (node 18), whose code has no separate `InstructionStream`.
+/// The layouts of V8's code objects, from one binary's metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodeLayout {
-    istream_type: u64,
-    /// Where an `InstructionStream`'s instructions start (its header size).
-    istream_header: u64,
-    /// `InstructionStream::code`, the pointer back to its `Code`.
-    istream_code: u64,
+    /// The type of the object whose header the instructions follow: `InstructionStream`, or
+    /// `Code` before V8 11.
+    header_type: u64,
+    /// Where that object's instructions start (its header size).
+    header_size: u64,
+    /// `InstructionStream::code`, the pointer back to its `Code`; `None` when the instructions
+    /// are in the `Code` itself.
+    istream_code: Option<u64>,
     code_type: u64,
     code_deopt: u64,
     code_positions: u64,
@@ -70,9 +73,25 @@ impl CodeLayout {
     /// The layout `m` describes, with fallbacks where it is silent.
     pub fn new(m: &Metadata) -> Result<Self, MetadataError> {
         let u = |v: i64| v as u64;
-        // The first two fields after the map: the metadata lists them on node 20 (V8 11.3)
-        // and has lost them since; they have stayed first through node 24 (V8 13.6).
-        let code_deopt = u(m.field("class_Code__deoptimization_data__").unwrap_or(8));
+        let code_type = u(m.get("type_Code__CODE_TYPE")?);
+        let stream = m.get("type_InstructionStream__INSTRUCTION_STREAM_TYPE");
+        // Before V8 11 (node 18, V8 10.2) the instructions follow `Code`'s own header, whose
+        // size the metadata gives as the instruction start. Its metadata is silent on the
+        // pointer fields after the map: relocation info, then the deoptimization data and
+        // the position table; and on the deoptimization data's indices (checked against
+        // %DebugPrint and memory reads on node 18).
+        let v8_10 = stream.is_err();
+        let (header_type, header_size, istream_code) = match stream {
+            Ok(ty) => {
+                // Not in the metadata: the first field after the map (V8 11 through 13).
+                (u(ty), u(m.field("class_InstructionStream__instruction_start__")?), Some(8))
+            }
+            Err(_) => (code_type, u(m.field("class_Code__instruction_start__")?), None),
+        };
+        // From V8 11, the first two fields after the map: the metadata lists them on node 20
+        // (V8 11.3) and has lost them since; they have stayed first through node 24 (V8 13.6).
+        let code_deopt =
+            u(m.field("class_Code__deoptimization_data__").unwrap_or(if v8_10 { 16 } else { 8 }));
         let code_positions =
             u(m.field("class_Code__source_position_table__").unwrap_or(code_deopt as i64 + 8));
         // V8 11.3's metadata lacks the rest of `Code`: the instruction start follows the
@@ -81,12 +100,15 @@ impl CodeLayout {
         let code_start = u(m.field("class_Code__instruction_start__").unwrap_or(code_positions as i64 + 16));
         let code_flags = u(m.field("class_Code__flags__").unwrap_or(code_start as i64 + 8));
         let code_size = u(m.field("class_Code__instruction_size__").unwrap_or(code_flags as i64 + 8));
+        let index = |name: &'static str, v8_10_index: i64| match v8_10 {
+            true => m.get(name).or(Ok(v8_10_index)),
+            false => m.get(name),
+        };
         Ok(Self {
-            istream_type: u(m.get("type_InstructionStream__INSTRUCTION_STREAM_TYPE")?),
-            istream_header: u(m.field("class_InstructionStream__instruction_start__")?),
-            // Not in the metadata: the first field after the map (V8 11 through 13).
-            istream_code: 8,
-            code_type: u(m.get("type_Code__CODE_TYPE")?),
+            header_type,
+            header_size,
+            istream_code,
+            code_type,
             code_deopt,
             code_positions,
             code_start,
@@ -95,14 +117,16 @@ impl CodeLayout {
             kind_mask: u(m.get("CodeKindFieldMask")?),
             kind_shift: u(m.get("CodeKindFieldShift")?),
             baseline: u(m.get("CodeKindBaseline")?),
-            deopt_inlined_count: u(m.get("DeoptimizationDataInlinedFunctionCountIndex")?),
-            deopt_function: u(m.any(&[
-                "DeoptimizationDataSharedFunctionInfoIndex",
-                "DeoptimizationDataWrappedSharedFunctionInfoIndex",
-            ])?),
-            deopt_function_wrapped: m.get("DeoptimizationDataSharedFunctionInfoIndex").is_err(),
-            deopt_literals: u(m.get("DeoptimizationDataLiteralArrayIndex")?),
-            deopt_inlining_positions: u(m.get("DeoptimizationDataInliningPositionsIndex")?),
+            deopt_inlined_count: u(index("DeoptimizationDataInlinedFunctionCountIndex", 1)?),
+            deopt_function: u(m
+                .any(&[
+                    "DeoptimizationDataSharedFunctionInfoIndex",
+                    "DeoptimizationDataWrappedSharedFunctionInfoIndex",
+                ])
+                .or(index("DeoptimizationDataSharedFunctionInfoIndex", 6))?),
+            deopt_function_wrapped: m.get("DeoptimizationDataWrappedSharedFunctionInfoIndex").is_ok(),
+            deopt_literals: u(index("DeoptimizationDataLiteralArrayIndex", 2)?),
+            deopt_inlining_positions: u(index("DeoptimizationDataInliningPositionsIndex", 7)?),
         })
     }
 }
@@ -219,21 +243,21 @@ impl<M: Memory> Reader<M> {
 
     /// The `Code` object (untagged) whose instructions hold `pc`, and where they start.
     fn code_at(&mut self, c: &CodeLayout, pc: u64) -> Result<(u64, u64), Bad> {
-        let lowest = pc.saturating_sub(MAX_CODE).max(c.istream_header);
+        let lowest = pc.saturating_sub(MAX_CODE).max(c.header_size);
         let mut start = pc.wrapping_sub(1) & !(CODE_ALIGN - 1);
         let mut page = Vec::new();
         while start >= lowest && start != 0 {
             // The headers of candidates below `start` within one page, read at once.
-            let header = start - c.istream_header;
+            let header = start - c.header_size;
             let base = header & !0xfff;
             page.resize((header + 8 - base) as usize, 0);
             self.bytes(base, &mut page)?;
-            while start >= lowest && start - c.istream_header >= base {
-                let at = (start - c.istream_header - base) as usize;
+            while start >= lowest && start - c.header_size >= base {
+                let at = (start - c.header_size - base) as usize;
                 let map = u64::from_le_bytes(page[at..at + 8].try_into().unwrap_or_default());
-                if self.is_istream_map(c, map) {
-                    if let Ok(code) = self.istream_code(c, start - c.istream_header, start, pc) {
-                        self.istream_map = Some(map);
+                if self.is_header_map(c, map) {
+                    if let Ok(code) = self.code_of(c, start - c.header_size, start, pc) {
+                        self.header_map = Some(map);
                         return Ok((code, start));
                     }
                 }
@@ -243,28 +267,42 @@ impl<M: Memory> Reader<M> {
         Err(Bad::Implausible("code object for a return address"))
     }
 
-    /// Whether `map` is the map of `InstructionStream`s (known once one was found).
-    fn is_istream_map(&self, c: &CodeLayout, map: u64) -> bool {
+    /// Whether `map` is the map of the objects whose headers instructions follow (known once
+    /// one was found).
+    fn is_header_map(&self, c: &CodeLayout, map: u64) -> bool {
         let l = &self.layout;
-        if let Some(known) = self.istream_map {
+        if let Some(known) = self.header_map {
             return map == known;
         }
         let mut raw = [0u8; 2];
         map & l.tag_mask == l.heap_tag
             && self.bytes(map.wrapping_sub(l.heap_tag).wrapping_add(l.instance_type), &mut raw).is_ok()
-            && u64::from(u16::from_le_bytes(raw)) == c.istream_type
+            && u64::from(u16::from_le_bytes(raw)) == c.header_type
     }
 
-    /// The `Code` of the `InstructionStream` at `istream` if it says its instructions start at
-    /// `start` and reach `pc`.
-    fn istream_code(&self, c: &CodeLayout, istream: u64, start: u64, pc: u64) -> Result<u64, Bad> {
-        let (code, ty) = self.type_of(self.word(istream.wrapping_add(c.istream_code))?)?;
+    /// The `Code` whose instructions follow the header at `header` if it says they start at
+    /// `start` and reach `pc`: the `InstructionStream`'s `Code`, or the header's own object
+    /// (before V8 11, where the start is the header's end by construction).
+    fn code_of(&self, c: &CodeLayout, header: u64, start: u64, pc: u64) -> Result<u64, Bad> {
+        let code = match c.istream_code {
+            Some(back) => {
+                let (code, ty) = self.type_of(self.word(header.wrapping_add(back))?)?;
+                if ty != c.code_type || self.word(code.wrapping_add(c.code_start))? != start {
+                    return Err(Bad::WrongType {
+                        addr: code,
+                        found: ty,
+                        wanted: "Code of this instruction stream",
+                    });
+                }
+                code
+            }
+            None => header,
+        };
         let mut size = [0u8; 4];
         self.bytes(code.wrapping_add(c.code_size), &mut size)?;
-        let reaches = pc - start <= u64::from(u32::from_le_bytes(size));
-        match ty == c.code_type && self.word(code.wrapping_add(c.code_start))? == start && reaches {
+        match pc - start <= u64::from(u32::from_le_bytes(size)) {
             true => Ok(code),
-            false => Err(Bad::WrongType { addr: code, found: ty, wanted: "Code of this instruction stream" }),
+            false => Err(Bad::Implausible("code size")),
         }
     }
 
