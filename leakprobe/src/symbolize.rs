@@ -81,7 +81,7 @@ pub fn located(name: &str, js: bool, file: Option<&str>, line: Option<i64>) -> S
 
 /// The note on a JavaScript frame running compiled code whose inlined calls could not be
 /// recovered (the optimizing tiers inline small functions into their callers): code V8 had
-/// freed by the time the stack was named, node 18, or names from the perf map alone.
+/// freed by the time the stack was named, or names from the perf map alone.
 pub const INLINED_NOTE: &str = "compiled: inlined calls not expanded";
 
 /// The note on a JavaScript function that optimized code inlined into the frame below it in
