@@ -285,8 +285,9 @@ fn bounded_cache_is_not_a_suspect() {
 }
 
 /// Anonymous mappings made while leakprobe watches are in the books, by stack, and a mapping
-/// stack that keeps growing is reported; the syscall tracepoints attach (mounting tracefs if
-/// needed).
+/// stack that keeps growing is reported, down to the leaking function: glibc maps the chunks
+/// inside malloc, code without frame pointers, which the walk skips (and says so). The syscall
+/// tracepoints attach (mounting tracefs if needed).
 #[test]
 fn anonymous_mappings_are_attributed() {
     let (report, stdout) = profile(&system_node(), &[], "mmap-growth.js");
@@ -300,6 +301,14 @@ fn anonymous_mappings_are_attributed() {
     assert!(m["mmaps"].as_u64().unwrap() >= kept, "{m}");
     let growing = m["growing_stacks"].as_array().unwrap();
     assert_eq!(growing.first().map(|s| &s["category"]), Some(&Value::from("mapping")), "{m}");
+    let frames = growing[0]["frames"].as_array().unwrap();
+    let at = |name: &str| frames.iter().position(|f| f["name"] == name);
+    let file = common::fixture("mmap-growth.js").canonicalize().unwrap();
+    let leaker = frames.iter().position(|f| {
+        f["name"] == "keepChunk" && f["line"] == 7 && f["file"].as_str().map(Path::new) == Some(&file)
+    });
+    let skipped = at("[frames without frame pointers skipped]");
+    assert!(skipped.is_some() && skipped < leaker, "{frames:#?}");
     let probes = report["probes"].as_array().unwrap();
     assert!(probes.iter().filter(|p| p["family"] == "syscalls").all(|p| p["attached"] == true), "{probes:?}");
 }

@@ -23,7 +23,16 @@ pub struct RawStack {
     /// For a stack taken on a libuv pool thread while it ran queued work: the id (in `STACKS`)
     /// of the stack that queued the work; else `alloc::NO_STACK`. Part of the stack's id.
     pub origin: i64,
+    /// When the frame-pointer chain was broken at the probe (code without frame pointers, such
+    /// as glibc's allocator internals) and went on from a frame pointer found saved above it on
+    /// the stack: the index of the first frame read from there, where frames were skipped.
+    /// Else 0.
+    pub skipped: u64,
 }
+
+/// The address userspace gives the frame that stands for frames the walk skipped
+/// ([`RawStack::skipped`]). No user code lives at this address.
+pub const SKIPPED_PC: u64 = u64::MAX - 1;
 
 /// A stack seen for the first time, so that userspace names it while the code and objects its
 /// frames point to are still there (V8 frees compiled code it replaces).

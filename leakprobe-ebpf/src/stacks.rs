@@ -10,7 +10,11 @@
 
 use aya_ebpf::{
     bindings::{pt_regs, BPF_NOEXIST},
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs},
+    cty::c_void,
+    helpers::{
+        bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_task_pt_regs,
+    },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
     programs::{ProbeContext, TracePointContext},
@@ -44,6 +48,17 @@ pub static JS_LAYOUT: Array<JsLayout> = Array::with_max_entries(1, 0);
 /// Per-CPU room to build a stack in (too big for the 512-byte program stack).
 #[map]
 static SCRATCH: PerCpuArray<RawStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// Words of stack above a probe's stack pointer searched for a saved frame pointer, when the
+/// frame-pointer chain breaks at once.
+const SCAN_WORDS: usize = 192;
+
+/// How far apart (bytes) two frames, or a frame and a slot pointing to it, may be.
+const MAX_FRAME_GAP: u64 = 1 << 20;
+
+/// Per-CPU room for the searched words.
+#[map]
+static SCAN: PerCpuArray<[u64; SCAN_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The user registers a walk starts from.
 pub struct Regs {
@@ -136,6 +151,15 @@ fn walk(regs: &Regs, layout: &JsLayout, stack: &mut RawStack) -> u64 {
     let mut len = 1u64;
     // The frame pointer whose saved return address and caller frame pointer are read next.
     let mut fp = regs.fp;
+    // Broken at once: the probe is inside code that keeps no frame pointer (a syscall made in
+    // glibc's malloc). Its callers' frame pointer is saved on the stack above it: the walk goes
+    // on from there, and userspace marks where frames were skipped.
+    stack.skipped = 0;
+    if !rising(fp) {
+        fp = saved_frame_pointer(regs.sp);
+        stack.skipped = if regs.at_entry { 2 } else { 1 };
+        hash = mix(hash, stack.skipped);
+    }
     for i in 1..MAX_FRAMES {
         let (pc, owner) = if i == 1 && regs.at_entry {
             // The probed function has not pushed a frame yet: its caller is at `sp`.
@@ -162,6 +186,82 @@ fn walk(regs: &Regs, layout: &JsLayout, stack: &mut RawStack) -> u64 {
     }
     stack.len = len;
     hash
+}
+
+/// Whether `fp` starts a frame chain: its saved caller frame pointer lies above it (or ends
+/// the chain).
+#[inline(always)]
+fn rising(fp: u64) -> bool {
+    fp != 0 && read_pair(fp).is_some_and(|[next, _]| next == 0 || (next > fp && next - fp < MAX_FRAME_GAP))
+}
+
+/// The saved caller frame pointer of a frame at `fp` that looks like one: that pointer rises
+/// (or ends the chain), and the return address above it follows a call.
+#[inline(always)]
+fn frame_at(fp: u64) -> Option<u64> {
+    let [next, ret] = read_pair(fp)?;
+    ((next == 0 || (next > fp && next - fp < MAX_FRAME_GAP)) && after_call(ret)).then_some(next)
+}
+
+/// Whether the instruction before `ret` is a call, as before every return address: a direct
+/// `call rel32`, or an indirect `call` (opcode `ff /2`) of 2, 3, 6 or 7 bytes.
+#[inline(always)]
+fn after_call(ret: u64) -> bool {
+    let Some(word) = read(ret.wrapping_sub(8)) else { return false };
+    // b(i): the byte i bytes before `ret`.
+    let b = |i: u64| (word >> (64 - 8 * i)) as u8;
+    let indirect = |i: u64| b(i) == 0xff && (b(i - 1) >> 3) & 7 == 2;
+    ret > 0xffff && (b(5) == 0xe8 || indirect(2) || indirect(3) || indirect(6) || indirect(7))
+}
+
+/// A frame pointer saved in the [`SCAN_WORDS`] words above `sp`, or 0: a word pointing higher up
+/// the stack, to a frame ([`frame_at`]) whose caller's frame also looks like one. (The first
+/// such word is the frame pointer the code below saved on entry, or its callers' if it saved
+/// none: either way a frame of the chain.)
+#[inline(never)]
+fn saved_frame_pointer(sp: u64) -> u64 {
+    let Some(words) = SCAN.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's slot, used only while this program runs; viewed as bytes for the read,
+    // which bpf_probe_read_user_buf checks (a fault is an error).
+    let bytes = unsafe { core::slice::from_raw_parts_mut(words as *mut u8, SCAN_WORDS * 8) };
+    if unsafe { bpf_probe_read_user_buf(sp as *const u8, bytes) }.is_err() {
+        return 0;
+    }
+    let mut search = Search { sp, found: 0 };
+    // bpf_loop: the verifier checks the step once, not once per word.
+    // SAFETY: `search_step` has the callback's signature; `search` outlives the call.
+    unsafe {
+        bpf_loop(SCAN_WORDS as u32, search_step as *mut c_void, &mut search as *mut Search as *mut c_void, 0)
+    };
+    search.found
+}
+
+/// The state of [`saved_frame_pointer`]'s search.
+#[repr(C)]
+struct Search {
+    /// Where the searched words start.
+    sp: u64,
+    /// The frame pointer found, or 0.
+    found: u64,
+}
+
+/// One word of the search: 1 (stop) when it is a saved frame pointer.
+unsafe extern "C" fn search_step(index: u64, search: *mut c_void) -> i64 {
+    // SAFETY: the `Search` that `saved_frame_pointer` passes to bpf_loop.
+    let search = unsafe { &mut *(search as *mut Search) };
+    let Some(words) = SCAN.get_ptr(0) else { return 1 };
+    // SAFETY: this CPU's slot, filled by `saved_frame_pointer`.
+    let Some(&word) = (unsafe { &*words }).get(index as usize) else { return 1 };
+    let slot = search.sp + 8 * index;
+    if word <= slot || word - slot > MAX_FRAME_GAP || word & 7 != 0 {
+        return 0;
+    }
+    // Two frames of a chain, each under a return address.
+    if frame_at(word).is_some_and(|next| next == 0 || frame_at(next).is_some()) {
+        search.found = word;
+        return 1;
+    }
+    0
 }
 
 /// The tagged `SharedFunctionInfo` of the JavaScript function whose frame pointer is `fp`, or 0

@@ -18,7 +18,7 @@ use leakprobe_ebpf::{
     drops::DropReason,
     gc::GcEvent,
     heap::HeapEvent,
-    stack::{JsLayout, NewStack, RawStack},
+    stack::{JsLayout, NewStack, RawStack, SKIPPED_PC},
     syscalls::{MapEvent, CONFIG_TGID},
     EventKind,
 };
@@ -143,7 +143,7 @@ struct StackMaps {
 
 impl StackMaps {
     /// Frames of stack `id` (of the samples' map when `sampled`), innermost first; empty when
-    /// lost. A stack taken on a libuv pool thread goes on, past [`RawFrame::QUEUED`], with the
+    /// lost. Where the kernel's walk skipped frames stands a frame at [`SKIPPED_PC`]. A stack taken on a libuv pool thread goes on, past [`RawFrame::QUEUED`], with the
     /// stack that queued the work the thread ran.
     fn frames(&self, sampled: bool, id: i64) -> Vec<RawFrame> {
         let raw = |map: &StackMap, id| map.get(&id, 0).ok();
@@ -151,6 +151,9 @@ impl StackMaps {
             return Vec::new();
         };
         let mut frames: Vec<RawFrame> = stack.frames().map(|(pc, js)| RawFrame { pc, js }).collect();
+        if stack.skipped != 0 {
+            frames.insert((stack.skipped as usize).min(frames.len()), RawFrame::native(SKIPPED_PC));
+        }
         if let Some(origin) = (stack.origin != NO_STACK).then(|| raw(&self.stacks, stack.origin)).flatten() {
             frames.push(RawFrame::QUEUED);
             frames.extend(origin.frames().map(|(pc, js)| RawFrame { pc, js }));

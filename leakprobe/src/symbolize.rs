@@ -19,7 +19,7 @@ use blazesym::{
     },
     Pid,
 };
-use leakprobe_ebpf::alloc::NO_STACK;
+use leakprobe_ebpf::{alloc::NO_STACK, stack::SKIPPED_PC};
 use serde::Serialize;
 
 use crate::{
@@ -48,6 +48,10 @@ pub enum FrameKind {
 
 /// The name of the [`FrameKind::Queued`] frame.
 pub const QUEUED_NAME: &str = "[queued to the libuv thread pool]";
+
+/// The name of the frame standing for frames the kernel's walk skipped: code without frame
+/// pointers between a probe and its callers' saved frame pointer ([`SKIPPED_PC`]).
+pub const SKIPPED_NAME: &str = "[frames without frame pointers skipped]";
 
 /// One stack frame.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -412,7 +416,7 @@ impl Namer {
         let mut addrs: Vec<u64> = stacks.iter().flat_map(|(_, s)| s.iter().map(|f| f.pc)).collect();
         addrs.sort_unstable();
         addrs.dedup();
-        addrs.retain(|a| !self.native.contains_key(a) && *a != RawFrame::QUEUED.pc);
+        addrs.retain(|a| !self.native.contains_key(a) && *a != RawFrame::QUEUED.pc && *a != SKIPPED_PC);
         if !addrs.is_empty() {
             self.perf_map.refresh(self.pid);
             self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs, jit));
@@ -433,6 +437,17 @@ impl Namer {
     /// names), preceded by the functions inlined into it at that address when it runs JIT code
     /// (`jit`, whose code ran `compiled`); else the native name or label.
     fn frames(&mut self, raw: RawFrame, jit: bool, compiled: Option<Compiled>, out: &mut Vec<Frame>) {
+        if raw.pc == SKIPPED_PC {
+            let name = SKIPPED_NAME.into();
+            return out.push(Frame {
+                name,
+                kind: FrameKind::Unknown,
+                addr: 0,
+                file: None,
+                line: None,
+                note: None,
+            });
+        }
         if raw == RawFrame::QUEUED {
             let name = QUEUED_NAME.into();
             return out.push(Frame {
