@@ -130,14 +130,12 @@ impl RawFrame {
 impl Frame {
     /// The frame standing for a stack that could not be captured.
     pub fn lost() -> Frame {
-        Frame {
-            name: "[stack lost]".into(),
-            kind: FrameKind::Unknown,
-            addr: 0,
-            file: None,
-            line: None,
-            note: None,
-        }
+        Frame::marker("[stack lost]", FrameKind::Unknown)
+    }
+
+    /// A frame that stands for no code of its own.
+    fn marker(name: &str, kind: FrameKind) -> Frame {
+        Frame { name: name.into(), kind, addr: 0, file: None, line: None, note: None }
     }
 
     /// The frame as a line of text ([`located`]).
@@ -437,27 +435,10 @@ impl Namer {
     /// names), preceded by the functions inlined into it at that address when it runs JIT code
     /// (`jit`, whose code ran `compiled`); else the native name or label.
     fn frames(&mut self, raw: RawFrame, jit: bool, compiled: Option<Compiled>, out: &mut Vec<Frame>) {
-        if raw.pc == SKIPPED_PC {
-            let name = SKIPPED_NAME.into();
-            return out.push(Frame {
-                name,
-                kind: FrameKind::Unknown,
-                addr: 0,
-                file: None,
-                line: None,
-                note: None,
-            });
-        }
-        if raw == RawFrame::QUEUED {
-            let name = QUEUED_NAME.into();
-            return out.push(Frame {
-                name,
-                kind: FrameKind::Queued,
-                addr: 0,
-                file: None,
-                line: None,
-                note: None,
-            });
+        match raw {
+            _ if raw.pc == SKIPPED_PC => return out.push(Frame::marker(SKIPPED_NAME, FrameKind::Unknown)),
+            RawFrame::QUEUED => return out.push(Frame::marker(QUEUED_NAME, FrameKind::Queued)),
+            _ => {}
         }
         let native = self.native.get(&raw.pc).cloned().unwrap_or_else(|| unnamed(raw.pc, &[]));
         // Only V8's code holds a JSFunction in the slot; a C++ frame's is a stray local.
