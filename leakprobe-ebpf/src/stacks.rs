@@ -162,8 +162,9 @@ fn walk(regs: &Regs, layout: &JsLayout, stack: &mut RawStack) -> u64 {
     }
     for i in 1..MAX_FRAMES {
         let (pc, owner) = if i == 1 && regs.at_entry {
-            // The probed function has not pushed a frame yet: its caller is at `sp`.
-            (read(regs.sp), fp)
+            // The probed function has not pushed a frame yet: its caller is at `sp` (and `fp`
+            // is its caller's, unless the search replaced it).
+            (read(regs.sp), if stack.skipped == 0 { fp } else { 0 })
         } else {
             if fp == 0 {
                 break;
