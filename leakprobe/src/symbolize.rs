@@ -331,10 +331,28 @@ impl CodeReader {
     }
 
     fn read(&mut self, stacks: &[(i64, Vec<RawFrame>)]) -> CodeRead {
-        let jit = self.jit_ranges();
+        let frames = || stacks.iter().flat_map(|(_, s)| s).filter(|f| f.js != 0);
+        // `/proc/PID/maps` takes a millisecond to read on a big target, while the code may go:
+        // read after the code when every JavaScript frame lies in a range seen before.
+        let known = !self.jit.is_empty() && frames().all(|f| in_ranges(f.pc, &self.jit));
+        if !known {
+            self.read_jit_ranges();
+        }
+        let compiled = self.read_compiled(frames());
+        if known {
+            self.read_jit_ranges();
+        }
+        CodeRead { jit: self.jit.clone(), compiled }
+    }
+
+    /// What compiled code each JIT frame of `frames` ran.
+    fn read_compiled<'a>(
+        &mut self,
+        frames: impl Iterator<Item = &'a RawFrame>,
+    ) -> HashMap<(u64, u64), Option<Compiled>> {
         let mut compiled = HashMap::new();
-        let Some(reader) = &mut self.js else { return CodeRead { jit, compiled } };
-        for f in stacks.iter().flat_map(|(_, s)| s).filter(|f| f.js != 0 && in_ranges(f.pc, &jit)) {
+        let Some(reader) = &mut self.js else { return compiled };
+        for f in frames.filter(|f| in_ranges(f.pc, &self.jit)) {
             let read =
                 self.compiled.entry((f.pc, f.js)).or_insert_with(|| match reader.compiled(f.pc, f.js) {
                     Ok(compiled) => Some(compiled),
@@ -345,11 +363,11 @@ impl CodeReader {
                 });
             compiled.insert((f.pc, f.js), read.clone());
         }
-        CodeRead { jit, compiled }
+        compiled
     }
 
-    /// The JIT ranges: those read now, and those seen before.
-    fn jit_ranges(&mut self) -> Vec<(u64, u64)> {
+    /// Adds the JIT ranges of `/proc/PID/maps` now to those seen before.
+    fn read_jit_ranges(&mut self) {
         let now = exec_anon_ranges(self.pid);
         if self.jit.len() > MAX_JIT_RANGES {
             self.jit.clear();
@@ -357,7 +375,6 @@ impl CodeReader {
         self.jit.extend(now);
         self.jit.sort_unstable();
         self.jit.dedup();
-        self.jit.clone()
     }
 }
 
