@@ -78,7 +78,8 @@ impl Options {
     pub fn fleet(pid: u32, native: bool, interval: Duration) -> Self {
         let mut families = probes::Family::DEFAULT.to_vec();
         if native {
-            families = probes::Family::with_native(families);
+            // Not the thread-pool probes: they only name stacks, which fleet mode never reports.
+            families.push(probes::Family::Native);
         }
         Options {
             pid,
