@@ -614,7 +614,8 @@ mod tests {
     use proptest::prelude::*;
 
     /// Memory made of arbitrary bytes at arbitrary addresses.
-    struct Garbage(Vec<u8>, u64);
+    /// Memory made of `.0`, starting at address `.1`.
+    pub(crate) struct Garbage(pub(crate) Vec<u8>, pub(crate) u64);
 
     impl Memory for Garbage {
         fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
@@ -630,16 +631,22 @@ mod tests {
         }
     }
 
-    fn node_layout(major: u32) -> Option<Layout> {
+    pub(crate) fn node_layout(major: u32) -> Option<Layout> {
         let path = format!("/var/cache/leakprobe/node/{major}/node");
         let bytes = std::fs::read(path).ok()?;
         Some(Layout::new(&Metadata::from_elf(&bytes).unwrap(), Some(major)).unwrap())
     }
 
     /// A real layout (read once: parsing a node binary takes a while).
-    fn any_layout() -> Option<Layout> {
+    pub(crate) fn any_layout() -> Option<Layout> {
         static LAYOUT: std::sync::OnceLock<Option<Layout>> = std::sync::OnceLock::new();
         LAYOUT.get_or_init(|| node_layout(24).or_else(|| node_layout(20))).clone()
+    }
+
+    /// Node 18's layout (read once).
+    pub(crate) fn node18_layout() -> Option<Layout> {
+        static LAYOUT: std::sync::OnceLock<Option<Layout>> = std::sync::OnceLock::new();
+        LAYOUT.get_or_init(|| node_layout(18)).clone()
     }
 
     /// The metadata of /usr/bin/node (read once).
@@ -704,13 +711,21 @@ mod tests {
     }
 
     /// Where [`Garbage`] memory starts in the property tests.
-    const BASE: u64 = 0x10_0000;
+    pub(crate) const BASE: u64 = 0x10_0000;
 
     fn garbage_word() -> impl Strategy<Value = u64> {
-        let l = any_layout();
+        garbage_word_for(any_layout())
+    }
+
+    /// Garbage words for layout `l`: often tagged pointers back into the garbage, Smis or the
+    /// type numbers its reader checks for.
+    pub(crate) fn garbage_word_for(l: Option<Layout>) -> impl Strategy<Value = u64> {
         let (objects, strings): (Vec<u64>, Vec<u64>) = match &l {
             Some(l) => (
-                vec![l.sfi_type, l.scope_info_type, l.script_type, l.fixed_array_type],
+                [l.sfi_type, l.scope_info_type, l.script_type, l.fixed_array_type]
+                    .into_iter()
+                    .chain(l.code.iter().flat_map(CodeLayout::types))
+                    .collect(),
                 (0..l.strings.first_nonstring).collect(),
             ),
             None => (vec![0], vec![0]),
@@ -740,7 +755,10 @@ mod tests {
             let _ = reader.function(ptr);
             let _ = reader.function(BASE + slot * 8 + 1);
             let _ = reader.string(BASE + slot * 8 + 1);
+            let _ = reader.compiled(BASE + slot * 8, ptr);
+            let _ = reader.compiled(BASE + slot * 8, BASE + (slot / 2) * 8 + 1);
         }
+
 
         /// Arbitrary metadata values give a layout or an error, never a panic.
         #[test]

@@ -131,6 +131,14 @@ impl CodeLayout {
     }
 }
 
+#[cfg(test)]
+impl CodeLayout {
+    /// The instance types the code reader checks for (for garbage that passes its checks).
+    pub(crate) fn types(&self) -> [u64; 2] {
+        [self.header_type, self.code_type]
+    }
+}
+
 /// What a compiled frame's code says about the functions it ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Compiled {
@@ -321,6 +329,10 @@ impl<M: Memory> Reader<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::v8::{
+        tests::{any_layout, garbage_word_for, node18_layout, Garbage, BASE},
+        Layout,
+    };
     use proptest::prelude::*;
 
     /// A position table as V8 writes one: (code offset, is statement, position) entries.
@@ -366,7 +378,84 @@ mod tests {
         assert_eq!(position_at(&t, 0), None);
     }
 
+    /// Garbage (`words`, cycled over 8 KiB) with a code object planted in it for layout `l`: a
+    /// header the search finds, a `Code` of optimized kind whose deoptimization data names
+    /// function `SFI`; its position table, inlining data and literals are garbage. Returns the
+    /// memory and the address the instructions start at.
+    fn planted(l: &Layout, words: &[u64]) -> (Garbage, u64) {
+        let c = l.code.as_ref().expect("a code layout");
+        let mut bytes: Vec<u8> = words.iter().cycle().take(1024).flat_map(|w| w.to_le_bytes()).collect();
+        let mut put = |addr: u64, value: &[u8]| {
+            let at = (addr - BASE) as usize;
+            bytes[at..at + value.len()].copy_from_slice(value);
+        };
+        let tagged = |addr: u64| (addr + l.heap_tag).to_le_bytes();
+        let (header_map, code_map, header) = (BASE, BASE + 0x40, BASE + 0x400);
+        put(header_map + l.instance_type, &(c.header_type as u16).to_le_bytes());
+        put(code_map + l.instance_type, &(c.code_type as u16).to_le_bytes());
+        put(header, &tagged(header_map));
+        let start = header + c.header_size;
+        let code = match c.istream_code {
+            Some(back) => {
+                let code = BASE + 0x100;
+                put(header + back, &tagged(code));
+                put(code, &tagged(code_map));
+                put(code + c.code_start, &start.to_le_bytes());
+                code
+            }
+            None => header,
+        };
+        put(code + c.code_size, &0x400u32.to_le_bytes());
+        let flags = ((c.baseline + 2) << c.kind_shift) & c.kind_mask;
+        put(code + c.code_flags, &(flags as u32).to_le_bytes());
+        let (deopt, sfi) = (BASE + 0x1000, BASE + 0x1100);
+        put(code + c.code_deopt, &tagged(deopt));
+        put(deopt + 8, &(16u64 << 32).to_le_bytes());
+        put(deopt + 16 + 8 * c.deopt_function, &tagged(sfi));
+        // The function object, and the wrapper that names it from V8 13 on.
+        put(sfi, &tagged(header_map));
+        put(sfi + 8, &tagged(sfi));
+        (Garbage(bytes, BASE), start)
+    }
+
+    /// The planted function.
+    const SFI: u64 = BASE + 0x1100 + 1;
+
+    fn garbage_behind_found_code(l: Option<Layout>, words: &[u64], pc: u64) {
+        let Some(l) = l else { return };
+        let (memory, start) = planted(&l, words);
+        let mut reader = Reader::new(l, memory);
+        let _ = reader.compiled(start + pc, SFI);
+    }
+
+    #[test]
+    fn a_planted_code_object_is_found_on_both_layouts() {
+        for l in [node18_layout(), any_layout()].into_iter().flatten() {
+            let (memory, start) = planted(&l, &[0]);
+            let mut reader = Reader::new(l, memory);
+            // Found and checked, then stopped by the zero position table.
+            assert_eq!(reader.compiled(start + 0x20, SFI), Err(Bad::NotObject(0)));
+            assert!(reader.compiled(start + 0x20, SFI + 8).is_err());
+        }
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Past the search, garbage in a found code object's data gives an error or frames,
+        /// never a panic or a hang (node 18's layout, then the newest cached one).
+        #[test]
+        fn garbage_in_node18_code_never_panics(words in proptest::collection::vec(garbage_word_for(node18_layout()), 1..256),
+                                               pc in 1u64..0x400) {
+            garbage_behind_found_code(node18_layout(), &words, pc);
+        }
+
+        #[test]
+        fn garbage_in_newer_code_never_panics(words in proptest::collection::vec(garbage_word_for(any_layout()), 1..256),
+                                              pc in 1u64..0x400) {
+            garbage_behind_found_code(any_layout(), &words, pc);
+        }
+
         #[test]
         fn garbage_position_tables_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256),
                                                ret in any::<u64>()) {
