@@ -144,8 +144,9 @@ struct StackMaps {
 
 impl StackMaps {
     /// Frames of stack `id` (of the samples' map when `sampled`), innermost first; empty when
-    /// lost. Where the kernel's walk skipped frames stands a frame at [`SKIPPED_PC`]. A stack taken on a libuv pool thread goes on, past [`RawFrame::QUEUED`], with the
-    /// stack that queued the work the thread ran.
+    /// lost. Where the kernel's walk skipped frames stands a frame at [`SKIPPED_PC`]. A stack
+    /// taken on a libuv pool thread goes on, past [`RawFrame::QUEUED`], with the stack that
+    /// queued the work the thread ran.
     fn frames(&self, sampled: bool, id: i64) -> Vec<RawFrame> {
         let raw = |map: &StackMap, id| map.get(&id, 0).ok();
         let Some(stack) = raw(if sampled { &self.samples } else { &self.stacks }, id) else {

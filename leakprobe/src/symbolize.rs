@@ -148,7 +148,9 @@ impl Frame {
     pub fn kind_key(&self) -> String {
         match self.kind {
             FrameKind::Jit => "[JIT]".into(),
-            FrameKind::Unknown => "[unknown]".into(),
+            // Marker frames (no address) keep their names.
+            FrameKind::Unknown if self.addr != 0 => "[unknown]".into(),
+            FrameKind::Unknown => self.name.clone(),
             FrameKind::Native | FrameKind::Builtin | FrameKind::Queued => self.name.clone(),
             FrameKind::Js => {
                 format!("{} {}:{}", self.name, self.file.as_deref().unwrap_or(""), self.line.unwrap_or(0))
