@@ -120,6 +120,9 @@ impl Node {
         let mut child = Command::new(node)
             .args(flags)
             .arg(fixture(fixture_name))
+            // Out of the source tree: some flags (`--perf-basic-prof`) make V8 write a log to
+            // the working directory.
+            .current_dir(std::env::temp_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
