@@ -149,28 +149,6 @@ fn top_suspect_with(
     through: &str,
     leaker: (&str, u64),
 ) -> Value {
-    let report = top_suspect_at(fixture, leakprobe_args, category, entry, through);
-    let file = common::fixture(fixture).canonicalize().unwrap();
-    let top = &report["suspects"][0];
-    let js: Vec<(&str, u64)> = top["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "js" && f["file"].as_str().map(Path::new) == Some(&file))
-        .map(|f| (f["name"].as_str().unwrap(), f["line"].as_u64().unwrap_or(0)))
-        .collect();
-    assert!(js.contains(&leaker), "{fixture}: the top suspect does not name {leaker:?}: {js:?}");
-    report
-}
-
-/// [`top_suspect_with`] without the JS check.
-fn top_suspect_at(
-    fixture: &str,
-    leakprobe_args: &[&str],
-    category: &str,
-    entry: &str,
-    through: &str,
-) -> Value {
     let (report, _) = profile_with(&system_node(), &[], fixture, leakprobe_args);
     let suspects = report["suspects"].as_array().unwrap();
     let top = suspects.first().unwrap_or_else(|| panic!("no suspect: {}", report["memory"]));
@@ -181,6 +159,15 @@ fn top_suspect_at(
     assert!(frames.iter().any(|f| f.contains(through)), "{frames:?}");
     assert!(top["growth_bytes_per_s"].as_f64().unwrap() > 0.0, "{top}");
     assert!(top["floor_growth_bytes"].as_f64().unwrap() > 0.0, "{top}");
+    let file = common::fixture(fixture).canonicalize().unwrap();
+    let js: Vec<(&str, u64)> = top["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "js" && f["file"].as_str().map(Path::new) == Some(&file))
+        .map(|f| (f["name"].as_str().unwrap(), f["line"].as_u64().unwrap_or(0)))
+        .collect();
+    assert!(js.contains(&leaker), "{fixture}: the top suspect does not name {leaker:?}: {js:?}");
     report
 }
 

@@ -193,7 +193,13 @@ fn walk(regs: &Regs, layout: &JsLayout, stack: &mut RawStack) -> u64 {
 /// the chain).
 #[inline(always)]
 fn rising(fp: u64) -> bool {
-    fp != 0 && read_pair(fp).is_some_and(|[next, _]| next == 0 || (next > fp && next - fp < MAX_FRAME_GAP))
+    fp != 0 && read_pair(fp).is_some_and(|[next, _]| rises(fp, next))
+}
+
+/// Whether `next`, the caller frame pointer saved at `fp`, continues a chain from it (or ends it).
+#[inline(always)]
+fn rises(fp: u64, next: u64) -> bool {
+    next == 0 || (next > fp && next - fp < MAX_FRAME_GAP)
 }
 
 /// The saved caller frame pointer of a frame at `fp` that looks like one: that pointer rises
@@ -201,7 +207,7 @@ fn rising(fp: u64) -> bool {
 #[inline(always)]
 fn frame_at(fp: u64) -> Option<u64> {
     let [next, ret] = read_pair(fp)?;
-    ((next == 0 || (next > fp && next - fp < MAX_FRAME_GAP)) && after_call(ret)).then_some(next)
+    (rises(fp, next) && after_call(ret)).then_some(next)
 }
 
 /// Whether the instruction before `ret` is a call, as before every return address: a direct

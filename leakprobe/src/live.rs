@@ -148,30 +148,21 @@ fn suspect_lines(frames: &[Frame]) -> Vec<String> {
         return frames.iter().take(6).map(|f| f.name.clone()).collect();
     };
     let mut lines = vec![frames[0].name.clone()];
-    // Runs of hidden frames, counted by what they are.
-    let mut run: Option<(&str, usize)> = None;
-    let hidden = |(what, n): (&str, usize)| match n {
-        1 => format!("… 1 {}", what.replacen("frames", "frame", 1)),
-        _ => format!("… {n} {what}"),
+    // Hidden frames are counted by runs of what they are; the thread-pool crossing is listed.
+    let what = |f: &Frame| match f.kind {
+        FrameKind::Queued => None,
+        FrameKind::Js => Some("frames of node's own JavaScript"),
+        _ => Some("native frames"),
     };
-    for f in frames.get(1..start).unwrap_or_default() {
-        let what = match f.kind {
-            FrameKind::Queued => None,
-            FrameKind::Js => Some("frames of node's own JavaScript"),
-            _ => Some("native frames"),
-        };
-        match (&mut run, what) {
-            (Some((kind, n)), Some(what)) if *kind == what => *n += 1,
-            (_, what) => {
-                lines.extend(run.take().map(hidden));
-                match what {
-                    Some(what) => run = Some((what, 1)),
-                    None => lines.push(f.name.clone()),
-                }
+    for run in frames.get(1..start).unwrap_or_default().chunk_by(|a, b| what(a) == what(b)) {
+        match what(&run[0]) {
+            Some(what) if run.len() == 1 => {
+                lines.push(format!("… 1 {}", what.replacen("frames", "frame", 1)))
             }
+            Some(what) => lines.push(format!("… {} {what}", run.len())),
+            None => lines.extend(run.iter().map(|f| f.name.clone())),
         }
     }
-    lines.extend(run.map(hidden));
     lines.extend(frames[start..].iter().filter(|f| js(f)).take(6).map(Frame::label));
     lines
 }

@@ -184,8 +184,8 @@ pub struct Symbolizer {
 
 /// Work for the naming threads: the code reader, then the namer.
 enum Job {
-    /// Name these stacks, then tell `done`; `code` is what the code reader read for them.
-    Name { stacks: Vec<(i64, Vec<RawFrame>)>, done: Option<SyncSender<()>>, code: CodeRead },
+    /// Name these stacks, then tell `done`.
+    Name { stacks: Vec<(i64, Vec<RawFrame>)>, done: Option<SyncSender<()>> },
     /// Objects may have moved: forget what was cached by object address.
     Moved,
     /// Load the symbols of the target's module (its path as the process sees it) now, not
@@ -205,13 +205,15 @@ impl Symbolizer {
         let (pid, stacks, js) = (self.pid, &self.stacks, &mut self.js);
         self.jobs.get_or_insert_with(|| {
             let (jobs, rx) = mpsc::channel::<Job>();
-            let (to_namer, namer_rx) = mpsc::channel::<Job>();
+            // Each job with what the code reader read for it.
+            let (to_namer, namer_rx) = mpsc::channel::<(Job, CodeRead)>();
             let (js, stacks) = (js.take(), Arc::clone(stacks));
             let mut code = CodeReader { pid, js: js.clone(), jit: Vec::new(), compiled: HashMap::new() };
             // Both end when the symbolizer (the first sender) is dropped.
             std::thread::spawn(move || {
                 for job in rx {
-                    if to_namer.send(code.pass(job)).is_err() {
+                    let read = code.read_for(&job);
+                    if to_namer.send((job, read)).is_err() {
                         break;
                     }
                 }
@@ -221,9 +223,9 @@ impl Symbolizer {
                 // SAFETY: plain syscall on this thread (who = 0: the calling thread).
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 let mut namer = Namer::new(pid, js, stacks);
-                for job in namer_rx {
+                for (job, code) in namer_rx {
                     match job {
-                        Job::Name { stacks, done, code } => {
+                        Job::Name { stacks, done } => {
                             namer.name(stacks, code);
                             if let Some(done) = done {
                                 let _ = done.send(());
@@ -249,11 +251,7 @@ impl Symbolizer {
             return frames.clone();
         }
         let (done, wait) = mpsc::sync_channel(1);
-        let job = Job::Name {
-            stacks: vec![(stack_id, raw(stack_id))],
-            done: Some(done),
-            code: CodeRead::default(),
-        };
+        let job = Job::Name { stacks: vec![(stack_id, raw(stack_id))], done: Some(done) };
         if self.jobs().send(job).is_ok() {
             let _ = wait.recv();
         }
@@ -263,11 +261,7 @@ impl Symbolizer {
     /// Names stack `stack_id` in the background, for a later [`Symbolizer::stack_frames`].
     pub fn prefetch(&mut self, stack_id: i64, raw: Vec<RawFrame>) {
         if stack_id != NO_STACK && !lock(&self.stacks).contains_key(&stack_id) {
-            let _ = self.jobs().send(Job::Name {
-                stacks: vec![(stack_id, raw)],
-                done: None,
-                code: CodeRead::default(),
-            });
+            let _ = self.jobs().send(Job::Name { stacks: vec![(stack_id, raw)], done: None });
         }
     }
 
@@ -317,18 +311,15 @@ struct CodeReader {
 }
 
 impl CodeReader {
-    /// `job`, with what its stacks' code ran when it names stacks.
-    fn pass(&mut self, job: Job) -> Job {
+    /// What the stacks of `job` ran, when it names stacks (nothing read otherwise).
+    fn read_for(&mut self, job: &Job) -> CodeRead {
         match job {
-            Job::Name { stacks, done, .. } => {
-                let code = self.read(&stacks);
-                Job::Name { stacks, done, code }
-            }
+            Job::Name { stacks, .. } => self.read(stacks),
             Job::Moved => {
                 self.compiled.clear();
-                Job::Moved
+                CodeRead::default()
             }
-            warm => warm,
+            Job::Warm(_) => CodeRead::default(),
         }
     }
 
