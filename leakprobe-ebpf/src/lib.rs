@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod drops;
 pub mod external;
+pub mod faults;
 pub mod gc;
 pub mod heap;
 pub mod native;

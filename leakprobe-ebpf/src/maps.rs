@@ -2,10 +2,27 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
+    helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
-use leakprobe_ebpf::drops::DropReason;
+use leakprobe_ebpf::{
+    drops::DropReason,
+    syscalls::{CONFIG_SLOTS, CONFIG_TGID},
+};
+
+/// The target's tgid (set by userspace): programs that fire for every process (syscall
+/// tracepoints, per-CPU perf events) keep only the target's events.
+#[map]
+pub static TARGET_CONFIG: Array<u32> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+/// The calling thread, if it belongs to the target.
+#[inline(always)]
+pub fn target_thread() -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let target = TARGET_CONFIG.get(CONFIG_TGID).copied().unwrap_or(0);
+    (target != 0 && (pid_tgid >> 32) as u32 == target).then_some(pid_tgid as u32)
+}
 
 /// Events for userspace (GC pauses). 1 MiB holds about 26,000 GC events.
 #[map]

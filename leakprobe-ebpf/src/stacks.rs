@@ -17,7 +17,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
-    programs::{ProbeContext, TracePointContext},
+    programs::{PerfEventContext, ProbeContext, TracePointContext},
 };
 use leakprobe_ebpf::{
     alloc::{MAX_STACKS, NO_STACK},
@@ -90,11 +90,32 @@ impl UserRegs for TracePointContext {
     /// wrappers (`mmap64`, `munmap`, `brk`) are leaves that push nothing, so as at a function's
     /// entry the caller's return address is at `sp` and `fp` is the caller's.
     fn user_regs(&self) -> Option<Regs> {
-        // SAFETY: BTF helpers on the current task; the result is read with probe_read_kernel.
-        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
-        let r = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
-        Some(Regs { ip: r.rip, sp: r.rsp, fp: r.rbp, at_entry: true })
+        syscall_regs()
     }
+}
+
+impl UserRegs for PerfEventContext {
+    /// A sampled page fault: in user mode, the registers at the faulting instruction (inside a
+    /// function that may have pushed its frame); in kernel mode (a syscall writing to user
+    /// memory), the registers saved at the syscall, as for a syscall tracepoint.
+    fn user_regs(&self) -> Option<Regs> {
+        // SAFETY: the context the kernel passed to the program.
+        let r = unsafe { &(*self.ctx).regs };
+        if r.cs & 3 == 3 {
+            return Some(Regs { ip: r.rip, sp: r.rsp, fp: r.rbp, at_entry: false });
+        }
+        syscall_regs()
+    }
+}
+
+/// The current task's user registers saved at its syscall: glibc's wrappers are leaves that
+/// push nothing, so as at a function's entry the caller's return address is at `sp`.
+#[inline(always)]
+fn syscall_regs() -> Option<Regs> {
+    // SAFETY: BTF helpers on the current task; the result is read with probe_read_kernel.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let r = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
+    Some(Regs { ip: r.rip, sp: r.rsp, fp: r.rbp, at_entry: true })
 }
 
 /// The user stack of the current thread in [`STACKS`], or [`NO_STACK`] (counted).

@@ -48,10 +48,10 @@ pub mod op {
     pub const BRK: u32 = 3;
 }
 
-/// Index of the target's tgid in the `SYSCALLS_CONFIG` array (tracepoints fire for every
-/// process; the programs keep only the target's calls).
+/// Index of the target's tgid in the `TARGET_CONFIG` array (tracepoints and per-CPU perf
+/// events fire for every process; the programs keep only the target's).
 pub const CONFIG_TGID: u32 = 0;
-/// Slots in `SYSCALLS_CONFIG`.
+/// Slots in `TARGET_CONFIG`.
 pub const CONFIG_SLOTS: u32 = 1;
 /// `MAP_ANONYMOUS`.
 pub const MAP_ANONYMOUS: u32 = 0x20;

@@ -147,12 +147,22 @@ impl ExternalState {
         }
     }
 
-    /// Takes one sample: the absolute counter, and outstanding bytes by stack into `suspects`.
+    /// Takes one sample: the absolute counter, and outstanding bytes by stack into `suspects`
+    /// while the per-allocation probes are attached.
     pub fn sample(&mut self, t: f64, suspects: &mut suspects::Tracker) {
         if let Ok(counter) = &self.counter {
             self.bytes = counter.read().or(self.bytes);
         }
-        self.by_stack.sample(t, suspects);
+        self.sample_stacks(t, suspects);
+    }
+
+    /// Adds outstanding bytes by stack to `suspects` (while the per-allocation probes are
+    /// attached: afterwards the kernel's totals stand still, and each stack's series ends
+    /// where they were detached, so its floor is judged over the time they ran).
+    pub fn sample_stacks(&mut self, t: f64, suspects: &mut suspects::Tracker) {
+        if self.per_allocation {
+            self.by_stack.sample(t, suspects);
+        }
     }
 
     /// Whether the allocator probes still serve the default view: they are needed until an

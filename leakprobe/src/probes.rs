@@ -7,8 +7,9 @@ use std::num::NonZeroU32;
 use anyhow::Context as _;
 use aya::{
     programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeLinkId, UProbeScope},
-        TracePoint, UProbe,
+        PerfEvent, TracePoint, UProbe,
     },
     Ebpf,
 };
@@ -38,13 +39,16 @@ pub enum Family {
     Native,
     /// mmap, munmap and brk of the target.
     Syscalls,
-    /// libuv's thread pool: which stack queued the work a pool thread runs (with native).
+    /// libuv's thread pool: which stack queued the work a pool thread runs.
     Threadpool,
+    /// Sampled page faults: first touches of memory, by stack.
+    Faults,
 }
 
 impl Family {
     /// Every family attached by default.
-    pub const DEFAULT: [Family; 4] = [Family::Gc, Family::Heap, Family::External, Family::Syscalls];
+    pub const DEFAULT: [Family; 6] =
+        [Family::Gc, Family::Heap, Family::External, Family::Syscalls, Family::Threadpool, Family::Faults];
     /// What `--native` adds: libc's allocator, and the thread pool (where much native memory is
     /// allocated, on threads whose stacks hold no JavaScript).
     pub const NATIVE: [Family; 2] = [Family::Native, Family::Threadpool];
@@ -69,6 +73,8 @@ pub enum Module {
     Libc,
     /// A kernel tracepoint; the probe's `symbols` hold it as `category:name`.
     Tracepoint,
+    /// The page-fault software event, opened on every CPU and sampled (not a function).
+    PageFaults,
 }
 
 /// One uprobe or uretprobe.
@@ -103,6 +109,8 @@ pub enum When {
     /// Attached until it has found what the default view needs (node's ArrayBuffer allocator),
     /// then detached; kept with `--alloc-stacks`.
     UntilFound,
+    /// Only with the native family: it fires on every fs call.
+    WithNative,
 }
 
 /// `v8::internal::Heap::PerformGarbageCollection`, node 20+ and node 18 (extra GCCallbackFlags).
@@ -157,9 +165,13 @@ const FREE: &[&str] = &["free"];
 const POOL_QUEUE_WORK: &[&str] = &["uv_queue_work"];
 /// libuv's internal `uv__work_submit` (fs, dns and random work).
 const POOL_SUBMIT: &[&str] = &["uv__work_submit"];
-/// libuv's work functions, which a pool thread calls to run a piece of work.
-const POOL_WORK: &[&str] =
-    &["uv__queue_work", "uv__fs_work", "uv__getaddrinfo_work", "uv__getnameinfo_work", "uv__random_work"];
+/// libuv's work function for `uv_queue_work`'s work, which a pool thread calls to run it.
+const POOL_WORK: &[&str] = &["uv__queue_work"];
+/// libuv's other work functions: fs, dns and random work.
+const POOL_WORK_FS: &[&str] =
+    &["uv__fs_work", "uv__getaddrinfo_work", "uv__getnameinfo_work", "uv__random_work"];
+/// The perf software event the `page_faults` program is attached to.
+const PAGE_FAULTS: &[&str] = &["software:page-faults"];
 /// Every function whose return gives the allocated block.
 const RETURNS_BLOCK: &[&str] = &["malloc", "calloc", "realloc", "aligned_alloc", "memalign"];
 
@@ -198,7 +210,9 @@ pub fn detach_found(ebpf: &mut Ebpf, links: FoundLinks, statuses: &mut [ProbeSta
     std::thread::spawn(move || drop(owned));
     for def in PROBES.iter().filter(|d| d.attach == When::UntilFound) {
         for status in statuses.iter_mut().filter(|s| s.name == def.name && s.attached) {
-            status.detached = Some("once node's ArrayBuffer allocator was found (--alloc-stacks keeps it)");
+            status.detached = Some(
+                "after the opening burst, once node's ArrayBuffer allocator was found (--alloc-stacks keeps it)",
+            );
         }
     }
 }
@@ -412,8 +426,8 @@ pub static PROBES: &[ProbeDef] = &[
         symbols: FREE,
         attach: When::Always,
     },
-    // Attached with native memory (much of it is allocated on pool threads); they fire on
-    // every fs call too, too often for the default view.
+    // Node's own pool work (zlib, crypto, addons) is queued once per call: attached by
+    // default, so memory first touched on a pool thread names the JavaScript that queued it.
     ProbeDef {
         name: "pool_queue_work",
         family: Family::Threadpool,
@@ -424,21 +438,40 @@ pub static PROBES: &[ProbeDef] = &[
         attach: When::Always,
     },
     ProbeDef {
+        name: "pool_work",
+        family: Family::Threadpool,
+        module: Module::Node,
+        program: "pool_work",
+        function: "uv__queue_work",
+        symbols: POOL_WORK,
+        attach: When::Always,
+    },
+    // fs, dns and random work: they fire on every fs call, too often for the default view.
+    ProbeDef {
         name: "pool_submit",
         family: Family::Threadpool,
         module: Module::Node,
         program: "pool_submit",
         function: "uv__work_submit",
         symbols: POOL_SUBMIT,
-        attach: When::Always,
+        attach: When::WithNative,
     },
     ProbeDef {
-        name: "pool_work",
+        name: "pool_work_fs",
         family: Family::Threadpool,
         module: Module::Node,
-        program: "pool_work",
-        function: "uv__queue_work, uv__fs_work, ... (libuv's work functions)",
-        symbols: POOL_WORK,
+        program: "pool_work_fs",
+        function: "uv__fs_work, uv__getaddrinfo_work, ... (libuv's other work functions)",
+        symbols: POOL_WORK_FS,
+        attach: When::WithNative,
+    },
+    ProbeDef {
+        name: "page_faults",
+        family: Family::Faults,
+        module: Module::PageFaults,
+        program: "page_faults",
+        function: "software event page-faults (sampled, every CPU)",
+        symbols: PAGE_FAULTS,
         attach: When::Always,
     },
     syscall_tracepoint!("sys_enter_mmap"),
@@ -478,6 +511,7 @@ pub fn attach_all(
     target: &Target,
     families: &[Family],
     alloc_stacks: bool,
+    fault_period: u64,
 ) -> anyhow::Result<(Vec<ProbeStatus>, Lookup, FoundLinks)> {
     let node = Binary::new(target.module.clone(), target.module_display.clone(), &target.elf, Module::Node)?;
     if node.lookup.v8_symbols == 0 && target.node_version.is_none() {
@@ -500,7 +534,7 @@ pub fn attach_all(
     let binary = |def: &ProbeDef| match def.module {
         Module::Node => Some(&node),
         Module::Libc => libc.as_ref(),
-        Module::Tracepoint => None,
+        Module::Tracepoint | Module::PageFaults => None,
     };
     let tracefs =
         if families.contains(&Family::Syscalls) { tracefs::ensure() } else { Err("not needed".into()) };
@@ -512,10 +546,16 @@ pub fn attach_all(
     // Whether a probe's attach point exists: a symbol, or a tracepoint in tracefs.
     let available = |def: &ProbeDef| match def.module {
         Module::Tracepoint => tracefs.as_ref().is_ok_and(|dir| tracefs::has(dir, def.symbols[0])),
+        Module::PageFaults => true,
         _ => !locations_of(def).is_empty(),
     };
     // Families with a probe whose attach point is missing: the first such function, for messages.
-    let in_mode = |d: &&ProbeDef| alloc_stacks || d.attach != When::AllocStacks;
+    let native = families.contains(&Family::Native);
+    let in_mode = |d: &&ProbeDef| match d.attach {
+        When::AllocStacks => alloc_stacks,
+        When::WithNative => native,
+        When::Always | When::UntilFound => true,
+    };
     let incomplete = |family: Family| {
         PROBES.iter().filter(in_mode).find(|d| d.family == family && !available(d)).map(|d| d.function)
     };
@@ -549,6 +589,11 @@ pub fn attach_all(
         }
         if def.module == Module::Tracepoint {
             attach_tracepoint(ebpf, def, &mut status)?;
+            statuses.push(status);
+            continue;
+        }
+        if def.module == Module::PageFaults {
+            attach_page_faults(ebpf, def, fault_period, &mut status)?;
             statuses.push(status);
             continue;
         }
@@ -647,6 +692,44 @@ fn attach_tracepoint(ebpf: &mut Ebpf, def: &ProbeDef, status: &mut ProbeStatus) 
             status.locations = 1;
         }
         Err(e) => status.error = Some(error_chain(&e)),
+    }
+    Ok(())
+}
+
+/// Loads the page-fault program and opens the sampled software event on every online CPU (for
+/// every process: the program keeps the target's faults, including those of threads it starts
+/// later).
+fn attach_page_faults(
+    ebpf: &mut Ebpf,
+    def: &ProbeDef,
+    period: u64,
+    status: &mut ProbeStatus,
+) -> anyhow::Result<()> {
+    let program: &mut PerfEvent = ebpf
+        .program_mut(def.program)
+        .with_context(|| format!("program {} missing from the eBPF object", def.program))?
+        .try_into()
+        .with_context(|| format!("program {} is not a perf event program", def.program))?;
+    program.load().map_err(|e| load_error(def, e))?;
+    let cpus = match aya::util::online_cpus() {
+        Ok(cpus) => cpus,
+        Err((what, e)) => {
+            status.error = Some(format!("{what}: {e}"));
+            return Ok(());
+        }
+    };
+    let mut errors = Vec::new();
+    for cpu in cpus {
+        let config = PerfEventConfig::Software(SoftwareEvent::PageFaults);
+        let scope = PerfEventScope::AllProcessesOneCpu { cpu };
+        match program.attach(config, scope, SamplePolicy::Period(period.max(1)), false) {
+            Ok(_) => status.locations += 1,
+            Err(e) => errors.push(format!("cpu {cpu}: {}", error_chain(&e))),
+        }
+    }
+    status.attached = status.locations > 0;
+    if !errors.is_empty() {
+        status.error = Some(errors.join("; "));
     }
     Ok(())
 }

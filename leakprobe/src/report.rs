@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::{
     external::ExternalReport,
+    faults::FaultReport,
     gc::{GcStats, PauseEvent, PauseSummary},
     heap::HeapReport,
     memory::MemoryReport,
@@ -20,6 +21,7 @@ use crate::{
     symbolize::Frame,
     syscalls::MappingsReport,
     target::Target,
+    verdict::CategoryVerdict,
 };
 
 /// Version of the report layout; bumped when a field changes meaning or goes away.
@@ -62,7 +64,12 @@ pub struct Report {
     pub mappings: MappingsReport,
     /// Buffer/ArrayBuffer backing stores.
     pub external: ExternalReport,
-    /// Allocation stacks still growing at the end of the window, largest growth first.
+    /// Sampled page faults (null when the faults family is not attached).
+    pub faults: Option<FaultReport>,
+    /// Each memory category's growth at GC troughs, and how much of it the suspects explain.
+    pub verdict: Vec<CategoryVerdict>,
+    /// Logical sites whose category grows and which still grew at the end of the window, by
+    /// the share of the growth they explain (largest first).
     pub suspects: Vec<Suspect>,
     /// Every allocation stack's bytes (allocated, held now, held at mid-window): the data of
     /// the flamegraphs.

@@ -30,6 +30,7 @@ use tokio::{
 use crate::{
     alloc::Thinned,
     external::ExternalState,
+    faults::FaultBooks,
     gc::{GcKind, GcStats},
     heap::HeapBooks,
     live, memory,
@@ -37,11 +38,12 @@ use crate::{
     privilege,
     probes::{self, ProbeStatus},
     report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
-    suspects,
+    suspects::{self, Source},
     symbolize::{RawFrame, Symbolizer},
     syscalls::Mappings,
     target::Target,
     v8::{self, Metadata, ProcMem, Reader},
+    verdict,
 };
 
 /// What the user asked for.
@@ -70,13 +72,20 @@ pub struct Options {
     /// Run for the host-wide agent: no GC timeline (memory stays bounded over days), and each
     /// pause is handed to [`Session::take_pauses`] for the metrics instead.
     pub fleet: bool,
+    /// Page faults per sample (the `faults` family).
+    pub fault_period: u64,
 }
 
 impl Options {
     /// The agent's options for one process: the default probe families (and native, if asked),
     /// sampling every `interval`.
     pub fn fleet(pid: u32, native: bool, interval: Duration) -> Self {
-        let mut families = probes::Family::DEFAULT.to_vec();
+        // Not the families that only name stacks (the agent reports none): the thread pool's
+        // and the page faults'.
+        let mut families: Vec<probes::Family> = probes::Family::DEFAULT
+            .into_iter()
+            .filter(|f| !matches!(f, probes::Family::Threadpool | probes::Family::Faults))
+            .collect();
         if native {
             // Not the thread-pool probes: they only name stacks, which fleet mode never reports.
             families.push(probes::Family::Native);
@@ -93,6 +102,7 @@ impl Options {
             alloc_stacks: false,
             v8_names: false,
             fleet: true,
+            fault_period: leakprobe_ebpf::faults::DEFAULT_PERIOD,
         }
     }
 }
@@ -121,6 +131,11 @@ const LIVE_MAPS: [&str; 3] = ["EXT_LIVE", "HEAP_LO_LIVE", "NATIVE_LIVE"];
 
 /// GC-triggering stacks listed in the report.
 const TRIGGER_STACKS: usize = 50;
+
+/// How long the default mode traces every Buffer/ArrayBuffer allocation after attaching (the
+/// opening burst): long enough for several GCs, so that the sites whose Buffers survive them
+/// stand apart from the churn. Then the per-allocation probes are detached.
+pub const BURST: Duration = Duration::from_secs(5);
 
 /// How often the event ring buffer is drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -183,8 +198,14 @@ pub struct Session {
     native: Option<NativeState>,
     mappings: Mappings,
     mapping_growth: suspects::Tracker,
-    // The syscall programs read the target's pid from it: open for the whole session.
-    _syscalls_config: Array<MapData, u32>,
+    faults: FaultBooks,
+    /// Whether the page-fault sampling is attached.
+    faults_attached: bool,
+    /// `--alloc-stacks`: the per-allocation probes are kept.
+    alloc_stacks: bool,
+    // The programs that fire for every process read the target's pid from it: open for the
+    // whole session.
+    _target_config: Array<MapData, u32>,
     external: ExternalState,
     memory: Thinned<memory::Sample>,
     suspects: suspects::Tracker,
@@ -195,11 +216,12 @@ pub struct Session {
     started_wall: SystemTime,
     /// `started` on the kernel's monotonic clock (what `bpf_ktime_get_ns` returns).
     started_ns: u64,
-    /// The per-allocation external probes' links, to detach once the allocator is known
-    /// (`None` with `--alloc-stacks`, or once detached).
+    /// The per-allocation external probes' links, to detach once the allocator is known and
+    /// the opening [`BURST`] is over (`None` with `--alloc-stacks`, or once detached).
     found_links: Option<probes::FoundLinks>,
-    /// A full GC ended since the last drain: sample right after it.
-    full_gc_seen: bool,
+    /// Polls until the sample that follows a full GC (a GC trough): it waits one poll, so that
+    /// the ArrayBuffer sweeper has freed what the GC released.
+    trough_in: Option<u8>,
     /// Pauses (kind, seconds) not yet taken by the agent; `None` outside fleet mode.
     pending_pauses: Option<Vec<(GcKind, f64)>>,
     /// Events read from the ring buffer.
@@ -301,15 +323,29 @@ impl Session {
     pub fn poll(&mut self) {
         self.drain();
         self.detach_when_found();
-        if std::mem::take(&mut self.full_gc_seen) {
-            self.sample();
+        match self.trough_in {
+            Some(0) => {
+                self.trough_in = None;
+                self.sample_as(true);
+            }
+            Some(n) => self.trough_in = Some(n - 1),
+            None => {}
         }
     }
 
     /// Detaches the per-allocation probes as soon as node's allocator is known (checked every
     /// poll: until then, every ArrayBuffer allocation pays a uprobe trap).
     fn detach_when_found(&mut self) {
-        if self.found_links.is_some() && !self.external.needs_allocator_probes() {
+        if self.found_links.is_none() {
+            return;
+        }
+        if self.pending_pauses.is_none() && self.started.elapsed() < BURST {
+            // The burst: every poll, so that each stack's floor is read between GCs.
+            let t = self.started.elapsed().as_secs_f64();
+            self.external.sample_stacks(t, &mut self.suspects);
+            return;
+        }
+        if !self.external.needs_allocator_probes() {
             let links = self.found_links.take().unwrap_or_default();
             probes::detach_found(&mut self.ebpf, links, &mut self.probes);
             self.external.detached();
@@ -353,10 +389,12 @@ impl Session {
             )?),
             false => None,
         };
-        let mut syscalls_config: Array<MapData, u32> = take_map(&mut ebpf, "SYSCALLS_CONFIG")?;
-        syscalls_config.set(CONFIG_TGID, target.pid, 0)?;
+        let mut target_config: Array<MapData, u32> = take_map(&mut ebpf, "TARGET_CONFIG")?;
+        target_config.set(CONFIG_TGID, target.pid, 0)?;
         let (probes, lookup, found_links) =
-            probes::attach_all(&mut ebpf, &target, families, options.alloc_stacks)?;
+            probes::attach_all(&mut ebpf, &target, families, options.alloc_stacks, options.fault_period)?;
+        let faults = FaultBooks::new(take_map(&mut ebpf, "FAULTS_BY_STACK")?, options.fault_period);
+        let faults_attached = probes.iter().any(|p| p.family == probes::Family::Faults && p.attached);
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
         let events = watch(events).context("polling the event ring buffer")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
@@ -393,7 +431,10 @@ impl Session {
             native,
             mappings: Mappings::default(),
             mapping_growth: suspects::Tracker::default(),
-            _syscalls_config: syscalls_config,
+            faults,
+            faults_attached,
+            alloc_stacks: options.alloc_stacks,
+            _target_config: target_config,
             external,
             memory: Thinned::new(MEMORY_SAMPLES),
             suspects: suspects::Tracker::default(),
@@ -403,7 +444,7 @@ impl Session {
             started_wall: SystemTime::now(),
             started_ns: monotonic_ns(),
             found_links: if options.alloc_stacks { None } else { Some(found_links) },
-            full_gc_seen: false,
+            trough_in: None,
             pending_pauses: options.fleet.then(Vec::new),
             events_read: 0,
         };
@@ -479,7 +520,7 @@ impl Session {
             target,
             started,
             started_ns,
-            full_gc_seen,
+            trough_in,
             pending_pauses,
             events_read,
             symbolizer,
@@ -501,8 +542,10 @@ impl Session {
                         if let Some(pauses) = pending_pauses {
                             pauses.push((kind, event.duration_ns as f64 / 1e9));
                         }
+                        if kind == GcKind::MarkCompact && event.tid == target.pid {
+                            *trough_in = Some(1);
+                        }
                         if kind == GcKind::MarkCompact {
-                            *full_gc_seen = true;
                             symbolizer.moved();
                         }
                         heap.on_gc(kind, event.tid);
@@ -529,6 +572,11 @@ impl Session {
     /// Samples memory: RSS, external bytes, and outstanding bytes by stack. Once the target
     /// has exited, its last samples stand.
     pub fn sample(&mut self) {
+        self.sample_as(false);
+    }
+
+    /// [`Session::sample`], marking whether the sample is a GC trough.
+    fn sample_as(&mut self, trough: bool) {
         self.drain();
         let Some(rss) = memory::read_rss(self.target.pid) else {
             return;
@@ -540,8 +588,10 @@ impl Session {
             native.sample(t, &mut self.suspects);
         }
         self.mappings.sample(t, &mut self.mapping_growth);
+        self.faults.sample(t);
         self.name_new_stacks();
         self.memory.push(memory::Sample {
+            trough,
             t_s: t,
             rss,
             v8_heap_bytes: self.heap.bytes(),
@@ -595,14 +645,30 @@ impl Session {
     fn report(&mut self, stop_reason: StopReason, stacks_wanted: Stacks) -> Report {
         let all = stacks_wanted == Stacks::All;
         let maps = &self.stack_maps;
-        let suspects = match stacks_wanted {
-            Stacks::Skipped => Vec::new(),
+        let samples = self.memory.items();
+        let categories = verdict::categories(samples);
+        let (suspects, verdict, gc_touched) = match stacks_wanted {
+            Stacks::Skipped => (Vec::new(), categories, 0),
             Stacks::All | Stacks::Suspects => {
-                self.suspects.suspects(|id| maps.frames(false, id), &mut self.symbolizer)
+                let symbolizer = &mut self.symbolizer;
+                let mut candidates =
+                    self.suspects.suspects(|id| maps.frames(false, id), symbolizer, Source::Allocations);
+                let (faulting, gc_touched) = verdict::fault_sites(&self.faults, samples, |id| {
+                    symbolizer.stack_frames(id, |id| maps.frames(false, id))
+                });
+                candidates.extend(faulting);
+                let native_exact = self.native.is_some();
+                let (suspects, verdict) =
+                    verdict::judge(candidates, categories, self.alloc_stacks, native_exact);
+                (suspects, verdict, gc_touched)
             }
         };
         let growing_mappings = match all {
-            true => self.mapping_growth.suspects(|id| maps.frames(false, id), &mut self.symbolizer),
+            true => self.mapping_growth.suspects(
+                |id| maps.frames(false, id),
+                &mut self.symbolizer,
+                Source::Mappings,
+            ),
             false => Vec::new(),
         };
         let mut stack_profiles = Vec::new();
@@ -644,6 +710,8 @@ impl Session {
             native: self.native.as_ref().map(NativeState::report),
             mappings: self.mappings.report(growing_mappings),
             external: self.external.report(),
+            faults: self.faults_attached.then(|| self.faults.report(gc_touched)),
+            verdict,
             suspects,
             stacks: stack_profiles,
             drops: self.drop_counts(),

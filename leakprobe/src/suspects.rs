@@ -1,10 +1,13 @@
-//! Leak suspects: allocation stacks whose outstanding bytes keep growing.
+//! Leak suspects: allocation sites whose outstanding bytes keep growing.
 //!
 //! Every interval each tracked stack's outstanding bytes (allocated minus freed since attach)
-//! is added to its series. A stack is a suspect when the floor of its series (what survives the
-//! GC's sawtooth) still rises at the end of the window, by at least [`MIN_FLOOR_GROWTH`] and
-//! [`MIN_FLOOR_FRACTION`] of what it holds: a bounded cache levels off and steady churn stays
-//! flat, so neither qualifies.
+//! is added to its series. Stacks that name the same logical site ([`crate::verdict::site_key`]:
+//! the same functions, scripts and lines, whatever JIT address or tier) are judged as one. A
+//! site is a candidate when the floor of its series (what survives the GC's sawtooth) still
+//! rises at the end of the window, by at least [`MIN_FLOOR_GROWTH`] and [`MIN_FLOOR_FRACTION`]
+//! of what it holds: a bounded cache levels off and steady churn stays flat, so neither
+//! qualifies. [`crate::verdict`] then keeps the candidates whose memory category grows at GC
+//! troughs.
 
 use std::collections::HashMap;
 
@@ -38,11 +41,55 @@ pub enum Category {
     Mapping,
 }
 
+/// What a suspect's bytes were measured from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Allocations followed to their frees (`--alloc-stacks`, `--native`, V8's large objects):
+    /// bytes outstanding.
+    Allocations,
+    /// Sampled page faults: bytes first touched.
+    PageFaults,
+    /// Anonymous mappings: bytes mapped.
+    Mappings,
+}
+
+/// One raw stack of a suspect's site.
+#[derive(Clone, Debug, Serialize)]
+pub struct Variant {
+    /// The kernel's stack id.
+    pub stack_id: i64,
+    /// Its bytes (outstanding, or first touched, as the suspect's).
+    pub bytes: i64,
+    /// Its floor growth (as the suspect's).
+    pub floor_growth_bytes: f64,
+}
+
+/// Why a suspect is one: its category's growth at GC troughs, and its share of it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Evidence {
+    /// GC troughs (samples right after a main-thread mark-compact) the category's growth was
+    /// read at, in the later two thirds of the window; with fewer than three, the growth is
+    /// read from the floors of every sample instead (`method`).
+    pub troughs: usize,
+    /// `troughs` or `floors`.
+    pub method: &'static str,
+    /// The category's growth over the later two thirds of the window.
+    pub category_growth_bytes_per_s: f64,
+    /// The site's growth rate over the last third, as a share of the category's growth
+    /// (can pass 1 for first touches: memory touched and freed again counts too).
+    pub explained_share: f64,
+}
+
 /// One suspect in `report.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Suspect {
     /// Memory category.
     pub category: Category,
+    /// What the bytes were measured from.
+    pub source: Source,
+    /// The logical site: its frames' functions, scripts and lines.
+    pub site: String,
     /// Bytes from this stack still held at the end of the window (allocated since attach).
     pub outstanding_bytes: i64,
     /// Least-squares growth rate over the window.
@@ -50,8 +97,12 @@ pub struct Suspect {
     /// Growth of the floor (lowest outstanding value) from the middle to the last third of the
     /// window: what survived the GC grew by this much.
     pub floor_growth_bytes: f64,
-    /// Allocation stack, innermost frame first.
+    /// Allocation stack, innermost frame first (the site's largest variant).
     pub frames: Vec<Frame>,
+    /// Why it is a suspect (null for growing mappings, which are judged on their own).
+    pub evidence: Option<Evidence>,
+    /// The raw stacks of the site, largest first.
+    pub variants: Vec<Variant>,
 }
 
 /// One allocation stack's bytes, in `report.stacks[]` (what the flamegraphs are drawn from).
@@ -133,37 +184,55 @@ impl Tracker {
         self.series.keys().map(|&(_, id)| id).filter(|&id| id != NO_STACK)
     }
 
-    /// The suspects, largest late growth first, with frames from `stack` (the addresses of a
-    /// stack id) and `symbolizer`. Stacks whose frames read the same (they differ only in JIT
-    /// code addresses, e.g. the same JS path compiled twice) are one suspect, their bytes summed.
+    /// The candidate suspects, largest late growth first, with frames from `stack` (the
+    /// addresses of a stack id) and `symbolizer`. Stacks of one logical site (they differ only
+    /// in JIT code addresses or tiers, e.g. the same JS path compiled twice) are one suspect,
+    /// their bytes summed and each kept as a variant.
     pub fn suspects(
         &self,
         mut stack: impl FnMut(i64) -> Vec<RawFrame>,
         symbolizer: &mut Symbolizer,
+        source: Source,
     ) -> Vec<Suspect> {
-        let mut groups: HashMap<(Category, Vec<String>), Suspect> = HashMap::new();
+        let mut groups: HashMap<(Category, String), Suspect> = HashMap::new();
         for (&(category, stack_id), series) in &self.series {
             // Stacks that hold nothing and do not grow cannot change any group's verdict.
             if !holds_or_grows(series) {
                 continue;
             }
             let frames = symbolizer.stack_frames(stack_id, &mut stack);
-            let key = (category, frames.iter().map(|f| f.kind_key()).collect());
-            let group = groups.entry(key).or_insert_with(|| Suspect {
+            let site = crate::verdict::site_key(&frames);
+            let variant = Variant {
+                stack_id,
+                bytes: series.last().unwrap_or(0.0) as i64,
+                floor_growth_bytes: series.floor_growth(),
+            };
+            let group = groups.entry((category, site.clone())).or_insert_with(|| Suspect {
                 category,
+                source,
+                site,
                 outstanding_bytes: 0,
                 growth_bytes_per_s: 0.0,
                 floor_growth_bytes: 0.0,
-                frames,
+                frames: Vec::new(),
+                evidence: None,
+                variants: Vec::new(),
             });
-            group.outstanding_bytes += series.last().unwrap_or(0.0) as i64;
+            if group.variants.iter().all(|v| v.bytes < variant.bytes) {
+                group.frames = frames;
+            }
+            group.outstanding_bytes += variant.bytes;
             group.growth_bytes_per_s += series.slope();
-            group.floor_growth_bytes += series.floor_growth();
+            group.floor_growth_bytes += variant.floor_growth_bytes;
+            group.variants.push(variant);
         }
         let mut found: Vec<Suspect> = groups
             .into_values()
             .filter(|s| qualifies(s.floor_growth_bytes, s.outstanding_bytes as f64))
             .collect();
+        for s in &mut found {
+            s.variants.sort_by_key(|v| std::cmp::Reverse(v.bytes));
+        }
         found.sort_by(|a, b| b.floor_growth_bytes.total_cmp(&a.floor_growth_bytes));
         found.truncate(MAX_SUSPECTS);
         found

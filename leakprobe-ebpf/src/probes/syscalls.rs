@@ -3,36 +3,25 @@
 //! syscall number (padded to 16); the arguments follow as 8-byte slots, and `ret` on exit.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
     macros::{map, tracepoint},
-    maps::{Array, HashMap},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use leakprobe_ebpf::{
     alloc::MAX_PENDING,
-    syscalls::{op, MapEvent, MapPending, CONFIG_SLOTS, CONFIG_TGID},
+    syscalls::{op, MapEvent, MapPending},
     EventKind,
 };
 
-use crate::maps::{count_drop, emit};
+use crate::maps::{count_drop, emit, target_thread};
 use crate::stacks::user_stack;
 use leakprobe_ebpf::drops::DropReason;
 
-#[map]
-static SYSCALLS_CONFIG: Array<u32> = Array::with_max_entries(CONFIG_SLOTS, 0);
 #[map]
 static MAP_PENDING: HashMap<u32, MapPending> = HashMap::with_max_entries(MAX_PENDING, 0);
 
 /// Offset of the first syscall argument (and of `ret` in exit records).
 const ARG0: usize = 16;
-
-/// The calling thread, if it belongs to the target.
-#[inline(always)]
-fn target_thread() -> Option<u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let target = SYSCALLS_CONFIG.get(CONFIG_TGID).copied().unwrap_or(0);
-    (target != 0 && (pid_tgid >> 32) as u32 == target).then_some(pid_tgid as u32)
-}
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {

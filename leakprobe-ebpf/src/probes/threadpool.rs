@@ -64,7 +64,21 @@ pub fn pool_submit(ctx: ProbeContext) -> u32 {
 /// a thread is left with no origin.)
 #[uprobe]
 pub fn pool_work(ctx: ProbeContext) -> u32 {
-    let work: u64 = ctx.arg(0).unwrap_or(0);
+    runs(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+/// Entry of fs, dns and random work functions `(w)` (with native memory only: they fire on
+/// every fs call). Their own program, so the default view can leave them out.
+#[uprobe]
+pub fn pool_work_fs(ctx: ProbeContext) -> u32 {
+    runs(ctx.arg(0).unwrap_or(0));
+    0
+}
+
+/// This pool thread now runs `work`: its origin is the stack that queued it, if known.
+#[inline(always)]
+fn runs(work: u64) {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: read-only lookup of a map value.
     match unsafe { POOL_QUEUED.get(&work) }.copied() {
@@ -78,5 +92,4 @@ pub fn pool_work(ctx: ProbeContext) -> u32 {
             let _ = POOL_RUNNING.remove(&tid);
         }
     }
-    0
 }

@@ -1,0 +1,460 @@
+//! The verdict: which memory category grows, read at GC troughs, and which logical sites
+//! explain that growth.
+//!
+//! - **What grows.** Each category (V8 heap, external, native) is read at the samples taken
+//!   right after a main-thread mark-compact, once the ArrayBuffer sweeper has freed what the GC
+//!   released ([`crate::memory::Sample::trough`]). Garbage awaiting collection, and Buffers the
+//!   GC frees lazily, are gone there: a bounded cache or steady churn leaves the troughs flat. A
+//!   window with fewer than [`MIN_TROUGHS`] troughs is read from the floors of every sample.
+//! - **Which line made it.** Stacks are grouped by logical site ([`site_key`]): the same
+//!   functions, scripts and lines, whatever JIT addresses or tiers. A site is a suspect only
+//!   when its category grows; sampled page faults ([`crate::faults`]) are judged by what each
+//!   site kept touching in the later thirds of the window, allocation trackers by the floor of
+//!   what each site holds.
+//! - **What is not explained** is said, with the next step ([`CategoryVerdict::next_step`]).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::{
+    alloc::Series,
+    faults::FaultBooks,
+    memory::Sample,
+    suspects::{Category, Evidence, Source, Suspect, Variant, MAX_SUSPECTS},
+    symbolize::{Frame, FrameKind, QUEUED_NAME},
+};
+
+/// Troughs needed to read a category's growth from them.
+pub const MIN_TROUGHS: usize = 3;
+/// Smallest growth over the later two thirds of the window that makes a category grow.
+pub const MIN_GROWTH_BYTES: f64 = 1024.0 * 1024.0;
+/// Smallest growth, as a fraction of the category's size, that makes a category grow.
+pub const MIN_GROWTH_FRACTION: f64 = 0.02;
+/// Smallest first-touched bytes in the last third of the window for a page-fault site.
+pub const MIN_SITE_BYTES: f64 = 256.0 * 1024.0;
+/// A page-fault site still faulting at the end: its last third touched at least this share
+/// of what its middle third did.
+pub const MIN_STILL_FAULTING: f64 = 0.25;
+/// Share of a category's growth its suspects must explain before no advice is given.
+pub const EXPLAINED_ENOUGH: f64 = 0.5;
+/// User JavaScript frames (not node's own) a site key reads up to.
+const SITE_USER_FRAMES: usize = 4;
+/// Native frames a site key reads when the stack has no JavaScript.
+const SITE_NATIVE_FRAMES: usize = 6;
+
+/// Names of V8's garbage collector: a fault under one is the GC copying survivors.
+const GC_MARKERS: &[&str] = &[
+    "Scavenge",
+    "Evacuat",
+    "MarkCompactCollector",
+    "MinorMarkSweep",
+    "MinorMarkCompact",
+    "Heap::CollectGarbage",
+    "Heap::PerformGarbageCollection",
+    "ConcurrentMarking",
+    "Sweeper",
+];
+
+/// Names of Buffer/ArrayBuffer code: a fault under one fills a backing store.
+const EXTERNAL_MARKERS: &[&str] =
+    &["ArrayBuffer", "BackingStore", "TypedArray", "StringBytes", "node::Buffer", "DataView", "StringWrite"];
+
+/// `report.verdict[]`: one memory category's growth and how much of it the suspects explain.
+#[derive(Clone, Debug, Serialize)]
+pub struct CategoryVerdict {
+    /// The category.
+    pub category: Category,
+    /// Its size at the end of the window (native: anonymous RSS not in the other two).
+    pub bytes: Option<u64>,
+    /// Its growth over the later two thirds of the window.
+    pub growth_bytes_per_s: f64,
+    /// Troughs the growth was read at (0–2 when read from floors).
+    pub troughs: usize,
+    /// `troughs` or `floors`.
+    pub method: &'static str,
+    /// Whether it grows: by at least [`MIN_GROWTH_BYTES`] and [`MIN_GROWTH_FRACTION`] of its
+    /// size over the later two thirds of the window.
+    pub growing: bool,
+    /// Share of the growth its suspects explain (0 to 1).
+    pub explained_share: f64,
+    /// When it grows and suspects explain less than half: what to run next.
+    pub next_step: Option<String>,
+}
+
+/// What a fault stack's memory is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Touched by V8's garbage collector: heap growth with no allocation site on the stack.
+    Gc,
+    /// Touched by the program, in this category.
+    Memory(Category),
+}
+
+/// The category of a fault stack's memory, from the code that touched it: the GC's copying,
+/// Buffer code filling a backing store, V8 (JIT code, the runtime) writing heap objects, or
+/// anything else native (malloc'd memory, zlib, an addon).
+pub fn classify(frames: &[Frame]) -> Class {
+    let named =
+        |markers: &[&str], f: &Frame| f.kind != FrameKind::Js && markers.iter().any(|m| f.name.contains(m));
+    // Up to the first JavaScript frame, or the pool thread's end: the code that touched it.
+    let own = frames
+        .iter()
+        .position(|f| f.kind == FrameKind::Js || f.kind == FrameKind::Queued)
+        .unwrap_or(frames.len());
+    let touching = &frames[..own];
+    if touching.iter().any(|f| named(GC_MARKERS, f)) {
+        return Class::Gc;
+    }
+    if touching.iter().any(|f| named(EXTERNAL_MARKERS, f)) {
+        return Class::Memory(Category::External);
+    }
+    let v8 = |f: &Frame| {
+        matches!(f.kind, FrameKind::Jit | FrameKind::Builtin) || f.name.starts_with("v8::internal::")
+    };
+    match touching.first() {
+        None => Class::Memory(Category::V8Heap),
+        Some(first) if v8(first) => Class::Memory(Category::V8Heap),
+        Some(_) if touching.iter().take(3).any(v8) => Class::Memory(Category::V8Heap),
+        Some(_) => Class::Memory(Category::Native),
+    }
+}
+
+/// The logical site of a stack: its entry (the first native function) and its JavaScript
+/// frames by function, script and line, up to the [`SITE_USER_FRAMES`]th of the user's own;
+/// with no JavaScript, its first native frames. JIT addresses, tiers, builtins and how deep
+/// the stack was cut do not change it.
+pub fn site_key(frames: &[Frame]) -> String {
+    if frames.is_empty() {
+        return "[stack lost]".into();
+    }
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(entry) =
+        frames.iter().take_while(|f| f.kind != FrameKind::Js).find(|f| f.kind == FrameKind::Native)
+    {
+        parts.push(entry.name.clone());
+    }
+    let mut user = 0;
+    for f in frames {
+        match f.kind {
+            FrameKind::Js => {
+                parts.push(f.kind_key());
+                if !f.file.as_deref().is_some_and(|p| p.starts_with("node:")) {
+                    user += 1;
+                    if user == SITE_USER_FRAMES {
+                        break;
+                    }
+                }
+            }
+            FrameKind::Queued => parts.push(QUEUED_NAME.into()),
+            _ => {}
+        }
+    }
+    if !frames.iter().any(|f| f.kind == FrameKind::Js) {
+        parts = frames.iter().take(SITE_NATIVE_FRAMES).map(Frame::kind_key).collect();
+    }
+    parts.join(" ← ")
+}
+
+/// The window's thirds: (first, one third, two thirds, last) sample times.
+fn thirds(samples: &[Sample]) -> Option<(f64, f64, f64, f64)> {
+    let (first, last) = (samples.first()?.t_s, samples.last()?.t_s);
+    let third = (last - first) / 3.0;
+    (third > 0.0).then_some((first, first + third, first + 2.0 * third, last))
+}
+
+/// Each category's growth over the later two thirds of the window, at GC troughs.
+pub fn categories(samples: &[Sample]) -> Vec<CategoryVerdict> {
+    let native = |s: &Sample| {
+        let other = s.v8_heap_bytes.unwrap_or(0) + s.external_bytes.unwrap_or(0);
+        Some(s.rss.rss_anon_bytes.saturating_sub(other))
+    };
+    let readers: [(Category, &dyn Fn(&Sample) -> Option<u64>); 3] = [
+        (Category::V8Heap, &|s| s.v8_heap_bytes),
+        (Category::External, &|s| s.external_bytes),
+        (Category::Native, &native),
+    ];
+    readers.iter().map(|(category, read)| category_verdict(*category, samples, read)).collect()
+}
+
+fn category_verdict(
+    category: Category,
+    samples: &[Sample],
+    read: &dyn Fn(&Sample) -> Option<u64>,
+) -> CategoryVerdict {
+    let bytes = samples.last().and_then(read);
+    let mut verdict = CategoryVerdict {
+        category,
+        bytes,
+        growth_bytes_per_s: 0.0,
+        troughs: 0,
+        method: "floors",
+        growing: false,
+        explained_share: 0.0,
+        next_step: None,
+    };
+    let Some((_, one, two, last)) = thirds(samples) else { return verdict };
+    let late: Vec<(f64, f64)> =
+        samples.iter().filter(|s| s.t_s >= one).filter_map(|s| Some((s.t_s, read(s)? as f64))).collect();
+    let troughs: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.trough && s.t_s >= one)
+        .filter_map(|s| Some((s.t_s, read(s)? as f64)))
+        .collect();
+    verdict.troughs = troughs.len();
+    verdict.growth_bytes_per_s = if troughs.len() >= MIN_TROUGHS {
+        verdict.method = "troughs";
+        let mut series = Series::default();
+        troughs.iter().for_each(|&(t, v)| series.push(t, v));
+        series.slope()
+    } else {
+        // The floor of the last third over the floor of the middle third.
+        let floor = |from: f64, to: f64| {
+            late.iter().filter(|(t, _)| (from..=to).contains(t)).map(|p| p.1).fold(f64::INFINITY, f64::min)
+        };
+        let (middle, end) = (floor(one, two), floor(two, last));
+        match middle.is_finite() && end.is_finite() && two > one {
+            true => (end - middle) / (two - one),
+            false => 0.0,
+        }
+    };
+    let grown = verdict.growth_bytes_per_s * (last - one);
+    verdict.growing = grown >= MIN_GROWTH_BYTES && grown >= MIN_GROWTH_FRACTION * bytes.unwrap_or(0) as f64;
+    verdict
+}
+
+/// The bytes a cumulative series held at `t` (0 before its first point).
+fn at(series: &Series, t: f64) -> f64 {
+    series.points().iter().take_while(|p| p.0 <= t).last().map_or(0.0, |p| p.1)
+}
+
+/// Sites whose sampled page faults go on through the window, as candidate suspects, and the
+/// bytes the GC touched. `frames` names a stack id.
+pub fn fault_sites(
+    books: &FaultBooks,
+    samples: &[Sample],
+    mut frames: impl FnMut(i64) -> Vec<Frame>,
+) -> (Vec<Suspect>, u64) {
+    let Some((_, one, two, last)) = thirds(samples) else { return (Vec::new(), 0) };
+    let mut gc_bytes = 0.0;
+    let mut groups: HashMap<(Category, String), (Suspect, f64)> = HashMap::new();
+    for (&stack_id, series) in &books.series {
+        let total = series.last().unwrap_or(0.0);
+        let (middle, end) = (at(series, two) - at(series, one), total - at(series, two));
+        if end <= 0.0 && middle <= 0.0 {
+            continue;
+        }
+        let stack = frames(stack_id);
+        let category = match classify(&stack) {
+            Class::Gc => {
+                gc_bytes += total;
+                continue;
+            }
+            Class::Memory(category) => category,
+        };
+        let site = site_key(&stack);
+        let (group, group_middle) = groups.entry((category, site.clone())).or_insert_with(|| {
+            let suspect = Suspect {
+                category,
+                source: Source::PageFaults,
+                site,
+                outstanding_bytes: 0,
+                growth_bytes_per_s: 0.0,
+                floor_growth_bytes: 0.0,
+                frames: Vec::new(),
+                evidence: None,
+                variants: Vec::new(),
+            };
+            (suspect, 0.0)
+        });
+        if group.variants.iter().all(|v| (v.bytes as f64) < total) {
+            group.frames = stack;
+        }
+        group.outstanding_bytes += total as i64;
+        group.floor_growth_bytes += end;
+        group.growth_bytes_per_s += end / (last - two);
+        *group_middle += middle;
+        group.variants.push(Variant { stack_id, bytes: total as i64, floor_growth_bytes: end });
+    }
+    let found = groups
+        .into_values()
+        .filter(|(s, middle)| {
+            s.floor_growth_bytes >= MIN_SITE_BYTES
+                && *middle > 0.0
+                && s.floor_growth_bytes >= MIN_STILL_FAULTING * middle
+        })
+        .map(|(mut s, _)| {
+            s.variants.sort_by_key(|v| std::cmp::Reverse(v.bytes));
+            s
+        })
+        .collect();
+    (found, gc_bytes as u64)
+}
+
+/// The suspects: the candidates whose category grows, each with its evidence, by growth rate
+/// (largest first); and each category's share explained, with the next step where little is.
+pub fn judge(
+    candidates: Vec<Suspect>,
+    mut categories: Vec<CategoryVerdict>,
+    alloc_stacks: bool,
+    native_exact: bool,
+) -> (Vec<Suspect>, Vec<CategoryVerdict>) {
+    let mut found: Vec<Suspect> = candidates
+        .into_iter()
+        .filter_map(|mut s| {
+            let verdict = categories.iter().find(|c| c.category == s.category && c.growing)?;
+            let rate = s.growth_bytes_per_s;
+            s.evidence = Some(Evidence {
+                troughs: verdict.troughs,
+                method: verdict.method,
+                category_growth_bytes_per_s: verdict.growth_bytes_per_s,
+                explained_share: rate / verdict.growth_bytes_per_s,
+            });
+            Some(s)
+        })
+        .collect();
+    let share = |s: &Suspect| s.evidence.as_ref().map_or(0.0, |e| e.explained_share);
+    // Where a category's allocations were followed to their frees, what its sites hold
+    // outranks what other sites first touched: in a shared malloc heap, the churn that frees
+    // and allocates again touches fresh pages while the leak fills the holes it left.
+    let traced: Vec<Category> =
+        found.iter().filter(|s| s.source == Source::Allocations).map(|s| s.category).collect();
+    let touched_only = |s: &Suspect| s.source == Source::PageFaults && traced.contains(&s.category);
+    found.sort_by(|a, b| touched_only(a).cmp(&touched_only(b)).then(share(b).total_cmp(&share(a))));
+    found.truncate(MAX_SUSPECTS);
+    for c in categories.iter_mut().filter(|c| c.growing) {
+        let explained: f64 = found.iter().filter(|s| s.category == c.category).map(share).sum();
+        c.explained_share = explained.clamp(0.0, 1.0);
+        if c.explained_share < EXPLAINED_ENOUGH {
+            c.next_step = next_step(c.category, alloc_stacks, native_exact);
+        }
+    }
+    (found, categories)
+}
+
+/// What to run when a growing category is not explained.
+fn next_step(category: Category, alloc_stacks: bool, native_exact: bool) -> Option<String> {
+    Some(
+        match (category, alloc_stacks, native_exact) {
+            (Category::External, false, _) => "run with --alloc-stacks for 30 s (every Buffer allocation by stack)",
+            (Category::V8Heap, false, _) => {
+                "run with --alloc-stacks for 30 s (JS heap allocations sampled by stack), or compare two heap snapshots"
+            }
+            (Category::V8Heap, true, _) => "compare two heap snapshots: the heap census is not done yet",
+            (Category::Native, _, false) => "run with --native-exact for 30 s (every malloc by stack)",
+            _ => return None,
+        }
+        .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::Rss;
+
+    fn frame(name: &str, kind: FrameKind, file: Option<&str>, line: Option<u32>) -> Frame {
+        Frame { name: name.into(), kind, addr: 0, file: file.map(Into::into), line, note: None }
+    }
+
+    fn js(name: &str, file: &str, line: u32) -> Frame {
+        frame(name, FrameKind::Js, Some(file), Some(line))
+    }
+
+    fn native(name: &str) -> Frame {
+        frame(name, FrameKind::Native, None, None)
+    }
+
+    #[test]
+    fn stacks_of_one_site_share_a_key_whatever_the_tier() {
+        let interpreted = vec![
+            native("__memset_avx2_unaligned_erms"),
+            native("v8::internal::Builtin_TypedArrayPrototypeFill"),
+            frame("Builtins_InterpreterEntryTrampoline", FrameKind::Builtin, None, None),
+            js("fill", "node:buffer", 1010),
+            js("cacheReport", "/app/cache.js", 7),
+            frame("Builtins_InterpreterEntryTrampoline", FrameKind::Builtin, None, None),
+            js("onTimeout", "/app/cache.js", 20),
+        ];
+        let mut compiled = interpreted.clone();
+        compiled.retain(|f| f.kind != FrameKind::Builtin);
+        compiled.insert(2, frame("[JIT 0x7f0012]", FrameKind::Jit, None, None));
+        assert_eq!(site_key(&interpreted), site_key(&compiled));
+        assert!(site_key(&compiled).contains("cacheReport /app/cache.js:7"), "{}", site_key(&compiled));
+        let mut other_line = compiled.clone();
+        other_line[4] = js("cacheReport", "/app/cache.js", 9);
+        assert_ne!(site_key(&compiled), site_key(&other_line));
+        assert_eq!(site_key(&[]), "[stack lost]");
+    }
+
+    #[test]
+    fn faults_are_classified_by_the_code_that_touched_the_memory() {
+        let user = js("handle", "/app/a.js", 3);
+        let fill =
+            vec![native("memset"), native("v8::internal::Builtin_TypedArrayPrototypeFill"), user.clone()];
+        assert_eq!(classify(&fill), Class::Memory(Category::External));
+        let gc = vec![
+            native("memcpy"),
+            native("v8::internal::Scavenger::ScavengeObject"),
+            native("v8::internal::Heap::CollectGarbage"),
+            user.clone(),
+        ];
+        assert_eq!(classify(&gc), Class::Gc);
+        let jit = vec![frame("[JIT 0x1]", FrameKind::Jit, None, None), user.clone()];
+        assert_eq!(classify(&jit), Class::Memory(Category::V8Heap));
+        let zlib = vec![
+            native("deflateInit2_"),
+            native("node::ThreadPoolWork::ScheduleWork"),
+            frame(QUEUED_NAME, FrameKind::Queued, None, None),
+            native("uv_queue_work"),
+            user,
+        ];
+        assert_eq!(classify(&zlib), Class::Memory(Category::Native));
+    }
+
+    fn sample(t: f64, trough: bool, heap: u64, external: u64) -> Sample {
+        Sample {
+            trough,
+            t_s: t,
+            rss: Rss { rss_anon_bytes: heap + external + (50 << 20), ..Rss::default() },
+            v8_heap_bytes: Some(heap),
+            external_bytes: Some(external),
+            native_bytes: None,
+        }
+    }
+
+    #[test]
+    fn growth_is_read_at_troughs_so_lazily_freed_churn_is_not_growth() {
+        let mib = 1u64 << 20;
+        // External: a sawtooth whose peaks rise (garbage freed lazily) but whose troughs are
+        // flat; the heap's troughs rise 2 MiB/s.
+        let samples: Vec<Sample> = (0..=40)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                let trough = i % 4 == 0;
+                let external = if trough { 100 * mib } else { 100 * mib + i as u64 * mib };
+                sample(t, trough, 200 * mib + (t * 2.0) as u64 * mib, external)
+            })
+            .collect();
+        let verdicts = categories(&samples);
+        let of = |c| verdicts.iter().find(|v| v.category == c).unwrap();
+        assert_eq!(of(Category::External).method, "troughs");
+        assert!(!of(Category::External).growing, "{:?}", of(Category::External));
+        assert!(of(Category::V8Heap).growing, "{:?}", of(Category::V8Heap));
+        let rate = of(Category::V8Heap).growth_bytes_per_s / mib as f64;
+        assert!((1.5..2.5).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn a_growing_category_that_no_site_explains_says_what_to_run() {
+        let mib = 1u64 << 20;
+        let samples: Vec<Sample> = (0..=40)
+            .map(|i| sample(i as f64 * 0.5, i % 4 == 0, 200 * mib, 100 * mib + i * 4 * mib))
+            .collect();
+        let (suspects, verdicts) = judge(Vec::new(), categories(&samples), false, false);
+        assert!(suspects.is_empty());
+        let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+        assert!(external.growing && external.explained_share == 0.0, "{external:?}");
+        assert!(external.next_step.as_deref().unwrap().contains("--alloc-stacks"), "{external:?}");
+    }
+}
