@@ -193,7 +193,7 @@ fn ignored_backpressure_is_an_external_suspect() {
     );
 }
 
-/// With --native, unclosed zlib streams are a native suspect allocated by malloc from zlib's
+/// With --native-exact, unclosed zlib streams are a native suspect allocated by malloc from zlib's
 /// init, and the sampled estimate is reported. Node runs zlib's init as libuv thread-pool work,
 /// on a pool thread with no JS on its stack: the suspect goes on, past the queued frame, with
 /// the stack that queued the work, down to the leaking function.
@@ -201,7 +201,7 @@ fn ignored_backpressure_is_an_external_suspect() {
 fn unclosed_zlib_handles_are_a_native_suspect() {
     let report = top_suspect_with(
         "zlib-handles.js",
-        &["--native"],
+        &["--native-exact"],
         "native",
         "malloc",
         "deflateInit2_",
@@ -223,7 +223,7 @@ fn unclosed_zlib_handles_are_a_native_suspect() {
     assert!(probes.iter().filter(|p| p["family"] == "native").all(|p| p["attached"] == true), "{probes:?}");
 }
 
-/// Without --native, libc is not probed and native memory is reported as not measured.
+/// Without --native-exact, libc is not probed and native memory is reported as not measured.
 #[test]
 fn native_is_opt_in() {
     let (report, _) = profile(&system_node(), &[], "bounded-cache.js");

@@ -18,7 +18,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
     programs::{PerfEventContext, ProbeContext, TracePointContext},
+    EbpfContext,
 };
+use aya_log_ebpf::debug;
 use leakprobe_ebpf::{
     alloc::{MAX_STACKS, NO_STACK},
     drops::DropReason,
@@ -71,7 +73,7 @@ pub struct Regs {
 }
 
 /// Program contexts a user stack can be taken from.
-pub trait UserRegs {
+pub trait UserRegs: EbpfContext {
     /// The interrupted user registers.
     fn user_regs(&self) -> Option<Regs>;
 }
@@ -136,6 +138,7 @@ fn stack_in<C: UserRegs>(ctx: &C, map: &HashMap<i64, RawStack>, sampled: bool) -
     match capture(ctx, map, sampled) {
         Some(id) => id,
         None => {
+            debug!(ctx, "stack lost (stack map full, or registers unreadable)");
             count_drop(DropReason::StackLost);
             NO_STACK
         }

@@ -33,9 +33,10 @@ pub struct FaultReport {
     pub faults: u64,
     /// Estimated bytes first touched: faults × 4 KiB.
     pub touched_bytes: u64,
-    /// Of those, touched by V8's garbage collector (survivors copied to older pages): heap
-    /// growth with no JavaScript allocation site on the stack.
-    pub gc_touched_bytes: u64,
+    /// Of those, touched by V8 itself: the garbage collector copying survivors to older pages,
+    /// and generated code bump-allocating in young-generation pages. Heap growth whose stack
+    /// does not say what keeps it.
+    pub v8_own_touched_bytes: u64,
     /// Stacks seen.
     pub stacks: usize,
 }
@@ -58,12 +59,12 @@ impl FaultBooks {
     }
 
     /// The report, given the bytes the GC touched (from the verdict's classification).
-    pub fn report(&self, gc_touched_bytes: u64) -> FaultReport {
+    pub fn report(&self, v8_own_touched_bytes: u64) -> FaultReport {
         FaultReport {
             period: self.period,
             faults: self.faults,
             touched_bytes: self.faults * PAGE_BYTES,
-            gc_touched_bytes,
+            v8_own_touched_bytes,
             stacks: self.series.len(),
         }
     }

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use crate::{
     gc::GcKind,
     report::Report,
+    suspects::{Category, Source},
     symbolize::{Frame, FrameKind},
+    verdict::CategoryVerdict,
 };
 
 /// The multi-line summary shown live on a terminal and written as `summary.txt`.
@@ -115,23 +117,66 @@ fn memory_split(out: &mut String, report: &Report) {
 }
 
 fn suspects(out: &mut String, report: &Report) {
-    if report.suspects.is_empty() {
-        let _ = writeln!(out, "\nLeak suspects: none (no allocation stack kept growing)");
-        return;
+    let growing: Vec<&CategoryVerdict> = report.verdict.iter().filter(|v| v.growing).collect();
+    let _ = writeln!(out, "\nWhat grows (at GC troughs)");
+    if growing.is_empty() {
+        let _ = writeln!(out, "  nothing: the V8 heap, external and native memory are flat at GC troughs");
     }
-    let _ = writeln!(out, "\nLeak suspects (growing allocation stacks)");
-    for (i, s) in report.suspects.iter().take(5).enumerate() {
+    for v in &growing {
         let _ = writeln!(
             out,
-            "  #{} {:?}: {} MiB outstanding, {}/s",
+            "  {:<9} {}/s over {} {}, {:.0}% explained by the suspects below",
+            category_name(v.category),
+            rate(v.growth_bytes_per_s).trim(),
+            v.troughs,
+            if v.method == "troughs" { "troughs" } else { "troughs (too few: read from floors)" },
+            100.0 * v.explained_share
+        );
+        if let Some(next) = &v.next_step {
+            let _ = writeln!(out, "            not explained: {next}");
+        }
+    }
+    if report.suspects.is_empty() {
+        if !growing.is_empty() {
+            let _ =
+                writeln!(out, "\nLeak suspects: no named site explains the growth above (see its next step)");
+        }
+        return;
+    }
+    let _ = writeln!(out, "\nLeak suspects (sites that keep growing, by share of their category's growth)");
+    for (i, s) in report.suspects.iter().take(5).enumerate() {
+        let what = match s.source {
+            Source::PageFaults => "first touched",
+            Source::Allocations | Source::Mappings => "held",
+        };
+        let explained = s.evidence.as_ref().map_or(String::new(), |e| {
+            format!(", {:.0}% of {}'s growth", 100.0 * e.explained_share.min(1.0), category_name(s.category))
+        });
+        let _ = writeln!(
+            out,
+            "  #{} {}: {} MiB {what}, {}/s{explained}{}",
             i + 1,
-            s.category,
+            category_name(s.category),
             mib(s.outstanding_bytes.max(0) as u64),
-            rate(s.growth_bytes_per_s).trim()
+            rate(s.growth_bytes_per_s).trim(),
+            match s.variants.len() {
+                0 | 1 => String::new(),
+                n => format!(" ({n} stacks)"),
+            }
         );
         for line in suspect_lines(&s.frames) {
             let _ = writeln!(out, "       {}", truncate(&line, 100));
         }
+    }
+}
+
+/// A category as the summary names it.
+fn category_name(c: Category) -> &'static str {
+    match c {
+        Category::External => "external",
+        Category::V8Heap => "v8 heap",
+        Category::Native => "native",
+        Category::Mapping => "mappings",
     }
 }
 

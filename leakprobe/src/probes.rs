@@ -109,7 +109,7 @@ pub enum When {
     /// Attached until it has found what the default view needs (node's ArrayBuffer allocator),
     /// then detached; kept with `--alloc-stacks`.
     UntilFound,
-    /// Only with the native family: it fires on every fs call.
+    /// Only with the native view (`--native`, `--native-exact`): it fires on every fs call.
     WithNative,
 }
 
@@ -510,9 +510,9 @@ pub fn attach_all(
     ebpf: &mut Ebpf,
     target: &Target,
     families: &[Family],
-    alloc_stacks: bool,
-    fault_period: u64,
+    options: &AttachOptions,
 ) -> anyhow::Result<(Vec<ProbeStatus>, Lookup, FoundLinks)> {
+    let AttachOptions { alloc_stacks, native_view, fault_period } = *options;
     let node = Binary::new(target.module.clone(), target.module_display.clone(), &target.elf, Module::Node)?;
     if node.lookup.v8_symbols == 0 && target.node_version.is_none() {
         return Err(
@@ -550,10 +550,9 @@ pub fn attach_all(
         _ => !locations_of(def).is_empty(),
     };
     // Families with a probe whose attach point is missing: the first such function, for messages.
-    let native = families.contains(&Family::Native);
     let in_mode = |d: &&ProbeDef| match d.attach {
         When::AllocStacks => alloc_stacks,
-        When::WithNative => native,
+        When::WithNative => native_view,
         When::Always | When::UntilFound => true,
     };
     let incomplete = |family: Family| {
@@ -646,6 +645,28 @@ pub fn attach_all(
         return Err(Error::NoUsableProbes { binary: node.display.clone().into(), missing }.into());
     }
     Ok((statuses, node.lookup, found_links))
+}
+
+/// What decides which of a family's probes attach (see [`When`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AttachOptions {
+    /// `--alloc-stacks`.
+    pub alloc_stacks: bool,
+    /// `--native` or `--native-exact`.
+    pub native_view: bool,
+    /// Page faults per sample.
+    pub fault_period: u64,
+}
+
+impl AttachOptions {
+    /// From a session's options.
+    pub fn of(options: &crate::session::Options) -> Self {
+        Self {
+            alloc_stacks: options.alloc_stacks,
+            native_view: options.native_view,
+            fault_period: options.fault_period,
+        }
+    }
 }
 
 /// A binary that probes attach to, with the symbols the probe table wants from it.

@@ -74,6 +74,8 @@ pub struct Options {
     pub fleet: bool,
     /// Page faults per sample (the `faults` family).
     pub fault_period: u64,
+    /// `--native` (or `--native-exact`): also name fs, dns and random thread-pool work.
+    pub native_view: bool,
 }
 
 impl Options {
@@ -103,6 +105,7 @@ impl Options {
             v8_names: false,
             fleet: true,
             fault_period: leakprobe_ebpf::faults::DEFAULT_PERIOD,
+            native_view: false,
         }
     }
 }
@@ -226,6 +229,8 @@ pub struct Session {
     pending_pauses: Option<Vec<(GcKind, f64)>>,
     /// Events read from the ring buffer.
     events_read: u64,
+    /// The kernel programs' diagnostics, when `RUST_LOG` asks for them.
+    kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// Runs a session to its end and returns the final report (already printed and written).
@@ -322,6 +327,9 @@ impl Session {
     /// Reads waiting events; after a full GC, samples too. Call often (every 100 ms or so).
     pub fn poll(&mut self) {
         self.drain();
+        if let Some(kernel_log) = &mut self.kernel_log {
+            kernel_log.flush();
+        }
         self.detach_when_found();
         match self.trough_in {
             Some(0) => {
@@ -379,7 +387,17 @@ impl Session {
         for map in LIVE_MAPS {
             loader.map_max_entries(map, options.max_tracked);
         }
+        // The kernel programs' diagnostics (aya-log) at the level RUST_LOG asks for; off by
+        // default, where each log statement costs its programs one load and branch.
+        let log_level = kernel_log_level();
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+        let kernel_log = match log_level {
+            0 => None,
+            _ => aya_log::EbpfLogger::init(&mut ebpf)
+                .map_err(|e| log::warn!("the kernel programs' diagnostics are not shown: {e}"))
+                .ok(),
+        };
         // Configure before attaching, so the first native allocation is sampled at the right rate.
         let native = match families.contains(&probes::Family::Native) {
             true => Some(NativeState::new(
@@ -392,7 +410,7 @@ impl Session {
         let mut target_config: Array<MapData, u32> = take_map(&mut ebpf, "TARGET_CONFIG")?;
         target_config.set(CONFIG_TGID, target.pid, 0)?;
         let (probes, lookup, found_links) =
-            probes::attach_all(&mut ebpf, &target, families, options.alloc_stacks, options.fault_period)?;
+            probes::attach_all(&mut ebpf, &target, families, &probes::AttachOptions::of(options))?;
         let faults = FaultBooks::new(take_map(&mut ebpf, "FAULTS_BY_STACK")?, options.fault_period);
         let faults_attached = probes.iter().any(|p| p.family == probes::Family::Faults && p.attached);
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
@@ -447,6 +465,7 @@ impl Session {
             trough_in: None,
             pending_pauses: options.fleet.then(Vec::new),
             events_read: 0,
+            kernel_log,
         };
         session.gc.skip_timeline = options.fleet;
         session.sample();
@@ -790,6 +809,19 @@ fn watch<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: both callers pass an object that owns its descriptor (a RingBuf's map fd, an
     // OwnedFd) for as long as the AsyncFd holds it, and always returns that same descriptor.
     Ok(unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }?)
+}
+
+/// The aya-log level for the kernel programs: `log`'s maximum level (set from `RUST_LOG`) as
+/// aya-log numbers it (0 is off).
+fn kernel_log_level() -> u8 {
+    match log::max_level() {
+        log::LevelFilter::Off => 0,
+        log::LevelFilter::Error => aya_log::Level::Error as u8,
+        log::LevelFilter::Warn => aya_log::Level::Warn as u8,
+        log::LevelFilter::Info => aya_log::Level::Info as u8,
+        log::LevelFilter::Debug => aya_log::Level::Debug as u8,
+        log::LevelFilter::Trace => aya_log::Level::Trace as u8,
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it where allowed.

@@ -28,9 +28,9 @@ use crate::{
 /// Troughs needed to read a category's growth from them.
 pub const MIN_TROUGHS: usize = 3;
 /// Smallest growth over the later two thirds of the window that makes a category grow.
-pub const MIN_GROWTH_BYTES: f64 = 1024.0 * 1024.0;
+pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 /// Smallest growth, as a fraction of the category's size, that makes a category grow.
-pub const MIN_GROWTH_FRACTION: f64 = 0.02;
+pub const MIN_GROWTH_FRACTION: f64 = 0.10;
 /// Smallest first-touched bytes in the last third of the window for a page-fault site.
 pub const MIN_SITE_BYTES: f64 = 256.0 * 1024.0;
 /// A page-fault site still faulting at the end: its last third touched at least this share
@@ -85,8 +85,11 @@ pub struct CategoryVerdict {
 /// What a fault stack's memory is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
-    /// Touched by V8's garbage collector: heap growth with no allocation site on the stack.
-    Gc,
+    /// Touched by V8 itself: its garbage collector copying survivors, or generated code
+    /// bump-allocating in pages V8 just gave it (the young generation growing). Heap growth
+    /// whose JavaScript on the stack is not what keeps it: the heap's suspects come from the
+    /// runtime's own allocations (large objects, old-space arrays) and the large-object probes.
+    V8Own,
     /// Touched by the program, in this category.
     Memory(Category),
 }
@@ -104,7 +107,7 @@ pub fn classify(frames: &[Frame]) -> Class {
         .unwrap_or(frames.len());
     let touching = &frames[..own];
     if touching.iter().any(|f| named(GC_MARKERS, f)) {
-        return Class::Gc;
+        return Class::V8Own;
     }
     if touching.iter().any(|f| named(EXTERNAL_MARKERS, f)) {
         return Class::Memory(Category::External);
@@ -112,8 +115,10 @@ pub fn classify(frames: &[Frame]) -> Class {
     let v8 = |f: &Frame| {
         matches!(f.kind, FrameKind::Jit | FrameKind::Builtin) || f.name.starts_with("v8::internal::")
     };
+    let generated = |f: &Frame| matches!(f.kind, FrameKind::Jit | FrameKind::Builtin);
     match touching.first() {
-        None => Class::Memory(Category::V8Heap),
+        None => Class::V8Own,
+        Some(_) if touching.iter().all(generated) => Class::V8Own,
         Some(first) if v8(first) => Class::Memory(Category::V8Heap),
         Some(_) if touching.iter().take(3).any(v8) => Class::Memory(Category::V8Heap),
         Some(_) => Class::Memory(Category::Native),
@@ -246,7 +251,7 @@ pub fn fault_sites(
         }
         let stack = frames(stack_id);
         let category = match classify(&stack) {
-            Class::Gc => {
+            Class::V8Own => {
                 gc_bytes += total;
                 continue;
             }
@@ -399,9 +404,12 @@ mod tests {
             native("v8::internal::Heap::CollectGarbage"),
             user.clone(),
         ];
-        assert_eq!(classify(&gc), Class::Gc);
+        assert_eq!(classify(&gc), Class::V8Own);
         let jit = vec![frame("[JIT 0x1]", FrameKind::Jit, None, None), user.clone()];
-        assert_eq!(classify(&jit), Class::Memory(Category::V8Heap));
+        assert_eq!(classify(&jit), Class::V8Own, "young-generation pages bump-allocated by generated code");
+        let runtime =
+            vec![native("v8::internal::FactoryBase<v8::internal::Factory>::NewFixedArray"), user.clone()];
+        assert_eq!(classify(&runtime), Class::Memory(Category::V8Heap));
         let zlib = vec![
             native("deflateInit2_"),
             native("node::ThreadPoolWork::ScheduleWork"),

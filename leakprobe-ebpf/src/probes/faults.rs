@@ -8,6 +8,7 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::PerfEventContext,
 };
+use aya_log_ebpf::warn;
 use leakprobe_ebpf::{alloc::MAX_STACK_TOTALS, drops::DropReason};
 
 use crate::{
@@ -33,6 +34,7 @@ pub fn page_faults(ctx: PerfEventContext) -> u32 {
         Some(faults) => unsafe { *faults += period },
         None => {
             if FAULTS_BY_STACK.insert(&stack_id, &period, 0).is_err() {
+                warn!(&ctx, "page_faults: per-stack map full: {} faults not attributed", period);
                 count_drop(DropReason::StackTotalsFull);
             }
         }

@@ -16,6 +16,8 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
+use aya_log_ebpf::{debug, warn};
+
 use crate::maps::{count_drop, emit};
 use crate::stacks::user_stack;
 
@@ -34,6 +36,7 @@ pub fn gc_start(ctx: ProbeContext) -> u32 {
         stack_id: user_stack(&ctx),
     };
     if GC_INFLIGHT.insert(&tid, &inflight, 0).is_err() {
+        warn!(&ctx, "gc_start: in-flight map full (thread {}): pause lost", tid);
         count_drop(DropReason::GcInflightFull);
     }
     0
@@ -41,7 +44,7 @@ pub fn gc_start(ctx: ProbeContext) -> u32 {
 
 /// Return of `Heap::PerformGarbageCollection`: the pause is over; send it to userspace.
 #[uretprobe]
-pub fn gc_end(_ctx: RetProbeContext) -> u32 {
+pub fn gc_end(ctx: RetProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
@@ -50,11 +53,20 @@ pub fn gc_end(_ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = GC_INFLIGHT.remove(&tid);
+    let duration_ns = now.saturating_sub(inflight.start_ns);
+    debug!(
+        &ctx,
+        "gc_end: thread {} collector {} reason {}: {} ns",
+        tid,
+        inflight.collector,
+        inflight.reason,
+        duration_ns
+    );
     emit(GcEvent {
         kind: EventKind::Gc as u32,
         _pad: 0,
         start_ns: inflight.start_ns,
-        duration_ns: now.saturating_sub(inflight.start_ns),
+        duration_ns,
         pid: (pid_tgid >> 32) as u32,
         tid,
         collector: inflight.collector,
