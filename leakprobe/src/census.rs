@@ -1,8 +1,6 @@
 //! `leakprobe census --pid N`: one census of a running node process's V8 heaps, read from
 //! `/proc/PID/mem` without stopping it (see [`crate::v8::heap`]), printed as a table or JSON.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 
 use crate::{
@@ -27,11 +25,6 @@ pub struct CensusOptions {
     /// Caps.
     pub limits: Limits,
 }
-
-/// Default size cap: bytes read from the target by one census.
-pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
-/// Default time cap of one census.
-pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(30);
 
 /// Reads one census of `pid`'s heaps.
 pub fn take(pid: u32, limits: Limits) -> anyhow::Result<(Target, Census)> {
@@ -62,11 +55,10 @@ pub fn take(pid: u32, limits: Limits) -> anyhow::Result<(Target, Census)> {
 /// Runs `leakprobe census`.
 pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
     let (target, census) = take(opts.pid, opts.limits)?;
-    if census.isolates.iter().all(|i| i.pages == 0) {
+    if census.pages_found == 0 {
         anyhow::bail!(
-            "no V8 heap page found in pid {} ({} header candidates read): not a node 18–24 heap layout",
-            opts.pid,
-            census.pages_found
+            "no V8 heap page found in pid {}: its page headers are not of node 18–24's shapes",
+            opts.pid
         );
     }
     if opts.json {
