@@ -121,6 +121,38 @@ fn node24_counts_the_leaking_class() {
     counts_the_leaking_class(&official_node(24));
 }
 
+/// Two censuses two seconds apart while Sessions leak: the JavaScript type that gained most
+/// objects is the Session (or its plain client object, one per Session), at a rate near the
+/// fixture's own count of sessions opened meanwhile.
+#[test]
+fn growth_between_censuses_names_the_leaking_class() {
+    let mut fixture = Node::start(&system_node(), &["--expose-gc"], "census-set-leak.js");
+    fixture.go();
+    std::thread::sleep(Duration::from_secs(1));
+    send(&mut fixture, "count");
+    let before: u64 = fixture.stdout.wait_for("COUNT", Duration::from_secs(10))[6..].parse().unwrap();
+    let pid = fixture.pid().to_string();
+    let (status, stdout, stderr) = run_leakprobe(&["census", "--pid", &pid, "--json", "--again-after", "2s"]);
+    assert!(status.success(), "{stderr}");
+    send(&mut fixture, "count");
+    let after: u64 = fixture.stdout.wait_for("COUNT", Duration::from_secs(10))[6..].parse().unwrap();
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    let seconds = result["seconds"].as_f64().unwrap();
+    assert!((2.0..10.0).contains(&seconds), "{seconds}");
+    let growth = result["growth"].as_array().unwrap();
+    let top_object = growth.iter().find(|g| g["kind"] == "object").expect("no object type grew");
+    assert!(
+        top_object["name"] == "Session" || top_object["label"] == "Object {ip, agent}",
+        "top growing object type: {top_object}"
+    );
+    let session = growth.iter().find(|g| g["name"] == "Session").expect("Session did not grow");
+    let gained = session["count_delta"].as_i64().unwrap() as f64;
+    // The fixture's count spans both censuses and leakprobe's start; the census window is
+    // shorter, and young Sessions are not counted.
+    let opened = (after - before) as f64;
+    assert!(gained > 0.3 * opened && gained <= opened, "census: +{gained} Session, fixture: +{opened}");
+}
+
 /// A census capped at a few bytes stops early and says so.
 #[test]
 fn a_capped_census_says_it_stopped_early() {

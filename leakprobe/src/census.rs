@@ -8,7 +8,7 @@ use crate::{
     target::Target,
     v8::{
         self,
-        heap::{self, Census, HeapLayout, Limits},
+        heap::{self, Census, Growth, HeapLayout, Limits},
         Metadata, ProcMem, Reader,
     },
 };
@@ -22,8 +22,10 @@ pub struct CensusOptions {
     pub top: usize,
     /// Print JSON instead of the table.
     pub json: bool,
-    /// Caps.
+    /// Caps (of each census).
     pub limits: Limits,
+    /// Take a second census this long after the first, and print what grew in between.
+    pub again_after: Option<std::time::Duration>,
 }
 
 /// Reads one census of `pid`'s heaps.
@@ -54,6 +56,7 @@ pub fn take(pid: u32, limits: Limits) -> anyhow::Result<(Target, Census)> {
 
 /// Runs `leakprobe census`.
 pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let (target, census) = take(opts.pid, opts.limits)?;
     if census.pages_found == 0 {
         anyhow::bail!(
@@ -61,12 +64,50 @@ pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
             opts.pid
         );
     }
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&census).context("writing JSON")?);
+    let Some(after) = opts.again_after else {
+        match opts.json {
+            true => println!("{}", serde_json::to_string_pretty(&census).context("writing JSON")?),
+            false => print!("{}", render(&target, &census, opts.top)),
+        }
         return Ok(());
+    };
+    std::thread::sleep(after.saturating_sub(started.elapsed()));
+    let seconds = started.elapsed().as_secs_f64();
+    let (_, second) = take(opts.pid, opts.limits).context("taking the second census")?;
+    let growth = heap::growth(&census, &second, seconds);
+    match opts.json {
+        true => {
+            let both = serde_json::json!({
+                "first": census,
+                "second": second,
+                "seconds": seconds,
+                "growth": growth,
+            });
+            println!("{}", serde_json::to_string_pretty(&both).context("writing JSON")?);
+        }
+        false => {
+            print!("{}", render(&target, &second, opts.top));
+            print!("{}", render_growth(&growth, seconds, opts.top));
+        }
     }
-    print!("{}", render(&target, &census, opts.top));
     Ok(())
+}
+
+/// The types that gained most objects between two censuses, `top` of them.
+pub fn render_growth(growth: &[Growth], seconds: f64, top: usize) -> String {
+    let mut out = format!("\ngrowth over {seconds:.1} s, most objects gained first:\n");
+    out += &format!("  {:>10}  {:>10}  {:>10}  {:>10}  type\n", "objects/s", "objects", "MiB", "now");
+    for g in growth.iter().filter(|g| g.count_delta > 0).take(top) {
+        out += &format!(
+            "  {:>+10.0}  {:>+10}  {:>+10.2}  {:>10}  {}\n",
+            g.count_per_s,
+            g.count_delta,
+            g.bytes_delta as f64 / (1 << 20) as f64,
+            g.count,
+            g.label
+        );
+    }
+    out
 }
 
 /// The census as a text table, `top` types per isolate.

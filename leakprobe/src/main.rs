@@ -58,6 +58,9 @@ struct CensusArgs {
     /// Stop after this long.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     max_time: Duration,
+    /// Take a second census this long after the first (e.g. 10s) and show which types grew.
+    #[arg(long, value_parser = parse_duration)]
+    again_after: Option<Duration>,
 }
 
 /// `leakprobe render DIR`.
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
             top: c.top,
             json: c.json,
             limits: leakprobe::v8::heap::Limits { max_bytes: c.max_bytes, max_time: c.max_time },
+            again_after: c.again_after,
         }),
         (Some(Command::Render(r)), _) => report::render_dir(&r.dir).map(|written| {
             for path in written {

@@ -345,6 +345,83 @@ impl Census {
     }
 }
 
+/// How one type changed between two censuses of the same process.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Growth {
+    /// The isolate (its `Heap` address).
+    pub heap: String,
+    /// What it counts.
+    pub kind: Kind,
+    /// As in [`TypeCount`].
+    pub name: String,
+    /// As in [`TypeCount`].
+    pub label: String,
+    /// Objects in the later census.
+    pub count: u64,
+    /// Objects gained (negative: lost).
+    pub count_delta: i64,
+    /// Bytes gained.
+    pub bytes_delta: i64,
+    /// Objects gained per second.
+    pub count_per_s: f64,
+}
+
+/// The types whose count changed from `before` to `after`, `seconds` apart, most objects
+/// gained first (types present in only one of them count from zero).
+pub fn growth(before: &Census, after: &Census, seconds: f64) -> Vec<Growth> {
+    type Key<'a> = (&'a str, Kind, &'a str);
+    let mut old: HashMap<Key, (&TypeCount, &str)> = HashMap::new();
+    for iso in &before.isolates {
+        for t in &iso.types {
+            old.insert((iso.heap.as_str(), t.kind, t.label.as_str()), (t, t.name.as_str()));
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for iso in &after.isolates {
+        for t in &iso.types {
+            let key = (iso.heap.as_str(), t.kind, t.label.as_str());
+            seen.insert(key);
+            let (count, bytes) = old.get(&key).map_or((0, 0), |(o, _)| (o.count, o.bytes));
+            out.push(Growth {
+                heap: iso.heap.clone(),
+                kind: t.kind,
+                name: t.name.clone(),
+                label: t.label.clone(),
+                count: t.count,
+                count_delta: t.count as i64 - count as i64,
+                bytes_delta: t.bytes as i64 - bytes as i64,
+                count_per_s: 0.0,
+            });
+        }
+    }
+    for (key, (t, name)) in &old {
+        if !seen.contains(key) {
+            out.push(Growth {
+                heap: key.0.to_string(),
+                kind: t.kind,
+                name: name.to_string(),
+                label: t.label.clone(),
+                count: 0,
+                count_delta: -(t.count as i64),
+                bytes_delta: -(t.bytes as i64),
+                count_per_s: 0.0,
+            });
+        }
+    }
+    out.retain(|g| g.count_delta != 0);
+    for g in &mut out {
+        g.count_per_s = match seconds > 0.0 {
+            true => g.count_delta as f64 / seconds,
+            false => 0.0,
+        };
+    }
+    out.sort_by(|a, b| {
+        b.count_delta.cmp(&a.count_delta).then(a.label.cmp(&b.label)).then(a.heap.cmp(&b.heap))
+    });
+    out
+}
+
 /// What the census knows about one map.
 #[derive(Clone, Copy, Debug)]
 struct MapInfo {
@@ -1004,6 +1081,54 @@ mod tests {
         let capped = Limits { max_bytes: 1, max_time: Duration::from_secs(5) };
         let got = census(&mut Reader::new(l.clone(), mem), &hl, &[(CHUNK, CHUNK + PAGE)], capped);
         assert_eq!((got.stopped_early, got.pages_not_walked), (Some(Stopped::SizeCap), 1));
+    }
+
+    fn census_of(types: &[(&str, u64, u64)]) -> Census {
+        Census {
+            isolates: vec![IsolateCensus {
+                heap: "0x1".into(),
+                pages: 1,
+                young_pages: 0,
+                young_bytes: 0,
+                object_bytes: 0,
+                objects: 0,
+                free_bytes: 0,
+                types: types
+                    .iter()
+                    .map(|(label, count, bytes)| TypeCount {
+                        kind: Kind::Object,
+                        name: label.to_string(),
+                        label: label.to_string(),
+                        count: *count,
+                        bytes: *bytes,
+                        external_bytes: 0,
+                    })
+                    .collect(),
+            }],
+            pages_found: 1,
+            unreadable_pages: 0,
+            unparsed_bytes: 0,
+            resyncs: 0,
+            sized_by_lookahead: 0,
+            unparsed_at: Vec::new(),
+            bytes_read: 0,
+            elapsed_ms: 0.0,
+            stopped_early: None,
+            pages_not_walked: 0,
+        }
+    }
+
+    /// Growth is per type and isolate, most objects gained first; types that appear or vanish
+    /// count from zero; unchanged types are left out.
+    #[test]
+    fn growth_between_two_censuses() {
+        let before = census_of(&[("Session", 100, 4000), ("Gone", 5, 50), ("Same", 7, 70)]);
+        let after = census_of(&[("Session", 300, 12000), ("New", 10, 100), ("Same", 7, 70)]);
+        let g = growth(&before, &after, 2.0);
+        let rows: Vec<(&str, i64, i64, f64)> =
+            g.iter().map(|g| (g.label.as_str(), g.count_delta, g.bytes_delta, g.count_per_s)).collect();
+        assert_eq!(rows, vec![("Session", 200, 8000, 100.0), ("New", 10, 100, 5.0), ("Gone", -5, -50, -2.5)]);
+        assert!(growth(&before, &before, 0.0).is_empty());
     }
 
     #[test]
