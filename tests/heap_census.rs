@@ -121,6 +121,58 @@ fn node24_counts_the_leaking_class() {
     counts_the_leaking_class(&official_node(24));
 }
 
+/// A leak inside a worker thread: the census lists each isolate's heap on its own, and the
+/// worker's `WorkerRecord`s are all in one isolate, as many as the worker holds (within 10%).
+fn counts_a_leak_inside_a_worker(node: &Path) {
+    let mut fixture = Node::start(node, &["--expose-gc"], "census-worker-leak.js");
+    fixture.go();
+    std::thread::sleep(Duration::from_secs(2));
+    send(&mut fixture, "pause");
+    let held: u64 = fixture.stdout.wait_for("PAUSED", Duration::from_secs(30))[7..].parse().unwrap();
+    assert!(held > 5_000, "the worker holds only {held} records");
+    let pid = fixture.pid().to_string();
+    let (status, stdout, stderr) = run_leakprobe(&["census", "--pid", &pid, "--json"]);
+    assert!(status.success(), "{stderr}");
+    let census: Value = serde_json::from_str(&stdout).unwrap();
+    let isolates = census["isolates"].as_array().unwrap();
+    assert!(isolates.len() >= 2, "{} isolates", isolates.len());
+    let per_isolate: Vec<u64> = isolates
+        .iter()
+        .map(|i| {
+            i["types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["name"] == "WorkerRecord")
+                .map(|t| t["count"].as_u64().unwrap())
+                .sum()
+        })
+        .collect();
+    assert_eq!(per_isolate.iter().filter(|c| **c > 0).count(), 1, "{per_isolate:?}");
+    let counted: u64 = per_isolate.iter().sum();
+    assert!(counted.abs_diff(held) * 10 <= held, "census: {counted} WorkerRecord, the worker holds {held}");
+}
+
+#[test]
+fn system_node_counts_a_leak_inside_a_worker() {
+    counts_a_leak_inside_a_worker(&system_node());
+}
+
+#[test]
+fn node18_counts_a_leak_inside_a_worker() {
+    counts_a_leak_inside_a_worker(&official_node(18));
+}
+
+#[test]
+fn node22_counts_a_leak_inside_a_worker() {
+    counts_a_leak_inside_a_worker(&official_node(22));
+}
+
+#[test]
+fn node24_counts_a_leak_inside_a_worker() {
+    counts_a_leak_inside_a_worker(&official_node(24));
+}
+
 /// Two censuses two seconds apart while Sessions leak: the JavaScript type that gained most
 /// objects is the Session (or its plain client object, one per Session), at a rate near the
 /// fixture's own count of sessions opened meanwhile.
