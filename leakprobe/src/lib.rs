@@ -16,6 +16,7 @@ macro_rules! status {
 
 pub mod agent;
 pub mod alloc;
+pub mod census;
 pub mod cgroup;
 pub mod discover;
 pub mod error;

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use leakprobe::{
     agent::{self, AgentOptions},
+    census::{self, CensusOptions},
     discover,
     probes::Family,
     report,
@@ -34,6 +35,32 @@ enum Command {
     /// Re-render the flamegraphs and pprof profiles of an incident folder from its report.json
     /// (no target, no root needed).
     Render(RenderArgs),
+    /// Count the objects in a node process's V8 heaps by type, read from its memory without
+    /// stopping it (one census; old generation only).
+    Census(CensusArgs),
+}
+
+/// `leakprobe census --pid N`.
+#[derive(Debug, clap::Args)]
+struct CensusArgs {
+    /// Process id of the node process.
+    #[arg(long)]
+    pid: u32,
+    /// Types listed per isolate.
+    #[arg(long, default_value_t = 25)]
+    top: usize,
+    /// Print the census as JSON (every type) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Stop after reading this many bytes of the heap (e.g. 512MiB, 4GiB).
+    #[arg(long, value_parser = parse_bytes, default_value = "4GiB")]
+    max_bytes: u64,
+    /// Stop after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    max_time: Duration,
+    /// Take a second census this long after the first (e.g. 10s) and show which types grew.
+    #[arg(long, value_parser = parse_duration)]
+    again_after: Option<Duration>,
 }
 
 /// `leakprobe render DIR`.
@@ -176,6 +203,13 @@ fn main() -> ExitCode {
             scan_every: a.scan_every,
             max_targets: a.max_targets as usize,
         })),
+        (Some(Command::Census(c)), _) => census::run(&CensusOptions {
+            pid: c.pid,
+            top: c.top,
+            json: c.json,
+            limits: leakprobe::v8::heap::Limits { max_bytes: c.max_bytes, max_time: c.max_time },
+            again_after: c.again_after,
+        }),
         (Some(Command::Render(r)), _) => report::render_dir(&r.dir).map(|written| {
             for path in written {
                 leakprobe::status!("leakprobe: wrote {}", path.display());

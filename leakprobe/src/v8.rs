@@ -15,6 +15,7 @@ use leakprobe_ebpf::stack::JsLayout;
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 mod code;
+pub mod heap;
 pub use code::{CodeLayout, Compiled};
 
 /// Why the metadata cannot be used.
