@@ -8,7 +8,7 @@ use crate::{
     target::Target,
     v8::{
         self,
-        heap::{self, Census, Growth, HeapLayout, Limits},
+        heap::{self, Census, Growth, HeapLayout, Kind, Limits, RetainerSearch},
         Metadata, ProcMem, Reader,
     },
 };
@@ -26,38 +26,103 @@ pub struct CensusOptions {
     pub limits: Limits,
     /// Take a second census this long after the first, and print what grew in between.
     pub again_after: Option<std::time::Duration>,
+    /// Also find what holds the objects of these types (constructor, function or label).
+    pub retainers_of: Vec<String>,
+}
+
+/// What a census of one process reads with: its V8 layouts and its memory.
+pub struct Probe {
+    /// The process.
+    pub target: Target,
+    reader: Reader<ProcMem>,
+    layout: HeapLayout,
+}
+
+impl Probe {
+    /// Opens `pid` for censuses: reads its binary's V8 layouts and opens its memory.
+    pub fn open(pid: u32) -> anyhow::Result<Self> {
+        let target = Target::resolve(pid)?;
+        let major: Option<u32> = target
+            .node_version
+            .as_deref()
+            .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok());
+        let metadata = Metadata::from_elf(target.elf.bytes())
+            .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
+        let layout = v8::Layout::new(&metadata, major)
+            .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
+        let heap_layout = HeapLayout::new(&metadata)
+            .with_context(|| format!("reading V8's heap layouts from {}", target.module_display))?;
+        let mem = ProcMem::open(pid).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                anyhow::Error::from(Error::Inaccessible { pid, what: format!("/proc/{pid}/mem") })
+            }
+            _ => anyhow::Error::from(e).context(format!("opening /proc/{pid}/mem")),
+        })?;
+        Ok(Self { target, reader: Reader::new(layout, mem), layout: heap_layout })
+    }
+
+    /// The target's anonymous mappings now.
+    fn ranges(&self) -> anyhow::Result<Vec<(u64, u64)>> {
+        let pid = self.target.pid;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .with_context(|| format!("reading /proc/{pid}/maps"))?;
+        Ok(heap::anonymous_ranges(&maps))
+    }
+
+    /// One census of the process's heaps.
+    pub fn census(&mut self, limits: Limits) -> anyhow::Result<Census> {
+        let ranges = self.ranges()?;
+        self.reader.forget();
+        Ok(heap::census(&mut self.reader, &self.layout, &ranges, limits))
+    }
+
+    /// Who holds the sampled objects of `wanted` (isolate heap, kind, label) of `census`.
+    pub fn retainers(
+        &mut self,
+        census: &Census,
+        wanted: &[(String, Kind, String)],
+        limits: Limits,
+    ) -> anyhow::Result<RetainerSearch> {
+        let ranges = self.ranges()?;
+        Ok(heap::retainers(&mut self.reader, &self.layout, &ranges, census, wanted, limits))
+    }
+}
+
+/// The types whose retainers are worth a search: the `top` growing JavaScript types (objects,
+/// arrays, closures, ArrayBuffers; not V8's internal ones), most objects gained first.
+pub fn growing_types(growth: &[Growth], top: usize) -> Vec<(String, Kind, String)> {
+    growth
+        .iter()
+        .filter(|g| g.count_delta > 0 && matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer))
+        .take(top)
+        .map(|g| (g.heap.clone(), g.kind, g.label.clone()))
+        .collect()
+}
+
+/// The types of `census` named `name` (a constructor, function or type name, or a label), in
+/// every isolate.
+pub fn named_types(census: &Census, name: &str) -> Vec<(String, Kind, String)> {
+    census
+        .isolates
+        .iter()
+        .flat_map(|i| i.types.iter().map(move |t| (i, t)))
+        .filter(|(_, t)| t.name == name || t.label == name)
+        .map(|(i, t)| (i.heap.clone(), t.kind, t.label.clone()))
+        .collect()
 }
 
 /// Reads one census of `pid`'s heaps.
 pub fn take(pid: u32, limits: Limits) -> anyhow::Result<(Target, Census)> {
-    let target = Target::resolve(pid)?;
-    let major: Option<u32> = target
-        .node_version
-        .as_deref()
-        .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok());
-    let metadata = Metadata::from_elf(target.elf.bytes())
-        .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
-    let layout = v8::Layout::new(&metadata, major)
-        .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
-    let heap_layout = HeapLayout::new(&metadata)
-        .with_context(|| format!("reading V8's heap layouts from {}", target.module_display))?;
-    let mem = ProcMem::open(pid).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => {
-            anyhow::Error::from(Error::Inaccessible { pid, what: format!("/proc/{pid}/mem") })
-        }
-        _ => anyhow::Error::from(e).context(format!("opening /proc/{pid}/mem")),
-    })?;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let mut reader = Reader::new(layout, mem);
-    let census = heap::census(&mut reader, &heap_layout, &heap::anonymous_ranges(&maps), limits);
-    Ok((target, census))
+    let mut probe = Probe::open(pid)?;
+    let census = probe.census(limits)?;
+    Ok((probe.target, census))
 }
 
 /// Runs `leakprobe census`.
 pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let (target, census) = take(opts.pid, opts.limits)?;
+    let mut probe = Probe::open(opts.pid)?;
+    let census = probe.census(opts.limits)?;
     if census.pages_found == 0 {
         anyhow::bail!(
             "no V8 heap page found in pid {}: its page headers are not of node 18–24's shapes",
@@ -65,16 +130,36 @@ pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
         );
     }
     let Some(after) = opts.again_after else {
+        let wanted: Vec<_> = opts.retainers_of.iter().flat_map(|n| named_types(&census, n)).collect();
+        let found = match wanted.is_empty() {
+            true => None,
+            false => Some(probe.retainers(&census, &wanted, opts.limits)?),
+        };
         match opts.json {
-            true => println!("{}", serde_json::to_string_pretty(&census).context("writing JSON")?),
-            false => print!("{}", render(&target, &census, opts.top)),
+            true => {
+                let mut value = serde_json::to_value(&census).context("writing JSON")?;
+                if let Some(found) = &found {
+                    value["retainers"] = serde_json::to_value(found).context("writing JSON")?;
+                }
+                println!("{}", serde_json::to_string_pretty(&value).context("writing JSON")?);
+            }
+            false => {
+                print!("{}", render(&probe.target, &census, opts.top));
+                if let Some(found) = &found {
+                    print!("{}", render_retainers(found));
+                }
+            }
         }
         return Ok(());
     };
     std::thread::sleep(after.saturating_sub(started.elapsed()));
     let seconds = started.elapsed().as_secs_f64();
-    let (_, second) = take(opts.pid, opts.limits).context("taking the second census")?;
+    let second = probe.census(opts.limits).context("taking the second census")?;
     let growth = heap::growth(&census, &second, seconds);
+    let mut wanted = growing_types(&growth, RETAINED_TYPES);
+    wanted.extend(opts.retainers_of.iter().flat_map(|n| named_types(&second, n)));
+    wanted.dedup();
+    let found = probe.retainers(&second, &wanted, opts.limits).context("searching retainers")?;
     match opts.json {
         true => {
             let both = serde_json::json!({
@@ -82,15 +167,58 @@ pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
                 "second": second,
                 "seconds": seconds,
                 "growth": growth,
+                "retainers": found,
             });
             println!("{}", serde_json::to_string_pretty(&both).context("writing JSON")?);
         }
         false => {
-            print!("{}", render(&target, &second, opts.top));
+            print!("{}", render(&probe.target, &second, opts.top));
             print!("{}", render_growth(&growth, seconds, opts.top));
+            print!("{}", render_retainers(&found));
         }
     }
     Ok(())
+}
+
+/// Growing types whose retainers `leakprobe census --again-after` looks for.
+const RETAINED_TYPES: usize = 3;
+
+/// "Retained by" lines: each type's chains, with the share of samples each explains.
+pub fn render_retainers(found: &RetainerSearch) -> String {
+    let mut out = format!(
+        "
+retainers ({} passes over the heap in {:.0} ms, {:.1} MiB read{}):
+",
+        found.passes,
+        found.elapsed_ms,
+        found.bytes_read as f64 / (1 << 20) as f64,
+        match found.stopped_early {
+            Some(heap::Stopped::SizeCap) => ", stopped early by the size cap",
+            Some(heap::Stopped::TimeCap) => ", stopped early by the time cap",
+            None => "",
+        }
+    );
+    for t in &found.types {
+        out += &format!("  {} (heap {}): {} sampled", t.label, t.heap, t.sampled);
+        if t.stale > 0 {
+            out += &format!(", {} moved since the census", t.stale);
+        }
+        out += "
+";
+        for c in &t.chains {
+            out += &format!(
+                "    Retained by: {}  [{} of {} samples{}]\n",
+                c.text,
+                c.samples,
+                t.sampled,
+                if c.complete { "" } else { ", chain cut short" }
+            );
+        }
+        if t.chains.is_empty() {
+            out += "    Retained by: (no holder found)\n";
+        }
+    }
+    out
 }
 
 /// The types that gained most objects between two censuses, `top` of them.

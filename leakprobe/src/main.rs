@@ -61,6 +61,10 @@ struct CensusArgs {
     /// Take a second census this long after the first (e.g. 10s) and show which types grew.
     #[arg(long, value_parser = parse_duration)]
     again_after: Option<Duration>,
+    /// Find what holds the objects of this type (constructor, function or label; repeatable).
+    /// With --again-after, the fastest-growing types are searched too.
+    #[arg(long = "retainers-of")]
+    retainers_of: Vec<String>,
 }
 
 /// `leakprobe render DIR`.
@@ -209,6 +213,7 @@ fn main() -> ExitCode {
             json: c.json,
             limits: leakprobe::v8::heap::Limits { max_bytes: c.max_bytes, max_time: c.max_time },
             again_after: c.again_after,
+            retainers_of: c.retainers_of,
         }),
         (Some(Command::Render(r)), _) => report::render_dir(&r.dir).map(|written| {
             for path in written {

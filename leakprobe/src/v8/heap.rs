@@ -35,6 +35,9 @@ use serde::Serialize;
 
 use super::{Bad, Memory, Metadata, MetadataError, Reader};
 
+mod retainers;
+pub use retainers::{chain_text, retainers, Chain, Link, LinkKind, RetainerSearch, Retainers};
+
 /// V8's page alignment (and regular page size) in node 18–24.
 pub const PAGE: u64 = 256 * 1024;
 /// Page flags: the young generation's from- and to-space (`FROM_PAGE`, `TO_PAGE`, the same
@@ -84,6 +87,56 @@ pub struct HeapLayout {
     free_space_type: Option<u64>,
     /// Class names of the instance types the metadata lists.
     type_names: HashMap<u64, String>,
+    /// What [`retainers`] needs to name a reference.
+    refs: RefLayout,
+}
+
+/// The layouts that name a reference: object properties, dictionaries, contexts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RefLayout {
+    js_map_type: u64,
+    js_set_type: u64,
+    property_array_type: u64,
+    /// `Map::inobject_properties_start_or_constructor_function_index` (a byte, in words).
+    inobject_start: u64,
+    /// `PropertyDetails` in a descriptor entry (bytes from the entry's start).
+    descriptor_details: u64,
+    field_index: (u64, u32),
+    location: (u64, u32),
+    location_field: u64,
+    /// `bit_field3` bit of dictionary-mode maps.
+    dictionary_map: u64,
+    /// A `NameDictionary`'s first entry (slots after the array header) and entry size.
+    name_dictionary: (u64, u64),
+    /// `JSFunction::context`.
+    function_context: u64,
+    /// The context slot of its `ScopeInfo`.
+    context_scope_info: u64,
+}
+
+impl RefLayout {
+    fn new(m: &Metadata) -> Result<Self, MetadataError> {
+        let u = |v: i64| v as u64;
+        let shift = |v: i64| v.clamp(0, 63) as u32;
+        Ok(Self {
+            js_map_type: u(m.get("type_JSMap__JS_MAP_TYPE")?),
+            js_set_type: u(m.get("type_JSSet__JS_SET_TYPE")?),
+            property_array_type: u(m.get("type_PropertyArray__PROPERTY_ARRAY_TYPE")?),
+            inobject_start: u(m.field("class_Map__inobject_properties_start_or_constructor_function_index__")?),
+            descriptor_details: u(m.get("prop_desc_details")?.saturating_mul(8)),
+            field_index: (u(m.get("prop_index_mask")?), shift(m.get("prop_index_shift")?)),
+            location: (u(m.get("prop_location_mask")?), shift(m.get("prop_location_shift")?)),
+            location_field: u(m.get("prop_location_Field")?),
+            dictionary_map: 1u64 << shift(m.get("bit_field3_is_dictionary_map_shift")?).min(31),
+            name_dictionary: (
+                u(m.get("namedictionary_prefix_start_index")?
+                    .saturating_add(m.get("namedictionaryshape_prefix_size")?)),
+                u(m.get("namedictionaryshape_entry_size")?),
+            ),
+            function_context: u(m.field("class_JSFunction__context__")?),
+            context_scope_info: u(m.get("context_idx_scope_info")?),
+        })
+    }
 }
 
 impl HeapLayout {
@@ -135,6 +188,7 @@ impl HeapLayout {
             },
             free_space_type: m.get("type_FreeSpace__FREE_SPACE_TYPE").ok().map(u),
             type_names,
+            refs: RefLayout::new(m)?,
         })
     }
 }
@@ -313,6 +367,10 @@ pub enum Stopped {
 pub struct Census {
     /// One per isolate, most bytes first.
     pub isolates: Vec<IsolateCensus>,
+    /// A sample of each type's objects, by (isolate heap, kind, label): tagged addresses with
+    /// the map word each had, for [`retainers`] (not written out).
+    #[serde(skip)]
+    pub samples: HashMap<(String, Kind, String), Vec<(u64, u64)>>,
     /// Page headers found.
     pub pages_found: u64,
     /// Pages whose object area could not be read (freed while the census ran).
@@ -432,6 +490,19 @@ struct MapInfo {
     label: Option<usize>,
 }
 
+/// Objects of one label in one heap: counts and a uniform sample of their addresses.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    count: u64,
+    bytes: u64,
+    external: u64,
+    /// Up to [`SAMPLES`] tagged addresses, each with the map word it had (reservoir sampling).
+    samples: Vec<(u64, u64)>,
+}
+
+/// Objects of each type whose address a census keeps, for [`retainers`].
+pub const SAMPLES: usize = 24;
+
 /// The walk's state: caches by address and the counts so far.
 struct Walker<'r, M: Memory> {
     reader: &'r mut Reader<M>,
@@ -440,8 +511,10 @@ struct Walker<'r, M: Memory> {
     functions: HashMap<u64, usize>,
     labels: Vec<(Kind, String, String)>,
     by_label: HashMap<(Kind, String), usize>,
-    /// (heap, label) → (count, bytes, external bytes).
-    counts: HashMap<(u64, usize), (u64, u64, u64)>,
+    /// (heap, label) → what was counted, with a sample of addresses.
+    counts: HashMap<(u64, usize), Tally>,
+    /// State of the sampling's pseudo-random choice.
+    rng: u64,
     unparsed: u64,
     resyncs: u64,
     free: HashMap<u64, u64>,
@@ -453,6 +526,13 @@ struct Walker<'r, M: Memory> {
     chunks: std::collections::HashSet<u64>,
 }
 
+/// The V8 pages in `ranges`, by address.
+fn find_pages<M: Memory>(mem: &M, ranges: &[(u64, u64)]) -> Vec<Page> {
+    let mut pages: Vec<Page> = page_candidates(ranges).filter_map(|a| Page::read(mem, a)).collect();
+    pages.sort_by_key(|p| p.chunk);
+    pages
+}
+
 /// Reads a census of the heaps in `ranges` (the target's anonymous mappings).
 pub fn census<M: Memory>(
     reader: &mut Reader<M>,
@@ -461,23 +541,8 @@ pub fn census<M: Memory>(
     limits: Limits,
 ) -> Census {
     let started = Instant::now();
-    let mut pages: Vec<Page> = page_candidates(ranges).filter_map(|a| Page::read(&reader.mem, a)).collect();
-    pages.sort_by_key(|p| p.chunk);
-    let mut walker = Walker {
-        reader,
-        hl,
-        maps: HashMap::new(),
-        functions: HashMap::new(),
-        labels: Vec::new(),
-        by_label: HashMap::new(),
-        counts: HashMap::new(),
-        unparsed: 0,
-        resyncs: 0,
-        free: HashMap::new(),
-        stuck: HashMap::new(),
-        sized_by_lookahead: 0,
-        chunks: pages.iter().map(|p| p.chunk).collect(),
-    };
+    let pages = find_pages(&reader.mem, ranges);
+    let mut walker = Walker::new(reader, hl, &pages);
     let mut isolates: HashMap<u64, IsolateCensus> = HashMap::new();
     let mut bytes_read = pages.len() as u64 * 96;
     let mut unreadable = 0;
@@ -532,9 +597,9 @@ pub fn census<M: Memory>(
                 .counts
                 .iter()
                 .filter(|((h, _), _)| *h == heap)
-                .map(|((_, label), (count, bytes, external))| {
+                .map(|((_, label), t)| {
                     let (kind, name, label) = walker.labels[*label].clone();
-                    TypeCount { kind, name, label, count: *count, bytes: *bytes, external_bytes: *external }
+                    TypeCount { kind, name, label, count: t.count, bytes: t.bytes, external_bytes: t.external }
                 })
                 .collect();
             types.sort_by(|a, b| {
@@ -564,8 +629,18 @@ pub fn census<M: Memory>(
         .collect();
     unparsed_at.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     unparsed_at.truncate(10);
+    let samples = walker
+        .counts
+        .iter()
+        .filter(|(_, t)| !t.samples.is_empty())
+        .map(|((heap, label), t)| {
+            let (kind, _, label) = walker.labels[*label].clone();
+            ((format!("{heap:#x}"), kind, label), t.samples.clone())
+        })
+        .collect();
     Census {
         isolates,
+        samples,
         pages_found: pages.len() as u64,
         unreadable_pages: unreadable,
         unparsed_bytes: walker.unparsed,
@@ -591,14 +666,43 @@ fn align8(n: u64) -> u64 {
     n.saturating_add(7) & !7
 }
 
-impl<M: Memory> Walker<'_, M> {
-    /// Walks the objects of a regular page, whose object area is `buf`.
+impl<'r, M: Memory> Walker<'r, M> {
+    /// A walker of `pages` with empty caches.
+    fn new(reader: &'r mut Reader<M>, hl: &'r HeapLayout, pages: &[Page]) -> Self {
+        Walker {
+            reader,
+            hl,
+            maps: HashMap::new(),
+            functions: HashMap::new(),
+            labels: Vec::new(),
+            by_label: HashMap::new(),
+            counts: HashMap::new(),
+            rng: 0x9e37_79b9_7f4a_7c15,
+            unparsed: 0,
+            resyncs: 0,
+            free: HashMap::new(),
+            stuck: HashMap::new(),
+            sized_by_lookahead: 0,
+            chunks: pages.iter().map(|p| p.chunk).collect(),
+        }
+    }
+
+    /// Walks the objects of a regular page, whose object area is `buf`, and counts them.
     fn walk(&mut self, page: &Page, buf: &[u8]) {
+        for (at, info, size) in self.objects(buf) {
+            self.count(page, buf, at, info, size);
+        }
+    }
+
+    /// The objects of a regular page's object area `buf`: offset, map and size, in order.
+    /// Bytes that do not parse are added to the unparsed count.
+    fn objects(&mut self, buf: &[u8]) -> Vec<(u64, MapInfo, u64)> {
+        let mut out = Vec::new();
         let len = buf.len() as u64;
         let mut at = 0u64;
         while at < len {
             if let Some((info, size)) = self.parse(buf, at) {
-                self.count(page, buf, at, info, size);
+                out.push((at, info, size));
                 at += size;
                 continue;
             }
@@ -610,7 +714,7 @@ impl<M: Memory> Walker<'_, M> {
             match (info, next) {
                 (Some(info), Some(next)) => {
                     self.sized_by_lookahead += 1;
-                    self.count(page, buf, at, info, next - at);
+                    out.push((at, info, next - at));
                 }
                 (None, Some(next)) => self.unparsed += next - at,
                 (_, None) => self.unparsed += len - at,
@@ -618,6 +722,7 @@ impl<M: Memory> Walker<'_, M> {
             self.resyncs += 1;
             at = next.unwrap_or(len);
         }
+        out
     }
 
     /// Counts the one object of a large-object page (`buf` is its start).
@@ -770,10 +875,22 @@ impl<M: Memory> Walker<'_, M> {
             true => word_at(buf, at + hl.array_buffer_byte_length).filter(|b| *b < 1 << 40).unwrap_or(0),
             false => 0,
         };
+        let map = word_at(buf, at).unwrap_or(0);
+        let tagged = (page.area_start + at) | self.reader.layout.heap_tag;
+        // xorshift: a reproducible choice of which objects to keep.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let draw = self.rng;
         let entry = self.counts.entry((page.heap, label)).or_default();
-        entry.0 += 1;
-        entry.1 += size;
-        entry.2 += external;
+        entry.count += 1;
+        entry.bytes += size;
+        entry.external += external;
+        if entry.samples.len() < SAMPLES {
+            entry.samples.push((tagged, map));
+        } else if let Some(slot) = usize::try_from(draw % entry.count).ok().filter(|k| *k < SAMPLES) {
+            entry.samples[slot] = (tagged, map);
+        }
     }
 
     /// The label index of `(kind, name, label)`, new or not.
@@ -1105,6 +1222,7 @@ mod tests {
                     })
                     .collect(),
             }],
+            samples: HashMap::new(),
             pages_found: 1,
             unreadable_pages: 0,
             unparsed_bytes: 0,

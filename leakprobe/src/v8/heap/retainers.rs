@@ -1,0 +1,781 @@
+//! Who holds the objects a census counted: retainer chains, found from outside.
+//!
+//! A census keeps a sample of each type's objects (their addresses). For a type that grows,
+//! this looks for what refers to those samples: it scans the words of every old-generation
+//! page for a pointer to one of them (a conservative scan), and keeps a hit only where the
+//! page's walk finds an object around it whose type holds pointers there (not a string, byte
+//! array, or free space) — the layout validates the reference. It then does the same for the
+//! holders found, one pass per level, until each chain reaches a named holder:
+//! - a variable of a module or function scope (a context slot, named by its `ScopeInfo`);
+//! - an object property (named by the holder's descriptors, or its dictionary's key);
+//! - through containers, which are said: `Map (N entries)`, `Set (N entries)`,
+//!   `Array (N elements)`;
+//! - a timer (`Timeout`: node keeps timers in linked lists, which are not followed).
+//!
+//! Chains are shown the way DevTools shows retainers, nearest first:
+//! `requestLog (Array, 412,000 elements) ← module scope of access-log.js`.
+//!
+//! Limits: young-generation pages are neither searched nor walked (a holder allocated since
+//! the last scavenge is not found); the samples come from a linear walk, so a dead object the
+//! sweeper has not freed yet can be sampled (it then has no chain, or one through other dead
+//! objects: chains are grouped and the one most samples share is listed first); a
+//! mark-compact during the search moves objects (samples whose map changed are counted as
+//! stale). Nothing here stops the target.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
+
+use serde::Serialize;
+
+use super::{
+    find_pages, Census, HeapLayout, Kind, Limits, MapInfo, Memory, Page, Reader, Stopped, Walker,
+};
+
+/// Levels searched above the samples (one pass over the heap each).
+const MAX_DEPTH: usize = 10;
+/// Most holders kept for one object.
+const MAX_HOLDERS: usize = 4;
+/// Most objects in the search's graph.
+const MAX_NODES: usize = 20_000;
+/// Chains listed per type.
+const MAX_CHAINS: usize = 3;
+/// Most bytes of a large object scanned, read in pieces of [`PIECE`].
+const MAX_LARGE: u64 = 256 << 20;
+const PIECE: u64 = 1 << 20;
+/// Constructors of node's timer objects: a chain ends there (their lists are linked).
+const TIMERS: [&str; 3] = ["Timeout", "Immediate", "TimersList"];
+/// Longest name kept for a property or variable.
+const MAX_NAME: usize = 80;
+
+/// How a holder refers to what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    /// A variable of a scope (a context slot).
+    Variable,
+    /// A named property of an object.
+    Property,
+    /// An element of an Array (or of an object's indexed elements).
+    Element,
+    /// An entry of a Map or Set.
+    Entry,
+    /// One of V8's own fields: a typed array's ArrayBuffer, a closure's scope, ...
+    Internal,
+}
+
+/// One step of a chain: the object below is held by `holder` as `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Link {
+    /// How it is held.
+    pub kind: LinkKind,
+    /// The variable's or property's name.
+    pub name: Option<String>,
+    /// The holder as DevTools names it: `Set (12,000 entries)`, `Timeout`,
+    /// `module scope of app.js`, `scope of attachWatcher (ws.js)`.
+    pub holder: String,
+}
+
+/// One retainer chain, shared by some of the samples.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Chain {
+    /// Samples held through it.
+    pub samples: u32,
+    /// The nearest named holder: the first variable or property name on the chain.
+    pub holder: Option<String>,
+    /// Nearest first.
+    pub links: Vec<Link>,
+    /// The chain in one line, nearest first.
+    pub text: String,
+    /// It ends at a scope's variable or a timer list (not cut short by the depth limit).
+    pub complete: bool,
+}
+
+/// Who holds the objects of one type.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Retainers {
+    /// The isolate's heap (as in the census).
+    pub heap: String,
+    /// As in the census.
+    pub kind: Kind,
+    /// As in the census.
+    pub label: String,
+    /// Samples searched.
+    pub sampled: u32,
+    /// Samples left out because their object moved or died since the census.
+    pub stale: u32,
+    /// Samples for which no holder was found.
+    pub unexplained: u32,
+    /// Most samples first, at most [`MAX_CHAINS`].
+    pub chains: Vec<Chain>,
+}
+
+/// The result of one search.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RetainerSearch {
+    /// One per type asked for that had samples.
+    pub types: Vec<Retainers>,
+    /// Passes over the heap.
+    pub passes: u32,
+    /// Pointers to a searched object found in objects whose type holds no pointers there
+    /// (strings, byte arrays, free space): not references, left out.
+    pub rejected_hits: u64,
+    /// Bytes read from the target.
+    pub bytes_read: u64,
+    /// Wall time spent.
+    pub elapsed_ms: f64,
+    /// Set when a cap stopped the search (chains are then shorter).
+    pub stopped_early: Option<Stopped>,
+}
+
+/// An object of the search's graph.
+#[derive(Clone, Debug)]
+struct Node {
+    /// Tagged address.
+    addr: u64,
+    info: Option<MapInfo>,
+    /// Who refers to it: (node, byte offset of the reference in that node).
+    holders: Vec<(usize, u64)>,
+    depth: usize,
+    searched: bool,
+    /// Its holders are looked for only to name it (a scope's closures), not followed.
+    leaf: bool,
+}
+
+/// One reference found: the object at `holder` (tagged) refers to `node` at `offset`.
+struct Hit {
+    node: usize,
+    holder: u64,
+    info: MapInfo,
+    offset: u64,
+}
+
+/// Finds what holds the sampled objects of each of `wanted` (isolate heap, kind, label) in
+/// `census`, by searching the heaps in `ranges` again now.
+pub fn retainers<M: Memory>(
+    reader: &mut Reader<M>,
+    hl: &HeapLayout,
+    ranges: &[(u64, u64)],
+    census: &Census,
+    wanted: &[(String, Kind, String)],
+    limits: Limits,
+) -> RetainerSearch {
+    let started = Instant::now();
+    let pages: Vec<Page> = find_pages(&reader.mem, ranges).into_iter().filter(|p| !p.young()).collect();
+    let mut search = Search {
+        w: Walker::new(reader, hl, &pages),
+        nodes: Vec::new(),
+        index: HashMap::new(),
+        objects: HashMap::new(),
+        bytes_read: pages.len() as u64 * 96,
+        rejected: 0,
+    };
+    // The samples, checked: the object still starts with the map it had.
+    let mut roots: Vec<(usize, Vec<usize>, u32)> = Vec::new();
+    for (i, key) in wanted.iter().enumerate() {
+        let Some(samples) = census.samples.get(key) else { continue };
+        let mut alive = Vec::new();
+        let mut stale = 0;
+        for &(addr, map) in samples {
+            let now = search.w.reader.word(addr.wrapping_sub(search.w.reader.layout.heap_tag)).ok();
+            let info = search.w.map_info(map);
+            match (now == Some(map), info) {
+                (true, Some(info)) => alive.push(search.node(addr, Some(info), 0)),
+                _ => stale += 1,
+            }
+        }
+        roots.push((i, alive, stale));
+    }
+    let mut passes = 0;
+    let mut stopped = None;
+    for _ in 0..=MAX_DEPTH {
+        let frontier: HashMap<u64, usize> = search
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.searched && n.depth <= MAX_DEPTH && !search.terminal(n))
+            .map(|(i, n)| (n.addr, i))
+            .collect();
+        if frontier.is_empty() {
+            break;
+        }
+        if search.bytes_read >= limits.max_bytes {
+            stopped = Some(Stopped::SizeCap);
+            break;
+        }
+        if started.elapsed() >= limits.max_time {
+            stopped = Some(Stopped::TimeCap);
+            break;
+        }
+        passes += 1;
+        let hits = search.scan(&pages, &frontier, limits.max_bytes);
+        for &i in frontier.values() {
+            search.nodes[i].searched = true;
+        }
+        for hit in hits {
+            search.add(hit);
+        }
+    }
+    let mut types = Vec::new();
+    for (i, alive, stale) in roots {
+        let (heap, kind, label) = wanted[i].clone();
+        let mut chains: HashMap<Vec<Link>, (u32, bool)> = HashMap::new();
+        let mut unexplained = 0;
+        for &root in &alive {
+            match search.best_path(root) {
+                Some((path, complete)) => {
+                    let links = search.links(&path);
+                    if links.is_empty() {
+                        unexplained += 1;
+                        continue;
+                    }
+                    let entry = chains.entry(links).or_default();
+                    entry.0 += 1;
+                    entry.1 |= complete;
+                }
+                None => unexplained += 1,
+            }
+        }
+        let mut chains: Vec<Chain> = chains
+            .into_iter()
+            .map(|(links, (samples, complete))| Chain {
+                samples,
+                holder: links
+                    .iter()
+                    .find(|l| matches!(l.kind, LinkKind::Variable | LinkKind::Property))
+                    .and_then(|l| l.name.clone()),
+                text: chain_text(&links),
+                links,
+                complete,
+            })
+            .collect();
+        chains.sort_by(|a, b| b.samples.cmp(&a.samples).then(b.complete.cmp(&a.complete)).then(a.text.cmp(&b.text)));
+        chains.truncate(MAX_CHAINS);
+        types.push(Retainers { heap, kind, label, sampled: alive.len() as u32, stale, unexplained, chains });
+    }
+    RetainerSearch {
+        types,
+        passes,
+        rejected_hits: search.rejected,
+        bytes_read: search.bytes_read,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+        stopped_early: stopped,
+    }
+}
+
+/// The search's graph and the walker that parses pages for it.
+struct Search<'r, M: Memory> {
+    w: Walker<'r, M>,
+    nodes: Vec<Node>,
+    index: HashMap<u64, usize>,
+    /// Parsed pages, by chunk: objects (offset, map, size).
+    objects: HashMap<u64, Vec<(u64, MapInfo, u64)>>,
+    bytes_read: u64,
+    rejected: u64,
+}
+
+impl<M: Memory> Search<'_, M> {
+    /// The node of `addr`, new or not.
+    fn node(&mut self, addr: u64, info: Option<MapInfo>, depth: usize) -> usize {
+        if let Some(i) = self.index.get(&addr) {
+            return *i;
+        }
+        self.nodes.push(Node { addr, info, holders: Vec::new(), depth, searched: false, leaf: false });
+        self.index.insert(addr, self.nodes.len() - 1);
+        self.nodes.len() - 1
+    }
+
+    /// A node whose holders are not followed: a scope (its variable names the chain), a
+    /// timer, or a node found only to name a scope.
+    fn terminal(&self, n: &Node) -> bool {
+        if n.leaf {
+            return true;
+        }
+        n.info.is_none_or(|info| self.timer(info))
+    }
+
+    fn is_context(&self, info: MapInfo) -> bool {
+        (self.w.hl.first_context_type..=self.w.hl.last_context_type).contains(&info.ty)
+    }
+
+    fn is_function(&self, info: MapInfo) -> bool {
+        let l = &self.w.reader.layout;
+        (l.first_function_type..=l.last_function_type).contains(&info.ty)
+    }
+
+    /// Whether `info` is one of node's timer objects.
+    fn timer(&self, info: MapInfo) -> bool {
+        info.ty >= self.w.hl.first_js_type
+            && info.label.is_some_and(|l| TIMERS.contains(&self.w.labels[l].1.as_str()))
+    }
+
+    /// Whether objects of `info` hold tagged pointers after their map.
+    fn holds_pointers(&self, info: MapInfo) -> bool {
+        let hl = self.w.hl;
+        let l = &self.w.reader.layout;
+        let ty = info.ty;
+        !(ty < l.strings.first_nonstring
+            || ty == hl.byte_array_type
+            || ty == hl.fixed_double_array_type
+            || Some(ty) == hl.free_space_type
+            || hl.bytecode.is_some_and(|(b, _)| b == ty))
+    }
+
+    /// Records a hit: a new holder of its node (at most [`MAX_HOLDERS`]).
+    fn add(&mut self, hit: Hit) {
+        let child = &self.nodes[hit.node];
+        let depth = child.depth + 1;
+        let child_is_context = child.info.is_some_and(|i| self.is_context(i));
+        // A scope is named by one of its closures; other holders of a scope are not followed.
+        if child_is_context
+            && !(self.is_function(hit.info) && hit.offset == self.w.hl.refs.function_context)
+        {
+            return;
+        }
+        if child.holders.len() >= MAX_HOLDERS || child.holders.iter().any(|(h, _)| self.nodes[*h].addr == hit.holder) {
+            return;
+        }
+        if self.nodes.len() >= MAX_NODES && !self.index.contains_key(&hit.holder) {
+            return;
+        }
+        let holder = self.node(hit.holder, Some(hit.info), depth);
+        if child_is_context {
+            self.nodes[holder].leaf = true;
+        }
+        self.nodes[hit.node].holders.push((holder, hit.offset));
+    }
+
+    /// One pass: every reference from an old-generation object to a node of `frontier`.
+    fn scan(&mut self, pages: &[Page], frontier: &HashMap<u64, usize>, max_bytes: u64) -> Vec<Hit> {
+        let l = &self.w.reader.layout;
+        let (tag_mask, heap_tag) = (l.tag_mask, l.heap_tag);
+        let mut hits = Vec::new();
+        for page in pages {
+            if self.bytes_read >= max_bytes {
+                break;
+            }
+            let area = page.area_end - page.area_start;
+            if area > super::PAGE {
+                self.scan_large(page, area, frontier, &mut hits);
+                continue;
+            }
+            let mut buf = vec![0u8; area as usize];
+            self.bytes_read += area;
+            if !self.w.reader.mem.read(page.area_start, &mut buf) {
+                continue;
+            }
+            let found: Vec<(u64, usize)> = buf
+                .chunks_exact(8)
+                .enumerate()
+                .filter_map(|(k, raw)| {
+                    let w = u64::from_le_bytes(raw.try_into().ok()?);
+                    (w & tag_mask == heap_tag).then(|| frontier.get(&w).map(|n| (k as u64 * 8, *n)))?
+                })
+                .collect();
+            if found.is_empty() {
+                continue;
+            }
+            if !self.objects.contains_key(&page.chunk) {
+                let objects = self.w.objects(&buf);
+                self.objects.insert(page.chunk, objects);
+            }
+            let Some(objects) = self.objects.get(&page.chunk) else { continue };
+            for (at, node) in found {
+                let k = objects.partition_point(|(start, _, _)| *start <= at);
+                let holder = k.checked_sub(1).and_then(|k| objects.get(k)).filter(|(start, _, size)| at < start + size);
+                match holder {
+                    Some(&(start, info, _)) if at > start && self.holds_pointers(info) => hits.push(Hit {
+                        node,
+                        holder: (page.area_start + start) | heap_tag,
+                        info,
+                        offset: at - start,
+                    }),
+                    _ => self.rejected += 1,
+                }
+            }
+        }
+        hits
+    }
+
+    /// Scans the one object of a large-object page, in pieces.
+    fn scan_large(&mut self, page: &Page, area: u64, frontier: &HashMap<u64, usize>, hits: &mut Vec<Hit>) {
+        let l = &self.w.reader.layout;
+        let (tag_mask, heap_tag) = (l.tag_mask, l.heap_tag);
+        let mut head = [0u8; 8];
+        self.bytes_read += 8;
+        if !self.w.reader.mem.read(page.area_start, &mut head) {
+            return;
+        }
+        let Some(info) = self.w.map_info(u64::from_le_bytes(head)) else { return };
+        if !self.holds_pointers(info) {
+            return;
+        }
+        let end = area.min(MAX_LARGE);
+        let mut at = 8;
+        while at < end {
+            let len = PIECE.min(end - at) & !7;
+            if len == 0 {
+                break;
+            }
+            let mut buf = vec![0u8; len as usize];
+            self.bytes_read += len;
+            if !self.w.reader.mem.read(page.area_start + at, &mut buf) {
+                return;
+            }
+            for (k, raw) in buf.chunks_exact(8).enumerate() {
+                let w = u64::from_le_bytes(raw.try_into().unwrap_or_default());
+                if w & tag_mask != heap_tag {
+                    continue;
+                }
+                if let Some(&node) = frontier.get(&w) {
+                    hits.push(Hit { node, holder: page.area_start | heap_tag, info, offset: at + k as u64 * 8 });
+                }
+            }
+            at += len;
+        }
+    }
+
+    /// The shortest path from `root` up to a terminal holder (a scope or a timer), as
+    /// (holder node, offset) steps; when none ends at one, the longest path found (not
+    /// complete). `None` when nothing holds `root`.
+    fn best_path(&self, root: usize) -> Option<(Vec<(usize, u64)>, bool)> {
+        let mut seen = HashSet::from([root]);
+        let mut queue = std::collections::VecDeque::from([root]);
+        let mut parent: HashMap<usize, (usize, u64)> = HashMap::new();
+        let mut deepest = None;
+        while let Some(n) = queue.pop_front() {
+            let node = &self.nodes[n];
+            if n != root {
+                deepest = Some(n);
+                if node.info.is_some_and(|i| self.is_context(i) || self.timer(i)) {
+                    return Some((self.path_to(&parent, n), true));
+                }
+            }
+            for &(h, off) in &node.holders {
+                if self.nodes[h].leaf || !seen.insert(h) {
+                    continue;
+                }
+                parent.insert(h, (n, off));
+                queue.push_back(h);
+            }
+        }
+        deepest.map(|n| (self.path_to(&parent, n), false))
+    }
+
+    /// The steps from the root to `end`: each (holder, the offset it refers to the one below).
+    fn path_to(&self, parent: &HashMap<usize, (usize, u64)>, end: usize) -> Vec<(usize, u64)> {
+        let mut steps = Vec::new();
+        let mut at = end;
+        while let Some(&(below, off)) = parent.get(&at) {
+            steps.push((at, off));
+            at = below;
+        }
+        steps.reverse();
+        steps
+    }
+
+    /// The links of a path, backing stores folded into the object they belong to.
+    fn links(&mut self, path: &[(usize, u64)]) -> Vec<Link> {
+        let mut links = Vec::new();
+        let mut i = 0;
+        while i < path.len() {
+            let (h, off) = path[i];
+            let Some(info) = self.nodes[h].info else { break };
+            let obj = self.nodes[h].addr.wrapping_sub(self.w.reader.layout.heap_tag);
+            if self.is_context(info) {
+                let name = self.variable(obj, off);
+                let holder = self.scope(h);
+                links.push(Link { kind: LinkKind::Variable, name, holder });
+                break;
+            }
+            if info.ty >= self.w.hl.first_js_type {
+                let (kind, name) = match self.property(obj, off, false) {
+                    Some(name) => (LinkKind::Property, Some(name)),
+                    None => (LinkKind::Internal, None),
+                };
+                let holder = self.describe(h);
+                let timer = self.timer(info);
+                links.push(Link { kind, name, holder: if timer { format!("{holder} (in a timer list)") } else { holder } });
+                i += 1;
+                continue;
+            }
+            // A backing store: the object above says what it is.
+            let above = path.get(i + 1).and_then(|&(h2, off2)| Some((h2, off2, self.nodes[h2].info?)));
+            let r = self.w.hl.refs.clone();
+            match above {
+                Some((h2, off2, info2)) if info2.ty >= self.w.hl.first_js_type => {
+                    let obj2 = self.nodes[h2].addr.wrapping_sub(self.w.reader.layout.heap_tag);
+                    let (kind, name) = if off2 == 8 {
+                        let name = match info.ty == r.property_array_type {
+                            true => self.property(obj2, off, true),
+                            false => self.dictionary_key(obj, off),
+                        };
+                        (if name.is_some() { LinkKind::Property } else { LinkKind::Internal }, name)
+                    } else if off2 == 16 {
+                        (LinkKind::Element, None)
+                    } else if off2 == 24 && (info2.ty == r.js_map_type || info2.ty == r.js_set_type) {
+                        (LinkKind::Entry, None)
+                    } else {
+                        (LinkKind::Internal, None)
+                    };
+                    let holder = self.describe(h2);
+                    links.push(Link { kind, name, holder });
+                    i += 2;
+                }
+                _ => {
+                    let holder = self.describe(h);
+                    links.push(Link { kind: LinkKind::Internal, name: None, holder });
+                    i += 1;
+                }
+            }
+        }
+        links
+    }
+
+    /// An object as DevTools names it: `Array (N elements)`, `Map (N entries)`, its
+    /// constructor or shape, a closure's function, or V8's type.
+    fn describe(&mut self, n: usize) -> String {
+        let Some(info) = self.nodes[n].info else { return "(unknown)".into() };
+        let l = self.w.reader.layout.clone();
+        let obj = self.nodes[n].addr.wrapping_sub(l.heap_tag);
+        let smi_at = |w: &Walker<M>, addr: u64| w.reader.word(addr).ok().and_then(|v| w.reader.smi(v));
+        let r = &self.w.hl.refs;
+        let label = |w: &Walker<M>, info: MapInfo| info.label.map(|k| w.labels[k].2.clone());
+        if info.ty == self.w.hl.js_array_type {
+            let len = smi_at(&self.w, obj + 24).filter(|n| *n >= 0);
+            let name = label(&self.w, info).unwrap_or_else(|| "Array".into());
+            return match len {
+                Some(len) => format!("{name}, {} elements", thousands(len as u64)),
+                None => name,
+            };
+        }
+        if info.ty == r.js_map_type || info.ty == r.js_set_type {
+            let what = if info.ty == r.js_map_type { "Map" } else { "Set" };
+            let entries = self
+                .w
+                .reader
+                .word(obj + 24)
+                .ok()
+                .and_then(|t| smi_at(&self.w, t.wrapping_sub(l.heap_tag) + l.array_data))
+                .filter(|n| *n >= 0);
+            return match entries {
+                Some(n) => format!("{what}, {} entries", thousands(n as u64)),
+                None => what.into(),
+            };
+        }
+        if self.is_function(info) {
+            let sfi = self.w.reader.word(obj + l.function_shared).unwrap_or(0);
+            let k = self.w.closure_label(sfi);
+            return format!("closure {}", self.w.labels[k].2);
+        }
+        label(&self.w, info).unwrap_or_else(|| "(object)".into())
+    }
+
+    /// The name of the variable in context slot at byte offset `off` of the context at `obj`.
+    fn variable(&self, obj: u64, off: u64) -> Option<String> {
+        let r = &self.w.reader;
+        let l = &r.layout;
+        if off < 16 || off % 8 != 0 {
+            return None;
+        }
+        let slot = (off - 16) / 8;
+        let length = r.smi(r.word(obj + 8).ok()?)?;
+        let scope = r.word(obj + 16 + 8 * self.w.hl.refs.context_scope_info).ok()?;
+        let (scope, ty) = r.type_of(scope).ok()?;
+        if ty != l.scope_info_type {
+            return None;
+        }
+        let data = scope.wrapping_add(8);
+        let locals = r.smi(r.word(data + 8 * l.scope_context_locals).ok()?)?;
+        // V8 keeps names inline up to 75 locals (a hash table beyond).
+        if !(1..=75).contains(&locals) {
+            return None;
+        }
+        let index = slot as i64 - (length - locals);
+        if !(0..locals).contains(&index) {
+            return None;
+        }
+        let name = r.word(data + 8 * (l.scope_first_vars + index as u64)).ok()?;
+        let (_, ty) = r.type_of(name).ok()?;
+        (ty < l.strings.first_nonstring).then(|| r.string(name).ok()).flatten().map(|s| clip(&s))
+    }
+
+    /// The scope of the context node `n`: `module scope of FILE` for a script's top level,
+    /// `scope of NAME (FILE)` for a function's.
+    fn scope(&mut self, n: usize) -> String {
+        let l = self.w.reader.layout.clone();
+        let obj = self.nodes[n].addr.wrapping_sub(l.heap_tag);
+        let owner = self
+            .w
+            .reader
+            .word(obj + 16 + 8 * self.w.hl.refs.context_scope_info)
+            .ok()
+            .and_then(|s| self.w.reader.type_of(s).ok())
+            .filter(|(_, ty)| *ty == l.scope_info_type)
+            .and_then(|(s, _)| self.w.reader.scope_info(s).ok())
+            .and_then(|(name, _)| name)
+            .filter(|n| !n.is_empty());
+        // The file, from a closure of this scope.
+        let file = self.nodes[n].holders.clone().into_iter().find_map(|(h, _)| {
+            let f = self.nodes[h].addr.wrapping_sub(l.heap_tag);
+            let sfi = self.w.reader.word(f + l.function_shared).ok()?;
+            self.w.reader.function(sfi).ok()?.file
+        });
+        let file = file.as_deref().map(super::short_file);
+        match (owner, file) {
+            (None, Some(file)) => format!("module scope of {file}"),
+            (None, None) => "a scope".into(),
+            (Some(name), Some(file)) => format!("scope of {name} ({file})"),
+            (Some(name), None) => format!("scope of {name}"),
+        }
+    }
+
+    /// The name of the property at byte offset `off` of the object at `obj` (in its
+    /// property array when `out_of_object`), from its map's descriptors.
+    fn property(&self, obj: u64, off: u64, out_of_object: bool) -> Option<String> {
+        let r = &self.w.reader;
+        let hl = self.w.hl;
+        let refs = &hl.refs;
+        let map = r.word(obj).ok()?.wrapping_sub(r.layout.heap_tag);
+        let mut b = [0u8; 1];
+        r.bytes(map + hl.instance_size_words, &mut b).ok()?;
+        let size_words = b[0] as u64;
+        r.bytes(map + refs.inobject_start, &mut b).ok()?;
+        let start = b[0] as u64;
+        let inobject = size_words.checked_sub(start)?;
+        if off % 8 != 0 {
+            return None;
+        }
+        let field = match out_of_object {
+            true => inobject + off.checked_sub(16)? / 8,
+            false => (off / 8).checked_sub(start).filter(|f| *f < inobject)?,
+        };
+        let mut raw = [0u8; 4];
+        r.bytes(map + hl.bit_field3, &mut raw).ok()?;
+        let bits = u32::from_le_bytes(raw) as u64;
+        if bits & refs.dictionary_map != 0 {
+            return None;
+        }
+        let own = (bits & hl.own_descriptors_mask) >> hl.own_descriptors_shift;
+        let (descriptors, ty) = r.type_of(r.word(map + hl.instance_descriptors).ok()?).ok()?;
+        if !hl.descriptor_types.contains(&ty) {
+            return None;
+        }
+        for i in 0..own.min(super::MAX_DESCRIPTORS) {
+            let entry = descriptors + hl.descriptor_header + i * hl.descriptor_entry;
+            let Some(details) = r.word(entry + refs.descriptor_details).ok().and_then(|d| r.smi(d)) else {
+                continue;
+            };
+            let details = details as u64;
+            let location = (details & refs.location.0) >> refs.location.1;
+            let index = (details & refs.field_index.0) >> refs.field_index.1;
+            if location == refs.location_field && index == field {
+                return self.name(r.word(entry + hl.descriptor_key).ok()?);
+            }
+        }
+        None
+    }
+
+    /// The key of the `NameDictionary` at `obj` whose value is at byte offset `off`.
+    fn dictionary_key(&self, obj: u64, off: u64) -> Option<String> {
+        let l = &self.w.reader.layout;
+        let (first, size) = self.w.hl.refs.name_dictionary;
+        let index = off.checked_sub(l.array_data)? / 8;
+        if off % 8 != 0 || size < 2 || index < first || (index - first) % size != 1 {
+            return None;
+        }
+        self.name(self.w.reader.word(obj + l.array_data + 8 * (index - 1)).ok()?)
+    }
+
+    /// A property key: a string's text, `<symbol>` for a symbol.
+    fn name(&self, key: u64) -> Option<String> {
+        let r = &self.w.reader;
+        let (_, ty) = r.type_of(key).ok()?;
+        match ty < r.layout.strings.first_nonstring {
+            true => r.string(key).ok().map(|s| clip(&s)),
+            false => Some("<symbol>".into()),
+        }
+    }
+}
+
+/// A name cut to [`MAX_NAME`] characters.
+fn clip(s: &str) -> String {
+    s.chars().take(MAX_NAME).collect()
+}
+
+/// `n` with thousands separators: `412,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A chain in one line, nearest first, the way DevTools lists retainers: each holder with the
+/// name it is held by above it, e.g. `requestLog (Array, 412,000 elements) ← module scope of
+/// access-log.js`; a property that holds the object itself comes first (`_onTimeout ←
+/// Timeout (in a timer list)`).
+pub fn chain_text(links: &[Link]) -> String {
+    let mut parts = Vec::new();
+    if let Some(first) = links.first() {
+        if matches!(first.kind, LinkKind::Property | LinkKind::Variable) {
+            parts.push(first.name.clone().unwrap_or_default());
+        }
+    }
+    for (k, link) in links.iter().enumerate() {
+        if link.kind == LinkKind::Variable && k + 1 == links.len() {
+            parts.push(link.holder.clone());
+            break;
+        }
+        match links.get(k + 1) {
+            Some(up) if matches!(up.kind, LinkKind::Variable | LinkKind::Property) => {
+                parts.push(format!("{} ({})", up.name.as_deref().unwrap_or("?"), link.holder))
+            }
+            _ => parts.push(link.holder.clone()),
+        }
+    }
+    parts.join(" ← ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(kind: LinkKind, name: Option<&str>, holder: &str) -> Link {
+        Link { kind, name: name.map(String::from), holder: holder.into() }
+    }
+
+    #[test]
+    fn chains_read_like_devtools() {
+        let set = [
+            link(LinkKind::Entry, None, "Set, 12,000 entries"),
+            link(LinkKind::Variable, Some("openSessions"), "module scope of app.js"),
+        ];
+        assert_eq!(chain_text(&set), "openSessions (Set, 12,000 entries) ← module scope of app.js");
+        let timer = [link(LinkKind::Property, Some("_onTimeout"), "Timeout (in a timer list)")];
+        assert_eq!(chain_text(&timer), "_onTimeout ← Timeout (in a timer list)");
+        let queue = [
+            link(LinkKind::Internal, None, "FastBuffer"),
+            link(LinkKind::Property, Some("chunk"), "Object {chunk, encoding, callback}"),
+            link(LinkKind::Element, None, "Array, 57 elements"),
+            link(LinkKind::Property, Some("buffered"), "WritableState"),
+            link(LinkKind::Variable, Some("state"), "scope of f (x.js)"),
+        ];
+        assert_eq!(
+            chain_text(&queue),
+            "chunk (FastBuffer) ← Object {chunk, encoding, callback} ← buffered (Array, 57 elements) \
+             ← state (WritableState) ← scope of f (x.js)"
+        );
+        let variable = [link(LinkKind::Variable, Some("Session"), "module scope of app.js")];
+        assert_eq!(chain_text(&variable), "Session ← module scope of app.js");
+        assert_eq!(thousands(412_000), "412,000");
+        assert_eq!(thousands(12), "12");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+    }
+}
