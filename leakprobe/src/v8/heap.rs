@@ -112,6 +112,8 @@ struct RefLayout {
     function_context: u64,
     /// The context slot of its `ScopeInfo`.
     context_scope_info: u64,
+    /// `Symbol`'s type and its description field.
+    symbol: (u64, u64),
 }
 
 impl RefLayout {
@@ -135,6 +137,7 @@ impl RefLayout {
             ),
             function_context: u(m.field("class_JSFunction__context__")?),
             context_scope_info: u(m.get("context_idx_scope_info")?),
+            symbol: (u(m.get("type_Symbol__SYMBOL_TYPE")?), u(m.field("class_Symbol__name__")?)),
         })
     }
 }

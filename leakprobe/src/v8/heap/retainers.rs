@@ -190,12 +190,20 @@ pub fn retainers<M: Memory>(
     let mut passes = 0;
     let mut stopped = None;
     for _ in 0..=MAX_DEPTH {
-        let frontier: HashMap<u64, usize> = search
-            .nodes
+        // Only what holds a sample whose chain is not complete yet is searched further.
+        let open: Vec<usize> = roots
             .iter()
-            .enumerate()
-            .filter(|(_, n)| !n.searched && n.depth <= MAX_DEPTH && !search.terminal(n))
-            .map(|(i, n)| (n.addr, i))
+            .flat_map(|(_, alive, _)| alive.iter().copied())
+            .filter(|&r| !search.best_path(r).is_some_and(|(_, complete)| complete))
+            .collect();
+        // Scopes are searched once more, for a closure that names their file.
+        let mut wanted = search.above(&open);
+        wanted.extend((0..search.nodes.len()).filter(|&i| search.nodes[i].info.is_some_and(|n| search.is_context(n))));
+        let frontier: HashMap<u64, usize> = wanted
+            .into_iter()
+            .map(|i| &search.nodes[i])
+            .filter(|n| !n.searched && n.depth <= MAX_DEPTH && !search.terminal(n))
+            .map(|n| (n.addr, search.index[&n.addr]))
             .collect();
         if frontier.is_empty() {
             break;
@@ -436,6 +444,20 @@ impl<M: Memory> Search<'_, M> {
         }
     }
 
+    /// `from` and every node above them (their holders, transitively).
+    fn above(&self, from: &[usize]) -> HashSet<usize> {
+        let mut seen: HashSet<usize> = from.iter().copied().collect();
+        let mut stack: Vec<usize> = from.to_vec();
+        while let Some(n) = stack.pop() {
+            for &(h, _) in &self.nodes[n].holders {
+                if seen.insert(h) {
+                    stack.push(h);
+                }
+            }
+        }
+        seen
+    }
+
     /// The shortest path from `root` up to a terminal holder (a scope or a timer), as
     /// (holder node, offset) steps; when none ends at one, the longest path found (not
     /// complete). `None` when nothing holds `root`.
@@ -528,6 +550,16 @@ impl<M: Memory> Search<'_, M> {
                     links.push(Link { kind: LinkKind::Internal, name: None, holder });
                     i += 1;
                 }
+            }
+        }
+        for k in 1..links.len() {
+            // An EventEmitter keeps its listeners by event name in `_events`.
+            if links[k].kind == LinkKind::Property && links[k].name.as_deref() == Some("_events") {
+                links[k - 1].holder = "listeners by event name".into();
+            }
+            // A Writable queues the writes its sink has not taken yet in an array of its state.
+            if links[k].holder == "WritableState" && links[k - 1].kind == LinkKind::Element {
+                links[k - 1].holder += ": a stream's buffered writes";
             }
         }
         links
@@ -688,14 +720,20 @@ impl<M: Memory> Search<'_, M> {
         self.name(self.w.reader.word(obj + l.array_data + 8 * (index - 1)).ok()?)
     }
 
-    /// A property key: a string's text, `<symbol>` for a symbol.
+    /// A property key: a string's text, `Symbol(description)` for a symbol.
     fn name(&self, key: u64) -> Option<String> {
         let r = &self.w.reader;
-        let (_, ty) = r.type_of(key).ok()?;
-        match ty < r.layout.strings.first_nonstring {
-            true => r.string(key).ok().map(|s| clip(&s)),
-            false => Some("<symbol>".into()),
+        let (obj, ty) = r.type_of(key).ok()?;
+        if ty < r.layout.strings.first_nonstring {
+            return r.string(key).ok().map(|s| clip(&s));
         }
+        let refs = &self.w.hl.refs;
+        let description = (ty == refs.symbol.0)
+            .then(|| r.word(obj + refs.symbol.1).ok())
+            .flatten()
+            .and_then(|d| r.type_of(d).ok().filter(|(_, t)| *t < r.layout.strings.first_nonstring).map(|_| d))
+            .and_then(|d| r.string(d).ok());
+        Some(format!("Symbol({})", clip(&description.unwrap_or_default())))
     }
 }
 
@@ -725,7 +763,7 @@ pub fn chain_text(links: &[Link]) -> String {
     let mut parts = Vec::new();
     if let Some(first) = links.first() {
         if matches!(first.kind, LinkKind::Property | LinkKind::Variable) {
-            parts.push(first.name.clone().unwrap_or_default());
+            parts.push(first.name.clone().unwrap_or_else(|| "(unnamed slot)".into()));
         }
     }
     for (k, link) in links.iter().enumerate() {
@@ -735,7 +773,7 @@ pub fn chain_text(links: &[Link]) -> String {
         }
         match links.get(k + 1) {
             Some(up) if matches!(up.kind, LinkKind::Variable | LinkKind::Property) => {
-                parts.push(format!("{} ({})", up.name.as_deref().unwrap_or("?"), link.holder))
+                parts.push(format!("{} ({})", up.name.as_deref().unwrap_or("(unnamed slot)"), link.holder))
             }
             _ => parts.push(link.holder.clone()),
         }
