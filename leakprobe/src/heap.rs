@@ -83,6 +83,10 @@ pub struct HeapReport {
     pub post_gc_baseline: Vec<(f64, f64)>,
     /// Growth of that baseline (least squares), the V8 heap's leak signal.
     pub baseline_growth_bytes_per_s: f64,
+    /// The heap census: every isolate's heap by type, what grew and who holds it (profiling
+    /// sessions only; absent in fleet mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub census: Option<crate::census_watch::CensusReport>,
 }
 
 impl HeapBooks {
@@ -202,6 +206,7 @@ impl HeapBooks {
             unknown_frees: self.unknown_frees,
             post_gc_baseline: self.baseline.points().to_vec(),
             baseline_growth_bytes_per_s: self.baseline.slope(),
+            census: None,
         }
     }
 }

@@ -17,6 +17,7 @@ macro_rules! status {
 pub mod agent;
 pub mod alloc;
 pub mod census;
+pub mod census_watch;
 pub mod cgroup;
 pub mod discover;
 pub mod error;

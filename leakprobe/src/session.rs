@@ -29,6 +29,7 @@ use tokio::{
 
 use crate::{
     alloc::Thinned,
+    census_watch::CensusWatch,
     external::ExternalState,
     faults::FaultBooks,
     gc::{GcKind, GcStats},
@@ -231,6 +232,8 @@ pub struct Session {
     events_read: u64,
     /// The kernel programs' diagnostics, when `RUST_LOG` asks for them.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Heap censuses after main-thread mark-compacts (`None` in fleet mode).
+    census: Option<CensusWatch>,
 }
 
 /// Runs a session to its end and returns the final report (already printed and written).
@@ -466,6 +469,11 @@ impl Session {
             pending_pauses: options.fleet.then(Vec::new),
             events_read: 0,
             kernel_log,
+            // Not in fleet mode: the agent's memory and CPU stay bounded over days.
+            census: match options.fleet {
+                true => None,
+                false => Some(CensusWatch::start(target_pid)?),
+            },
         };
         session.gc.skip_timeline = options.fleet;
         session.sample();
@@ -540,6 +548,7 @@ impl Session {
             started,
             started_ns,
             trough_in,
+            census,
             pending_pauses,
             events_read,
             symbolizer,
@@ -563,6 +572,9 @@ impl Session {
                         }
                         if kind == GcKind::MarkCompact && event.tid == target.pid {
                             *trough_in = Some(1);
+                            if let Some(census) = census {
+                                census.on_mark_compact(t);
+                            }
                         }
                         if kind == GcKind::MarkCompact {
                             symbolizer.moved();
@@ -722,10 +734,14 @@ impl Session {
                 gc
             },
             memory: memory::MemoryReport::new(self.memory.items()),
-            heap: self.heap.report(|id| match all {
-                true => self.symbolizer.stack_frames(id, |id| maps.frames(true, id)),
-                false => Vec::new(),
-            }),
+            heap: {
+                let mut heap = self.heap.report(|id| match all {
+                    true => self.symbolizer.stack_frames(id, |id| maps.frames(true, id)),
+                    false => Vec::new(),
+                });
+                heap.census = self.census.as_ref().map(CensusWatch::report);
+                heap
+            },
             native: self.native.as_ref().map(NativeState::report),
             mappings: self.mappings.report(growing_mappings),
             external: self.external.report(),

@@ -330,6 +330,8 @@ pub struct TypeCount {
 pub struct IsolateCensus {
     /// Address of its `v8::internal::Heap` (tells isolates apart).
     pub heap: String,
+    /// Bytes of all its pages (old, young and large-object spaces): what its heap commits.
+    pub committed_bytes: u64,
     /// Old-generation pages walked.
     pub pages: u64,
     /// Young-generation pages (not walked).
@@ -554,6 +556,7 @@ pub fn census<M: Memory>(
     for page in &pages {
         let iso = isolates.entry(page.heap).or_insert_with(|| IsolateCensus {
             heap: format!("{:#x}", page.heap),
+            committed_bytes: 0,
             pages: 0,
             young_pages: 0,
             young_bytes: 0,
@@ -562,6 +565,7 @@ pub fn census<M: Memory>(
             free_bytes: 0,
             types: Vec::new(),
         });
+        iso.committed_bytes += page.size;
         if page.young() {
             iso.young_pages += 1;
             iso.young_bytes += page.size;
@@ -1207,6 +1211,7 @@ mod tests {
         Census {
             isolates: vec![IsolateCensus {
                 heap: "0x1".into(),
+                committed_bytes: 0,
                 pages: 1,
                 young_pages: 0,
                 young_bytes: 0,

@@ -1,0 +1,386 @@
+//! The heap census inside a profiling session (`report.heap.census`): a census of every
+//! isolate's heap right after the first main-thread mark-compact of the window, and again after
+//! later ones, on a thread of its own. Between the first and the latest, the types that grew
+//! and, for the fastest-growing, who holds them ([`crate::v8::heap::retainers`]).
+//!
+//! The census reads `/proc/PID/mem` while the target runs: nothing stops it, and the session's
+//! sampling never waits for it (a mark-compact that comes while a census runs is skipped and
+//! counted). Each census is capped in bytes and time and says when a cap stopped it. Censuses
+//! are spaced so that the collector's time stays a small share of the window.
+
+use std::{
+    sync::{mpsc, Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    census::{growing_types, Probe},
+    v8::heap::{self, Census, Growth, Kind, Limits, RetainerSearch, Stopped},
+};
+
+/// Caps of one census (and of one retainer search).
+pub const LIMITS: Limits = Limits { max_bytes: 2 << 30, max_time: Duration::from_secs(10) };
+/// Shortest time between two censuses.
+const MIN_SPACING_S: f64 = 5.0;
+/// A census may take at most this share of the time since the one before.
+const MAX_SHARE: f64 = 0.05;
+/// Wait after a mark-compact before reading, so that the concurrent sweeper is done.
+const AFTER_GC: Duration = Duration::from_millis(150);
+/// Growing types listed (and searched for retainers: the first [`RETAINED`]).
+const LISTED: usize = 10;
+const RETAINED: usize = 3;
+
+/// `report.heap.census`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CensusReport {
+    /// `waiting for a main-thread mark-compact`, `one census (growth needs two)`, `done`,
+    /// or why it could not run.
+    pub status: String,
+    /// Censuses taken.
+    pub censuses: u32,
+    /// Mark-compacts that came while a census ran, or too soon after one (skipped).
+    pub skipped_gcs: u32,
+    /// When the first and the latest census were read (seconds since the window opened).
+    pub first_t_s: Option<f64>,
+    pub last_t_s: Option<f64>,
+    /// Each isolate's heap in the latest census.
+    pub isolates: Vec<IsolateHeap>,
+    /// Types that gained most objects between the first and the latest census, per isolate.
+    pub growing: Vec<GrowingType>,
+    /// The latest retainer search's passes over the heap.
+    pub retainer_passes: u32,
+    /// Set when a cap stopped the latest census or retainer search early.
+    pub stopped_early: Option<Stopped>,
+    /// What the censuses cost the collector.
+    pub cost: CensusCost,
+}
+
+/// One isolate's heap, from a census.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IsolateHeap {
+    /// Address of its `Heap` (tells isolates apart; the main isolate's heap is usually the
+    /// largest).
+    pub heap: String,
+    /// Bytes of every page of its heap (old, young and large-object spaces).
+    pub committed_bytes: u64,
+    /// Live objects counted in the old generation, and their bytes.
+    pub objects: u64,
+    pub object_bytes: u64,
+}
+
+/// A type that grew between two censuses, with who holds it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrowingType {
+    /// The isolate's heap.
+    pub heap: String,
+    /// As in the census.
+    pub kind: Kind,
+    pub label: String,
+    /// Objects in the latest census.
+    pub count: u64,
+    /// Objects and bytes gained.
+    pub count_delta: i64,
+    pub bytes_delta: i64,
+    /// Per second over the censuses' interval.
+    pub count_per_s: f64,
+    pub bytes_per_s: f64,
+    /// Its retainer chains, most samples first (searched for the first few types only).
+    pub retained_by: Vec<RetainedBy>,
+}
+
+/// One retainer chain of a growing type.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetainedBy {
+    /// `requestLog (Array, 412,000 elements) ← module scope of access-log.js`.
+    pub text: String,
+    /// The nearest named holder (variable or property).
+    pub holder: Option<String>,
+    /// Samples held through it, of `sampled`.
+    pub samples: u32,
+    pub sampled: u32,
+    /// It reaches a scope's variable or a timer list.
+    pub complete: bool,
+}
+
+/// The collector's cost.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CensusCost {
+    /// CPU time of the census thread (all censuses and retainer searches).
+    pub cpu_s: f64,
+    /// Bytes read from the target.
+    pub bytes_read: u64,
+    /// The latest census's wall time and bytes read.
+    pub last_census_ms: f64,
+    pub last_census_bytes: u64,
+    /// The latest retainer search's wall time.
+    pub last_retainers_ms: f64,
+}
+
+/// What the census thread shares with the session.
+#[derive(Default)]
+struct Shared {
+    report: CensusReport,
+    first: Option<(f64, Census)>,
+    busy: bool,
+}
+
+/// Censuses taken on their own thread when the session sees a main-thread mark-compact.
+pub struct CensusWatch {
+    requests: mpsc::Sender<f64>,
+    shared: Arc<Mutex<Shared>>,
+    last_request: Option<f64>,
+    last_elapsed_s: f64,
+}
+
+impl CensusWatch {
+    /// Starts the census thread for `pid` (it opens the process at its first census).
+    pub fn start(pid: u32) -> anyhow::Result<Self> {
+        let (requests, rx) = mpsc::channel::<f64>();
+        let shared = Arc::new(Mutex::new(Shared {
+            report: CensusReport { status: "waiting for a main-thread mark-compact".into(), ..Default::default() },
+            ..Default::default()
+        }));
+        let state = shared.clone();
+        std::thread::Builder::new()
+            .name("leakprobe-census".into())
+            .spawn(move || run(pid, rx, state))
+            .map_err(|e| anyhow::anyhow!("starting the census thread: {e}"))?;
+        Ok(Self { requests, shared, last_request: None, last_elapsed_s: 0.0 })
+    }
+
+    /// Called when the target's main thread ended a mark-compact, `t` seconds into the window:
+    /// asks for a census unless one runs or the last was too recent.
+    pub fn on_mark_compact(&mut self, t: f64) {
+        let mut shared = lock(&self.shared);
+        let spacing = MIN_SPACING_S.max(self.last_elapsed_s / MAX_SHARE);
+        let due = self.last_request.is_none_or(|last| t - last >= spacing);
+        if shared.busy || !due {
+            if self.last_request.is_some() {
+                shared.report.skipped_gcs += 1;
+            }
+            return;
+        }
+        self.last_elapsed_s = (shared.report.cost.last_census_ms + shared.report.cost.last_retainers_ms) / 1e3;
+        shared.busy = true;
+        self.last_request = Some(t);
+        drop(shared);
+        let _ = self.requests.send(t);
+    }
+
+    /// `report.heap.census` now.
+    pub fn report(&self) -> CensusReport {
+        lock(&self.shared).report.clone()
+    }
+}
+
+/// The shared state, even if the census thread panicked while holding it.
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the one we pass.
+    match unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } {
+        0 => ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9,
+        _ => 0.0,
+    }
+}
+
+/// The census thread: one census per request, then growth and retainers since the first.
+fn run(pid: u32, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
+    let mut probe: Option<Probe> = None;
+    while let Ok(t) = requests.recv() {
+        std::thread::sleep(AFTER_GC);
+        let cpu = thread_cpu_s();
+        let opened = match probe.as_mut() {
+            Some(p) => Ok(p),
+            None => Probe::open(pid).map(|p| probe.insert(p)),
+        };
+        let p = match opened {
+            Ok(p) => p,
+            Err(e) => {
+                let mut s = lock(&shared);
+                s.report.status = format!("not available: {e:#}");
+                s.busy = false;
+                // Nothing more will work: leave the thread (later requests are dropped).
+                return;
+            }
+        };
+        let census = p.census(LIMITS);
+        let census = match census {
+            Ok(c) if c.pages_found > 0 => c,
+            Ok(_) => {
+                finish(&shared, cpu, |r| r.status = "no V8 heap page found (not node 18–24's page headers)".into());
+                continue;
+            }
+            Err(e) => {
+                finish(&shared, cpu, |r| r.status = format!("census failed: {e:#}"));
+                continue;
+            }
+        };
+        let first = {
+            let mut s = lock(&shared);
+            let r = &mut s.report;
+            r.censuses += 1;
+            r.cost.bytes_read += census.bytes_read;
+            r.cost.last_census_ms = census.elapsed_ms;
+            r.cost.last_census_bytes = census.bytes_read;
+            r.stopped_early = census.stopped_early;
+            r.isolates = isolates(&census);
+            match &s.first {
+                None => None,
+                Some((t0, first)) => Some((*t0, heap::growth(first, &census, t - *t0))),
+            }
+        };
+        let Some((t0, growth)) = first else {
+            finish(&shared, cpu, |r| {
+                r.status = "one census (growth needs two)".into();
+                r.first_t_s = Some(t);
+            });
+            lock(&shared).first = Some((t, census));
+            continue;
+        };
+        // The fastest-growing types, and the ArrayBuffers that grew most (external memory's
+        // holders), searched for retainers.
+        let mut wanted = growing_types(&growth, RETAINED);
+        if let Some(g) = growth.iter().find(|g| g.kind == Kind::ArrayBuffer && g.count_delta > 0) {
+            let key = (g.heap.clone(), g.kind, g.label.clone());
+            if !wanted.contains(&key) {
+                wanted.push(key);
+            }
+        }
+        let found = p.retainers(&census, &wanted, LIMITS).ok();
+        finish(&shared, cpu, |r| {
+            r.status = "done".into();
+            r.last_t_s = Some(t);
+            r.growing = growing(&growth, found.as_ref(), t - t0);
+            if let Some(found) = &found {
+                r.retainer_passes = found.passes;
+                r.cost.bytes_read += found.bytes_read;
+                r.cost.last_retainers_ms = found.elapsed_ms;
+                r.stopped_early = r.stopped_early.or(found.stopped_early);
+            }
+        });
+    }
+}
+
+/// Ends one request: adds its CPU time, applies `update`, frees the thread for the next.
+fn finish(shared: &Mutex<Shared>, cpu_before: f64, update: impl FnOnce(&mut CensusReport)) {
+    let mut s = lock(shared);
+    s.report.cost.cpu_s += (thread_cpu_s() - cpu_before).max(0.0);
+    update(&mut s.report);
+    s.busy = false;
+}
+
+/// Each isolate's heap in `census`.
+fn isolates(census: &Census) -> Vec<IsolateHeap> {
+    census
+        .isolates
+        .iter()
+        .map(|i| IsolateHeap {
+            heap: i.heap.clone(),
+            committed_bytes: i.committed_bytes,
+            objects: i.objects,
+            object_bytes: i.object_bytes,
+        })
+        .collect()
+}
+
+/// The growing JavaScript types (not V8's internal ones), with their chains where searched.
+fn growing(growth: &[Growth], found: Option<&RetainerSearch>, seconds: f64) -> Vec<GrowingType> {
+    growth
+        .iter()
+        .filter(|g| g.count_delta > 0 && g.kind != Kind::System)
+        .take(LISTED)
+        .map(|g| {
+            let retained_by = found
+                .and_then(|f| f.types.iter().find(|t| t.heap == g.heap && t.kind == g.kind && t.label == g.label))
+                .map(|t| {
+                    t.chains
+                        .iter()
+                        .map(|c| RetainedBy {
+                            text: c.text.clone(),
+                            holder: c.holder.clone(),
+                            samples: c.samples,
+                            sampled: t.sampled,
+                            complete: c.complete,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            GrowingType {
+                heap: g.heap.clone(),
+                kind: g.kind,
+                label: g.label.clone(),
+                count: g.count,
+                count_delta: g.count_delta,
+                bytes_delta: g.bytes_delta,
+                count_per_s: g.count_per_s,
+                bytes_per_s: if seconds > 0.0 { g.bytes_delta as f64 / seconds } else { 0.0 },
+                retained_by,
+            }
+        })
+        .collect()
+}
+
+/// The census table of a report (`census.txt` in the incident folder): each isolate's heap and
+/// the growing types with their retainers. `None` when the report has no census.
+pub fn table(report: &serde_json::Value) -> Option<String> {
+    let c = report.get("heap")?.get("census")?;
+    let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / (1 << 20) as f64;
+    let mut out = format!(
+        "heap census: {} ({} censuses, first at {:.1} s, latest at {:.1} s; {} mark-compacts skipped)\n",
+        c["status"].as_str().unwrap_or("?"),
+        c["censuses"],
+        c["first_t_s"].as_f64().unwrap_or(f64::NAN),
+        c["last_t_s"].as_f64().unwrap_or(f64::NAN),
+        c["skipped_gcs"],
+    );
+    if let Some(stop) = c["stopped_early"].as_str() {
+        out += &format!("  stopped early ({stop}): counts and chains are partial\n");
+    }
+    out += &format!(
+        "  cost: {:.2} s of collector CPU, {:.1} MiB read; latest census {:.0} ms, retainers {:.0} ms\n",
+        c["cost"]["cpu_s"].as_f64().unwrap_or(0.0),
+        mib(&c["cost"]["bytes_read"]),
+        c["cost"]["last_census_ms"].as_f64().unwrap_or(0.0),
+        c["cost"]["last_retainers_ms"].as_f64().unwrap_or(0.0),
+    );
+    out += "\nisolates (latest census)\n";
+    out += &format!("  {:<18} {:>12} {:>12} {:>12}\n", "heap", "committed MiB", "objects", "object MiB");
+    for i in c["isolates"].as_array()? {
+        out += &format!(
+            "  {:<18} {:>12.1} {:>12} {:>12.1}\n",
+            i["heap"].as_str().unwrap_or("?"),
+            mib(&i["committed_bytes"]),
+            i["objects"],
+            mib(&i["object_bytes"])
+        );
+    }
+    out += "\ngrowing types, most objects gained first\n";
+    out += &format!("  {:>10} {:>10} {:>10} {:>10}  {:<18} type\n", "objects/s", "objects", "MiB/s", "now", "heap");
+    for g in c["growing"].as_array()? {
+        out += &format!(
+            "  {:>+10.0} {:>+10} {:>+10.3} {:>10}  {:<18} {}\n",
+            g["count_per_s"].as_f64().unwrap_or(0.0),
+            g["count_delta"],
+            g["bytes_per_s"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+            g["count"],
+            g["heap"].as_str().unwrap_or("?"),
+            g["label"].as_str().unwrap_or("?"),
+        );
+        for r in g["retained_by"].as_array().into_iter().flatten() {
+            out += &format!(
+                "      Retained by: {}  [{} of {} samples]\n",
+                r["text"].as_str().unwrap_or("?"),
+                r["samples"],
+                r["sampled"]
+            );
+        }
+    }
+    Some(out)
+}

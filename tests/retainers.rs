@@ -1,0 +1,325 @@
+//! Retainer chains (`leakprobe census --retainers-of TYPE`), checked against the oracle V8
+//! itself writes: a `.heapsnapshot` taken right after the census. For each kind of leak the
+//! fixture keeps, the holder leakprobe names (the chain's first variable or property) is the
+//! snapshot's nearest named retainer of the leaking objects, and the census counts them within
+//! 10% of the snapshot.
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write as _,
+    path::Path,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+/// The parts of a `.heapsnapshot` the checks need: nodes and their retainers.
+struct Snapshot {
+    /// Node type and name, by node index.
+    nodes: Vec<(String, String)>,
+    /// By node: (retaining node, edge type, edge name).
+    retainers: Vec<Vec<(usize, String, String)>>,
+}
+
+impl Snapshot {
+    fn read(path: &Path) -> Snapshot {
+        let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let meta = &v["snapshot"]["meta"];
+        let strs = |x: &Value| -> Vec<String> {
+            x.as_array().unwrap().iter().map(|s| s.as_str().unwrap_or("").to_string()).collect()
+        };
+        let (node_fields, edge_fields) = (strs(&meta["node_fields"]), strs(&meta["edge_fields"]));
+        let (node_types, edge_types) = (strs(&meta["node_types"][0]), strs(&meta["edge_types"][0]));
+        let strings = strs(&v["strings"]);
+        let at = |fields: &[String], f: &str| fields.iter().position(|x| x == f).unwrap();
+        let (n_type, n_name, n_edges) =
+            (at(&node_fields, "type"), at(&node_fields, "name"), at(&node_fields, "edge_count"));
+        let (e_type, e_name, e_to) =
+            (at(&edge_fields, "type"), at(&edge_fields, "name_or_index"), at(&edge_fields, "to_node"));
+        let raw_nodes: Vec<u64> = v["nodes"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let raw_edges: Vec<u64> = v["edges"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let (nf, ef) = (node_fields.len(), edge_fields.len());
+        let nodes: Vec<(String, String)> = raw_nodes
+            .chunks(nf)
+            .map(|n| (node_types[n[n_type] as usize].clone(), strings[n[n_name] as usize].clone()))
+            .collect();
+        let mut retainers = vec![Vec::new(); nodes.len()];
+        let mut edges = raw_edges.chunks(ef);
+        for (from, n) in raw_nodes.chunks(nf).enumerate() {
+            for e in edges.by_ref().take(n[n_edges] as usize) {
+                let ty = edge_types[e[e_type] as usize].clone();
+                // Element and hidden edges carry an index, the others a string.
+                let name = match ty.as_str() {
+                    "element" | "hidden" => e[e_name].to_string(),
+                    _ => strings[e[e_name] as usize].clone(),
+                };
+                retainers[e[e_to] as usize / nf].push((from, ty, name));
+            }
+        }
+        Snapshot { nodes, retainers }
+    }
+
+    /// Nodes of type `ty` (`object`, `closure`) named `name`.
+    fn named(&self, ty: &str, name: &str) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].0 == ty && self.nodes[i].1 == name).collect()
+    }
+
+    /// The names of the nearest named retainers of node `n`: going up its retainers level by
+    /// level (weak edges and shortcuts left out), the variable (context) and property edges of
+    /// the first level that has any.
+    fn nearest_named(&self, n: usize) -> HashSet<String> {
+        let mut level = vec![n];
+        let mut seen = HashSet::from([n]);
+        for _ in 0..12 {
+            let mut names = HashSet::new();
+            let mut next = Vec::new();
+            for &x in &level {
+                for (from, ty, name) in &self.retainers[x] {
+                    match ty.as_str() {
+                        "weak" | "shortcut" => continue,
+                        "context" | "property" => {
+                            names.insert(name.clone());
+                        }
+                        _ => {}
+                    }
+                    if seen.insert(*from) {
+                        next.push(*from);
+                    }
+                }
+            }
+            if !names.is_empty() {
+                return names;
+            }
+            level = next;
+        }
+        HashSet::new()
+    }
+
+    /// The nearest named retainer most of `nodes` share (over at most 300 of them), and the
+    /// share of them that have it.
+    fn majority_holder(&self, nodes: &[usize]) -> (String, f64) {
+        let mut votes: HashMap<String, u32> = HashMap::new();
+        let sample: Vec<usize> = nodes.iter().step_by((nodes.len() / 300).max(1)).copied().collect();
+        for &n in &sample {
+            for name in self.nearest_named(n) {
+                *votes.entry(name).or_default() += 1;
+            }
+        }
+        let (name, count) = votes.into_iter().max_by_key(|(name, c)| (*c, name.clone())).unwrap_or_default();
+        (name, count as f64 / sample.len().max(1) as f64)
+    }
+}
+
+/// Sends one command line to a fixture.
+fn send(fixture: &mut Node, line: &str) {
+    let stdin = fixture.stdin.as_mut().expect("fixture stdin");
+    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+}
+
+/// One leak: the fixture and how to start it, the leaking type as the census and the snapshot
+/// name it, and the holder the fixture's source gives it.
+struct Leak {
+    fixture: &'static str,
+    go: &'static str,
+    /// Census kind (`object`, `closure`, `array_buffer`) and name.
+    kind: &'static str,
+    name: &'static str,
+    /// Node type in the snapshot.
+    snapshot_type: &'static str,
+    holder: &'static str,
+    /// Part of the chain's text expected (the container said as DevTools would).
+    chain_has: &'static str,
+}
+
+/// Runs `leak` on `node`: the census's count of the leaking type is within 10% of the
+/// snapshot's, and the holder of its top chain (held by most samples) is the snapshot's nearest
+/// named retainer of those objects, and the one the fixture's source gives.
+fn names_the_holder(node: &Path, leak: &Leak) {
+    let mut fixture = Node::start(node, &["--expose-gc"], leak.fixture);
+    send(&mut fixture, leak.go);
+    std::thread::sleep(Duration::from_secs(3));
+    send(&mut fixture, "pause");
+    let held: u64 = fixture.stdout.wait_for("PAUSED", Duration::from_secs(30))[7..].parse().unwrap();
+    assert!(held > 1_000, "the fixture leaked only {held}");
+
+    let pid = fixture.pid().to_string();
+    let (status, stdout, stderr) =
+        run_leakprobe(&["census", "--pid", &pid, "--json", "--retainers-of", leak.name]);
+    assert!(status.success(), "leakprobe census failed ({status}): {stderr}");
+    let census: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+
+    let path = tempdir("retainers").join("after.heapsnapshot");
+    send(&mut fixture, &format!("snapshot {}", path.display()));
+    fixture.stdout.wait_for("SNAPSHOT", Duration::from_secs(120));
+    let snapshot = Snapshot::read(&path);
+    let _ = std::fs::remove_file(&path);
+
+    let objects = snapshot.named(leak.snapshot_type, leak.name);
+    let oracle_count = objects.len() as u64;
+    let counted: u64 = census["isolates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["types"].as_array().unwrap())
+        .filter(|t| t["name"] == leak.name && t["kind"] == leak.kind)
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    assert!(
+        counted.abs_diff(oracle_count) * 10 <= oracle_count,
+        "{}: census counts {counted} {}, the snapshot {oracle_count}",
+        leak.go,
+        leak.name
+    );
+    let (oracle_holder, share) = snapshot.majority_holder(&objects);
+    assert!(share > 0.9, "{}: the snapshot's nearest named retainer {oracle_holder} holds only {share:.2}", leak.go);
+
+    let types = census["retainers"]["types"].as_array().unwrap();
+    let found = types.iter().find(|t| t["kind"] == leak.kind).unwrap_or_else(|| panic!("no retainers: {types:?}"));
+    let top = &found["chains"][0];
+    eprintln!(
+        "{} {}: census {counted}, snapshot {oracle_count}; snapshot's holder {oracle_holder} ({share:.2}); leakprobe: {} [{} of {} samples]",
+        node.display(),
+        leak.go,
+        top["text"],
+        top["samples"],
+        found["sampled"]
+    );
+    assert_eq!(top["holder"], oracle_holder.as_str(), "{}: {found}", leak.go);
+    assert_eq!(oracle_holder, leak.holder, "{}: the snapshot disagrees with the fixture's source", leak.go);
+    let (samples, sampled) = (top["samples"].as_u64().unwrap(), found["sampled"].as_u64().unwrap());
+    assert!(sampled >= 10 && samples * 3 >= sampled * 2, "{}: {found}", leak.go);
+    assert!(top["text"].as_str().unwrap().contains(leak.chain_has), "{}: {}", leak.go, top["text"]);
+    assert_eq!(top["complete"], true, "{}: {found}", leak.go);
+}
+
+const MAP_CACHE: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go map-cache",
+    kind: "object",
+    name: "CachedResponse",
+    snapshot_type: "object",
+    holder: "responseCache",
+    chain_has: "responseCache (Map, ",
+};
+const ARRAY: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go array",
+    kind: "object",
+    name: "LogEntry",
+    snapshot_type: "object",
+    holder: "requestLog",
+    chain_has: "requestLog (Array, ",
+};
+const LISTENERS: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go listeners",
+    kind: "closure",
+    name: "onData",
+    snapshot_type: "closure",
+    holder: "data",
+    chain_has: "bus (EventEmitter)",
+};
+const TIMERS: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go timers",
+    kind: "closure",
+    name: "onExpiry",
+    snapshot_type: "closure",
+    holder: "_onTimeout",
+    chain_has: "Timeout (in a timer list)",
+};
+const BUFFERS_MAP: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go buffers-map",
+    kind: "array_buffer",
+    name: "ArrayBuffer",
+    snapshot_type: "object",
+    holder: "blobs",
+    chain_has: "blobs (Map, ",
+};
+const WRITABLE: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go writable",
+    kind: "array_buffer",
+    name: "ArrayBuffer",
+    snapshot_type: "object",
+    holder: "chunk",
+    chain_has: "a stream's buffered writes",
+};
+const SET: Leak = Leak {
+    fixture: "census-set-leak.js",
+    go: "go",
+    kind: "object",
+    name: "Session",
+    snapshot_type: "object",
+    holder: "openSessions",
+    chain_has: "openSessions (Set, ",
+};
+const WORKER: Leak = Leak {
+    fixture: "census-worker-leak.js",
+    go: "go",
+    kind: "object",
+    name: "WorkerRecord",
+    snapshot_type: "object",
+    holder: "records",
+    chain_has: "records (Array, ",
+};
+
+/// One test per leak and node binary.
+macro_rules! leak_tests {
+    ($($test:ident: $leak:ident on $node:expr;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                names_the_holder(&$node, &$leak);
+            }
+        )*
+    };
+}
+
+leak_tests! {
+    system_node_map_cache: MAP_CACHE on system_node();
+    system_node_array: ARRAY on system_node();
+    system_node_listeners: LISTENERS on system_node();
+    system_node_timers: TIMERS on system_node();
+    system_node_buffers_in_a_map: BUFFERS_MAP on system_node();
+    system_node_buffers_in_a_writable: WRITABLE on system_node();
+    system_node_set: SET on system_node();
+    system_node_worker: WORKER on system_node();
+    node18_map_cache: MAP_CACHE on official_node(18);
+    node18_array: ARRAY on official_node(18);
+    node18_listeners: LISTENERS on official_node(18);
+    node18_timers: TIMERS on official_node(18);
+    node18_buffers_in_a_map: BUFFERS_MAP on official_node(18);
+    node18_buffers_in_a_writable: WRITABLE on official_node(18);
+    node18_set: SET on official_node(18);
+    node18_worker: WORKER on official_node(18);
+    node20_map_cache: MAP_CACHE on official_node(20);
+    node20_array: ARRAY on official_node(20);
+    node20_listeners: LISTENERS on official_node(20);
+    node20_timers: TIMERS on official_node(20);
+    node20_buffers_in_a_map: BUFFERS_MAP on official_node(20);
+    node20_buffers_in_a_writable: WRITABLE on official_node(20);
+    node20_set: SET on official_node(20);
+    node20_worker: WORKER on official_node(20);
+    node22_map_cache: MAP_CACHE on official_node(22);
+    node22_array: ARRAY on official_node(22);
+    node22_listeners: LISTENERS on official_node(22);
+    node22_timers: TIMERS on official_node(22);
+    node22_buffers_in_a_map: BUFFERS_MAP on official_node(22);
+    node22_buffers_in_a_writable: WRITABLE on official_node(22);
+    node22_set: SET on official_node(22);
+    node22_worker: WORKER on official_node(22);
+    node24_map_cache: MAP_CACHE on official_node(24);
+    node24_array: ARRAY on official_node(24);
+    node24_listeners: LISTENERS on official_node(24);
+    node24_timers: TIMERS on official_node(24);
+    node24_buffers_in_a_map: BUFFERS_MAP on official_node(24);
+    node24_buffers_in_a_writable: WRITABLE on official_node(24);
+    node24_set: SET on official_node(24);
+    node24_worker: WORKER on official_node(24);
+}
