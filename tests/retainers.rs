@@ -323,3 +323,52 @@ leak_tests! {
     node24_set: SET on official_node(24);
     node24_worker: WORKER on official_node(24);
 }
+
+/// In a profiling session (`leakprobe --pid N`): censuses after main-thread mark-compacts
+/// find the growing `Session` type and its holder (`report.heap.census`), the summary says
+/// who retains it under the heap's verdict, and the incident folder holds the census table.
+#[test]
+fn a_session_reports_who_holds_the_growing_type() {
+    let mut fixture = Node::start(&system_node(), &["--expose-gc"], "census-set-leak.js");
+    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
+    fixture.go();
+    let report = leakprobe.report();
+    let census = &report["heap"]["census"];
+    assert_eq!(census["status"], "done", "{census}");
+    assert!(census["censuses"].as_u64().unwrap() >= 2, "{census}");
+    assert_eq!(census["stopped_early"], Value::Null, "{census}");
+    let isolates = census["isolates"].as_array().unwrap();
+    assert!(!isolates.is_empty() && isolates.iter().all(|i| i["committed_bytes"].as_u64().unwrap() > 0));
+    let growing = census["growing"].as_array().unwrap();
+    let session = growing.iter().find(|g| g["label"] == "Session").unwrap_or_else(|| panic!("{census}"));
+    assert!(session["count_delta"].as_i64().unwrap() > 1000, "{session}");
+    assert_eq!(session["retained_by"][0]["holder"], "openSessions", "{session}");
+    let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
+    assert!(summary.contains("Retained by: openSessions (Set, "), "{summary}");
+    let table = std::fs::read_to_string(leakprobe.out.join("census.txt")).unwrap();
+    assert!(table.contains("Session") && table.contains("Retained by: openSessions"), "{table}");
+    let cost = &census["cost"];
+    eprintln!("census in the session: {} censuses, cost {cost}", census["censuses"]);
+    assert!(cost["cpu_s"].as_f64().unwrap() > 0.0 && cost["bytes_read"].as_u64().unwrap() > 0, "{cost}");
+}
+
+/// Buffers kept in a Map grow external memory: the summary says who keeps them under the
+/// external suspect (from the census's growing ArrayBuffers).
+#[test]
+fn a_session_says_who_keeps_the_growing_buffers() {
+    let mut fixture = Node::start(&system_node(), &["--expose-gc"], "retainer-leaks.js");
+    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
+    send(&mut fixture, "go buffers-map");
+    let report = leakprobe.report();
+    let census = &report["heap"]["census"];
+    let buffers = census["growing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["kind"] == "array_buffer")
+        .unwrap_or_else(|| panic!("{census}"));
+    assert_eq!(buffers["retained_by"][0]["holder"], "blobs", "{buffers}");
+    let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
+    let external = summary.find(" external: ").unwrap_or_else(|| panic!("no external suspect:\n{summary}"));
+    assert!(summary[external..].contains("Retained by: Uint8Array ← blobs (Map, "), "{summary}");
+}

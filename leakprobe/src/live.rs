@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 
 use crate::{
+    census_watch::GrowingType,
     gc::GcKind,
+    v8::heap::Kind,
     report::Report,
     suspects::{Category, Source},
     symbolize::{Frame, FrameKind},
@@ -135,6 +137,11 @@ fn suspects(out: &mut String, report: &Report) {
         if let Some(next) = &v.next_step {
             let _ = writeln!(out, "            not explained: {next}");
         }
+        if v.category == Category::V8Heap {
+            census_lines(out, report, |g| {
+                matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer)
+            });
+        }
     }
     if report.suspects.is_empty() {
         if !growing.is_empty() {
@@ -166,6 +173,44 @@ fn suspects(out: &mut String, report: &Report) {
         );
         for line in suspect_lines(&s.frames) {
             let _ = writeln!(out, "       {}", truncate(&line, 100));
+        }
+        // External memory is ArrayBuffers' backing stores: the census says who keeps them.
+        if s.category == Category::External {
+            census_lines(out, report, |g| g.kind == Kind::ArrayBuffer);
+        }
+    }
+}
+
+/// Growing types of the heap census that `wanted` picks, each with its retainer chains
+/// ("Retained by" lines); nothing when the census has no growth yet.
+fn census_lines(out: &mut String, report: &Report, wanted: impl Fn(&GrowingType) -> bool) {
+    let Some(census) = &report.heap.census else { return };
+    let growing: Vec<&GrowingType> = census.growing.iter().filter(|g| wanted(g)).take(3).collect();
+    if growing.is_empty() {
+        return;
+    }
+    let span = match (census.first_t_s, census.last_t_s) {
+        (Some(a), Some(b)) => format!("{:.0} s apart", b - a),
+        _ => String::new(),
+    };
+    let _ = writeln!(out, "            heap census, {} censuses {span}:", census.censuses);
+    for g in growing {
+        let _ = writeln!(
+            out,
+            "              {:+.0}/s {} ({:+} objects, {}/s)",
+            g.count_per_s,
+            truncate(&g.label, 70),
+            g.count_delta,
+            rate(g.bytes_per_s).trim()
+        );
+        for r in g.retained_by.iter().filter(|r| r.holder.is_some()).take(2) {
+            let _ = writeln!(
+                out,
+                "                Retained by: {}  [{} of {} samples]",
+                truncate(&r.text, 110),
+                r.samples,
+                r.sampled
+            );
         }
     }
 }

@@ -220,6 +220,11 @@ pub fn write_outputs(report: &serde_json::Value, dir: &Path) -> anyhow::Result<V
     let profiles = crate::pprof::write_all(report, dir).context("writing pprof profiles");
     let mut written = svgs?;
     written.extend(profiles?);
+    if let Some(table) = crate::census_watch::table(report) {
+        let path = dir.join("census.txt");
+        fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
     Ok(written)
 }
 

@@ -228,7 +228,9 @@ pub fn retainers<M: Memory>(
     let mut types = Vec::new();
     for (i, alive, stale) in roots {
         let (heap, kind, label) = wanted[i].clone();
-        let mut chains: HashMap<Vec<Link>, (u32, bool)> = HashMap::new();
+        // Chains are grouped by their links without counts (a container grows while the
+        // search reads it); each group shows its first chain.
+        let mut chains: HashMap<Vec<(LinkKind, Option<String>, String)>, (Vec<Link>, u32, bool)> = HashMap::new();
         let mut unexplained = 0;
         for &root in &alive {
             match search.best_path(root) {
@@ -238,16 +240,20 @@ pub fn retainers<M: Memory>(
                         unexplained += 1;
                         continue;
                     }
-                    let entry = chains.entry(links).or_default();
-                    entry.0 += 1;
-                    entry.1 |= complete;
+                    let key = links
+                        .iter()
+                        .map(|l| (l.kind, l.name.clone(), l.holder.replace(|c: char| c.is_ascii_digit() || c == ',', "")))
+                        .collect();
+                    let entry = chains.entry(key).or_insert_with(|| (links, 0, false));
+                    entry.1 += 1;
+                    entry.2 |= complete;
                 }
                 None => unexplained += 1,
             }
         }
         let mut chains: Vec<Chain> = chains
-            .into_iter()
-            .map(|(links, (samples, complete))| Chain {
+            .into_values()
+            .map(|(links, samples, complete)| Chain {
                 samples,
                 holder: links
                     .iter()
