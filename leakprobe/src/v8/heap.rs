@@ -1193,6 +1193,43 @@ mod tests {
         assert_eq!(find("(Map)"), Some((2, 160)));
     }
 
+    /// A JavaScript object referred to by a FixedArray's element and, by chance, by a
+    /// string's characters: the census samples it, the retainer search finds the array as its
+    /// holder and rejects the string (its type holds no pointers).
+    #[test]
+    fn retainers_keep_references_the_layout_allows() {
+        let Some((l, hl)) = layouts() else { return };
+        let smi = |v: u64| v << 32;
+        let object = CHUNK + HEADER + 1;
+        let fixed_map = CHUNK + HEADER + 8 * 9;
+        let string_map = fixed_map + 8 * 10;
+        let mut objects = vec![OBJECT_MAP + 1, 0, 0];
+        objects.extend_from_slice(&[fixed_map + 1, smi(1), object]);
+        objects.extend_from_slice(&[string_map + 1, 8 << 32, object]);
+        for ty in [l.fixed_array_type, l.strings.one_byte | l.strings.seq] {
+            let mut raw = [0u8; 80];
+            raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
+            raw[l.instance_type as usize..][..2].copy_from_slice(&(ty as u16).to_le_bytes());
+            objects.extend(raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
+        }
+        let (mem, _) = page(&l, &hl, 1, hl.first_js_type, 3, &objects);
+        let mut reader = Reader::new(l.clone(), mem);
+        let ranges = [(CHUNK, CHUNK + PAGE)];
+        let got = census(&mut reader, &hl, &ranges, limits());
+        assert_eq!(got.unparsed_bytes, 0, "{got:#?}");
+        let js_name = hl.type_names[&hl.first_js_type].clone();
+        let key = ("0x77000000".to_string(), Kind::Object, js_name);
+        assert_eq!(got.samples.get(&key).map(|s| s.len()), Some(1), "{:?}", got.samples.keys());
+        let found = retainers(&mut reader, &hl, &ranges, &got, std::slice::from_ref(&key), limits());
+        let t = &found.types[0];
+        assert_eq!((t.sampled, t.stale, t.unexplained), (1, 0, 0), "{found:#?}");
+        assert_eq!(found.rejected_hits, 1, "{found:#?}");
+        let links = &t.chains[0].links;
+        assert_eq!(links.len(), 1, "{found:#?}");
+        assert_eq!((links[0].kind, links[0].holder.as_str()), (LinkKind::Internal, "(FixedArray)"));
+        assert!(!t.chains[0].complete);
+    }
+
     /// Young pages are not walked; a cap stops the walk and says so.
     #[test]
     fn young_pages_and_caps() {
@@ -1327,6 +1364,28 @@ mod tests {
             prop_assert_eq!(iso.pages, 1);
             prop_assert_eq!(iso.object_bytes + iso.free_bytes + got.unparsed_bytes, area);
             prop_assert_eq!(iso.objects, iso.types.iter().map(|t| t.count).sum::<u64>());
+        }
+
+        /// The retainer search over a page of garbage: no panic or hang, every sample either
+        /// searched or stale, no chain holding more samples than were searched.
+        #[test]
+        fn retainers_of_garbage_pages((shape, ty, words, objects) in garbage_page()) {
+            let Some((l, hl)) = layouts() else { return Ok(()) };
+            let (mem, _) = page(&l, &hl, shape, ty, words, &objects);
+            let mut reader = Reader::new(l, mem);
+            let ranges = [(CHUNK, CHUNK + 2 * PAGE)];
+            let got = census(&mut reader, &hl, &ranges, limits());
+            let wanted: Vec<(String, Kind, String)> = got.samples.keys().cloned().collect();
+            let found = retainers(&mut reader, &hl, &ranges, &got, &wanted, limits());
+            prop_assert_eq!(found.types.len(), wanted.len());
+            for t in &found.types {
+                let key = (t.heap.clone(), t.kind, t.label.clone());
+                prop_assert_eq!((t.sampled + t.stale) as usize, got.samples[&key].len());
+                let chained: u32 = t.chains.iter().map(|c| c.samples).sum();
+                prop_assert!(chained + t.unexplained <= t.sampled);
+                prop_assert!(t.chains.iter().all(|c| !c.links.is_empty() && !c.text.is_empty()));
+            }
+            prop_assert!(found.passes as usize <= 11);
         }
 
         /// Garbage page headers are a page or not, never a panic.
