@@ -372,3 +372,62 @@ fn a_session_says_who_keeps_the_growing_buffers() {
     let external = summary.find(" external: ").unwrap_or_else(|| panic!("no external suspect:\n{summary}"));
     assert!(summary[external..].contains("Retained by: Uint8Array ← blobs (Map, "), "{summary}");
 }
+
+/// The target is never paused: a ticker over a 60 MiB heap keeps ticking while leakprobe takes
+/// a census and searches retainers. Its longest gap between ticks during the census is no
+/// longer than without leakprobe (give or take scheduling noise on a shared machine), and far
+/// shorter than the census: a process stopped for the census would show one gap as long.
+#[test]
+fn a_census_never_pauses_the_target() {
+    let mut fixture = Node::start(&system_node(), &[], "ticker-heap.js");
+    let gaps = |lines: &[String], within: Option<(u128, u128)>| -> Vec<f64> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace().skip(2);
+                let gap: f64 = f.next()?.parse().ok()?;
+                let at: u128 = f.next()?.parse().ok()?;
+                within.is_none_or(|(a, b)| (a..=b).contains(&at)).then_some(gap)
+            })
+            .collect()
+    };
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    fixture.stdout.for_a_while(Duration::from_secs(1));
+    let without = gaps(&fixture.stdout.for_a_while(Duration::from_secs(4)), None);
+    let max_without = without.iter().cloned().fold(0.0, f64::max);
+
+    let pid = fixture.pid().to_string();
+    let census = std::thread::spawn(move || {
+        let start = now_ms();
+        let (status, stdout, stderr) = run_leakprobe(&["census", "--pid", &pid, "--json", "--retainers-of", "Entry"]);
+        (start, now_ms(), status, stdout, stderr)
+    });
+    let lines = fixture.stdout.for_a_while(Duration::from_secs(3));
+    let (start, end, status, stdout, stderr) = census.join().unwrap();
+    let mut lines = lines;
+    lines.extend(fixture.stdout.for_a_while(Duration::from_millis(500)));
+    assert!(status.success(), "{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    let entries: u64 = result["isolates"][0]["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "Entry")
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    assert!(entries >= 540_000, "the census counted {entries} Entry objects");
+    assert_eq!(result["retainers"]["types"][0]["chains"][0]["holder"], "table", "{}", result["retainers"]);
+    let during = gaps(&lines, Some((start, end)));
+    let max_during = during.iter().cloned().fold(0.0, f64::max);
+    let took = (end - start) as f64;
+    eprintln!(
+        "census and retainers took {took:.0} ms ({} MiB read); ticks: {} without leakprobe (max gap {max_without:.1} ms), {} during the census (max gap {max_during:.1} ms)",
+        (result["bytes_read"].as_u64().unwrap() + result["retainers"]["bytes_read"].as_u64().unwrap()) >> 20,
+        without.len(),
+        during.len()
+    );
+    assert!(took > 300.0, "the census took only {took} ms: too short to show a pause");
+    assert!(during.len() as f64 >= took / 10.0 * 0.5, "{} ticks in {took} ms", during.len());
+    assert!(max_during <= (2.0 * max_without).max(max_without + 40.0), "{max_during} ms against {max_without} ms");
+    assert!(max_during < took / 2.0, "a gap of {max_during} ms in a census of {took} ms");
+}
