@@ -431,3 +431,40 @@ fn a_census_never_pauses_the_target() {
     assert!(max_during <= (2.0 * max_without).max(max_without + 40.0), "{max_during} ms against {max_without} ms");
     assert!(max_during < took / 2.0, "a gap of {max_during} ms in a census of {took} ms");
 }
+
+/// A leak inside a worker thread, in a profiling session: the RSS split's V8 heap counts the
+/// worker's isolate too (listed apart from the main one), and the census finds the worker's
+/// growing `WorkerRecord`s in the worker's heap, held by its `records` array.
+#[test]
+fn a_session_counts_every_isolate() {
+    let mut fixture = Node::start(&system_node(), &["--expose-gc"], "census-worker-leak.js");
+    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
+    fixture.go();
+    // Full GCs on the main thread (where censuses are read) while the worker leaks.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(3));
+        send(&mut fixture, "gc");
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    let report = leakprobe.report();
+    let memory = &report["memory"];
+    let isolates = memory["v8_heap_isolates"].as_array().unwrap_or_else(|| panic!("{}", report["heap"]["census"]));
+    assert!(isolates.len() >= 2, "{isolates:?}");
+    assert_eq!(isolates.iter().filter(|i| i["main"] == true).count(), 1, "{isolates:?}");
+    let worker = isolates.iter().find(|i| i["main"] == false).unwrap();
+    let others = memory["v8_heap_other_isolates_bytes"].as_u64().unwrap();
+    assert!(others >= worker["committed_bytes"].as_u64().unwrap() && others > 4 << 20, "{memory}");
+    let v8 = memory["v8_heap_bytes"].as_u64().unwrap();
+    assert!(v8 > others, "v8 heap {v8} should hold the main isolate and the others' {others}");
+    let census = &report["heap"]["census"];
+    let records = census["growing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["label"] == "WorkerRecord")
+        .unwrap_or_else(|| panic!("{census}"));
+    assert_eq!(records["heap"], worker["heap"], "{census}");
+    assert_eq!(records["retained_by"][0]["holder"], "records", "{records}");
+    let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
+    assert!(summary.contains("worker") && summary.contains("isolates;"), "{summary}");
+}

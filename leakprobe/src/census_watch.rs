@@ -1,6 +1,6 @@
 //! The heap census inside a profiling session (`report.heap.census`): a census of every
 //! isolate's heap right after the first main-thread mark-compact of the window, and again after
-//! later ones, on a thread of its own. Between the first and the latest, the types that grew
+//! later ones (a worker's when the main thread has none), on a thread of its own. Between the first and the latest, the types that grew
 //! and, for the fastest-growing, who holds them ([`crate::v8::heap::retainers`]).
 //!
 //! The census reads `/proc/PID/mem` while the target runs: nothing stops it, and the session's
@@ -20,6 +20,8 @@ use crate::{
     v8::heap::{self, Census, Growth, Kind, Limits, RetainerSearch, Stopped},
 };
 
+/// Longest wait at the end of a session for a census under way.
+pub const SETTLE: Duration = Duration::from_secs(20);
 /// Caps of one census (and of one retainer search).
 pub const LIMITS: Limits = Limits { max_bytes: 2 << 30, max_time: Duration::from_secs(10) };
 /// Shortest time between two censuses.
@@ -63,6 +65,10 @@ pub struct IsolateHeap {
     /// Address of its `Heap` (tells isolates apart; the main isolate's heap is usually the
     /// largest).
     pub heap: String,
+    /// Taken for the main thread's isolate: the one whose `Heap` has the lowest address (node
+    /// creates it first, from the main thread's allocator arena; workers' come from their
+    /// threads' arenas, mapped higher). A heuristic, not read from V8.
+    pub main: bool,
     /// Bytes of every page of its heap (old, young and large-object spaces).
     pub committed_bytes: u64,
     /// Live objects counted in the old generation, and their bytes.
@@ -150,12 +156,18 @@ impl CensusWatch {
         Ok(Self { requests, shared, last_request: None, last_elapsed_s: 0.0 })
     }
 
-    /// Called when the target's main thread ended a mark-compact, `t` seconds into the window:
-    /// asks for a census unless one runs or the last was too recent.
-    pub fn on_mark_compact(&mut self, t: f64) {
+    /// Called when a thread of the target ended a mark-compact, `t` seconds into the window:
+    /// asks for a census unless one runs or the last was too recent. The main thread's are
+    /// the troughs the census is read at; a worker's counts only when the main thread has
+    /// had none for twice the spacing (a worker's leak beside a quiet main thread).
+    pub fn on_mark_compact(&mut self, t: f64, main_thread: bool) {
         let mut shared = lock(&self.shared);
         let spacing = MIN_SPACING_S.max(self.last_elapsed_s / MAX_SHARE);
-        let due = self.last_request.is_none_or(|last| t - last >= spacing);
+        let since = t - self.last_request.unwrap_or(0.0);
+        let due = match main_thread {
+            true => self.last_request.is_none() || since >= spacing,
+            false => since >= 2.0 * spacing,
+        };
         if shared.busy || !due {
             if self.last_request.is_some() {
                 shared.report.skipped_gcs += 1;
@@ -172,6 +184,22 @@ impl CensusWatch {
     /// `report.heap.census` now.
     pub fn report(&self) -> CensusReport {
         lock(&self.shared).report.clone()
+    }
+
+    /// Waits (at most `timeout`) for a census under way to finish, for the final report; when
+    /// it does not, its status says so.
+    pub fn settle(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while lock(&self.shared).busy && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut shared = lock(&self.shared);
+        if shared.busy {
+            shared.report.status = format!(
+                "{} (a census was still under way when the session ended)",
+                shared.report.status
+            );
+        }
     }
 }
 
@@ -223,7 +251,8 @@ fn run(pid: u32, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
             }
         };
         let first = {
-            let mut s = lock(&shared);
+            let mut guard = lock(&shared);
+            let s = &mut *guard;
             let r = &mut s.report;
             r.censuses += 1;
             r.cost.bytes_read += census.bytes_read;
@@ -231,6 +260,9 @@ fn run(pid: u32, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
             r.cost.last_census_bytes = census.bytes_read;
             r.stopped_early = census.stopped_early;
             r.isolates = isolates(&census);
+            if s.first.is_some() {
+                r.status = format!("census {} read; growth and retainers under way", r.censuses);
+            }
             match &s.first {
                 None => None,
                 Some((t0, first)) => Some((*t0, heap::growth(first, &census, t - *t0))),
@@ -278,16 +310,35 @@ fn finish(shared: &Mutex<Shared>, cpu_before: f64, update: impl FnOnce(&mut Cens
 
 /// Each isolate's heap in `census`.
 fn isolates(census: &Census) -> Vec<IsolateHeap> {
+    let address = |heap: &str| u64::from_str_radix(heap.trim_start_matches("0x"), 16).unwrap_or(u64::MAX);
+    let main = census.isolates.iter().map(|i| address(&i.heap)).min();
     census
         .isolates
         .iter()
         .map(|i| IsolateHeap {
             heap: i.heap.clone(),
+            main: Some(address(&i.heap)) == main,
             committed_bytes: i.committed_bytes,
             objects: i.objects,
             object_bytes: i.object_bytes,
         })
         .collect()
+}
+
+/// Counts every isolate's heap in `memory`'s split: the V8 heap there is the main isolate's
+/// (V8's own readings); the other isolates' committed bytes from the latest census are added
+/// to it and taken from `other`, and each isolate is listed.
+pub fn split_isolates(memory: &mut crate::memory::MemoryReport, census: &CensusReport) {
+    if census.isolates.is_empty() {
+        return;
+    }
+    let others: u64 = census.isolates.iter().filter(|i| !i.main).map(|i| i.committed_bytes).sum();
+    if others > 0 {
+        memory.v8_heap_bytes = Some(memory.v8_heap_bytes.unwrap_or(0) + others);
+        memory.other_bytes = memory.other_bytes.saturating_sub(others);
+    }
+    memory.v8_heap_other_isolates_bytes = Some(others);
+    memory.v8_heap_isolates = census.isolates.clone();
 }
 
 /// The growing JavaScript types (not V8's internal ones), with their chains where searched.

@@ -103,10 +103,25 @@ fn memory_split(out: &mut String, report: &Report) {
     let _ = writeln!(out, "  rss        {:>10} {:>12}", mib(m.rss.rss_bytes), rate(m.rss_growth_bytes_per_s));
     let _ = writeln!(
         out,
-        "  v8 heap    {} {:>12}",
+        "  v8 heap    {} {:>12}{}",
         part(m.v8_heap_bytes, "awaiting GC"),
-        rate(m.v8_heap_growth_bytes_per_s)
+        rate(m.v8_heap_growth_bytes_per_s),
+        match m.v8_heap_isolates.len() {
+            0 | 1 => String::new(),
+            n => format!("  ({n} isolates; growth: main isolate)"),
+        }
     );
+    if m.v8_heap_isolates.len() > 1 {
+        for i in &m.v8_heap_isolates {
+            let _ = writeln!(
+                out,
+                "    {:<8}{:>10}   isolate heap {}",
+                if i.main { "main" } else { "worker" },
+                mib(i.committed_bytes),
+                i.heap
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "  external   {} {:>12}",

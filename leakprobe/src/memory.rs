@@ -104,6 +104,13 @@ pub struct MemoryReport {
     /// External growth over the window (least squares).
     pub external_growth_bytes_per_s: f64,
     /// Samples, one per interval (thinned evenly past 512).
+    /// Other isolates' (worker threads') heaps, from the latest heap census, included in
+    /// `v8_heap_bytes` (absent before a census, and in fleet mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v8_heap_other_isolates_bytes: Option<u64>,
+    /// Each isolate's heap in the latest census.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub v8_heap_isolates: Vec<crate::census_watch::IsolateHeap>,
     pub samples: Vec<Sample>,
 }
 
@@ -140,6 +147,8 @@ impl MemoryReport {
             rss_growth_bytes_per_s: slope(&|s| Some(s.rss.rss_bytes)),
             v8_heap_growth_bytes_per_s: slope(&|s| s.v8_heap_bytes),
             external_growth_bytes_per_s: slope(&|s| s.external_bytes),
+            v8_heap_other_isolates_bytes: None,
+            v8_heap_isolates: Vec::new(),
             samples: samples.to_vec(),
         }
     }

@@ -258,6 +258,9 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     }
 
     let stop = session.collect(&options).await?;
+    if let Some(census) = &session.census {
+        census.settle(crate::census_watch::SETTLE);
+    }
     session.drain();
     session.sample();
     let report = session.report(stop, Stacks::All);
@@ -572,9 +575,9 @@ impl Session {
                         }
                         if kind == GcKind::MarkCompact && event.tid == target.pid {
                             *trough_in = Some(1);
-                            if let Some(census) = census {
-                                census.on_mark_compact(t);
-                            }
+                        }
+                        if let Some(census) = census.as_mut().filter(|_| kind == GcKind::MarkCompact) {
+                            census.on_mark_compact(t, event.tid == target.pid);
                         }
                         if kind == GcKind::MarkCompact {
                             symbolizer.moved();
@@ -733,7 +736,13 @@ impl Session {
                 }
                 gc
             },
-            memory: memory::MemoryReport::new(self.memory.items()),
+            memory: {
+                let mut memory = memory::MemoryReport::new(self.memory.items());
+                if let Some(census) = &self.census {
+                    crate::census_watch::split_isolates(&mut memory, &census.report());
+                }
+                memory
+            },
             heap: {
                 let mut heap = self.heap.report(|id| match all {
                     true => self.symbolizer.stack_frames(id, |id| maps.frames(true, id)),
