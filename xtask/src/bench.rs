@@ -113,6 +113,7 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     println!("(the cost is dominated by the uprobe trap into the kernel on entry and return)");
+    crate::bench_census::census_cost(&leakprobe)?;
     agent_memory(&leakprobe)
 }
 

@@ -4,6 +4,7 @@
 //! a fresh machine (as root, which installing packages and loading eBPF programs both need).
 
 mod bench;
+mod bench_census;
 mod demo;
 mod setup;
 
