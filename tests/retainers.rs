@@ -39,8 +39,10 @@ impl Snapshot {
             (at(&node_fields, "type"), at(&node_fields, "name"), at(&node_fields, "edge_count"));
         let (e_type, e_name, e_to) =
             (at(&edge_fields, "type"), at(&edge_fields, "name_or_index"), at(&edge_fields, "to_node"));
-        let raw_nodes: Vec<u64> = v["nodes"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
-        let raw_edges: Vec<u64> = v["edges"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let raw_nodes: Vec<u64> =
+            v["nodes"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let raw_edges: Vec<u64> =
+            v["edges"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
         let (nf, ef) = (node_fields.len(), edge_fields.len());
         let nodes: Vec<(String, String)> = raw_nodes
             .chunks(nf)
@@ -175,10 +177,15 @@ fn names_the_holder(node: &Path, leak: &Leak) {
         leak.name
     );
     let (oracle_holder, share) = snapshot.majority_holder(&objects);
-    assert!(share > 0.9, "{}: the snapshot's nearest named retainer {oracle_holder} holds only {share:.2}", leak.go);
+    assert!(
+        share > 0.9,
+        "{}: the snapshot's nearest named retainer {oracle_holder} holds only {share:.2}",
+        leak.go
+    );
 
     let types = census["retainers"]["types"].as_array().unwrap();
-    let found = types.iter().find(|t| t["kind"] == leak.kind).unwrap_or_else(|| panic!("no retainers: {types:?}"));
+    let found =
+        types.iter().find(|t| t["kind"] == leak.kind).unwrap_or_else(|| panic!("no retainers: {types:?}"));
     let top = &found["chains"][0];
     eprintln!(
         "{} {}: census {counted}, snapshot {oracle_count}; snapshot's holder {oracle_holder} ({share:.2}); leakprobe: {} [{} of {} samples]",
@@ -399,7 +406,8 @@ fn a_census_never_pauses_the_target() {
     let pid = fixture.pid().to_string();
     let census = std::thread::spawn(move || {
         let start = now_ms();
-        let (status, stdout, stderr) = run_leakprobe(&["census", "--pid", &pid, "--json", "--retainers-of", "Entry"]);
+        let (status, stdout, stderr) =
+            run_leakprobe(&["census", "--pid", &pid, "--json", "--retainers-of", "Entry"]);
         (start, now_ms(), status, stdout, stderr)
     });
     let lines = fixture.stdout.for_a_while(Duration::from_secs(3));
@@ -428,7 +436,10 @@ fn a_census_never_pauses_the_target() {
     );
     assert!(took > 300.0, "the census took only {took} ms: too short to show a pause");
     assert!(during.len() as f64 >= took / 10.0 * 0.5, "{} ticks in {took} ms", during.len());
-    assert!(max_during <= (2.0 * max_without).max(max_without + 40.0), "{max_during} ms against {max_without} ms");
+    assert!(
+        max_during <= (2.0 * max_without).max(max_without + 40.0),
+        "{max_during} ms against {max_without} ms"
+    );
     assert!(max_during < took / 2.0, "a gap of {max_during} ms in a census of {took} ms");
 }
 
@@ -448,7 +459,8 @@ fn a_session_counts_every_isolate() {
     }
     let report = leakprobe.report();
     let memory = &report["memory"];
-    let isolates = memory["v8_heap_isolates"].as_array().unwrap_or_else(|| panic!("{}", report["heap"]["census"]));
+    let isolates =
+        memory["v8_heap_isolates"].as_array().unwrap_or_else(|| panic!("{}", report["heap"]["census"]));
     assert!(isolates.len() >= 2, "{isolates:?}");
     assert_eq!(isolates.iter().filter(|i| i["main"] == true).count(), 1, "{isolates:?}");
     let worker = isolates.iter().find(|i| i["main"] == false).unwrap();

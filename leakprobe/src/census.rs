@@ -93,7 +93,10 @@ impl Probe {
 pub fn growing_types(growth: &[Growth], top: usize) -> Vec<(String, Kind, String)> {
     growth
         .iter()
-        .filter(|g| g.count_delta > 0 && matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer))
+        .filter(|g| {
+            g.count_delta > 0
+                && matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer)
+        })
         .take(top)
         .map(|g| (g.heap.clone(), g.kind, g.label.clone()))
         .collect()

@@ -145,7 +145,10 @@ impl CensusWatch {
     pub fn start(pid: u32) -> anyhow::Result<Self> {
         let (requests, rx) = mpsc::channel::<f64>();
         let shared = Arc::new(Mutex::new(Shared {
-            report: CensusReport { status: "waiting for a main-thread mark-compact".into(), ..Default::default() },
+            report: CensusReport {
+                status: "waiting for a main-thread mark-compact".into(),
+                ..Default::default()
+            },
             ..Default::default()
         }));
         let state = shared.clone();
@@ -174,7 +177,8 @@ impl CensusWatch {
             }
             return;
         }
-        self.last_elapsed_s = (shared.report.cost.last_census_ms + shared.report.cost.last_retainers_ms) / 1e3;
+        self.last_elapsed_s =
+            (shared.report.cost.last_census_ms + shared.report.cost.last_retainers_ms) / 1e3;
         shared.busy = true;
         self.last_request = Some(t);
         drop(shared);
@@ -195,10 +199,8 @@ impl CensusWatch {
         }
         let mut shared = lock(&self.shared);
         if shared.busy {
-            shared.report.status = format!(
-                "{} (a census was still under way when the session ended)",
-                shared.report.status
-            );
+            shared.report.status =
+                format!("{} (a census was still under way when the session ended)", shared.report.status);
         }
     }
 }
@@ -242,7 +244,9 @@ fn run(pid: u32, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
         let census = match census {
             Ok(c) if c.pages_found > 0 => c,
             Ok(_) => {
-                finish(&shared, cpu, |r| r.status = "no V8 heap page found (not node 18–24's page headers)".into());
+                finish(&shared, cpu, |r| {
+                    r.status = "no V8 heap page found (not node 18–24's page headers)".into()
+                });
                 continue;
             }
             Err(e) => {
@@ -263,10 +267,7 @@ fn run(pid: u32, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
             if s.first.is_some() {
                 r.status = format!("census {} read; growth and retainers under way", r.censuses);
             }
-            match &s.first {
-                None => None,
-                Some((t0, first)) => Some((*t0, heap::growth(first, &census, t - *t0))),
-            }
+            s.first.as_ref().map(|(t0, first)| (*t0, heap::growth(first, &census, t - *t0)))
         };
         let Some((t0, growth)) = first else {
             finish(&shared, cpu, |r| {
@@ -349,7 +350,9 @@ fn growing(growth: &[Growth], found: Option<&RetainerSearch>, seconds: f64) -> V
         .take(LISTED)
         .map(|g| {
             let retained_by = found
-                .and_then(|f| f.types.iter().find(|t| t.heap == g.heap && t.kind == g.kind && t.label == g.label))
+                .and_then(|f| {
+                    f.types.iter().find(|t| t.heap == g.heap && t.kind == g.kind && t.label == g.label)
+                })
                 .map(|t| {
                     t.chains
                         .iter()
@@ -413,7 +416,10 @@ pub fn table(report: &serde_json::Value) -> Option<String> {
         );
     }
     out += "\ngrowing types, most objects gained first\n";
-    out += &format!("  {:>10} {:>10} {:>10} {:>10}  {:<18} type\n", "objects/s", "objects", "MiB/s", "now", "heap");
+    out += &format!(
+        "  {:>10} {:>10} {:>10} {:>10}  {:<18} type\n",
+        "objects/s", "objects", "MiB/s", "now", "heap"
+    );
     for g in c["growing"].as_array()? {
         out += &format!(
             "  {:>+10.0} {:>+10} {:>+10.3} {:>10}  {:<18} {}\n",

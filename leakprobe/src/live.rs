@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use crate::{
     census_watch::GrowingType,
     gc::GcKind,
-    v8::heap::Kind,
     report::Report,
     suspects::{Category, Source},
     symbolize::{Frame, FrameKind},
+    v8::heap::Kind,
     verdict::CategoryVerdict,
 };
 

@@ -47,14 +47,20 @@ pub fn census_cost(leakprobe: &Path) -> anyhow::Result<()> {
             args.extend_from_slice(extra);
             let out = Command::new(leakprobe).args(&args).output().context("running leakprobe census")?;
             let cpu = children_cpu_s() - before;
-            anyhow::ensure!(out.status.success(), "leakprobe census: {}", String::from_utf8_lossy(&out.stderr));
+            anyhow::ensure!(
+                out.status.success(),
+                "leakprobe census: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("census JSON")?;
             let heap: u64 = v["isolates"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|i| i["committed_bytes"].as_u64()).sum())
                 .unwrap_or(0);
-            let read = v["bytes_read"].as_u64().unwrap_or(0) + v["retainers"]["bytes_read"].as_u64().unwrap_or(0);
-            let wall = v["elapsed_ms"].as_f64().unwrap_or(0.0) + v["retainers"]["elapsed_ms"].as_f64().unwrap_or(0.0);
+            let read =
+                v["bytes_read"].as_u64().unwrap_or(0) + v["retainers"]["bytes_read"].as_u64().unwrap_or(0);
+            let wall = v["elapsed_ms"].as_f64().unwrap_or(0.0)
+                + v["retainers"]["elapsed_ms"].as_f64().unwrap_or(0.0);
             let gib = heap as f64 / (1u64 << 30) as f64;
             println!(
                 "{what:<22} {:>9.1} {cpu:>9.2} {wall:>9.0} {:>10.1} {:>14.1} {:>13.1}x",

@@ -124,7 +124,9 @@ impl RefLayout {
             js_map_type: u(m.get("type_JSMap__JS_MAP_TYPE")?),
             js_set_type: u(m.get("type_JSSet__JS_SET_TYPE")?),
             property_array_type: u(m.get("type_PropertyArray__PROPERTY_ARRAY_TYPE")?),
-            inobject_start: u(m.field("class_Map__inobject_properties_start_or_constructor_function_index__")?),
+            inobject_start: u(
+                m.field("class_Map__inobject_properties_start_or_constructor_function_index__")?
+            ),
             descriptor_details: u(m.get("prop_desc_details")?.saturating_mul(8)),
             field_index: (u(m.get("prop_index_mask")?), shift(m.get("prop_index_shift")?)),
             location: (u(m.get("prop_location_mask")?), shift(m.get("prop_location_shift")?)),
@@ -606,7 +608,14 @@ pub fn census<M: Memory>(
                 .filter(|((h, _), _)| *h == heap)
                 .map(|((_, label), t)| {
                     let (kind, name, label) = walker.labels[*label].clone();
-                    TypeCount { kind, name, label, count: t.count, bytes: t.bytes, external_bytes: t.external }
+                    TypeCount {
+                        kind,
+                        name,
+                        label,
+                        count: t.count,
+                        bytes: t.bytes,
+                        external_bytes: t.external,
+                    }
                 })
                 .collect();
             types.sort_by(|a, b| {

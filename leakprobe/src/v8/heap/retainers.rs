@@ -29,9 +29,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
-    find_pages, Census, HeapLayout, Kind, Limits, MapInfo, Memory, Page, Reader, Stopped, Walker,
-};
+use super::{find_pages, Census, HeapLayout, Kind, Limits, MapInfo, Memory, Page, Reader, Stopped, Walker};
 
 /// Levels searched above the samples (one pass over the heap each).
 const MAX_DEPTH: usize = 10;
@@ -129,6 +127,9 @@ pub struct RetainerSearch {
     pub stopped_early: Option<Stopped>,
 }
 
+/// A link without its counts, to group chains by.
+type LinkKey = (LinkKind, Option<String>, String);
+
 /// An object of the search's graph.
 #[derive(Clone, Debug)]
 struct Node {
@@ -198,7 +199,9 @@ pub fn retainers<M: Memory>(
             .collect();
         // Scopes are searched once more, for a closure that names their file.
         let mut wanted = search.above(&open);
-        wanted.extend((0..search.nodes.len()).filter(|&i| search.nodes[i].info.is_some_and(|n| search.is_context(n))));
+        wanted.extend(
+            (0..search.nodes.len()).filter(|&i| search.nodes[i].info.is_some_and(|n| search.is_context(n))),
+        );
         let frontier: HashMap<u64, usize> = wanted
             .into_iter()
             .map(|i| &search.nodes[i])
@@ -230,7 +233,7 @@ pub fn retainers<M: Memory>(
         let (heap, kind, label) = wanted[i].clone();
         // Chains are grouped by their links without counts (a container grows while the
         // search reads it); each group shows its first chain.
-        let mut chains: HashMap<Vec<(LinkKind, Option<String>, String)>, (Vec<Link>, u32, bool)> = HashMap::new();
+        let mut chains: HashMap<Vec<LinkKey>, (Vec<Link>, u32, bool)> = HashMap::new();
         let mut unexplained = 0;
         for &root in &alive {
             match search.best_path(root) {
@@ -242,7 +245,13 @@ pub fn retainers<M: Memory>(
                     }
                     let key = links
                         .iter()
-                        .map(|l| (l.kind, l.name.clone(), l.holder.replace(|c: char| c.is_ascii_digit() || c == ',', "")))
+                        .map(|l| {
+                            (
+                                l.kind,
+                                l.name.clone(),
+                                l.holder.replace(|c: char| c.is_ascii_digit() || c == ',', ""),
+                            )
+                        })
                         .collect();
                     let entry = chains.entry(key).or_insert_with(|| (links, 0, false));
                     entry.1 += 1;
@@ -264,7 +273,9 @@ pub fn retainers<M: Memory>(
                 complete,
             })
             .collect();
-        chains.sort_by(|a, b| b.samples.cmp(&a.samples).then(b.complete.cmp(&a.complete)).then(a.text.cmp(&b.text)));
+        chains.sort_by(|a, b| {
+            b.samples.cmp(&a.samples).then(b.complete.cmp(&a.complete)).then(a.text.cmp(&b.text))
+        });
         chains.truncate(MAX_CHAINS);
         types.push(Retainers { heap, kind, label, sampled: alive.len() as u32, stale, unexplained, chains });
     }
@@ -342,12 +353,13 @@ impl<M: Memory> Search<'_, M> {
         let depth = child.depth + 1;
         let child_is_context = child.info.is_some_and(|i| self.is_context(i));
         // A scope is named by one of its closures; other holders of a scope are not followed.
-        if child_is_context
-            && !(self.is_function(hit.info) && hit.offset == self.w.hl.refs.function_context)
+        if child_is_context && !(self.is_function(hit.info) && hit.offset == self.w.hl.refs.function_context)
         {
             return;
         }
-        if child.holders.len() >= MAX_HOLDERS || child.holders.iter().any(|(h, _)| self.nodes[*h].addr == hit.holder) {
+        if child.holders.len() >= MAX_HOLDERS
+            || child.holders.iter().any(|(h, _)| self.nodes[*h].addr == hit.holder)
+        {
             return;
         }
         if self.nodes.len() >= MAX_NODES && !self.index.contains_key(&hit.holder) {
@@ -397,7 +409,10 @@ impl<M: Memory> Search<'_, M> {
             let Some(objects) = self.objects.get(&page.chunk) else { continue };
             for (at, node) in found {
                 let k = objects.partition_point(|(start, _, _)| *start <= at);
-                let holder = k.checked_sub(1).and_then(|k| objects.get(k)).filter(|(start, _, size)| at < start + size);
+                let holder = k
+                    .checked_sub(1)
+                    .and_then(|k| objects.get(k))
+                    .filter(|(start, _, size)| at < start + size);
                 match holder {
                     Some(&(start, info, _)) if at > start && self.holds_pointers(info) => hits.push(Hit {
                         node,
@@ -443,7 +458,12 @@ impl<M: Memory> Search<'_, M> {
                     continue;
                 }
                 if let Some(&node) = frontier.get(&w) {
-                    hits.push(Hit { node, holder: page.area_start | heap_tag, info, offset: at + k as u64 * 8 });
+                    hits.push(Hit {
+                        node,
+                        holder: page.area_start | heap_tag,
+                        info,
+                        offset: at + k as u64 * 8,
+                    });
                 }
             }
             at += len;
@@ -524,7 +544,11 @@ impl<M: Memory> Search<'_, M> {
                 };
                 let holder = self.describe(h);
                 let timer = self.timer(info);
-                links.push(Link { kind, name, holder: if timer { format!("{holder} (in a timer list)") } else { holder } });
+                links.push(Link {
+                    kind,
+                    name,
+                    holder: if timer { format!("{holder} (in a timer list)") } else { holder },
+                });
                 i += 1;
                 continue;
             }
@@ -614,7 +638,7 @@ impl<M: Memory> Search<'_, M> {
     fn variable(&self, obj: u64, off: u64) -> Option<String> {
         let r = &self.w.reader;
         let l = &r.layout;
-        if off < 16 || off % 8 != 0 {
+        if off < 16 || !off.is_multiple_of(8) {
             return None;
         }
         let slot = (off - 16) / 8;
@@ -682,7 +706,7 @@ impl<M: Memory> Search<'_, M> {
         r.bytes(map + refs.inobject_start, &mut b).ok()?;
         let start = b[0] as u64;
         let inobject = size_words.checked_sub(start)?;
-        if off % 8 != 0 {
+        if !off.is_multiple_of(8) {
             return None;
         }
         let field = match out_of_object {
@@ -720,7 +744,7 @@ impl<M: Memory> Search<'_, M> {
         let l = &self.w.reader.layout;
         let (first, size) = self.w.hl.refs.name_dictionary;
         let index = off.checked_sub(l.array_data)? / 8;
-        if off % 8 != 0 || size < 2 || index < first || (index - first) % size != 1 {
+        if !off.is_multiple_of(8) || size < 2 || index < first || (index - first) % size != 1 {
             return None;
         }
         self.name(self.w.reader.word(obj + l.array_data + 8 * (index - 1)).ok()?)
@@ -753,7 +777,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
