@@ -15,8 +15,8 @@
 //! Chains are shown the way DevTools shows retainers, nearest first:
 //! `requestLog (Array, 412,000 elements) ← module scope of access-log.js`.
 //!
-//! Limits: young-generation pages are neither searched nor walked (a holder allocated since
-//! the last scavenge is not found); the samples come from a linear walk, so a dead object the
+//! Limits: young-generation pages are neither searched nor walked, except its large objects (a
+//! holder allocated since the last scavenge is not found, unless it is a large object); the samples come from a linear walk, so a dead object the
 //! sweeper has not freed yet can be sampled (it then has no chain, or one through other dead
 //! objects: chains are grouped and the one most samples share is listed first); a
 //! mark-compact during the search moves objects (samples whose map changed are counted as
@@ -127,6 +127,30 @@ pub struct RetainerSearch {
     pub stopped_early: Option<Stopped>,
 }
 
+/// The objects a pass looks for, by tagged address: looked up once per tagged word of the
+/// heap, so with a cheap hash (addresses are distinct and 8-aligned).
+type Frontier = HashMap<u64, usize, std::hash::BuildHasherDefault<AddressHasher>>;
+
+/// A multiplicative hash of one address.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// A link without its counts, to group chains by.
 type LinkKey = (LinkKind, Option<String>, String);
 
@@ -163,7 +187,10 @@ pub fn retainers<M: Memory>(
     limits: Limits,
 ) -> RetainerSearch {
     let started = Instant::now();
-    let pages: Vec<Page> = find_pages(&reader.mem, ranges).into_iter().filter(|p| !p.young()).collect();
+    // Old-generation pages, and the young generation's large objects (one object a page, with
+    // no stale objects after it: a growing array's new backing store is often one).
+    let pages: Vec<Page> =
+        find_pages(&reader.mem, ranges).into_iter().filter(|p| !p.young() || p.size != super::PAGE).collect();
     let mut search = Search {
         w: Walker::new(reader, hl, &pages),
         nodes: Vec::new(),
@@ -202,7 +229,7 @@ pub fn retainers<M: Memory>(
         wanted.extend(
             (0..search.nodes.len()).filter(|&i| search.nodes[i].info.is_some_and(|n| search.is_context(n))),
         );
-        let frontier: HashMap<u64, usize> = wanted
+        let frontier: Frontier = wanted
             .into_iter()
             .map(|i| &search.nodes[i])
             .filter(|n| !n.searched && n.depth <= MAX_DEPTH && !search.terminal(n))
@@ -373,7 +400,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// One pass: every reference from an old-generation object to a node of `frontier`.
-    fn scan(&mut self, pages: &[Page], frontier: &HashMap<u64, usize>, max_bytes: u64) -> Vec<Hit> {
+    fn scan(&mut self, pages: &[Page], frontier: &Frontier, max_bytes: u64) -> Vec<Hit> {
         let l = &self.w.reader.layout;
         let (tag_mask, heap_tag) = (l.tag_mask, l.heap_tag);
         let mut hits = Vec::new();
@@ -428,7 +455,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// Scans the one object of a large-object page, in pieces.
-    fn scan_large(&mut self, page: &Page, area: u64, frontier: &HashMap<u64, usize>, hits: &mut Vec<Hit>) {
+    fn scan_large(&mut self, page: &Page, area: u64, frontier: &Frontier, hits: &mut Vec<Hit>) {
         let l = &self.w.reader.layout;
         let (tag_mask, heap_tag) = (l.tag_mask, l.heap_tag);
         let mut head = [0u8; 8];
