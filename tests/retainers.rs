@@ -400,7 +400,7 @@ fn a_census_never_pauses_the_target() {
     };
     let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     fixture.stdout.for_a_while(Duration::from_secs(1));
-    let without = gaps(&fixture.stdout.for_a_while(Duration::from_secs(4)), None);
+    let without = gaps(&fixture.stdout.for_a_while(Duration::from_secs(6)), None);
     let max_without = without.iter().cloned().fold(0.0, f64::max);
 
     let pid = fixture.pid().to_string();
@@ -437,10 +437,12 @@ fn a_census_never_pauses_the_target() {
     assert!(took > 300.0, "the census took only {took} ms: too short to show a pause");
     assert!(during.len() as f64 >= took / 10.0 * 0.5, "{} ticks in {took} ms", during.len());
     assert!(
-        max_during <= (2.0 * max_without).max(max_without + 40.0),
+        // Scheduling noise on a shared 2-core machine (the census itself takes a core) stays
+        // well under a stop of the census's length.
+        max_during <= (2.0 * max_without).max(max_without + 100.0),
         "{max_during} ms against {max_without} ms"
     );
-    assert!(max_during < took / 2.0, "a gap of {max_during} ms in a census of {took} ms");
+    assert!(max_during < took / 4.0, "a gap of {max_during} ms in a census of {took} ms");
 }
 
 /// A leak inside a worker thread, in a profiling session: the RSS split's V8 heap counts the
