@@ -83,8 +83,16 @@ fn check(fixture: &str, major: u32, expect: Expect) {
                 summary(&report)
             );
             let explained = top["growth_bytes_per_s"].as_f64().unwrap_or(0.0) / MIB;
+            // A JS-heap leak's objects are promoted by the GC, whose stacks name no site: the
+            // default mode names the function through the runtime's own allocations for it (the
+            // array's backing store), a small share. Then the summary must say the rest is not
+            // explained, and what to run next.
+            let verdict = report["verdict"].as_array().unwrap_or_else(|| panic!("no verdict: {report}"));
+            let heap = verdict.iter().find(|v| v["category"] == "v8_heap");
+            let heap_unexplained_said = top["category"] == "v8_heap"
+                && heap.is_some_and(|v| v["growing"] == true && v["next_step"].is_string());
             assert!(
-                explained >= LEAK_SHARE_EXPLAINED * leak_mib_per_s,
+                heap_unexplained_said || explained >= LEAK_SHARE_EXPLAINED * leak_mib_per_s,
                 "{fixture} on node {major}: the top suspect explains {explained:.2} MiB/s of node's {grows} \
                  growth of {leak_mib_per_s:.2} MiB/s; {}",
                 summary(&report)
@@ -195,7 +203,7 @@ fn summary(report: &Value) -> String {
             format!("[{} {} B/s: {}]", s["category"], s["growth_bytes_per_s"], js.join(" < "))
         })
         .collect();
-    format!("suspects: {}; memory: {}", suspects.join(" "), report["memory"])
+    format!("suspects: {}; verdict: {}; memory: {}", suspects.join(" "), report["verdict"], report["memory"])
 }
 
 /// One test per node major for a fixture: `<module>::node18` ... `node24`.

@@ -62,9 +62,10 @@ mod tests {
 /// One sample of the memory split, in `report.memory.samples[]`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Sample {
-    /// Taken right after a main-thread mark-compact (and the ArrayBuffer sweeper's frees): a
-    /// GC trough, where what survives is what is held.
-    pub trough: bool,
+    /// Taken in the few hundred milliseconds after a main-thread mark-compact (while the
+    /// ArrayBuffer sweeper frees what it released): that GC's sequence number. The lowest of a
+    /// GC's samples is its trough, where what survives is what is held.
+    pub trough: Option<u32>,
     /// Seconds since the session started.
     pub t_s: f64,
     /// RSS and its kinds.
@@ -112,7 +113,7 @@ impl MemoryReport {
     /// the remainder.
     pub fn new(samples: &[Sample]) -> Self {
         let latest = samples.last().copied().unwrap_or(Sample {
-            trough: false,
+            trough: None,
             t_s: 0.0,
             rss: Rss::default(),
             v8_heap_bytes: None,

@@ -217,7 +217,7 @@ mod tests {
 
     fn memory(rss: u64) -> MemoryReport {
         let sample = crate::memory::Sample {
-            trough: false,
+            trough: None,
             t_s: 0.0,
             rss: Rss { rss_bytes: rss, rss_anon_bytes: rss, rss_file_bytes: 0, rss_shmem_bytes: 0 },
             v8_heap_bytes: Some(rss / 2),

@@ -16,6 +16,7 @@ use aya::{
 use leakprobe_ebpf::{
     alloc::NO_STACK,
     drops::DropReason,
+    faults::FaultEvent,
     gc::GcEvent,
     heap::HeapEvent,
     stack::{JsLayout, NewStack, RawStack, SKIPPED_PC},
@@ -30,7 +31,7 @@ use tokio::{
 use crate::{
     alloc::Thinned,
     external::ExternalState,
-    faults::FaultBooks,
+    faults::{FaultBooks, PageKinds},
     gc::{GcKind, GcStats},
     heap::HeapBooks,
     live, memory,
@@ -140,6 +141,9 @@ const TRIGGER_STACKS: usize = 50;
 /// stand apart from the churn. Then the per-allocation probes are detached.
 pub const BURST: Duration = Duration::from_secs(5);
 
+/// Polls sampled after each main-thread mark-compact: its trough.
+const TROUGH_POLLS: u8 = 4;
+
 /// How often the event ring buffer is drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
@@ -202,6 +206,8 @@ pub struct Session {
     mappings: Mappings,
     mapping_growth: suspects::Tracker,
     faults: FaultBooks,
+    /// What each faulting address is (V8's young or old pages, or other memory).
+    page_kinds: PageKinds,
     /// Whether the page-fault sampling is attached.
     faults_attached: bool,
     /// `--alloc-stacks`: the per-allocation probes are kept.
@@ -222,9 +228,13 @@ pub struct Session {
     /// The per-allocation external probes' links, to detach once the allocator is known and
     /// the opening [`BURST`] is over (`None` with `--alloc-stacks`, or once detached).
     found_links: Option<probes::FoundLinks>,
-    /// Polls until the sample that follows a full GC (a GC trough): it waits one poll, so that
-    /// the ArrayBuffer sweeper has freed what the GC released.
-    trough_in: Option<u8>,
+    /// The trough after the latest main-thread mark-compact: (its sequence number, polls
+    /// still to sample in it). The ArrayBuffer sweeper frees what the GC released over the
+    /// next few hundred milliseconds, while the program allocates: the trough's value is the
+    /// lowest of its samples.
+    trough: Option<(u32, u8)>,
+    /// Main-thread mark-compacts seen.
+    mark_compacts: u32,
     /// Pauses (kind, seconds) not yet taken by the agent; `None` outside fleet mode.
     pending_pauses: Option<Vec<(GcKind, f64)>>,
     /// Events read from the ring buffer.
@@ -331,13 +341,9 @@ impl Session {
             kernel_log.flush();
         }
         self.detach_when_found();
-        match self.trough_in {
-            Some(0) => {
-                self.trough_in = None;
-                self.sample_as(true);
-            }
-            Some(n) => self.trough_in = Some(n - 1),
-            None => {}
+        if let Some((seq, polls)) = self.trough {
+            self.trough = polls.checked_sub(1).map(|left| (seq, left));
+            self.sample_as(Some(seq));
         }
     }
 
@@ -357,6 +363,9 @@ impl Session {
             let links = self.found_links.take().unwrap_or_default();
             probes::detach_found(&mut self.ebpf, links, &mut self.probes);
             self.external.detached();
+            if self.pending_pauses.is_none() {
+                status!("leakprobe: opening burst over: the per-allocation Buffer probes are detached");
+            }
         }
     }
 
@@ -411,7 +420,9 @@ impl Session {
         target_config.set(CONFIG_TGID, target.pid, 0)?;
         let (probes, lookup, found_links) =
             probes::attach_all(&mut ebpf, &target, families, &probes::AttachOptions::of(options))?;
-        let faults = FaultBooks::new(take_map(&mut ebpf, "FAULTS_BY_STACK")?, options.fault_period);
+        let faults = FaultBooks::new(options.fault_period);
+        // What each faulting address is, from V8's page headers in the target's memory.
+        let page_kinds = PageKinds::new(ProcMem::open(target.pid).ok());
         let faults_attached = probes.iter().any(|p| p.family == probes::Family::Faults && p.attached);
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
         let events = watch(events).context("polling the event ring buffer")?;
@@ -450,6 +461,7 @@ impl Session {
             mappings: Mappings::default(),
             mapping_growth: suspects::Tracker::default(),
             faults,
+            page_kinds,
             faults_attached,
             alloc_stacks: options.alloc_stacks,
             _target_config: target_config,
@@ -462,7 +474,8 @@ impl Session {
             started_wall: SystemTime::now(),
             started_ns: monotonic_ns(),
             found_links: if options.alloc_stacks { None } else { Some(found_links) },
-            trough_in: None,
+            trough: None,
+            mark_compacts: 0,
             pending_pauses: options.fleet.then(Vec::new),
             events_read: 0,
             kernel_log,
@@ -539,12 +552,15 @@ impl Session {
             target,
             started,
             started_ns,
-            trough_in,
+            trough,
+            mark_compacts,
             pending_pauses,
             events_read,
             symbolizer,
             named,
             stack_maps,
+            faults,
+            page_kinds,
             ..
         } = self;
         let t = started.elapsed().as_secs_f64();
@@ -562,11 +578,14 @@ impl Session {
                             pauses.push((kind, event.duration_ns as f64 / 1e9));
                         }
                         if kind == GcKind::MarkCompact && event.tid == target.pid {
-                            *trough_in = Some(1);
+                            *mark_compacts += 1;
+                            *trough = Some((*mark_compacts, TROUGH_POLLS));
                         }
                         if kind == GcKind::MarkCompact {
                             symbolizer.moved();
                         }
+                        // Pages may change roles across a GC (freed, reused, promoted whole).
+                        page_kinds.forget();
                         heap.on_gc(kind, event.tid);
                     }
                 }
@@ -577,6 +596,10 @@ impl Session {
             } else if kind == Some(EventKind::Map as u32) {
                 if let Some(event) = read_record::<MapEvent>(&item) {
                     mappings.apply(&event);
+                }
+            } else if kind == Some(EventKind::Fault as u32) {
+                if let Some(event) = read_record::<FaultEvent>(&item) {
+                    faults.record(&event, page_kinds.kind(event.addr, heap.pages()));
                 }
             } else if kind == Some(EventKind::NewStack as u32) {
                 // Named at once, while its frames' code and objects are where they were
@@ -591,11 +614,11 @@ impl Session {
     /// Samples memory: RSS, external bytes, and outstanding bytes by stack. Once the target
     /// has exited, its last samples stand.
     pub fn sample(&mut self) {
-        self.sample_as(false);
+        self.sample_as(None);
     }
 
-    /// [`Session::sample`], marking whether the sample is a GC trough.
-    fn sample_as(&mut self, trough: bool) {
+    /// [`Session::sample`], marking the GC trough the sample belongs to, if any.
+    fn sample_as(&mut self, trough: Option<u32>) {
         self.drain();
         let Some(rss) = memory::read_rss(self.target.pid) else {
             return;
