@@ -22,6 +22,7 @@ pub mod error;
 pub mod external;
 pub mod flamegraph;
 pub mod gc;
+pub mod health;
 pub mod heap;
 pub mod insn;
 pub mod live;

@@ -31,6 +31,7 @@ use crate::{
     alloc::Thinned,
     external::ExternalState,
     gc::{GcKind, GcStats},
+    health,
     heap::HeapBooks,
     live, memory,
     native::NativeState,
@@ -211,6 +212,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     privilege::check()?;
     let target = Target::resolve(options.pid)?;
     let mut session = Session::start(target, &options)?;
+    health::require_gc(session.target.pid, &session.probes, &options.families)?;
     let attached = session.probes.iter().filter(|p| p.attached).count();
     status!(
         "leakprobe: attached {attached}/{} probes to pid {} ({}, node {}); {}",
@@ -319,6 +321,11 @@ impl Session {
     /// Takes the pauses seen since the last call (fleet mode), as (kind, seconds).
     pub fn take_pauses(&mut self) -> Vec<(GcKind, f64)> {
         self.pending_pauses.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Why node's external-memory counter cannot be read (through `/proc/PID/mem`), if so.
+    pub fn external_counter_error(&self) -> Option<String> {
+        self.external.report().counter_error
     }
 
     /// Events read from the kernel so far.
