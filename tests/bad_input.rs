@@ -154,3 +154,29 @@ fn duration_ends_the_session_and_json_goes_to_stdout() {
         }
     }
 }
+
+/// With CAP_BPF and CAP_PERFMON but not CAP_SYS_ADMIN, the kernel refuses uprobes (the GC
+/// probes): `--pid` fails with one line that says so, rather than running without GC pauses. Left
+/// out with `--probes`, the rest runs (the syscall tracepoints need no CAP_SYS_ADMIN).
+#[test]
+fn pid_without_cap_sys_admin_fails_on_the_gc_probes_unless_left_out() {
+    let node = Node::start(&system_node(), &[], "ticker.js");
+    let pid = node.pid().to_string();
+    let caps = ["bpf", "perfmon", "sys_ptrace", "dac_read_search"];
+    let out = leakprobe_with_capabilities(&caps, &["--pid", &pid, "--duration", "2s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_one_line_error(out.status, &stderr, &format!("the GC probes could not be attached to pid {pid}"));
+    assert!(stderr.contains("Permission denied") && stderr.contains("CAP_SYS_ADMIN"), "{stderr}");
+
+    let out = leakprobe_with_capabilities(
+        &caps,
+        &["--pid", &pid, "--duration", "2s", "--probes", "syscalls", "--json"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probes = report["probes"].as_array().unwrap();
+    assert!(!probes.is_empty() && probes.iter().all(|p| p["attached"] == true), "{probes:?}");
+}

@@ -325,3 +325,23 @@ pub fn assert_one_line_error(status: ExitStatus, stderr: &str, expect: &str) {
     assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
     assert!(lines[0].contains(expect), "expected {expect:?} in {:?}", lines[0]);
 }
+
+/// `leakprobe ARGS` as root with only `capabilities` (e.g. `["bpf", "perfmon"]`), through
+/// `setpriv`, in a mount namespace of its own where tracefs is mounted (as a node's boot does;
+/// without CAP_SYS_ADMIN leakprobe cannot mount it itself).
+pub fn leakprobe_with_capabilities(capabilities: &[&str], args: &[&str]) -> Command {
+    let bounding: Vec<String> =
+        std::iter::once("-all".to_string()).chain(capabilities.iter().map(|c| format!("+{c}"))).collect();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || exit 1\n\
+             exec \"$@\"",
+        )
+        .arg("sh")
+        .arg("setpriv")
+        .arg(format!("--bounding-set={}", bounding.join(",")))
+        .args(["--inh-caps=-all", "--", LEAKPROBE])
+        .args(args);
+    cmd
+}
