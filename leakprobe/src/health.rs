@@ -37,6 +37,8 @@ pub fn family_error(probes: &[ProbeStatus], family: Family) -> Option<&str> {
 pub fn hint(error: &str) -> &'static str {
     if error.contains("Permission denied") || error.contains("EACCES") || error.contains("EPERM") {
         " (uprobes need CAP_SYS_ADMIN on this kernel: CAP_BPF and CAP_PERFMON are not enough)"
+    } else if error.starts_with("symbol not found") {
+        " (was node stripped? leakprobe needs node's .symtab or .dynsym)"
     } else {
         ""
     }
@@ -141,10 +143,10 @@ mod tests {
         ok[0].attached = true;
         ok[1].attached = true;
         assert!(require_gc(42, &ok, &Family::DEFAULT).is_ok());
-        // A missing symbol has no privilege hint.
+        // A missing symbol has no privilege hint, but a stripping one.
         let missing = vec![status("gc_start", Family::Gc, false, Some("symbol not found: x"))];
         let err = require_gc(1, &missing, &[Family::Gc]).unwrap_err().to_string();
-        assert!(!err.contains("CAP_SYS_ADMIN"), "{err}");
+        assert!(!err.contains("CAP_SYS_ADMIN") && err.contains("stripped"), "{err}");
     }
 
     #[test]
