@@ -322,8 +322,12 @@ impl NamespacedNode {
     /// `token` must be an argument no other node process has: it finds the pid.
     fn start(token: &str) -> NamespacedNode {
         let node = official_node(22);
-        let cgroup =
-            PathBuf::from(format!("/sys/fs/cgroup/pids/kubepods/besteffort/pod{POD_UID}/{CONTAINER_ID}"));
+        // The pids hierarchy of a cgroup v1 host (this project's machines), or the v2 tree.
+        let hierarchy = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+            .into_iter()
+            .find(|h| Path::new(h).join("cgroup.procs").exists())
+            .expect("a cgroup hierarchy");
+        let cgroup = PathBuf::from(format!("{hierarchy}/kubepods/besteffort/pod{POD_UID}/{CONTAINER_ID}"));
         fs::create_dir_all(&cgroup).unwrap_or_else(|e| panic!("creating {}: {e}", cgroup.display()));
         let script = format!(
             "set -e\necho $$ > {procs}\nmount -t tmpfs tmpfs /mnt\ntouch /mnt/node\nmount --bind {node} /mnt/node\n\
