@@ -305,7 +305,7 @@ impl Drop for Agent {
 }
 
 /// A node process in its own mount and PID namespaces, as another user, in a kubelet-style pod
-/// cgroup, run from a path only its mount namespace has.
+/// cgroup, its binary and script at paths only its mount namespace has (`/mnt`, a tmpfs there).
 struct NamespacedNode {
     child: Child,
     _stdout: Lines,
@@ -330,8 +330,10 @@ impl NamespacedNode {
         let cgroup = PathBuf::from(format!("{hierarchy}/kubepods/besteffort/pod{POD_UID}/{CONTAINER_ID}"));
         fs::create_dir_all(&cgroup).unwrap_or_else(|e| panic!("creating {}: {e}", cgroup.display()));
         let script = format!(
+            // The fixture is copied in too: the checkout may not be readable by that user.
             "set -e\necho $$ > {procs}\nmount -t tmpfs tmpfs /mnt\ntouch /mnt/node\nmount --bind {node} /mnt/node\n\
-             exec setpriv --reuid={OTHER_UID} --regid={OTHER_UID} --clear-groups /mnt/node {token} {fixture}\n",
+             cp {fixture} /mnt/fleet-member.js\nchmod 644 /mnt/fleet-member.js\n\
+             exec setpriv --reuid={OTHER_UID} --regid={OTHER_UID} --clear-groups /mnt/node {token} /mnt/fleet-member.js\n",
             procs = quote(cgroup.join("cgroup.procs").to_str().unwrap()),
             node = quote(node.to_str().unwrap()),
             fixture = quote(fixture("fleet-member.js").to_str().unwrap()),
