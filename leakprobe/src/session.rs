@@ -33,6 +33,7 @@ use crate::{
     external::ExternalState,
     faults::{FaultBooks, PageKinds},
     gc::{GcKind, GcStats},
+    health,
     heap::HeapBooks,
     live, memory,
     native::NativeState,
@@ -83,23 +84,13 @@ impl Options {
     /// The agent's options for one process: the default probe families (and native, if asked),
     /// sampling every `interval`.
     pub fn fleet(pid: u32, native: bool, interval: Duration) -> Self {
-        // Not the families that only name stacks (the agent reports none): the thread pool's
-        // and the page faults'.
-        let mut families: Vec<probes::Family> = probes::Family::DEFAULT
-            .into_iter()
-            .filter(|f| !matches!(f, probes::Family::Threadpool | probes::Family::Faults))
-            .collect();
-        if native {
-            // Not the thread-pool probes: they only name stacks, which fleet mode never reports.
-            families.push(probes::Family::Native);
-        }
         Options {
             pid,
             duration: None,
             interval,
             out: None,
             json: false,
-            families,
+            families: fleet_families(native),
             sample_rate: crate::native::DEFAULT_SAMPLE_RATE,
             max_tracked: FLEET_MAX_TRACKED,
             alloc_stacks: false,
@@ -109,6 +100,20 @@ impl Options {
             native_view: false,
         }
     }
+}
+
+/// The families the agent attaches: the default ones (and libc's allocator with `native`),
+/// but not those that only name stacks, which the agent never reports: the thread pool's and
+/// the page faults'.
+pub fn fleet_families(native: bool) -> Vec<probes::Family> {
+    let mut families: Vec<probes::Family> = probes::Family::DEFAULT
+        .into_iter()
+        .filter(|f| !matches!(f, probes::Family::Threadpool | probes::Family::Faults))
+        .collect();
+    if native {
+        families.push(probes::Family::Native);
+    }
+    families
 }
 
 /// Live allocations tracked per family by the agent: each map is preallocated in the kernel
@@ -248,6 +253,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     privilege::check()?;
     let target = Target::resolve(options.pid)?;
     let mut session = Session::start(target, &options)?;
+    health::require_gc(session.target.pid, &session.probes, &options.families)?;
     let attached = session.probes.iter().filter(|p| p.attached).count();
     status!(
         "leakprobe: attached {attached}/{} probes to pid {} ({}, node {}); {}",
@@ -372,6 +378,11 @@ impl Session {
     /// Takes the pauses seen since the last call (fleet mode), as (kind, seconds).
     pub fn take_pauses(&mut self) -> Vec<(GcKind, f64)> {
         self.pending_pauses.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Why node's external-memory counter cannot be read (through `/proc/PID/mem`), if so.
+    pub fn external_counter_error(&self) -> Option<String> {
+        self.external.report().counter_error
     }
 
     /// Events read from the kernel so far.
