@@ -146,8 +146,23 @@ const TRIGGER_STACKS: usize = 50;
 /// stand apart from the churn. Then the per-allocation probes are detached.
 pub const BURST: Duration = Duration::from_secs(5);
 
-/// Polls sampled after each main-thread mark-compact: its trough.
-const TROUGH_POLLS: u8 = 4;
+/// Readings of each GC trough, [`TROUGH_EVERY`] apart: the ArrayBuffer sweeper frees what the
+/// GC released over the first hundred milliseconds or so, while the program allocates again;
+/// the lowest reading is the trough.
+const TROUGH_READINGS: u8 = 16;
+
+/// How often a GC trough is read.
+const TROUGH_EVERY: Duration = Duration::from_millis(25);
+
+/// The readings after one main-thread mark-compact.
+struct Trough {
+    /// The GC's sequence number.
+    seq: u32,
+    /// Readings still to take.
+    readings_left: u8,
+    /// Each figure's lowest reading so far (taken at the first).
+    low: Option<memory::Sample>,
+}
 
 /// How often the event ring buffer is drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -233,11 +248,10 @@ pub struct Session {
     /// The per-allocation external probes' links, to detach once the allocator is known and
     /// the opening [`BURST`] is over (`None` with `--alloc-stacks`, or once detached).
     found_links: Option<probes::FoundLinks>,
-    /// The trough after the latest main-thread mark-compact: (its sequence number, polls
-    /// still to sample in it). The ArrayBuffer sweeper frees what the GC released over the
-    /// next few hundred milliseconds, while the program allocates: the trough's value is the
-    /// lowest of its samples.
-    trough: Option<(u32, u8)>,
+    /// A main-thread mark-compact ended and its trough is not read yet: its sequence number.
+    trough_due: Option<u32>,
+    /// The trough being read (see [`Trough`]).
+    trough: Option<Trough>,
     /// Main-thread mark-compacts seen.
     mark_compacts: u32,
     /// Pauses (kind, seconds) not yet taken by the agent; `None` outside fleet mode.
@@ -347,9 +361,40 @@ impl Session {
             kernel_log.flush();
         }
         self.detach_when_found();
-        if let Some((seq, polls)) = self.trough {
-            self.trough = polls.checked_sub(1).map(|left| (seq, left));
-            self.sample_as(Some(seq));
+        if let Some(seq) = self.trough_due.take() {
+            // Each stack's series gets a point where its floor is, too.
+            self.sample();
+            self.trough = Some(Trough { seq, readings_left: TROUGH_READINGS, low: None });
+        }
+        self.read_trough();
+    }
+
+    /// Whether a GC trough is being read (every [`TROUGH_EVERY`]).
+    fn reading_trough(&self) -> bool {
+        self.trough.is_some()
+    }
+
+    /// One reading of the trough being read: RSS, external and the V8 heap, each kept at its
+    /// lowest; after the last, the trough joins the memory samples.
+    fn read_trough(&mut self) {
+        let Some(trough) = &mut self.trough else { return };
+        if let Some(rss) = memory::read_rss(self.target.pid) {
+            let reading = memory::Sample {
+                trough: Some(trough.seq),
+                t_s: self.started.elapsed().as_secs_f64(),
+                rss,
+                v8_heap_bytes: self.heap.bytes(),
+                external_bytes: self.external.read_bytes(),
+                native_bytes: self.native.as_ref().map(NativeState::bytes),
+            };
+            trough.low = Some(trough.low.map_or(reading, |low| low.lowest(&reading)));
+        }
+        trough.readings_left = trough.readings_left.saturating_sub(1);
+        if trough.readings_left == 0 {
+            if let Some(low) = trough.low {
+                self.memory.push(low);
+            }
+            self.trough = None;
         }
     }
 
@@ -485,6 +530,7 @@ impl Session {
             started_wall: SystemTime::now(),
             started_ns: monotonic_ns(),
             found_links: if options.alloc_stacks { None } else { Some(found_links) },
+            trough_due: None,
             trough: None,
             mark_compacts: 0,
             pending_pauses: options.fleet.then(Vec::new),
@@ -506,6 +552,8 @@ impl Session {
         // The kernel does not wake us per event (see `emit` in leakprobe-ebpf): drain often.
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trough_tick = tokio::time::interval(TROUGH_EVERY);
+        trough_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await;
         let tty = std::io::stdout().is_terminal() && !options.json;
 
@@ -519,6 +567,10 @@ impl Session {
                 // Right after a full GC is where each series' floor is: `poll` samples there
                 // too, or the sawtooth of garbage awaiting the GC would read as noise in floors.
                 _ = drain.tick() => self.poll(),
+                _ = trough_tick.tick(), if self.reading_trough() => {
+                    self.drain();
+                    self.read_trough();
+                }
                 _ = tick.tick() => {
                     self.sample();
                     if !options.json {
@@ -563,7 +615,7 @@ impl Session {
             target,
             started,
             started_ns,
-            trough,
+            trough_due,
             mark_compacts,
             pending_pauses,
             events_read,
@@ -590,7 +642,7 @@ impl Session {
                         }
                         if kind == GcKind::MarkCompact && event.tid == target.pid {
                             *mark_compacts += 1;
-                            *trough = Some((*mark_compacts, TROUGH_POLLS));
+                            *trough_due = Some(*mark_compacts);
                         }
                         if kind == GcKind::MarkCompact {
                             symbolizer.moved();
@@ -625,11 +677,6 @@ impl Session {
     /// Samples memory: RSS, external bytes, and outstanding bytes by stack. Once the target
     /// has exited, its last samples stand.
     pub fn sample(&mut self) {
-        self.sample_as(None);
-    }
-
-    /// [`Session::sample`], marking the GC trough the sample belongs to, if any.
-    fn sample_as(&mut self, trough: Option<u32>) {
         self.drain();
         let Some(rss) = memory::read_rss(self.target.pid) else {
             return;
@@ -644,7 +691,7 @@ impl Session {
         self.faults.sample(t);
         self.name_new_stacks();
         self.memory.push(memory::Sample {
-            trough,
+            trough: None,
             t_s: t,
             rss,
             v8_heap_bytes: self.heap.bytes(),

@@ -160,10 +160,13 @@ pub fn site_key(frames: &[Frame]) -> String {
                 }
             }
             FrameKind::Queued => parts.push(QUEUED_NAME.into()),
+            // JavaScript that could not be named: only its address tells it apart, so stacks
+            // through different unnamed code stay different sites.
+            FrameKind::Jit => parts.push(f.name.clone()),
             _ => {}
         }
     }
-    if !frames.iter().any(|f| f.kind == FrameKind::Js) {
+    if !frames.iter().any(|f| matches!(f.kind, FrameKind::Js | FrameKind::Jit)) {
         parts = frames.iter().take(SITE_NATIVE_FRAMES).map(Frame::kind_key).collect();
     }
     parts.join(" ← ")
@@ -461,6 +464,12 @@ mod tests {
         other_line[4] = js("cacheReport", "/app/cache.js", 9);
         assert_ne!(site_key(&compiled), site_key(&other_line));
         assert_eq!(site_key(&[]), "[stack lost]");
+        let unnamed = |addr: &str| vec![native("malloc"), frame(addr, FrameKind::Jit, None, None)];
+        assert_ne!(
+            site_key(&unnamed("[JIT 0x1]")),
+            site_key(&unnamed("[JIT 0x2]")),
+            "unnamed code is not merged"
+        );
     }
 
     #[test]
