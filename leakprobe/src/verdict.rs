@@ -244,9 +244,7 @@ fn category_verdict(
     verdict.growth_bytes_per_s = match (troughs.len(), troughs.last()) {
         (n, _) if n >= MIN_TROUGHS => {
             verdict.method = "troughs";
-            let mut series = Series::default();
-            troughs.iter().for_each(|&(t, v)| series.push(t, v));
-            series.slope()
+            median_slope(&troughs)
         }
         (_, Some(_)) if collected => {
             verdict.method = "trough over floor";
@@ -287,6 +285,25 @@ fn category_verdict(
     verdict
 }
 
+/// The median of the slopes between every two points (Theil–Sen): one trough read while the
+/// sweeper lagged (on a loaded machine) does not turn a flat trend into growth, as it would a
+/// least-squares line.
+fn median_slope(points: &[(f64, f64)]) -> f64 {
+    let mut slopes: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| {
+            points[i + 1..].iter().filter(|b| b.0 > a.0).map(move |b| (b.1 - a.1) / (b.0 - a.0))
+        })
+        .collect();
+    slopes.sort_by(f64::total_cmp);
+    match slopes.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => slopes[n / 2],
+        n => (slopes[n / 2 - 1] + slopes[n / 2]) / 2.0,
+    }
+}
+
 /// The bytes a cumulative series held at `t` (0 before its first point).
 fn at(series: &Series, t: f64) -> f64 {
     series.points().iter().take_while(|p| p.0 <= t).last().map_or(0.0, |p| p.1)
@@ -320,31 +337,15 @@ pub fn fault_sites(
             Class::Memory(category) => category,
         };
         let site = site_key(&stack);
-        let (group, group_middle) = groups.entry((category, site.clone())).or_insert_with(|| {
-            let suspect = Suspect {
-                category,
-                source: Source::PageFaults,
-                site,
-                outstanding_bytes: 0,
-                growth_bytes_per_s: 0.0,
-                floor_growth_bytes: 0.0,
-                frames: Vec::new(),
-                evidence: None,
-                variants: Vec::new(),
-            };
-            (suspect, 0.0)
-        });
-        if group.variants.iter().all(|v| (v.bytes as f64) < total) {
-            group.frames = stack;
-        }
-        group.outstanding_bytes += total as i64;
-        group.floor_growth_bytes += end;
+        let (group, group_middle) = groups
+            .entry((category, site.clone()))
+            .or_insert_with(|| (Suspect::site(category, Source::PageFaults, site), 0.0));
         group.growth_bytes_per_s += match category {
             Category::V8Heap => (middle + end) / (last - one),
             _ => end / (last - two),
         };
         *group_middle += middle;
-        group.variants.push(Variant { stack_id, bytes: total as i64, floor_growth_bytes: end });
+        group.add_variant(stack, Variant { stack_id, bytes: total as i64, floor_growth_bytes: end });
     }
     let found = groups
         .into_values()
@@ -546,6 +547,17 @@ mod tests {
         assert!(of(Category::V8Heap).growing, "{:?}", of(Category::V8Heap));
         let rate = of(Category::V8Heap).growth_bytes_per_s / mib as f64;
         assert!((1.5..2.5).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn one_late_trough_does_not_make_a_flat_trend_grow() {
+        let mib = (1u64 << 20) as f64;
+        let flat =
+            [(1.3, 23.8), (5.8, 20.1), (10.2, 19.0), (14.4, 18.5), (18.5, 44.3)].map(|(t, v)| (t, v * mib));
+        assert!(median_slope(&flat) <= 0.0, "{}", median_slope(&flat) / mib);
+        let leak: Vec<(f64, f64)> = (0..6).map(|i| (i as f64 * 3.0, (40.0 + 9.0 * i as f64) * mib)).collect();
+        assert!((median_slope(&leak) / mib - 3.0).abs() < 1e-9);
+        assert_eq!(median_slope(&[]), 0.0);
     }
 
     #[test]
