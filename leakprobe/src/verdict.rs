@@ -74,9 +74,9 @@ pub struct CategoryVerdict {
     pub troughs: usize,
     /// How the growth was read: `troughs` (their trend, from three or more), `trough over
     /// floor` (the latest trough over the lowest sample before it: never more than what stayed
-    /// live), `no full GC` (the V8 heap and external, whose garbage waits for one, are not
-    /// judged without one) or `floors` (native memory: the floor of the last third over the
-    /// middle third's).
+    /// live), `no full GC` (external memory, whose garbage waits for one, is not judged
+    /// without one) or `floors` (native memory, and the V8 heap without a full GC: the floor of
+    /// the last third over the middle third's).
     pub method: &'static str,
     /// Whether it grows: by at least [`MIN_GROWTH_BYTES`] and [`MIN_GROWTH_FRACTION`] of its
     /// size over the later two thirds of the window.
@@ -261,7 +261,10 @@ fn category_verdict(
             };
             troughs.iter().map(rate).fold(0.0, f64::max)
         }
-        (_, None) if collected => {
+        // Buffers wait for a full GC to be freed, so between two of them external memory grows
+        // with garbage: not judged. V8's committed heap grows in pages V8 decided to add (it
+        // collects before passing its limit): read from its floors.
+        (_, None) if collected && category == Category::External => {
             verdict.method = "no full GC";
             0.0
         }
@@ -397,7 +400,11 @@ pub fn judge(
     let traced: Vec<Category> =
         found.iter().filter(|s| s.source == Source::Allocations).map(|s| s.category).collect();
     let touched_only = |s: &Suspect| s.source == Source::PageFaults && traced.contains(&s.category);
-    found.sort_by(|a, b| touched_only(a).cmp(&touched_only(b)).then(share(b).total_cmp(&share(a))));
+    // Across categories, by the growth each explains (its share of its category's, at most all).
+    let explains = |s: &Suspect| {
+        s.evidence.as_ref().map_or(0.0, |e| e.explained_share.clamp(0.0, 1.0) * e.category_growth_bytes_per_s)
+    };
+    found.sort_by(|a, b| touched_only(a).cmp(&touched_only(b)).then(explains(b).total_cmp(&explains(a))));
     found.truncate(MAX_SUSPECTS);
     for c in categories.iter_mut().filter(|c| c.method == "no full GC") {
         c.next_step = Some("no full GC in the later two thirds of the window: watch longer to judge".into());
@@ -580,11 +587,13 @@ mod tests {
         assert_eq!((external.troughs, external.method), (1, "trough over floor"));
         // 120 MiB at the trough over the floor of 100 MiB before it, from t=0 to t=15.
         assert!((external.growth_bytes_per_s / mib as f64 - 20.0 / 15.0).abs() < 1e-6, "{external:?}");
-        // Without a full GC, the V8 heap and external are not judged.
+        // Without a full GC, external memory is not judged; the V8 heap is read from its floors.
         let no_gc: Vec<Sample> = samples.iter().map(|s| Sample { trough: None, ..*s }).collect();
         let verdicts = categories(&no_gc);
         let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
         assert_eq!((external.method, external.growing), ("no full GC", false));
+        let heap = verdicts.iter().find(|v| v.category == Category::V8Heap).unwrap();
+        assert_eq!(heap.method, "floors");
     }
 
     #[test]
