@@ -44,7 +44,7 @@ const LEAK_SHARE_EXPLAINED: f64 = 0.25;
 const HEALTHY_MAX_FLOOR_GROWTH_MIB: f64 = 8.0;
 /// The most a healthy service's RSS beside V8's young generation may grow over the window (MiB,
 /// last second against the lowest of the first five): steps of malloc's arenas and of V8's
-/// pages, not a trend (the controls measured up to +15 MiB; the leaks +60 MiB or more).
+/// pages, not a trend (the controls measured up to +15 MiB on node 18 to 24).
 const HEALTHY_MAX_RSS_GROWTH_MIB: f64 = 24.0;
 
 /// Starts `fixture` on node `major`, lets it warm up (it prints `WARM`), runs leakprobe in the
