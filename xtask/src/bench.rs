@@ -13,8 +13,9 @@
 //!      when the machine's other tenants change the rate the service could reach;
 //!    - saturated throughput under `wrk -t1 -c16`.
 //!
-//!    Each mode's CPU per request and rate are compared with the same round's baseline, and the
-//!    median over rounds is reported with the spread, beside the targets of issue 11 (verdicts
+//!    Each tracer's slot is bracketed by baseline slots (B D B N B R B D ...), and its CPU per
+//!    request and rate are compared with the mean of the two around it; the median over rounds
+//!    is reported with the spread, beside the targets of issue 11 (verdicts
 //!    are printed; a missed target does not fail the bench). The direct part of a tracer's cost
 //!    is shown apart: its own process, and the run time of its BPF programs (found by its file
 //!    descriptors; `kernel.bpf_stats_enabled`), per request and per program.
@@ -44,9 +45,9 @@ use crate::{root, sh};
 /// Interleaved rounds of the HTTP measurement.
 const ROUNDS: usize = 5;
 /// Seconds of saturated load (wrk) per mode and round.
-const LOAD_SECONDS: u32 = 4;
+const LOAD_SECONDS: u32 = 3;
 /// Seconds of the fixed offered rate per mode and round.
-const FIXED_SECONDS: u64 = 5;
+const FIXED_SECONDS: u64 = 4;
 /// The fixed offered rate, as a share of the warm-up's saturated rate.
 const FIXED_SHARE: f64 = 1.0 / 3.0;
 /// Pause after a tracer attached, before measuring.
@@ -160,6 +161,10 @@ struct Slot {
     p99_us: u64,
     /// Saturated requests per second.
     saturated: f64,
+    /// A tracer's slot: the mean CPU µs per request and saturated rate of the baseline slots
+    /// just before and just after it.
+    base_cpu_us: f64,
+    base_saturated: f64,
 }
 
 impl Slot {
@@ -237,16 +242,20 @@ fn http_rounds(leakprobe: &Path) -> anyhow::Result<HttpRun> {
         let saturated = wrk(&url, 3)?;
         let rate = (saturated * FIXED_SHARE).round().max(100.0);
         println!(
-            "{ROUNDS} interleaved rounds; in each, per mode: {FIXED_SECONDS} s at a fixed {rate:.0} req/s \
-             ({:.0}% of the warm-up's {saturated:.0} req/s, open loop, {FIXED_CONNECTIONS} connections), \
-             then {LOAD_SECONDS} s of wrk -t1 -c16",
+            "{ROUNDS} rounds of default, --native and reference, each slot between two baseline slots; \
+             a slot: {FIXED_SECONDS} s at a fixed {rate:.0} req/s ({:.0}% of the warm-up's {saturated:.0} req/s, \
+             open loop, {FIXED_CONNECTIONS} connections), then {LOAD_SECONDS} s of wrk -t1 -c16",
             FIXED_SHARE * 100.0
         );
         let mut slots = vec![Vec::new(); MODES.len()];
         let mut stats = vec![ProgramStats::new(); MODES.len()];
         let mut attached_seconds = vec![0.0; MODES.len()];
+        // Every tracer's slot is bracketed by baseline slots (B D B N B R B D ...) and compared
+        // with their mean: the other tenants' load drifts less over one slot than over a round.
+        let baseline = || measure(&url, addr, rate, service.id(), None).context("a baseline slot");
+        slots[BASELINE].push(baseline()?);
         for round in 0..ROUNDS {
-            for (i, (name, tracer)) in MODES.iter().enumerate() {
+            for (i, (name, tracer)) in MODES.iter().enumerate().skip(1) {
                 let watcher = Watcher::attach(*tracer, leakprobe, service.id())
                     .with_context(|| format!("round {}, {name}", round + 1))?;
                 let attached = Instant::now();
@@ -266,7 +275,13 @@ fn http_rounds(leakprobe: &Path) -> anyhow::Result<HttpRun> {
                     attached_seconds[i] += attached.elapsed().as_secs_f64();
                     w.stop().with_context(|| format!("round {}, stopping {name}", round + 1))?;
                 }
-                slots[i].push(slot.with_context(|| format!("round {}, {name}", round + 1))?);
+                let mut slot = slot.with_context(|| format!("round {}, {name}", round + 1))?;
+                let after = baseline()?;
+                let before = slots[BASELINE].last().context("no baseline slot")?;
+                slot.base_cpu_us = (before.cpu_us() + after.cpu_us()) / 2.0;
+                slot.base_saturated = (before.saturated + after.saturated) / 2.0;
+                slots[BASELINE].push(after);
+                slots[i].push(slot);
             }
             eprintln!("xtask: bench round {}/{ROUNDS} done (load {})", round + 1, load_average());
         }
@@ -307,17 +322,17 @@ fn measure(
         offered: outcome.offered,
         p99_us: outcome.latency_us(0.99),
         saturated,
+        ..Slot::default()
     })
 }
 
 /// Prints the HTTP tables and the verdicts on issue 11's targets.
 fn print_http(run: &HttpRun) {
     let base = &run.slots[BASELINE];
-    // Each round's value against the baseline of the same round, then the median: the machine's
+    // Each slot's value against the baseline slots around it, then the median: the machine's
     // speed drifts between rounds more than a cheap tracer costs.
-    let added_cpu_rounds = |i: usize| -> Vec<f64> {
-        run.slots[i].iter().zip(base).map(|(s, b)| s.cpu_us() / b.cpu_us() - 1.0).collect()
-    };
+    let added_cpu_rounds =
+        |i: usize| -> Vec<f64> { run.slots[i].iter().map(|s| s.cpu_us() / s.base_cpu_us - 1.0).collect() };
     let added_cpu = |i: usize| median(&added_cpu_rounds(i));
     let loss = |i: usize| {
         1.0 - median(
@@ -327,16 +342,12 @@ fn print_http(run: &HttpRun) {
     // The direct part of a mode's cost: its process and its programs, against the baseline.
     let direct = |i: usize| {
         median(
-            &run.slots[i]
-                .iter()
-                .zip(base)
-                .map(|(s, b)| (s.tracer_us + s.programs_us) / b.cpu_us())
-                .collect::<Vec<_>>(),
+            &run.slots[i].iter().map(|s| (s.tracer_us + s.programs_us) / s.base_cpu_us).collect::<Vec<_>>(),
         )
     };
     println!(
         "\nAt the fixed rate: CPU per request (service + tracer), median (min…max) over rounds; added: median \
-         of each round's ratio to its baseline (per round in brackets); of which the tracer's own process, \
+         of each slot's ratio to the baseline slots around it (per round in brackets); of which the tracer's own process, \
          and its BPF programs' run time (bpf_stats) and runs per request:"
     );
     println!(
@@ -388,7 +399,7 @@ fn print_http(run: &HttpRun) {
         );
     }
 
-    println!("\nSaturated (wrk -t1 -c16): requests per second, median and per round; loss: median of each round's rate against its baseline's:");
+    println!("\nSaturated (wrk -t1 -c16): requests per second, median and per round; loss: median of each slot's rate against the baseline slots around it:");
     println!("{:<10} {:>10} {:>8}  (per round)", "mode", "req/s", "loss");
     for (i, (name, _)) in MODES.iter().enumerate() {
         let saturated: Vec<f64> = run.slots[i].iter().map(|s| s.saturated).collect();
@@ -400,7 +411,7 @@ fn print_http(run: &HttpRun) {
         );
     }
 
-    println!("\nTargets (issue 11), medians of per-round ratios against the same round's baseline:");
+    println!("\nTargets (issue 11), medians of each slot's ratio to the baseline slots around it:");
     let verdict = |pass: bool| if pass { "PASS" } else { "MISS" };
     let default_cpu = added_cpu(DEFAULT);
     // How far apart two measures of the same thing land here: the baseline's rounds.
