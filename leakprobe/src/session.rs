@@ -78,6 +78,11 @@ pub struct Options {
     pub fault_period: u64,
     /// `--native` (or `--native-exact`): also name fs, dns and random thread-pool work.
     pub native_view: bool,
+    /// How long the default mode traces every Buffer/ArrayBuffer allocation after attaching
+    /// (the opening burst; zero: not at all): long enough for several GCs, so that the sites
+    /// whose Buffers survive them stand apart from the churn. Then the per-allocation probes
+    /// are detached.
+    pub burst: Duration,
 }
 
 impl Options {
@@ -98,6 +103,8 @@ impl Options {
             fleet: true,
             fault_period: leakprobe_ebpf::faults::DEFAULT_PERIOD,
             native_view: false,
+            // The agent reports no stacks.
+            burst: Duration::ZERO,
         }
     }
 }
@@ -140,11 +147,6 @@ const LIVE_MAPS: [&str; 3] = ["EXT_LIVE", "HEAP_LO_LIVE", "NATIVE_LIVE"];
 
 /// GC-triggering stacks listed in the report.
 const TRIGGER_STACKS: usize = 50;
-
-/// How long the default mode traces every Buffer/ArrayBuffer allocation after attaching (the
-/// opening burst): long enough for several GCs, so that the sites whose Buffers survive them
-/// stand apart from the churn. Then the per-allocation probes are detached.
-pub const BURST: Duration = Duration::from_secs(5);
 
 /// Readings of each GC trough, [`TROUGH_EVERY`] apart: the ArrayBuffer sweeper frees what the
 /// GC released over the first hundred milliseconds or so, while the program allocates again;
@@ -232,6 +234,8 @@ pub struct Session {
     faults_attached: bool,
     /// `--alloc-stacks`: the per-allocation probes are kept.
     alloc_stacks: bool,
+    /// How long the opening burst lasts.
+    burst: Duration,
     // The programs that fire for every process read the target's pid from it: open for the
     // whole session.
     _target_config: Array<MapData, u32>,
@@ -246,7 +250,7 @@ pub struct Session {
     /// `started` on the kernel's monotonic clock (what `bpf_ktime_get_ns` returns).
     started_ns: u64,
     /// The per-allocation external probes' links, to detach once the allocator is known and
-    /// the opening [`BURST`] is over (`None` with `--alloc-stacks`, or once detached).
+    /// the opening burst ([`Options::burst`]) is over (`None` with `--alloc-stacks`, or once detached).
     found_links: Option<probes::FoundLinks>,
     /// A main-thread mark-compact ended and its trough is not read yet: its sequence number.
     trough_due: Option<u32>,
@@ -404,7 +408,7 @@ impl Session {
         if self.found_links.is_none() {
             return;
         }
-        if self.pending_pauses.is_none() && self.started.elapsed() < BURST {
+        if self.started.elapsed() < self.burst {
             // The burst: every poll, so that each stack's floor is read between GCs.
             let t = self.started.elapsed().as_secs_f64();
             self.external.sample_stacks(t, &mut self.suspects);
@@ -414,7 +418,7 @@ impl Session {
             let links = self.found_links.take().unwrap_or_default();
             probes::detach_found(&mut self.ebpf, links, &mut self.probes);
             self.external.detached();
-            if self.pending_pauses.is_none() {
+            if !self.burst.is_zero() {
                 status!("leakprobe: opening burst over: the per-allocation Buffer probes are detached");
             }
         }
@@ -520,6 +524,7 @@ impl Session {
             page_kinds,
             faults_attached,
             alloc_stacks: options.alloc_stacks,
+            burst: options.burst,
             _target_config: target_config,
             external,
             memory: Thinned::new(MEMORY_SAMPLES),

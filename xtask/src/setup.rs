@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks, and does nothing when all is there.
 //!
 //! - Debian packages: LLVM 22 (bpf-linker links against it), bpftool and binutils (tests), wrk
-//!   (bench), prometheus (`promtool`, for the agent's /metrics), chromium and golang-go
+//!   and bpftrace (bench: saturated load, and the reference tracer), prometheus (`promtool`, for the agent's /metrics), chromium and golang-go
 //!   (tests/outputs.rs opens the flamegraphs in a headless browser and reads the pprof profiles
 //!   with `go tool pprof`), debootstrap and buildah (`cargo xtask image`, and the image that
 //!   tests/container.rs runs the agent from).
@@ -33,6 +33,7 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     "util-linux",
     "wrk",
+    "bpftrace",
     "prometheus",
     "curl",
     "chromium",
