@@ -262,3 +262,63 @@ fn unusable_metrics_address_is_one_line_error() {
     let (status, _, stderr) = run_leakprobe(&["agent", "--metrics", &addr, "--match", "fleet-member"]);
     assert_one_line_error(status, &stderr, &format!("cannot listen on {addr} for /metrics"));
 }
+
+/// The issue-13 setup: the agent with CAP_BPF and CAP_PERFMON but not CAP_SYS_ADMIN watches a
+/// node process whose uprobes the kernel refuses. It says so: the process's
+/// `leakprobe_probes_up{family="gc"}` is 0 (the tracepoints' `syscalls` is 1), `/healthz` answers
+/// 503 with the reason, and `/livez` 200.
+#[test]
+fn agent_without_its_gc_probes_is_degraded_not_silent() {
+    let fleet = Fleet::new(19304);
+    let member = fleet.start_member();
+    let caps = ["bpf", "perfmon", "sys_ptrace", "dac_read_search"];
+    let mut child = leakprobe_with_capabilities(
+        &caps,
+        &[
+            "agent",
+            "--metrics",
+            "127.0.0.1:0",
+            &format!("--match={}", fleet.pattern()),
+            "--scan-every",
+            "500ms",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = Lines::new(child.stderr.take().unwrap());
+    let line = stderr.wait_for("serving", Duration::from_secs(30));
+    let addr = line.rsplit("http://").next().unwrap().trim().to_string();
+    let agent = Agent { child, stderr, addr };
+    let pid = format!("pid=\"{}\"", member.pid());
+    let up = |text: &str, family: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("leakprobe_probes_up{")
+                    && l.contains(&pid)
+                    && l.contains(&format!("family=\"{family}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    let text = agent.metrics_until("the member's probe status", |t| up(t, "gc").is_some());
+    assert_eq!(up(&text, "gc").as_deref(), Some("0"), "{text}");
+    assert_eq!(up(&text, "syscalls").as_deref(), Some("1"), "{text}");
+    let health = Command::new("curl")
+        .args(["-sS", "-w", "%{http_code}", &format!("http://{}/healthz", agent.addr)])
+        .output()
+        .unwrap();
+    let health = String::from_utf8_lossy(&health.stdout).into_owned();
+    assert!(
+        health.starts_with("degraded: no target has its GC probes") && health.ends_with("503"),
+        "{health}"
+    );
+    assert_eq!(agent.get("/livez").trim(), "ok");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{status}");
+    assert!(
+        log.iter().any(|l| l.contains("probes missing: gc_start") && l.contains("CAP_SYS_ADMIN")),
+        "{log:?}"
+    );
+}

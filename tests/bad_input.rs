@@ -50,25 +50,41 @@ fn stripped(node: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Node 24 keeps V8 internals only in .symtab: stripped, the GC and heap families cannot attach.
-/// leakprobe says which probes are missing and runs with the rest (external memory, whose
-/// allocator node exports, and the syscall tracepoints).
+/// With the default families, that is one line (no GC pause would be measured) naming the
+/// missing function; with GC left out, leakprobe says which probes are missing and runs with the
+/// rest (external memory, whose allocator node exports, the syscall tracepoints and the page-fault
+/// sampling).
 #[test]
 fn stripped_node24_names_the_missing_probes_and_runs_with_the_rest() {
     let node = stripped(&official_node(24));
     let fixture = Node::start(&node, &[], "ticker.js");
+    let pid = fixture.pid().to_string();
+    let (status, _, stderr) = run_leakprobe(&["--pid", &pid, "--duration", "1s"]);
+    assert_one_line_error(status, &stderr, "the GC probes could not be attached");
+    assert!(stderr.contains("symbol not found: v8::internal::Heap::PerformGarbageCollection"), "{stderr}");
+    assert!(stderr.contains("stripped") && stderr.contains("--probes"), "{stderr}");
+
     let out = tempdir("stripped-report");
     let out_arg = out.to_string_lossy().into_owned();
-    let (status, _, stderr) =
-        run_leakprobe(&["--pid", &fixture.pid().to_string(), "--duration", "1s", "--out", &out_arg]);
+    let (status, _, stderr) = run_leakprobe(&[
+        "--pid",
+        &pid,
+        "--duration",
+        "1s",
+        "--probes",
+        "heap,external,syscalls,faults",
+        "--out",
+        &out_arg,
+    ]);
     assert!(status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
-        stderr.contains("probe gc_start: symbol not found: v8::internal::Heap::PerformGarbageCollection"),
+        stderr.contains("probe heap_committed_ret: symbol not found: v8::internal::Heap::CommittedMemory"),
         "{stderr}"
     );
     let report = read_report(&out);
     for p in report["probes"].as_array().unwrap() {
-        let expected = p["family"] == "external" || p["family"] == "syscalls";
+        let expected = ["external", "syscalls", "faults"].iter().any(|f| p["family"] == *f);
         assert_eq!(p["attached"], expected, "{p}");
     }
 }
@@ -153,4 +169,30 @@ fn duration_ends_the_session_and_json_goes_to_stdout() {
             assert!(report["gc"]["pauses"][kind][field].is_number(), "{kind}.{field}");
         }
     }
+}
+
+/// With CAP_BPF and CAP_PERFMON but not CAP_SYS_ADMIN, the kernel refuses uprobes (the GC
+/// probes): `--pid` fails with one line that says so, rather than running without GC pauses. Left
+/// out with `--probes`, the rest runs (the syscall tracepoints need no CAP_SYS_ADMIN).
+#[test]
+fn pid_without_cap_sys_admin_fails_on_the_gc_probes_unless_left_out() {
+    let node = Node::start(&system_node(), &[], "ticker.js");
+    let pid = node.pid().to_string();
+    let caps = ["bpf", "perfmon", "sys_ptrace", "dac_read_search"];
+    let out = leakprobe_with_capabilities(&caps, &["--pid", &pid, "--duration", "2s"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_one_line_error(out.status, &stderr, &format!("the GC probes could not be attached to pid {pid}"));
+    assert!(stderr.contains("Permission denied") && stderr.contains("CAP_SYS_ADMIN"), "{stderr}");
+
+    let out = leakprobe_with_capabilities(
+        &caps,
+        &["--pid", &pid, "--duration", "2s", "--probes", "syscalls", "--json"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probes = report["probes"].as_array().unwrap();
+    assert!(!probes.is_empty() && probes.iter().all(|p| p["attached"] == true), "{probes:?}");
 }

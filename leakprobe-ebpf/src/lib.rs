@@ -28,6 +28,8 @@ pub enum EventKind {
     Map = 3,
     /// A [`stack::NewStack`].
     NewStack = 4,
+    /// A [`faults::FaultEvent`].
+    Fault = 5,
 }
 
 /// Implements `aya::Pod` for shared types when built for userspace.

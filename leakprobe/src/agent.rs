@@ -5,6 +5,9 @@
 //! processes and drops the sessions of those that exited (which detaches their probes and
 //! removes their series); each session's events are read every 100 ms and its memory sampled
 //! every interval. `/metrics` and `/healthz` are served beside it.
+//!
+//! Nothing degrades silently: each target's probe families are a `leakprobe_probes_up` series,
+//! and `/healthz` answers 503 when node processes are there but none has its GC probes.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,8 +30,11 @@ use tokio::{
 use crate::{
     cgroup,
     discover::{self, Process},
+    error::Error,
+    health::{self, Census, Health},
     metrics::{Metrics, TargetLabels},
     privilege,
+    probes::Family,
     session::{Options, Session},
     target::Target,
 };
@@ -58,18 +64,21 @@ struct Watched {
     process: Process,
     labels: TargetLabels,
     session: Session,
+    /// Whether its GC probes are attached.
+    has_gc: bool,
 }
 
 /// Runs until SIGTERM or SIGINT, then detaches from everything and returns.
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     privilege::check()?;
     let metrics = Arc::new(Mutex::new(Metrics::new()?));
+    let health = Arc::new(Mutex::new(Health::Ok));
     let listener = TcpListener::bind(options.metrics)
         .await
         .with_context(|| format!("cannot listen on {} for /metrics", options.metrics))?;
     let local = listener.local_addr().context("reading the metrics address")?;
     // On the runtime's worker thread: the loop below blocks while it attaches.
-    tokio::spawn(serve(listener, Arc::clone(&metrics)));
+    tokio::spawn(serve(listener, Arc::clone(&metrics), Arc::clone(&health)));
     status!("leakprobe agent: serving /metrics and /healthz on http://{local}");
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -84,6 +93,8 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut watched: HashMap<u32, Watched> = HashMap::new();
     // Processes (pid, start time) that are not node or failed to attach: not retried.
     let mut passed: HashSet<(u32, u64)> = HashSet::new();
+    // Node processes (pid, start time) the agent could not attach to, and why: /healthz counts them.
+    let mut failed: HashMap<(u32, u64), String> = HashMap::new();
 
     loop {
         tokio::select! {
@@ -91,8 +102,22 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 forget_exited(&mut watched, &metrics);
                 // Attaching takes a while (reading node's symbols, loading programs): the
                 // metrics stay served meanwhile, from their own thread.
-                attach_new(&options, &node_name, &mut watched, &mut passed, &metrics);
+                attach_new(&options, &node_name, &mut watched, &mut passed, &mut failed, &metrics);
                 lock(&metrics).set_targets(watched.len());
+                let census = Census {
+                    watched: watched.len(),
+                    with_gc: watched.values().filter(|w| w.has_gc).count(),
+                    failed: failed.iter().map(|((pid, _), e)| (*pid, e.clone())).collect(),
+                };
+                let verdict = health::verdict(&census);
+                let mut current = lock(&health);
+                if *current != verdict {
+                    match &verdict {
+                        Health::Ok => status!("leakprobe agent: healthy"),
+                        Health::Degraded(why) => status!("leakprobe agent: degraded: {why}"),
+                    }
+                    *current = verdict;
+                }
             }
             _ = poll.tick() => {
                 let m = lock(&metrics);
@@ -137,10 +162,12 @@ fn attach_new(
     node_name: &str,
     watched: &mut HashMap<u32, Watched>,
     passed: &mut HashSet<(u32, u64)>,
+    failed: &mut HashMap<(u32, u64), String>,
     metrics: &Mutex<Metrics>,
 ) {
     // Forget processes that are gone (their pid may come back as another process).
     passed.retain(|(pid, start)| discover::start_time(*pid) == Some(*start));
+    failed.retain(|(pid, start), _| discover::start_time(*pid) == Some(*start));
     for process in discover::processes() {
         let key = (process.pid, process.start_time);
         if watched.contains_key(&process.pid) || passed.contains(&key) || !process.matches(&options.pattern) {
@@ -161,24 +188,41 @@ fn attach_new(
             Ok(session) => {
                 passed.remove(&key);
                 let labels = labels(&process, &session, node_name);
+                let families = family_status(&session, options.native);
+                lock(metrics).set_probes_up(&labels, &families);
+                let has_gc = families.iter().any(|(f, up)| *f == "gc" && *up);
                 let missing: Vec<&str> =
                     session.probes().iter().filter(|p| !p.attached).map(|p| p.name).collect();
+                let first_error = session.probes().iter().find_map(|p| p.error.as_deref());
                 status!(
-                    "leakprobe agent: watching pid {} ({}, node {}){}",
+                    "leakprobe agent: watching pid {} ({}, node {}){}{}",
                     process.pid,
                     process.comm,
                     session.target().node_version.as_deref().unwrap_or("version unknown"),
-                    if missing.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; probes missing: {}", missing.join(", "))
+                    match (missing.is_empty(), first_error) {
+                        (true, _) => String::new(),
+                        (false, Some(e)) => format!(
+                            "; probes missing: {} (first error: {e}{})",
+                            missing.join(", "),
+                            health::hint(e)
+                        ),
+                        (false, None) => format!("; probes missing: {}", missing.join(", ")),
+                    },
+                    match session.external_counter_error() {
+                        Some(e) => format!("; node's external-memory counter unreadable: {e}"),
+                        None => String::new(),
                     }
                 );
-                watched.insert(process.pid, Watched { process, labels, session });
+                watched.insert(process.pid, Watched { process, labels, session, has_gc });
             }
             Err(e) => {
                 lock(metrics).attach_error();
                 status!("leakprobe agent: cannot watch pid {} ({}): {e:#}", process.pid, process.comm);
+                // A process that is not node (the pattern matched something else) is no
+                // failure to measure.
+                if !matches!(e.downcast_ref::<Error>(), Some(Error::NotNode { .. })) {
+                    failed.insert(key, format!("{e:#}"));
+                }
             }
         }
     }
@@ -187,6 +231,21 @@ fn attach_new(
 fn attach(process: &Process, options: &AgentOptions) -> anyhow::Result<Session> {
     let target = Target::resolve(process.pid)?;
     Session::attach(target, &Options::fleet(process.pid, options.native, options.interval))
+}
+
+/// Each family the agent attaches, and whether it measures: every probe attached, and for
+/// external, node's counter readable (the default view's external bytes come from it).
+fn family_status(session: &Session, native: bool) -> Vec<(&'static str, bool)> {
+    crate::session::fleet_families(native)
+        .into_iter()
+        .map(|family| {
+            let mut up = health::family_attached(session.probes(), family);
+            if family == Family::External {
+                up &= session.external_counter_error().is_none();
+            }
+            (health::family_name(family), up)
+        })
+        .collect()
 }
 
 /// The series labels of a process.
@@ -202,32 +261,46 @@ fn labels(process: &Process, session: &Session, node_name: &str) -> TargetLabels
     ])
 }
 
-fn lock(m: &Mutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Serves `/metrics` and `/healthz` until the process ends.
-async fn serve(listener: TcpListener, metrics: Arc<Mutex<Metrics>>) {
+async fn serve(listener: TcpListener, metrics: Arc<Mutex<Metrics>>, health: Arc<Mutex<Health>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let metrics = Arc::clone(&metrics);
+        let health = Arc::clone(&health);
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, Infallible>(respond(req.uri().path(), &metrics)) }
+                let health = Arc::clone(&health);
+                async move { Ok::<_, Infallible>(respond(req.uri().path(), &metrics, &health)) }
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-fn respond(path: &str, metrics: &Mutex<Metrics>) -> Response<Full<Bytes>> {
+/// `/healthz`: 200 `ok`, or 503 `degraded: why` (see [`health::verdict`]); `/livez`: 200 while
+/// the agent serves.
+fn respond(path: &str, metrics: &Mutex<Metrics>, health: &Mutex<Health>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", lock(metrics).encode()),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "leakprobe agent: try /metrics or /healthz\n".to_string()),
+        "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => match &*lock(health) {
+            Health::Ok => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Health::Degraded(why) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("degraded: {why}\n"))
+            }
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "leakprobe agent: try /metrics, /healthz or /livez\n".to_string(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

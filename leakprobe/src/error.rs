@@ -26,9 +26,29 @@ pub enum Error {
         /// The missing functions, each with the probes that needed it.
         missing: String,
     },
+    /// Every probe failed to attach, though their symbols were found.
+    #[error("no probe could be attached to pid {pid}: {reason}{hint}")]
+    NoProbeAttached {
+        /// Target pid.
+        pid: u32,
+        /// The first probe's error.
+        reason: String,
+        /// What to do about it, when the reason is known.
+        hint: &'static str,
+    },
     /// Not root and without the capabilities eBPF needs.
-    #[error("permission denied: {0}; run leakprobe as root (sudo) or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")]
+    #[error("permission denied: {0}; run leakprobe as root (sudo) or grant it CAP_SYS_ADMIN (uprobes need it), CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")]
     Permission(String),
+    /// The GC probes, asked for, could not be attached: leakprobe would measure no pause.
+    #[error("the GC probes could not be attached to pid {pid}: {reason}{hint}; leave GC out with --probes (e.g. --probes heap,external,syscalls) to run without them")]
+    NoGcProbes {
+        /// Target pid.
+        pid: u32,
+        /// The first probe's error.
+        reason: String,
+        /// What to do about it, when the reason is known.
+        hint: &'static str,
+    },
     /// We are privileged but the kernel still refuses to let us inspect the process.
     #[error("cannot inspect pid {pid}: {what}: permission denied (it may run in another user namespace, or ptrace access to it is restricted)")]
     Inaccessible {

@@ -150,10 +150,16 @@ impl ExternalState {
     /// Takes one sample: the absolute counter, and outstanding bytes by stack into `suspects`
     /// while the per-allocation probes are attached.
     pub fn sample(&mut self, t: f64, suspects: &mut suspects::Tracker) {
+        self.read_bytes();
+        self.sample_stacks(t, suspects);
+    }
+
+    /// Reads node's counter now (and keeps it as the latest reading).
+    pub fn read_bytes(&mut self) -> Option<u64> {
         if let Ok(counter) = &self.counter {
             self.bytes = counter.read().or(self.bytes);
         }
-        self.sample_stacks(t, suspects);
+        self.bytes
     }
 
     /// Adds outstanding bytes by stack to `suspects` (while the per-allocation probes are

@@ -160,6 +160,11 @@ impl HeapBooks {
         }
     }
 
+    /// The pages allocated since attach and not freed: start → size.
+    pub fn pages(&self) -> &HashMap<u64, u64> {
+        &self.pages
+    }
+
     /// Committed heap bytes now, once a reading exists.
     pub fn bytes(&self) -> Option<u64> {
         self.reading.map(|r| r.saturating_add_signed(self.delta))

@@ -25,6 +25,7 @@ pub mod external;
 pub mod faults;
 pub mod flamegraph;
 pub mod gc;
+pub mod health;
 pub mod heap;
 pub mod insn;
 pub mod live;

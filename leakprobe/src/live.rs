@@ -136,18 +136,32 @@ fn memory_split(out: &mut String, report: &Report) {
 fn suspects(out: &mut String, report: &Report) {
     let growing: Vec<&CategoryVerdict> = report.verdict.iter().filter(|v| v.growing).collect();
     let _ = writeln!(out, "\nWhat grows (at GC troughs)");
-    if growing.is_empty() {
+    let unjudged = report.verdict.iter().any(|v| !v.growing && v.next_step.is_some());
+    if growing.is_empty() && !unjudged {
         let _ = writeln!(out, "  nothing: the V8 heap, external and native memory are flat at GC troughs");
     }
-    for v in &growing {
+    for v in report.verdict.iter().filter(|v| !v.growing && v.next_step.is_some()) {
         let _ = writeln!(
             out,
-            "  {:<9} {}/s over {} {}, {:.0}% explained by the suspects below",
+            "  {:<9} not judged: {}",
+            category_name(v.category),
+            v.next_step.as_deref().unwrap_or_default()
+        );
+    }
+    for v in &growing {
+        let how = match v.method {
+            "troughs" => format!("the trend of {} GC troughs", v.troughs),
+            "trough over floor" => {
+                format!("{} GC trough{} over the lowest sample before", v.troughs, plural(v.troughs))
+            }
+            _ => "the floors of the last two thirds".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<9} {}/s ({how}), {:.0}% explained by the suspects below",
             category_name(v.category),
             rate(v.growth_bytes_per_s).trim(),
-            v.troughs,
-            if v.method == "troughs" { "troughs" } else { "troughs (too few: read from floors)" },
-            100.0 * v.explained_share
+            100.0 * v.explained_share.max(0.0)
         );
         if let Some(next) = &v.next_step {
             let _ = writeln!(out, "            not explained: {next}");
@@ -227,6 +241,15 @@ fn census_lines(out: &mut String, report: &Report, wanted: impl Fn(&GrowingType)
                 r.sampled
             );
         }
+    }
+}
+
+/// "s" for a count other than one.
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 

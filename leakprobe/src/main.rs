@@ -149,6 +149,11 @@ struct Args {
     /// second).
     #[arg(long, default_value_t = leakprobe_ebpf::faults::DEFAULT_PERIOD, value_parser = clap::value_parser!(u64).range(1..))]
     fault_period: u64,
+    /// How long, after attaching, every Buffer allocation and free is traced by stack (the
+    /// opening burst), so that the sites whose Buffers survive the GCs stand apart from the
+    /// churn; it costs what --alloc-stacks does, for that long. 0 turns it off.
+    #[arg(long, value_parser = parse_burst, default_value = "5s")]
+    burst: Duration,
 }
 
 /// Accepts a byte count with an optional KiB/MiB/GiB (or K/M/G) suffix.
@@ -181,6 +186,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("duration must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// A duration that may be zero (`0` turns a feature off).
+fn parse_burst(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
 }
 
 fn parse_regex(s: &str) -> Result<regex::Regex, String> {
@@ -252,6 +265,7 @@ fn options(pid: u32, args: Args) -> Options {
         v8_names: !args.no_v8_names,
         fleet: false,
         fault_period: args.fault_period,
+        burst: args.burst,
     }
 }
 

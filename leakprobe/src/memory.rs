@@ -62,9 +62,10 @@ mod tests {
 /// One sample of the memory split, in `report.memory.samples[]`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Sample {
-    /// Taken right after a main-thread mark-compact (and the ArrayBuffer sweeper's frees): a
-    /// GC trough, where what survives is what is held.
-    pub trough: bool,
+    /// A GC trough: the lowest of each figure over the 400 ms after a main-thread mark-compact
+    /// (while the ArrayBuffer sweeper frees what it released), with that GC's sequence number.
+    /// What survives there is what is held.
+    pub trough: Option<u32>,
     /// Seconds since the session started.
     pub t_s: f64,
     /// RSS and its kinds.
@@ -76,6 +77,29 @@ pub struct Sample {
     pub external_bytes: Option<u64>,
     /// Native bytes allocated since attach and held (estimated), with `--native`.
     pub native_bytes: Option<u64>,
+}
+
+impl Sample {
+    /// Each figure at its lower of the two samples, at this sample's time.
+    pub fn lowest(&self, other: &Sample) -> Sample {
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Sample {
+            trough: self.trough,
+            t_s: self.t_s,
+            rss: Rss {
+                rss_bytes: self.rss.rss_bytes.min(other.rss.rss_bytes),
+                rss_anon_bytes: self.rss.rss_anon_bytes.min(other.rss.rss_anon_bytes),
+                rss_file_bytes: self.rss.rss_file_bytes.min(other.rss.rss_file_bytes),
+                rss_shmem_bytes: self.rss.rss_shmem_bytes.min(other.rss.rss_shmem_bytes),
+            },
+            v8_heap_bytes: min(self.v8_heap_bytes, other.v8_heap_bytes),
+            external_bytes: min(self.external_bytes, other.external_bytes),
+            native_bytes: min(self.native_bytes, other.native_bytes),
+        }
+    }
 }
 
 /// `report.memory`: the latest split of RSS and its history.
@@ -119,7 +143,7 @@ impl MemoryReport {
     /// the remainder.
     pub fn new(samples: &[Sample]) -> Self {
         let latest = samples.last().copied().unwrap_or(Sample {
-            trough: false,
+            trough: None,
             t_s: 0.0,
             rss: Rss::default(),
             v8_heap_bytes: None,

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::{gc::GcKind, memory::MemoryReport};
@@ -20,6 +21,9 @@ pub const TARGET_LABELS: [&str; 6] = ["pid", "comm", "node_version", "pod_uid", 
 
 /// The areas of `leakprobe_memory_bytes` and `leakprobe_growth_bytes_per_second`.
 pub const AREAS: [&str; 5] = ["rss", "v8_heap", "external", "native", "other"];
+
+/// The values of `leakprobe_probes_up`'s `family` label.
+pub const FAMILIES: [&str; 5] = ["gc", "heap", "external", "syscalls", "native"];
 
 /// One watched process's label values, in [`TARGET_LABELS`] order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +48,7 @@ pub struct Metrics {
     growth: prometheus::GaugeVec,
     events: IntCounterVec,
     drops: IntCounterVec,
+    probes_up: IntGaugeVec,
     attach_errors: IntCounter,
     targets: IntGauge,
     /// Last cumulative values seen per target (counters only go up by the difference).
@@ -92,6 +97,14 @@ impl Metrics {
             Opts::new("leakprobe_drops_total", "Events lost (full map or ring buffer), by reason."),
             &with("reason"),
         )?;
+        let probes_up = IntGaugeVec::new(
+            Opts::new(
+                "leakprobe_probes_up",
+                "1 when every probe of the family is attached to the process (for external, also \
+                 node's counter readable through /proc/PID/mem), 0 when not: the agent's log says why.",
+            ),
+            &with("family"),
+        )?;
         let attach_errors = IntCounter::new(
             "leakprobe_attach_errors_total",
             "Node processes the agent found but could not attach to (see its log).",
@@ -103,6 +116,7 @@ impl Metrics {
             Box::new(growth.clone()),
             Box::new(events.clone()),
             Box::new(drops.clone()),
+            Box::new(probes_up.clone()),
             Box::new(attach_errors.clone()),
             Box::new(targets.clone()),
         ] {
@@ -115,6 +129,7 @@ impl Metrics {
             growth,
             events,
             drops,
+            probes_up,
             attach_errors,
             targets,
             last_events: BTreeMap::new(),
@@ -126,6 +141,13 @@ impl Metrics {
     pub fn observe_pauses(&self, labels: &TargetLabels, pauses: &[(GcKind, f64)]) {
         for (kind, seconds) in pauses {
             self.gc_pause.with_label_values(&labels.with(kind.name())).observe(*seconds);
+        }
+    }
+
+    /// Sets one process's probe status, family by family (`family` is one of [`FAMILIES`]).
+    pub fn set_probes_up(&self, labels: &TargetLabels, families: &[(&str, bool)]) {
+        for (family, up) in families {
+            self.probes_up.with_label_values(&labels.with(family)).set(i64::from(*up));
         }
     }
 
@@ -182,6 +204,9 @@ impl Metrics {
             let _ = self.growth.remove_label_values(&labels.with(area));
         }
         let _ = self.events.remove_label_values(&labels.plain());
+        for family in FAMILIES {
+            let _ = self.probes_up.remove_label_values(&labels.with(family));
+        }
         for reason in DropReason::ALL {
             let _ = self.drops.remove_label_values(&labels.with(reason.name()));
         }
@@ -217,7 +242,7 @@ mod tests {
 
     fn memory(rss: u64) -> MemoryReport {
         let sample = crate::memory::Sample {
-            trough: false,
+            trough: None,
             t_s: 0.0,
             rss: Rss { rss_bytes: rss, rss_anon_bytes: rss, rss_file_bytes: 0, rss_shmem_bytes: 0 },
             v8_heap_bytes: Some(rss / 2),
@@ -232,6 +257,7 @@ mod tests {
         let mut m = Metrics::new().unwrap();
         let a = labels("1");
         m.observe_pauses(&a, &[(GcKind::Scavenge, 0.002), (GcKind::MarkCompact, 0.02)]);
+        m.set_probes_up(&a, &[("gc", false), ("syscalls", true)]);
         m.update(&a, &memory(1000), 5, &BTreeMap::from([("ringbuf_full", 2)]));
         m.update(&a, &memory(2000), 7, &BTreeMap::from([("ringbuf_full", 3)]));
         let text = m.encode();
@@ -241,6 +267,11 @@ mod tests {
         assert!(!text.contains(r#"area="external""#), "an area not measured has no series: {text}");
         assert!(text.contains(r#"leakprobe_events_total{comm="node",container_id="",node="n1",node_version="v20.1.0",pid="1",pod_uid=""} 7"#), "{text}");
         assert!(text.contains(r#"pod_uid="",reason="ringbuf_full"} 3"#), "{text}");
+        assert!(text.contains(r#"leakprobe_probes_up{comm="node",container_id="",family="gc",node="n1",node_version="v20.1.0",pid="1",pod_uid=""} 0"#), "{text}");
+        assert!(
+            text.contains(r#"family="syscalls",node="n1",node_version="v20.1.0",pid="1",pod_uid=""} 1"#),
+            "{text}"
+        );
         m.remove(&a);
         let text = m.encode();
         assert!(!text.contains(r#"pid="1""#), "{text}");

@@ -1,4 +1,10 @@
 //! Checking up front that we may load eBPF programs, so the user gets one clear line.
+//!
+//! What each probe kind needs, measured on kernel 6.18 (deploy/README.md has the table): loading
+//! programs and maps needs CAP_BPF; tracepoints and perf software events need CAP_PERFMON; but
+//! uprobes created through perf_event_open(2) need CAP_SYS_ADMIN, which also covers the two
+//! others. So this check passes with CAP_BPF and CAP_PERFMON (the syscall probes work), and a
+//! uprobe refused later says that CAP_SYS_ADMIN is missing.
 
 use crate::error::Error;
 
@@ -15,7 +21,7 @@ pub fn check() -> Result<(), Error> {
     if has_bpf_caps(effective) {
         Ok(())
     } else {
-        Err(Error::Permission("loading eBPF programs needs CAP_BPF and CAP_PERFMON".into()))
+        Err(Error::Permission("loading eBPF programs needs CAP_SYS_ADMIN, or CAP_BPF and CAP_PERFMON".into()))
     }
 }
 

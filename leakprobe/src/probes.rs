@@ -637,6 +637,13 @@ pub fn attach_all(
                 None => by_function.push((s.function, vec![s.name])),
             }
         }
+        if by_function.is_empty() {
+            // No symbol is missing: the probes failed to attach (permission, tracefs...).
+            let reason =
+                statuses.iter().find_map(|s| s.error.clone()).unwrap_or_else(|| "no probe asked for".into());
+            let hint = crate::health::hint(&reason);
+            return Err(Error::NoProbeAttached { pid: target.pid, reason, hint }.into());
+        }
         let missing = by_function
             .iter()
             .map(|(f, names)| format!("{f} (probes {})", names.join(", ")))

@@ -16,6 +16,7 @@ use aya::{
 use leakprobe_ebpf::{
     alloc::NO_STACK,
     drops::DropReason,
+    faults::FaultEvent,
     gc::GcEvent,
     heap::HeapEvent,
     stack::{JsLayout, NewStack, RawStack, SKIPPED_PC},
@@ -31,8 +32,9 @@ use crate::{
     alloc::Thinned,
     census_watch::CensusWatch,
     external::ExternalState,
-    faults::FaultBooks,
+    faults::{FaultBooks, PageKinds},
     gc::{GcKind, GcStats},
+    health,
     heap::HeapBooks,
     live, memory,
     native::NativeState,
@@ -77,29 +79,24 @@ pub struct Options {
     pub fault_period: u64,
     /// `--native` (or `--native-exact`): also name fs, dns and random thread-pool work.
     pub native_view: bool,
+    /// How long the default mode traces every Buffer/ArrayBuffer allocation after attaching
+    /// (the opening burst; zero: not at all): long enough for several GCs, so that the sites
+    /// whose Buffers survive them stand apart from the churn. Then the per-allocation probes
+    /// are detached.
+    pub burst: Duration,
 }
 
 impl Options {
     /// The agent's options for one process: the default probe families (and native, if asked),
     /// sampling every `interval`.
     pub fn fleet(pid: u32, native: bool, interval: Duration) -> Self {
-        // Not the families that only name stacks (the agent reports none): the thread pool's
-        // and the page faults'.
-        let mut families: Vec<probes::Family> = probes::Family::DEFAULT
-            .into_iter()
-            .filter(|f| !matches!(f, probes::Family::Threadpool | probes::Family::Faults))
-            .collect();
-        if native {
-            // Not the thread-pool probes: they only name stacks, which fleet mode never reports.
-            families.push(probes::Family::Native);
-        }
         Options {
             pid,
             duration: None,
             interval,
             out: None,
             json: false,
-            families,
+            families: fleet_families(native),
             sample_rate: crate::native::DEFAULT_SAMPLE_RATE,
             max_tracked: FLEET_MAX_TRACKED,
             alloc_stacks: false,
@@ -107,8 +104,24 @@ impl Options {
             fleet: true,
             fault_period: leakprobe_ebpf::faults::DEFAULT_PERIOD,
             native_view: false,
+            // The agent reports no stacks.
+            burst: Duration::ZERO,
         }
     }
+}
+
+/// The families the agent attaches: the default ones (and libc's allocator with `native`),
+/// but not those that only name stacks, which the agent never reports: the thread pool's and
+/// the page faults'.
+pub fn fleet_families(native: bool) -> Vec<probes::Family> {
+    let mut families: Vec<probes::Family> = probes::Family::DEFAULT
+        .into_iter()
+        .filter(|f| !matches!(f, probes::Family::Threadpool | probes::Family::Faults))
+        .collect();
+    if native {
+        families.push(probes::Family::Native);
+    }
+    families
 }
 
 /// Live allocations tracked per family by the agent: each map is preallocated in the kernel
@@ -136,10 +149,23 @@ const LIVE_MAPS: [&str; 3] = ["EXT_LIVE", "HEAP_LO_LIVE", "NATIVE_LIVE"];
 /// GC-triggering stacks listed in the report.
 const TRIGGER_STACKS: usize = 50;
 
-/// How long the default mode traces every Buffer/ArrayBuffer allocation after attaching (the
-/// opening burst): long enough for several GCs, so that the sites whose Buffers survive them
-/// stand apart from the churn. Then the per-allocation probes are detached.
-pub const BURST: Duration = Duration::from_secs(5);
+/// Readings of each GC trough, [`TROUGH_EVERY`] apart: the ArrayBuffer sweeper frees what the
+/// GC released over the first hundred milliseconds or so, while the program allocates again;
+/// the lowest reading is the trough.
+const TROUGH_READINGS: u8 = 16;
+
+/// How often a GC trough is read.
+const TROUGH_EVERY: Duration = Duration::from_millis(25);
+
+/// The readings after one main-thread mark-compact.
+struct Trough {
+    /// The GC's sequence number.
+    seq: u32,
+    /// Readings still to take.
+    readings_left: u8,
+    /// Each figure's lowest reading so far (taken at the first).
+    low: Option<memory::Sample>,
+}
 
 /// How often the event ring buffer is drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -203,10 +229,14 @@ pub struct Session {
     mappings: Mappings,
     mapping_growth: suspects::Tracker,
     faults: FaultBooks,
+    /// What each faulting address is (V8's young or old pages, or other memory).
+    page_kinds: PageKinds,
     /// Whether the page-fault sampling is attached.
     faults_attached: bool,
     /// `--alloc-stacks`: the per-allocation probes are kept.
     alloc_stacks: bool,
+    /// How long the opening burst lasts.
+    burst: Duration,
     // The programs that fire for every process read the target's pid from it: open for the
     // whole session.
     _target_config: Array<MapData, u32>,
@@ -221,11 +251,14 @@ pub struct Session {
     /// `started` on the kernel's monotonic clock (what `bpf_ktime_get_ns` returns).
     started_ns: u64,
     /// The per-allocation external probes' links, to detach once the allocator is known and
-    /// the opening [`BURST`] is over (`None` with `--alloc-stacks`, or once detached).
+    /// the opening burst ([`Options::burst`]) is over (`None` with `--alloc-stacks`, or once detached).
     found_links: Option<probes::FoundLinks>,
-    /// Polls until the sample that follows a full GC (a GC trough): it waits one poll, so that
-    /// the ArrayBuffer sweeper has freed what the GC released.
-    trough_in: Option<u8>,
+    /// A main-thread mark-compact ended and its trough is not read yet: its sequence number.
+    trough_due: Option<u32>,
+    /// The trough being read (see [`Trough`]).
+    trough: Option<Trough>,
+    /// Main-thread mark-compacts seen.
+    mark_compacts: u32,
     /// Pauses (kind, seconds) not yet taken by the agent; `None` outside fleet mode.
     pending_pauses: Option<Vec<(GcKind, f64)>>,
     /// Events read from the ring buffer.
@@ -241,6 +274,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     privilege::check()?;
     let target = Target::resolve(options.pid)?;
     let mut session = Session::start(target, &options)?;
+    health::require_gc(session.target.pid, &session.probes, &options.families)?;
     let attached = session.probes.iter().filter(|p| p.attached).count();
     status!(
         "leakprobe: attached {attached}/{} probes to pid {} ({}, node {}); {}",
@@ -337,13 +371,40 @@ impl Session {
             kernel_log.flush();
         }
         self.detach_when_found();
-        match self.trough_in {
-            Some(0) => {
-                self.trough_in = None;
-                self.sample_as(true);
+        if let Some(seq) = self.trough_due.take() {
+            // Each stack's series gets a point where its floor is, too.
+            self.sample();
+            self.trough = Some(Trough { seq, readings_left: TROUGH_READINGS, low: None });
+        }
+        self.read_trough();
+    }
+
+    /// Whether a GC trough is being read (every [`TROUGH_EVERY`]).
+    fn reading_trough(&self) -> bool {
+        self.trough.is_some()
+    }
+
+    /// One reading of the trough being read: RSS, external and the V8 heap, each kept at its
+    /// lowest; after the last, the trough joins the memory samples.
+    fn read_trough(&mut self) {
+        let Some(trough) = &mut self.trough else { return };
+        if let Some(rss) = memory::read_rss(self.target.pid) {
+            let reading = memory::Sample {
+                trough: Some(trough.seq),
+                t_s: self.started.elapsed().as_secs_f64(),
+                rss,
+                v8_heap_bytes: self.heap.bytes(),
+                external_bytes: self.external.read_bytes(),
+                native_bytes: self.native.as_ref().map(NativeState::bytes),
+            };
+            trough.low = Some(trough.low.map_or(reading, |low| low.lowest(&reading)));
+        }
+        trough.readings_left = trough.readings_left.saturating_sub(1);
+        if trough.readings_left == 0 {
+            if let Some(low) = trough.low {
+                self.memory.push(low);
             }
-            Some(n) => self.trough_in = Some(n - 1),
-            None => {}
+            self.trough = None;
         }
     }
 
@@ -353,7 +414,7 @@ impl Session {
         if self.found_links.is_none() {
             return;
         }
-        if self.pending_pauses.is_none() && self.started.elapsed() < BURST {
+        if self.started.elapsed() < self.burst {
             // The burst: every poll, so that each stack's floor is read between GCs.
             let t = self.started.elapsed().as_secs_f64();
             self.external.sample_stacks(t, &mut self.suspects);
@@ -363,12 +424,20 @@ impl Session {
             let links = self.found_links.take().unwrap_or_default();
             probes::detach_found(&mut self.ebpf, links, &mut self.probes);
             self.external.detached();
+            if !self.burst.is_zero() {
+                status!("leakprobe: opening burst over: the per-allocation Buffer probes are detached");
+            }
         }
     }
 
     /// Takes the pauses seen since the last call (fleet mode), as (kind, seconds).
     pub fn take_pauses(&mut self) -> Vec<(GcKind, f64)> {
         self.pending_pauses.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Why node's external-memory counter cannot be read (through `/proc/PID/mem`), if so.
+    pub fn external_counter_error(&self) -> Option<String> {
+        self.external.report().counter_error
     }
 
     /// Events read from the kernel so far.
@@ -417,7 +486,9 @@ impl Session {
         target_config.set(CONFIG_TGID, target.pid, 0)?;
         let (probes, lookup, found_links) =
             probes::attach_all(&mut ebpf, &target, families, &probes::AttachOptions::of(options))?;
-        let faults = FaultBooks::new(take_map(&mut ebpf, "FAULTS_BY_STACK")?, options.fault_period);
+        let faults = FaultBooks::new(options.fault_period);
+        // What each faulting address is, from V8's page headers in the target's memory.
+        let page_kinds = PageKinds::new(ProcMem::open(target.pid).ok());
         let faults_attached = probes.iter().any(|p| p.family == probes::Family::Faults && p.attached);
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
         let events = watch(events).context("polling the event ring buffer")?;
@@ -456,8 +527,10 @@ impl Session {
             mappings: Mappings::default(),
             mapping_growth: suspects::Tracker::default(),
             faults,
+            page_kinds,
             faults_attached,
             alloc_stacks: options.alloc_stacks,
+            burst: options.burst,
             _target_config: target_config,
             external,
             memory: Thinned::new(MEMORY_SAMPLES),
@@ -468,7 +541,9 @@ impl Session {
             started_wall: SystemTime::now(),
             started_ns: monotonic_ns(),
             found_links: if options.alloc_stacks { None } else { Some(found_links) },
-            trough_in: None,
+            trough_due: None,
+            trough: None,
+            mark_compacts: 0,
             pending_pauses: options.fleet.then(Vec::new),
             events_read: 0,
             kernel_log,
@@ -493,6 +568,8 @@ impl Session {
         // The kernel does not wake us per event (see `emit` in leakprobe-ebpf): drain often.
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trough_tick = tokio::time::interval(TROUGH_EVERY);
+        trough_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await;
         let tty = std::io::stdout().is_terminal() && !options.json;
 
@@ -506,6 +583,10 @@ impl Session {
                 // Right after a full GC is where each series' floor is: `poll` samples there
                 // too, or the sawtooth of garbage awaiting the GC would read as noise in floors.
                 _ = drain.tick() => self.poll(),
+                _ = trough_tick.tick(), if self.reading_trough() => {
+                    self.drain();
+                    self.read_trough();
+                }
                 _ = tick.tick() => {
                     self.sample();
                     if !options.json {
@@ -550,13 +631,16 @@ impl Session {
             target,
             started,
             started_ns,
-            trough_in,
+            trough_due,
+            mark_compacts,
             census,
             pending_pauses,
             events_read,
             symbolizer,
             named,
             stack_maps,
+            faults,
+            page_kinds,
             ..
         } = self;
         let t = started.elapsed().as_secs_f64();
@@ -574,7 +658,8 @@ impl Session {
                             pauses.push((kind, event.duration_ns as f64 / 1e9));
                         }
                         if kind == GcKind::MarkCompact && event.tid == target.pid {
-                            *trough_in = Some(1);
+                            *mark_compacts += 1;
+                            *trough_due = Some(*mark_compacts);
                         }
                         if let Some(census) = census.as_mut().filter(|_| kind == GcKind::MarkCompact) {
                             census.on_mark_compact(t, event.tid == target.pid);
@@ -582,6 +667,8 @@ impl Session {
                         if kind == GcKind::MarkCompact {
                             symbolizer.moved();
                         }
+                        // Pages may change roles across a GC (freed, reused, promoted whole).
+                        page_kinds.forget();
                         heap.on_gc(kind, event.tid);
                     }
                 }
@@ -592,6 +679,10 @@ impl Session {
             } else if kind == Some(EventKind::Map as u32) {
                 if let Some(event) = read_record::<MapEvent>(&item) {
                     mappings.apply(&event);
+                }
+            } else if kind == Some(EventKind::Fault as u32) {
+                if let Some(event) = read_record::<FaultEvent>(&item) {
+                    faults.record(&event, page_kinds.kind(event.addr, heap.pages()));
                 }
             } else if kind == Some(EventKind::NewStack as u32) {
                 // Named at once, while its frames' code and objects are where they were
@@ -606,11 +697,6 @@ impl Session {
     /// Samples memory: RSS, external bytes, and outstanding bytes by stack. Once the target
     /// has exited, its last samples stand.
     pub fn sample(&mut self) {
-        self.sample_as(false);
-    }
-
-    /// [`Session::sample`], marking whether the sample is a GC trough.
-    fn sample_as(&mut self, trough: bool) {
         self.drain();
         let Some(rss) = memory::read_rss(self.target.pid) else {
             return;
@@ -625,7 +711,7 @@ impl Session {
         self.faults.sample(t);
         self.name_new_stacks();
         self.memory.push(memory::Sample {
-            trough,
+            trough: None,
             t_s: t,
             rss,
             v8_heap_bytes: self.heap.bytes(),

@@ -105,6 +105,34 @@ pub struct Suspect {
     pub variants: Vec<Variant>,
 }
 
+impl Suspect {
+    /// A site with no variant yet.
+    pub fn site(category: Category, source: Source, site: String) -> Self {
+        Suspect {
+            category,
+            source,
+            site,
+            outstanding_bytes: 0,
+            growth_bytes_per_s: 0.0,
+            floor_growth_bytes: 0.0,
+            frames: Vec::new(),
+            evidence: None,
+            variants: Vec::new(),
+        }
+    }
+
+    /// Adds one raw stack of the site (its frames, and its bytes and floor growth to the
+    /// site's): the site reads as its largest variant.
+    pub fn add_variant(&mut self, frames: Vec<Frame>, variant: Variant) {
+        if self.variants.iter().all(|v| v.bytes < variant.bytes) {
+            self.frames = frames;
+        }
+        self.outstanding_bytes += variant.bytes;
+        self.floor_growth_bytes += variant.floor_growth_bytes;
+        self.variants.push(variant);
+    }
+}
+
 /// One allocation stack's bytes, in `report.stacks[]` (what the flamegraphs are drawn from).
 #[derive(Clone, Debug, Serialize)]
 pub struct StackProfile {
@@ -207,24 +235,11 @@ impl Tracker {
                 bytes: series.last().unwrap_or(0.0) as i64,
                 floor_growth_bytes: series.floor_growth(),
             };
-            let group = groups.entry((category, site.clone())).or_insert_with(|| Suspect {
-                category,
-                source,
-                site,
-                outstanding_bytes: 0,
-                growth_bytes_per_s: 0.0,
-                floor_growth_bytes: 0.0,
-                frames: Vec::new(),
-                evidence: None,
-                variants: Vec::new(),
-            });
-            if group.variants.iter().all(|v| v.bytes < variant.bytes) {
-                group.frames = frames;
-            }
-            group.outstanding_bytes += variant.bytes;
+            let group = groups
+                .entry((category, site.clone()))
+                .or_insert_with(|| Suspect::site(category, source, site));
             group.growth_bytes_per_s += series.slope();
-            group.floor_growth_bytes += variant.floor_growth_bytes;
-            group.variants.push(variant);
+            group.add_variant(frames, variant);
         }
         let mut found: Vec<Suspect> = groups
             .into_values()

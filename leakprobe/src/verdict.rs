@@ -4,8 +4,8 @@
 //! - **What grows.** Each category (V8 heap, external, native) is read at the samples taken
 //!   right after a main-thread mark-compact, once the ArrayBuffer sweeper has freed what the GC
 //!   released ([`crate::memory::Sample::trough`]). Garbage awaiting collection, and Buffers the
-//!   GC frees lazily, are gone there: a bounded cache or steady churn leaves the troughs flat. A
-//!   window with fewer than [`MIN_TROUGHS`] troughs is read from the floors of every sample.
+//!   GC frees lazily, are gone there: a bounded cache or steady churn leaves the troughs flat.
+//!   With fewer than [`MIN_TROUGHS`] troughs, see [`CategoryVerdict::method`].
 //! - **Which line made it.** Stacks are grouped by logical site ([`site_key`]): the same
 //!   functions, scripts and lines, whatever JIT addresses or tiers. A site is a suspect only
 //!   when its category grows; sampled page faults ([`crate::faults`]) are judged by what each
@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::{
     alloc::Series,
-    faults::FaultBooks,
+    faults::{FaultBooks, Touched},
     memory::Sample,
     suspects::{Category, Evidence, Source, Suspect, Variant, MAX_SUSPECTS},
     symbolize::{Frame, FrameKind, QUEUED_NAME},
@@ -30,7 +30,7 @@ pub const MIN_TROUGHS: usize = 3;
 /// Smallest growth over the later two thirds of the window that makes a category grow.
 pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 /// Smallest growth, as a fraction of the category's size, that makes a category grow.
-pub const MIN_GROWTH_FRACTION: f64 = 0.10;
+pub const MIN_GROWTH_FRACTION: f64 = 0.20;
 /// Smallest first-touched bytes in the last third of the window for a page-fault site.
 pub const MIN_SITE_BYTES: f64 = 256.0 * 1024.0;
 /// A page-fault site still faulting at the end: its last third touched at least this share
@@ -69,9 +69,14 @@ pub struct CategoryVerdict {
     pub bytes: Option<u64>,
     /// Its growth over the later two thirds of the window.
     pub growth_bytes_per_s: f64,
-    /// Troughs the growth was read at (0–2 when read from floors).
+    /// GC troughs (the lowest sample after each main-thread mark-compact) in the later two
+    /// thirds of the window.
     pub troughs: usize,
-    /// `troughs` or `floors`.
+    /// How the growth was read: `troughs` (their trend, from three or more), `trough over
+    /// floor` (the latest trough over the lowest sample before it: never more than what stayed
+    /// live), `no full GC` (external memory, whose garbage waits for one, is not judged
+    /// without one) or `floors` (native memory, and the V8 heap without a full GC: the floor of
+    /// the last third over the middle third's).
     pub method: &'static str,
     /// Whether it grows: by at least [`MIN_GROWTH_BYTES`] and [`MIN_GROWTH_FRACTION`] of its
     /// size over the later two thirds of the window.
@@ -82,22 +87,22 @@ pub struct CategoryVerdict {
     pub next_step: Option<String>,
 }
 
-/// What a fault stack's memory is.
+/// What a sampled fault's memory is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
-    /// Touched by V8 itself: its garbage collector copying survivors, or generated code
-    /// bump-allocating in pages V8 just gave it (the young generation growing). Heap growth
-    /// whose JavaScript on the stack is not what keeps it: the heap's suspects come from the
-    /// runtime's own allocations (large objects, old-space arrays) and the large-object probes.
+    /// Touched by V8 itself: its garbage collector copying survivors, or the young generation's
+    /// pages, which the nursery refills (churn). Heap growth whose JavaScript on the stack is
+    /// not what keeps it.
     V8Own,
     /// Touched by the program, in this category.
     Memory(Category),
 }
 
-/// The category of a fault stack's memory, from the code that touched it: the GC's copying,
-/// Buffer code filling a backing store, V8 (JIT code, the runtime) writing heap objects, or
-/// anything else native (malloc'd memory, zlib, an addon).
-pub fn classify(frames: &[Frame]) -> Class {
+/// The category of a sampled fault's memory, from what the address is (a V8 page of the young
+/// or the old generation, or memory V8 does not manage) and the code that touched it: the GC's
+/// copying, Buffer code filling a backing store, V8's runtime or generated code, or anything
+/// else native (malloc'd memory, zlib, an addon).
+pub fn classify(frames: &[Frame], touched: Touched) -> Class {
     let named =
         |markers: &[&str], f: &Frame| f.kind != FrameKind::Js && markers.iter().any(|m| f.name.contains(m));
     // Up to the first JavaScript frame, or the pool thread's end: the code that touched it.
@@ -109,19 +114,22 @@ pub fn classify(frames: &[Frame]) -> Class {
     if touching.iter().any(|f| named(GC_MARKERS, f)) {
         return Class::V8Own;
     }
+    match touched {
+        Touched::Young => return Class::V8Own,
+        Touched::OldOrLarge => return Class::Memory(Category::V8Heap),
+        Touched::Other => {}
+    }
     if touching.iter().any(|f| named(EXTERNAL_MARKERS, f)) {
         return Class::Memory(Category::External);
     }
-    let v8 = |f: &Frame| {
-        matches!(f.kind, FrameKind::Jit | FrameKind::Builtin) || f.name.starts_with("v8::internal::")
-    };
     let generated = |f: &Frame| matches!(f.kind, FrameKind::Jit | FrameKind::Builtin);
     match touching.first() {
-        None => Class::V8Own,
-        Some(_) if touching.iter().all(generated) => Class::V8Own,
-        Some(first) if v8(first) => Class::Memory(Category::V8Heap),
-        Some(_) if touching.iter().take(3).any(v8) => Class::Memory(Category::V8Heap),
-        Some(_) => Class::Memory(Category::Native),
+        // Generated code writing memory V8 does not manage: a typed array's backing store.
+        Some(_) if touching.iter().all(generated) => Class::Memory(Category::External),
+        // V8's runtime, outside any page whose header was read (a large object older than the
+        // session).
+        Some(first) if first.name.starts_with("v8::internal::") => Class::Memory(Category::V8Heap),
+        _ => Class::Memory(Category::Native),
     }
 }
 
@@ -152,10 +160,13 @@ pub fn site_key(frames: &[Frame]) -> String {
                 }
             }
             FrameKind::Queued => parts.push(QUEUED_NAME.into()),
+            // JavaScript that could not be named: only its address tells it apart, so stacks
+            // through different unnamed code stay different sites.
+            FrameKind::Jit => parts.push(f.name.clone()),
             _ => {}
         }
     }
-    if !frames.iter().any(|f| f.kind == FrameKind::Js) {
+    if !frames.iter().any(|f| matches!(f.kind, FrameKind::Js | FrameKind::Jit)) {
         parts = frames.iter().take(SITE_NATIVE_FRAMES).map(Frame::kind_key).collect();
     }
     parts.join(" ← ")
@@ -168,24 +179,51 @@ fn thirds(samples: &[Sample]) -> Option<(f64, f64, f64, f64)> {
     (third > 0.0).then_some((first, first + third, first + 2.0 * third, last))
 }
 
+/// Reads one category's bytes from a sample.
+type Reading<'a> = dyn Fn(&Sample) -> Option<u64> + 'a;
+
 /// Each category's growth over the later two thirds of the window, at GC troughs.
 pub fn categories(samples: &[Sample]) -> Vec<CategoryVerdict> {
     let native = |s: &Sample| {
         let other = s.v8_heap_bytes.unwrap_or(0) + s.external_bytes.unwrap_or(0);
         Some(s.rss.rss_anon_bytes.saturating_sub(other))
     };
-    let readers: [(Category, &dyn Fn(&Sample) -> Option<u64>); 3] = [
-        (Category::V8Heap, &|s| s.v8_heap_bytes),
-        (Category::External, &|s| s.external_bytes),
-        (Category::Native, &native),
+    // The GC's categories wait for it to free their garbage; native memory (malloc) does not.
+    let readers: [(Category, bool, &Reading<'_>); 3] = [
+        (Category::V8Heap, true, &|s| s.v8_heap_bytes),
+        (Category::External, true, &|s| s.external_bytes),
+        (Category::Native, false, &native),
     ];
-    readers.iter().map(|(category, read)| category_verdict(*category, samples, read)).collect()
+    readers
+        .iter()
+        .map(|(category, collected, read)| category_verdict(*category, *collected, samples, read))
+        .collect()
 }
 
+/// Each GC trough in `samples` at or after `from`: (its first sample's time, the lowest value
+/// of its samples).
+fn troughs(samples: &[Sample], from: f64, read: &Reading<'_>) -> Vec<(f64, f64)> {
+    let mut found: Vec<(u32, f64, f64)> = Vec::new();
+    for s in samples.iter().filter(|s| s.t_s >= from) {
+        let (Some(seq), Some(v)) = (s.trough, read(s)) else { continue };
+        match found.last_mut() {
+            Some((last, _, low)) if *last == seq => *low = low.min(v as f64),
+            _ => found.push((seq, s.t_s, v as f64)),
+        }
+    }
+    found.into_iter().map(|(_, t, v)| (t, v)).collect()
+}
+
+/// One category's verdict. `collected`: its garbage waits for a full GC (the V8 heap,
+/// external), so between GCs its samples hold garbage too, and growth is read from troughs
+/// only: from three or more, their trend; from one or two, the latest over the lowest sample
+/// before it (each sample holds at least what was live then, so this never overstates); from
+/// none, it is not judged.
 fn category_verdict(
     category: Category,
+    collected: bool,
     samples: &[Sample],
-    read: &dyn Fn(&Sample) -> Option<u64>,
+    read: &Reading<'_>,
 ) -> CategoryVerdict {
     let bytes = samples.last().and_then(read);
     let mut verdict = CategoryVerdict {
@@ -201,31 +239,72 @@ fn category_verdict(
     let Some((_, one, two, last)) = thirds(samples) else { return verdict };
     let late: Vec<(f64, f64)> =
         samples.iter().filter(|s| s.t_s >= one).filter_map(|s| Some((s.t_s, read(s)? as f64))).collect();
-    let troughs: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.trough && s.t_s >= one)
-        .filter_map(|s| Some((s.t_s, read(s)? as f64)))
-        .collect();
+    let troughs = troughs(samples, one, read);
     verdict.troughs = troughs.len();
-    verdict.growth_bytes_per_s = if troughs.len() >= MIN_TROUGHS {
-        verdict.method = "troughs";
-        let mut series = Series::default();
-        troughs.iter().for_each(|&(t, v)| series.push(t, v));
-        series.slope()
-    } else {
-        // The floor of the last third over the floor of the middle third.
-        let floor = |from: f64, to: f64| {
-            late.iter().filter(|(t, _)| (from..=to).contains(t)).map(|p| p.1).fold(f64::INFINITY, f64::min)
-        };
-        let (middle, end) = (floor(one, two), floor(two, last));
-        match middle.is_finite() && end.is_finite() && two > one {
-            true => (end - middle) / (two - one),
-            false => 0.0,
+    verdict.growth_bytes_per_s = match (troughs.len(), troughs.last()) {
+        (n, _) if n >= MIN_TROUGHS => {
+            verdict.method = "troughs";
+            median_slope(&troughs)
+        }
+        (_, Some(_)) if collected => {
+            verdict.method = "trough over floor";
+            // Every sample holds at least what was live when it was taken: a trough over the
+            // lowest sample before it (anywhere in the window) is growth that stayed live.
+            let all: Vec<(f64, f64)> =
+                samples.iter().filter_map(|s| Some((s.t_s, read(s)? as f64))).collect();
+            let rate = |&(at, value): &(f64, f64)| {
+                let before = all.iter().filter(|(t, _)| *t < at);
+                match before.min_by(|a, b| a.1.total_cmp(&b.1)) {
+                    Some(&(from, low)) if at > from => (value - low).max(0.0) / (at - from),
+                    _ => 0.0,
+                }
+            };
+            troughs.iter().map(rate).fold(0.0, f64::max)
+        }
+        // Buffers wait for a full GC to be freed, so between two of them external memory grows
+        // with garbage: not judged. V8's committed heap grows in pages V8 decided to add (it
+        // collects before passing its limit): read from its floors.
+        (_, None) if collected && category == Category::External => {
+            verdict.method = "no full GC";
+            0.0
+        }
+        _ => {
+            // The floor of the last third over the floor of the middle third.
+            let floor = |from: f64, to: f64| {
+                late.iter()
+                    .filter(|(t, _)| (from..=to).contains(t))
+                    .map(|p| p.1)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let (middle, end) = (floor(one, two), floor(two, last));
+            match middle.is_finite() && end.is_finite() && two > one {
+                true => (end - middle) / (two - one),
+                false => 0.0,
+            }
         }
     };
     let grown = verdict.growth_bytes_per_s * (last - one);
     verdict.growing = grown >= MIN_GROWTH_BYTES && grown >= MIN_GROWTH_FRACTION * bytes.unwrap_or(0) as f64;
     verdict
+}
+
+/// The median of the slopes between every two points (Theil–Sen): one trough read while the
+/// sweeper lagged (on a loaded machine) does not turn a flat trend into growth, as it would a
+/// least-squares line.
+fn median_slope(points: &[(f64, f64)]) -> f64 {
+    let mut slopes: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| {
+            points[i + 1..].iter().filter(|b| b.0 > a.0).map(move |b| (b.1 - a.1) / (b.0 - a.0))
+        })
+        .collect();
+    slopes.sort_by(f64::total_cmp);
+    match slopes.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => slopes[n / 2],
+        n => (slopes[n / 2 - 1] + slopes[n / 2]) / 2.0,
+    }
 }
 
 /// The bytes a cumulative series held at `t` (0 before its first point).
@@ -243,14 +322,17 @@ pub fn fault_sites(
     let Some((_, one, two, last)) = thirds(samples) else { return (Vec::new(), 0) };
     let mut gc_bytes = 0.0;
     let mut groups: HashMap<(Category, String), (Suspect, f64)> = HashMap::new();
-    for (&stack_id, series) in &books.series {
+    for (&(stack_id, touched), series) in &books.series {
         let total = series.last().unwrap_or(0.0);
         let (middle, end) = (at(series, two) - at(series, one), total - at(series, two));
         if end <= 0.0 && middle <= 0.0 {
             continue;
         }
+        if touched == Touched::Young {
+            continue;
+        }
         let stack = frames(stack_id);
-        let category = match classify(&stack) {
+        let category = match classify(&stack, touched) {
             Class::V8Own => {
                 gc_bytes += total;
                 continue;
@@ -258,35 +340,28 @@ pub fn fault_sites(
             Class::Memory(category) => category,
         };
         let site = site_key(&stack);
-        let (group, group_middle) = groups.entry((category, site.clone())).or_insert_with(|| {
-            let suspect = Suspect {
-                category,
-                source: Source::PageFaults,
-                site,
-                outstanding_bytes: 0,
-                growth_bytes_per_s: 0.0,
-                floor_growth_bytes: 0.0,
-                frames: Vec::new(),
-                evidence: None,
-                variants: Vec::new(),
-            };
-            (suspect, 0.0)
-        });
-        if group.variants.iter().all(|v| (v.bytes as f64) < total) {
-            group.frames = stack;
-        }
-        group.outstanding_bytes += total as i64;
-        group.floor_growth_bytes += end;
-        group.growth_bytes_per_s += end / (last - two);
+        let (group, group_middle) = groups
+            .entry((category, site.clone()))
+            .or_insert_with(|| (Suspect::site(category, Source::PageFaults, site), 0.0));
+        group.growth_bytes_per_s += match category {
+            Category::V8Heap => (middle + end) / (last - one),
+            _ => end / (last - two),
+        };
         *group_middle += middle;
-        group.variants.push(Variant { stack_id, bytes: total as i64, floor_growth_bytes: end });
+        group.add_variant(stack, Variant { stack_id, bytes: total as i64, floor_growth_bytes: end });
     }
     let found = groups
         .into_values()
-        .filter(|(s, middle)| {
-            s.floor_growth_bytes >= MIN_SITE_BYTES
-                && *middle > 0.0
-                && s.floor_growth_bytes >= MIN_STILL_FAULTING * middle
+        .filter(|(s, middle)| match s.category {
+            // The runtime grows a JS array's backing store geometrically (by half again each
+            // time): its faults come in ever rarer steps, so the later two thirds are judged
+            // together.
+            Category::V8Heap => s.floor_growth_bytes + middle >= MIN_SITE_BYTES,
+            _ => {
+                s.floor_growth_bytes >= MIN_SITE_BYTES
+                    && *middle > 0.0
+                    && s.floor_growth_bytes >= MIN_STILL_FAULTING * middle
+            }
         })
         .map(|(mut s, _)| {
             s.variants.sort_by_key(|v| std::cmp::Reverse(v.bytes));
@@ -325,8 +400,15 @@ pub fn judge(
     let traced: Vec<Category> =
         found.iter().filter(|s| s.source == Source::Allocations).map(|s| s.category).collect();
     let touched_only = |s: &Suspect| s.source == Source::PageFaults && traced.contains(&s.category);
-    found.sort_by(|a, b| touched_only(a).cmp(&touched_only(b)).then(share(b).total_cmp(&share(a))));
+    // Across categories, by the growth each explains (its share of its category's, at most all).
+    let explains = |s: &Suspect| {
+        s.evidence.as_ref().map_or(0.0, |e| e.explained_share.clamp(0.0, 1.0) * e.category_growth_bytes_per_s)
+    };
+    found.sort_by(|a, b| touched_only(a).cmp(&touched_only(b)).then(explains(b).total_cmp(&explains(a))));
     found.truncate(MAX_SUSPECTS);
+    for c in categories.iter_mut().filter(|c| c.method == "no full GC") {
+        c.next_step = Some("no full GC in the later two thirds of the window: watch longer to judge".into());
+    }
     for c in categories.iter_mut().filter(|c| c.growing) {
         let explained: f64 = found.iter().filter(|s| s.category == c.category).map(share).sum();
         c.explained_share = explained.clamp(0.0, 1.0);
@@ -381,15 +463,25 @@ mod tests {
             frame("Builtins_InterpreterEntryTrampoline", FrameKind::Builtin, None, None),
             js("onTimeout", "/app/cache.js", 20),
         ];
+        // The same functions compiled: no interpreter frames, other addresses, no notes.
         let mut compiled = interpreted.clone();
         compiled.retain(|f| f.kind != FrameKind::Builtin);
-        compiled.insert(2, frame("[JIT 0x7f0012]", FrameKind::Jit, None, None));
+        for (i, f) in compiled.iter_mut().enumerate().filter(|(_, f)| f.kind == FrameKind::Js) {
+            f.addr = 0x7f00_0000 + i as u64;
+            f.note = None;
+        }
         assert_eq!(site_key(&interpreted), site_key(&compiled));
         assert!(site_key(&compiled).contains("cacheReport /app/cache.js:7"), "{}", site_key(&compiled));
         let mut other_line = compiled.clone();
-        other_line[4] = js("cacheReport", "/app/cache.js", 9);
+        other_line[3] = js("cacheReport", "/app/cache.js", 9);
         assert_ne!(site_key(&compiled), site_key(&other_line));
         assert_eq!(site_key(&[]), "[stack lost]");
+        let unnamed = |addr: &str| vec![native("malloc"), frame(addr, FrameKind::Jit, None, None)];
+        assert_ne!(
+            site_key(&unnamed("[JIT 0x1]")),
+            site_key(&unnamed("[JIT 0x2]")),
+            "unnamed code is not merged"
+        );
     }
 
     #[test]
@@ -397,19 +489,30 @@ mod tests {
         let user = js("handle", "/app/a.js", 3);
         let fill =
             vec![native("memset"), native("v8::internal::Builtin_TypedArrayPrototypeFill"), user.clone()];
-        assert_eq!(classify(&fill), Class::Memory(Category::External));
+        assert_eq!(classify(&fill, Touched::Other), Class::Memory(Category::External));
         let gc = vec![
             native("memcpy"),
             native("v8::internal::Scavenger::ScavengeObject"),
             native("v8::internal::Heap::CollectGarbage"),
             user.clone(),
         ];
-        assert_eq!(classify(&gc), Class::V8Own);
+        assert_eq!(classify(&gc, Touched::OldOrLarge), Class::V8Own);
         let jit = vec![frame("[JIT 0x1]", FrameKind::Jit, None, None), user.clone()];
-        assert_eq!(classify(&jit), Class::V8Own, "young-generation pages bump-allocated by generated code");
+        assert_eq!(classify(&jit, Touched::Young), Class::V8Own, "the nursery's pages: churn");
+        assert_eq!(
+            classify(&jit, Touched::OldOrLarge),
+            Class::Memory(Category::V8Heap),
+            "allocated in the old generation (pretenured: V8 saw its objects survive)"
+        );
+        assert_eq!(
+            classify(&jit, Touched::Other),
+            Class::Memory(Category::External),
+            "a typed array's store"
+        );
         let runtime =
             vec![native("v8::internal::FactoryBase<v8::internal::Factory>::NewFixedArray"), user.clone()];
-        assert_eq!(classify(&runtime), Class::Memory(Category::V8Heap));
+        assert_eq!(classify(&runtime, Touched::Young), Class::V8Own);
+        assert_eq!(classify(&runtime, Touched::OldOrLarge), Class::Memory(Category::V8Heap));
         let zlib = vec![
             native("deflateInit2_"),
             native("node::ThreadPoolWork::ScheduleWork"),
@@ -417,10 +520,10 @@ mod tests {
             native("uv_queue_work"),
             user,
         ];
-        assert_eq!(classify(&zlib), Class::Memory(Category::Native));
+        assert_eq!(classify(&zlib, Touched::Other), Class::Memory(Category::Native));
     }
 
-    fn sample(t: f64, trough: bool, heap: u64, external: u64) -> Sample {
+    fn sample(t: f64, trough: Option<u32>, heap: u64, external: u64) -> Sample {
         Sample {
             trough,
             t_s: t,
@@ -439,9 +542,9 @@ mod tests {
         let samples: Vec<Sample> = (0..=40)
             .map(|i| {
                 let t = i as f64 * 0.5;
-                let trough = i % 4 == 0;
-                let external = if trough { 100 * mib } else { 100 * mib + i as u64 * mib };
-                sample(t, trough, 200 * mib + (t * 2.0) as u64 * mib, external)
+                let trough = (i % 4 == 0).then_some(i as u32 / 4);
+                let external = if trough.is_some() { 100 * mib } else { 100 * mib + i as u64 * mib };
+                sample(t, trough, 50 * mib + (t * 2.0) as u64 * mib, external)
             })
             .collect();
         let verdicts = categories(&samples);
@@ -454,10 +557,52 @@ mod tests {
     }
 
     #[test]
+    fn one_late_trough_does_not_make_a_flat_trend_grow() {
+        let mib = (1u64 << 20) as f64;
+        let flat =
+            [(1.3, 23.8), (5.8, 20.1), (10.2, 19.0), (14.4, 18.5), (18.5, 44.3)].map(|(t, v)| (t, v * mib));
+        assert!(median_slope(&flat) <= 0.0, "{}", median_slope(&flat) / mib);
+        let leak: Vec<(f64, f64)> = (0..6).map(|i| (i as f64 * 3.0, (40.0 + 9.0 * i as f64) * mib)).collect();
+        assert!((median_slope(&leak) / mib - 3.0).abs() < 1e-9);
+        assert_eq!(median_slope(&[]), 0.0);
+    }
+
+    #[test]
+    fn a_trough_is_the_lowest_sample_after_its_gc_and_one_trough_reads_over_the_floor() {
+        let mib = 1u64 << 20;
+        // Garbage piles up between two GCs; after each, the sweeper frees over a few samples.
+        let mut samples = Vec::new();
+        for i in 0..=40u64 {
+            let t = i as f64 * 0.5;
+            let (trough, external) = match i {
+                30 => (Some(1), 150 * mib),
+                31 => (Some(1), 120 * mib),
+                32 => (Some(1), 125 * mib),
+                _ => (None, 100 * mib + (i % 10) * 5 * mib),
+            };
+            samples.push(sample(t, trough, 200 * mib, external));
+        }
+        let verdicts = categories(&samples);
+        let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+        assert_eq!((external.troughs, external.method), (1, "trough over floor"));
+        // 120 MiB at the trough over the floor of 100 MiB before it, from t=0 to t=15.
+        assert!((external.growth_bytes_per_s / mib as f64 - 20.0 / 15.0).abs() < 1e-6, "{external:?}");
+        // Without a full GC, external memory is not judged; the V8 heap is read from its floors.
+        let no_gc: Vec<Sample> = samples.iter().map(|s| Sample { trough: None, ..*s }).collect();
+        let verdicts = categories(&no_gc);
+        let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+        assert_eq!((external.method, external.growing), ("no full GC", false));
+        let heap = verdicts.iter().find(|v| v.category == Category::V8Heap).unwrap();
+        assert_eq!(heap.method, "floors");
+    }
+
+    #[test]
     fn a_growing_category_that_no_site_explains_says_what_to_run() {
         let mib = 1u64 << 20;
         let samples: Vec<Sample> = (0..=40)
-            .map(|i| sample(i as f64 * 0.5, i % 4 == 0, 200 * mib, 100 * mib + i * 4 * mib))
+            .map(|i| {
+                sample(i as f64 * 0.5, (i % 4 == 0).then_some(i as u32), 200 * mib, 100 * mib + i * 4 * mib)
+            })
             .collect();
         let (suspects, verdicts) = judge(Vec::new(), categories(&samples), false, false);
         assert!(suspects.is_empty());

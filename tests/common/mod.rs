@@ -259,7 +259,8 @@ pub fn tempdir(prefix: &str) -> PathBuf {
     dir
 }
 
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+/// Waits for `child` to exit, up to `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -323,4 +324,24 @@ pub fn assert_one_line_error(status: ExitStatus, stderr: &str, expect: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
     assert!(lines[0].contains(expect), "expected {expect:?} in {:?}", lines[0]);
+}
+
+/// `leakprobe ARGS` as root with only `capabilities` (e.g. `["bpf", "perfmon"]`), through
+/// `setpriv`, in a mount namespace of its own where tracefs is mounted (as a node's boot does;
+/// without CAP_SYS_ADMIN leakprobe cannot mount it itself).
+pub fn leakprobe_with_capabilities(capabilities: &[&str], args: &[&str]) -> Command {
+    let bounding: Vec<String> =
+        std::iter::once("-all".to_string()).chain(capabilities.iter().map(|c| format!("+{c}"))).collect();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || exit 1\n\
+             exec \"$@\"",
+        )
+        .arg("sh")
+        .arg("setpriv")
+        .arg(format!("--bounding-set={}", bounding.join(",")))
+        .args(["--inh-caps=-all", "--", LEAKPROBE])
+        .args(args);
+    cmd
 }

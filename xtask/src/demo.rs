@@ -59,8 +59,8 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     let result = sh(Command::new(&leakprobe)
         .arg("--pid")
         .arg(service.id().to_string())
-        // --alloc-stacks: the demo is short and wants to show where the leak is allocated.
-        .args(["--duration", duration, "--interval", "1s", "--alloc-stacks", "--out"])
+        // The default mode, as a user first runs it.
+        .args(["--duration", duration, "--interval", "1s", "--out"])
         .arg(&out));
     stop.store(true, Ordering::Relaxed);
     let _ = load.join();

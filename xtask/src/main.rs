@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | test | demo | bench | image`.
 //!
 //! Every task that needs the eBPF toolchain or node builds runs `setup` first, so each works on
 //! a fresh machine (as root, which installing packages and loading eBPF programs both need).
@@ -6,6 +6,7 @@
 mod bench;
 mod bench_census;
 mod demo;
+mod image;
 mod setup;
 
 use std::{
@@ -43,6 +44,13 @@ enum Task {
         #[arg(long, default_value = "20s")]
         duration: String,
     },
+    /// Setup, then build the agent's container image with buildah, on a debootstrap'd Debian
+    /// base, with no registry (localhost/leakprobe:0.1.0).
+    Image {
+        /// Put the debug binary in, as `cargo xtask test` does (localhost/leakprobe:test).
+        #[arg(long)]
+        debug: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +67,10 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { duration } => {
             setup::run()?;
             demo::run(&duration)
+        }
+        Task::Image { debug } => {
+            setup::run()?;
+            image::build(if debug { image::Profile::Test } else { image::Profile::Release }).map(drop)
         }
     }
 }
@@ -103,6 +115,8 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // tests/container.rs runs the agent from this image's root filesystem.
+    image::build(image::Profile::Test)?;
     cargo_test(
         Command::new("cargo")
             .args([

@@ -1,9 +1,10 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks, and does nothing when all is there.
 //!
 //! - Debian packages: LLVM 22 (bpf-linker links against it), bpftool and binutils (tests), wrk
-//!   (bench), prometheus (`promtool`, for the agent's /metrics), chromium and golang-go
+//!   and bpftrace (bench: saturated load, and the reference tracer), prometheus (`promtool`, for the agent's /metrics), chromium and golang-go
 //!   (tests/outputs.rs opens the flamegraphs in a headless browser and reads the pprof profiles
-//!   with `go tool pprof`).
+//!   with `go tool pprof`), debootstrap and buildah (`cargo xtask image`, and the image that
+//!   tests/container.rs runs the agent from).
 //! - rust-src for the stable toolchain (`-Z build-std=core` for the bpf target).
 //! - bpf-linker 0.13, built against Debian's LLVM 22.
 //! - kubernetes-validate from PyPI, which checks deploy/kubernetes offline (tests/deploy.rs).
@@ -32,10 +33,13 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     "util-linux",
     "wrk",
+    "bpftrace",
     "prometheus",
     "curl",
     "chromium",
     "golang-go",
+    "debootstrap",
+    "buildah",
 ];
 
 /// bpf-linker release known to build against LLVM 22 with rustc 1.95.

@@ -1,0 +1,165 @@
+//! Whether a session measures what it should, so that nothing degrades silently: the status of
+//! each probe family of a target (the agent's `leakprobe_probes_up`), the rule that
+//! `leakprobe --pid` fails when it cannot attach the GC probes it was asked for, and the
+//! agent's `/healthz` verdict.
+
+use crate::{
+    error::Error,
+    probes::{Family, ProbeStatus},
+};
+
+/// The name of a family, as `--probes` and the metrics' `family` label spell it.
+pub fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::Gc => "gc",
+        Family::External => "external",
+        Family::Heap => "heap",
+        Family::Native => "native",
+        Family::Syscalls => "syscalls",
+        Family::Threadpool => "threadpool",
+        Family::Faults => "faults",
+    }
+}
+
+/// Whether every probe of `family` that was tried is attached (and at least one was tried).
+/// A probe detached later because it had done its job (see `When::UntilFound`) counts as
+/// attached.
+pub fn family_attached(probes: &[ProbeStatus], family: Family) -> bool {
+    let mut of_family = probes.iter().filter(|p| p.family == family).peekable();
+    of_family.peek().is_some() && of_family.all(|p| p.attached)
+}
+
+/// The first error among the probes of `family`.
+pub fn family_error(probes: &[ProbeStatus], family: Family) -> Option<&str> {
+    probes.iter().filter(|p| p.family == family).find_map(|p| p.error.as_deref())
+}
+
+/// What to do about a probe error, when its cause is known.
+pub fn hint(error: &str) -> &'static str {
+    if error.contains("Permission denied") || error.contains("EACCES") || error.contains("EPERM") {
+        " (uprobes need CAP_SYS_ADMIN on this kernel: CAP_BPF and CAP_PERFMON are not enough)"
+    } else if error.starts_with("symbol not found") {
+        " (was node stripped? leakprobe needs node's .symtab or .dynsym)"
+    } else {
+        ""
+    }
+}
+
+/// `leakprobe --pid`'s rule: when the GC family was asked for, its probes must be attached,
+/// else the run would show no pause at all.
+pub fn require_gc(pid: u32, probes: &[ProbeStatus], families: &[Family]) -> Result<(), Error> {
+    if !families.contains(&Family::Gc) || family_attached(probes, Family::Gc) {
+        return Ok(());
+    }
+    let reason = family_error(probes, Family::Gc).unwrap_or("no GC probe was attached").to_string();
+    let hint = hint(&reason);
+    Err(Error::NoGcProbes { pid, reason, hint })
+}
+
+/// The agent's health, served on `/healthz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// At least one target has its GC probes, or there is no node process to watch.
+    Ok,
+    /// Node processes were found, but none is measured: the text says why.
+    Degraded(String),
+}
+
+/// What the agent knows at a scan, for [`verdict`].
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    /// Processes watched.
+    pub watched: usize,
+    /// Of those, the ones whose GC probes are attached.
+    pub with_gc: usize,
+    /// Node processes (alive) the agent could not attach to, with the first error.
+    pub failed: Vec<(u32, String)>,
+}
+
+/// Degraded when node processes are there (watched, or found but not attachable) and none has
+/// its GC probes; healthy otherwise, also when the host runs no node process at all.
+pub fn verdict(census: &Census) -> Health {
+    if census.with_gc > 0 || (census.watched == 0 && census.failed.is_empty()) {
+        return Health::Ok;
+    }
+    let mut parts = Vec::new();
+    if census.watched > 0 {
+        parts.push(format!("{} watched without GC probes", census.watched));
+    }
+    if let Some((pid, error)) = census.failed.first() {
+        parts.push(format!("{} not attachable (pid {pid}: {error})", census.failed.len()));
+    }
+    Health::Degraded(format!("no target has its GC probes: {}", parts.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &'static str, family: Family, attached: bool, error: Option<&str>) -> ProbeStatus {
+        ProbeStatus {
+            name,
+            family,
+            function: "f",
+            attached,
+            locations: usize::from(attached),
+            error: error.map(String::from),
+            detached: None,
+        }
+    }
+
+    fn denied() -> Vec<ProbeStatus> {
+        let e = Some("gc: perf_event_open failed: Permission denied (os error 13)");
+        vec![
+            status("gc_start", Family::Gc, false, e),
+            status("gc_end", Family::Gc, false, e),
+            status("sys_enter_mmap", Family::Syscalls, true, None),
+        ]
+    }
+
+    #[test]
+    fn a_family_is_attached_only_when_all_its_probes_are() {
+        let mut probes = denied();
+        assert!(!family_attached(&probes, Family::Gc));
+        assert!(family_attached(&probes, Family::Syscalls));
+        assert!(!family_attached(&probes, Family::Heap), "a family not tried is not attached");
+        probes[0].attached = true;
+        assert!(!family_attached(&probes, Family::Gc), "half a family measures nothing");
+        probes[1].attached = true;
+        assert!(family_attached(&probes, Family::Gc));
+    }
+
+    #[test]
+    fn pid_mode_requires_the_gc_probes_it_asked_for() {
+        let probes = denied();
+        let err = require_gc(42, &probes, &Family::DEFAULT).unwrap_err().to_string();
+        assert!(err.contains("GC probes could not be attached to pid 42"), "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+        assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+        assert!(err.contains("--probes"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        // Left out on purpose: fine.
+        assert!(require_gc(42, &probes, &[Family::Syscalls]).is_ok());
+        let mut ok = probes.clone();
+        ok[0].attached = true;
+        ok[1].attached = true;
+        assert!(require_gc(42, &ok, &Family::DEFAULT).is_ok());
+        // A missing symbol has no privilege hint, but a stripping one.
+        let missing = vec![status("gc_start", Family::Gc, false, Some("symbol not found: x"))];
+        let err = require_gc(1, &missing, &[Family::Gc]).unwrap_err().to_string();
+        assert!(!err.contains("CAP_SYS_ADMIN") && err.contains("stripped"), "{err}");
+    }
+
+    #[test]
+    fn healthz_is_degraded_only_when_node_processes_are_there_and_none_is_measured() {
+        assert_eq!(verdict(&Census::default()), Health::Ok, "no node process: nothing to measure");
+        let one_good = Census { watched: 2, with_gc: 1, failed: vec![(7, "x".into())] };
+        assert_eq!(verdict(&one_good), Health::Ok);
+        let blind = Census { watched: 2, with_gc: 0, failed: vec![] };
+        let Health::Degraded(why) = verdict(&blind) else { panic!("watched without GC is degraded") };
+        assert!(why.contains("2 watched without GC probes"), "{why}");
+        let refused = Census { watched: 0, with_gc: 0, failed: vec![(7, "permission denied".into())] };
+        let Health::Degraded(why) = verdict(&refused) else { panic!("found but refused is degraded") };
+        assert!(why.contains("pid 7: permission denied"), "{why}");
+    }
+}
