@@ -334,9 +334,8 @@ leak_tests! {
 /// In a profiling session (`leakprobe --pid N`): censuses after main-thread mark-compacts
 /// find the growing `Session` type and its holder (`report.heap.census`), the summary says
 /// who retains it under the heap's verdict, and the incident folder holds the census table.
-#[test]
-fn a_session_reports_who_holds_the_growing_type() {
-    let mut fixture = Node::start(&system_node(), &["--expose-gc"], "census-set-leak.js");
+fn session_reports_who_holds_the_growing_type(node: &Path) {
+    let mut fixture = Node::start(node, &["--expose-gc"], "census-set-leak.js");
     let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
     fixture.go();
     let report = leakprobe.report();
@@ -355,8 +354,23 @@ fn a_session_reports_who_holds_the_growing_type() {
     let table = std::fs::read_to_string(leakprobe.out.join("census.txt")).unwrap();
     assert!(table.contains("Session") && table.contains("Retained by: openSessions"), "{table}");
     let cost = &census["cost"];
-    eprintln!("census in the session: {} censuses, cost {cost}", census["censuses"]);
+    eprintln!("{}: census in the session: {} censuses, cost {cost}", node.display(), census["censuses"]);
     assert!(cost["cpu_s"].as_f64().unwrap() > 0.0 && cost["bytes_read"].as_u64().unwrap() > 0, "{cost}");
+}
+
+#[test]
+fn a_session_reports_who_holds_the_growing_type() {
+    session_reports_who_holds_the_growing_type(&system_node());
+}
+
+#[test]
+fn node18_session_reports_who_holds_the_growing_type() {
+    session_reports_who_holds_the_growing_type(&official_node(18));
+}
+
+#[test]
+fn node24_session_reports_who_holds_the_growing_type() {
+    session_reports_who_holds_the_growing_type(&official_node(24));
 }
 
 /// Buffers kept in a Map grow external memory: the summary says who keeps them under the
