@@ -34,7 +34,8 @@ enum Expect {
     /// them, and its stacks name no site: the default mode names the function only through
     /// what the runtime allocates for it in the old generation (the array's backing store), which
     /// can rank below pretenured churn. So: the V8 heap is found growing, a V8-heap suspect names
-    /// `leaker`, and the summary says the growth is mostly unexplained, with the next step.
+    /// `leaker`, and the summary says the growth is mostly unexplained, with the next step; or,
+    /// when V8 ran no full GC in the window, the heap is not judged and the summary says so.
     HeapLeak { leaker: &'static str },
     /// It levels off after its warm-up.
     Healthy,
@@ -111,6 +112,15 @@ fn check(fixture: &str, major: u32, expect: Expect) {
             }
             let verdict = report["verdict"].as_array().unwrap_or_else(|| panic!("no verdict: {report}"));
             let heap = verdict.iter().find(|v| v["category"] == "v8_heap");
+            // V8 may run no full GC in 20 s on a heap this size: then growth cannot be told from
+            // garbage awaiting one, and the summary must say so rather than name anything.
+            if heap.is_some_and(|v| v["method"] == "no full GC") {
+                let said = heap.and_then(|v| v["next_step"].as_str()).unwrap_or_default();
+                assert!(said.contains("watch longer"), "{fixture} on node {major}: {}", summary(&report));
+                assert!(suspects.iter().all(|s| s["category"] != "v8_heap"), "{}", summary(&report));
+                eprintln!("{fixture} on node {major}: no full GC in the window; the heap was not judged");
+                return;
+            }
             assert!(
                 heap.is_some_and(|v| v["growing"] == true),
                 "{fixture} on node {major}: the V8 heap is not found growing; {}",
