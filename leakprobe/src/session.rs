@@ -237,6 +237,8 @@ pub struct Session {
     alloc_stacks: bool,
     /// How long the opening burst lasts.
     burst: Duration,
+    /// Whether the end of the opening burst was said.
+    burst_said: bool,
     // The programs that fire for every process read the target's pid from it: open for the
     // whole session.
     _target_config: Array<MapData, u32>,
@@ -420,13 +422,17 @@ impl Session {
             self.external.sample_stacks(t, &mut self.suspects);
             return;
         }
-        if !self.external.needs_allocator_probes() {
+        let needed = self.external.needs_allocator_probes();
+        if !self.burst.is_zero() && !std::mem::replace(&mut self.burst_said, true) {
+            status!(
+                "leakprobe: opening burst over: the per-allocation Buffer probes are detached{}",
+                if needed { " once node's allocator is seen" } else { "" }
+            );
+        }
+        if !needed {
             let links = self.found_links.take().unwrap_or_default();
             probes::detach_found(&mut self.ebpf, links, &mut self.probes);
             self.external.detached();
-            if !self.burst.is_zero() {
-                status!("leakprobe: opening burst over: the per-allocation Buffer probes are detached");
-            }
         }
     }
 
@@ -531,6 +537,7 @@ impl Session {
             faults_attached,
             alloc_stacks: options.alloc_stacks,
             burst: options.burst,
+            burst_said: false,
             _target_config: target_config,
             external,
             memory: Thinned::new(MEMORY_SAMPLES),
