@@ -154,6 +154,10 @@ struct Args {
     /// churn; it costs what --alloc-stacks does, for that long. 0 turns it off.
     #[arg(long, value_parser = parse_burst, default_value = "5s")]
     burst: Duration,
+    /// Take no heap census (by default one is read from the target's memory after an early
+    /// mark-compact and again later: growing types and who holds them).
+    #[arg(long)]
+    no_census: bool,
 }
 
 /// Accepts a byte count with an optional KiB/MiB/GiB (or K/M/G) suffix.
@@ -266,6 +270,7 @@ fn options(pid: u32, args: Args) -> Options {
         fleet: false,
         fault_period: args.fault_period,
         burst: args.burst,
+        census: !args.no_census,
     }
 }
 

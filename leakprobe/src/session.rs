@@ -79,6 +79,8 @@ pub struct Options {
     pub fault_period: u64,
     /// `--native` (or `--native-exact`): also name fs, dns and random thread-pool work.
     pub native_view: bool,
+    /// Take heap censuses after mark-compacts (`--no-census` turns them off).
+    pub census: bool,
     /// How long the default mode traces every Buffer/ArrayBuffer allocation after attaching
     /// (the opening burst; zero: not at all): long enough for several GCs, so that the sites
     /// whose Buffers survive them stand apart from the churn. Then the per-allocation probes
@@ -106,6 +108,7 @@ impl Options {
             native_view: false,
             // The agent reports no stacks.
             burst: Duration::ZERO,
+            census: false,
         }
     }
 }
@@ -555,7 +558,7 @@ impl Session {
             events_read: 0,
             kernel_log,
             // Not in fleet mode: the agent's memory and CPU stay bounded over days.
-            census: match options.fleet {
+            census: match options.fleet || !options.census {
                 true => None,
                 false => Some(CensusWatch::start(target_pid)?),
             },

@@ -69,11 +69,13 @@ enum Tracer {
 }
 
 /// The modes compared, in the order each round runs them.
-const MODES: [(&str, Tracer); 4] = [
+const MODES: [(&str, Tracer); 5] = [
     ("baseline", Tracer::None),
     ("default", Tracer::Leakprobe(&[])),
     ("--native", Tracer::Leakprobe(&["--native"])),
     ("reference", Tracer::Reference),
+    // The default mode without its heap census: what the census's reads cost the service.
+    ("--no-census", Tracer::Leakprobe(&["--no-census"])),
 ];
 const BASELINE: usize = 0;
 const DEFAULT: usize = 1;

@@ -33,8 +33,12 @@ pub fn census_cost(leakprobe: &Path) -> anyhow::Result<()> {
         .context("starting the ticker fixture")?;
     let result = (|| {
         let mut line = String::new();
-        BufReader::new(node.stdout.take().context("fixture stdout")?).read_line(&mut line)?;
+        let mut stdout = BufReader::new(node.stdout.take().context("fixture stdout")?);
+        stdout.read_line(&mut line)?;
         anyhow::ensure!(line.trim() == "READY", "the ticker fixture did not start: {line}");
+        // The fixture goes on printing its ticks: keep reading them, or its next write fails
+        // (EPIPE) and it exits before the census.
+        std::thread::spawn(move || stdout.lines().map_while(Result::ok).for_each(drop));
         let pid = node.id().to_string();
         println!("\nHeap census cost (a 600,000-object Map, leakprobe census --json):");
         println!(
