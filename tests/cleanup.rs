@@ -9,11 +9,16 @@ mod common;
 use std::{process::Command, thread, time::Duration};
 
 use common::*;
-use leakprobe::probes::{Family, PROBES};
+use leakprobe::probes::{Family, When, PROBES};
 
-/// The programs of the default probe families (bpftool shows their full names, from BTF).
+/// The programs of the default probe families, less those only the native view attaches
+/// (bpftool shows their full names, from BTF).
 fn default_programs() -> Vec<String> {
-    PROBES.iter().filter(|p| Family::DEFAULT.contains(&p.family)).map(|p| p.program.to_string()).collect()
+    PROBES
+        .iter()
+        .filter(|p| Family::DEFAULT.contains(&p.family) && p.attach != When::WithNative)
+        .map(|p| p.program.to_string())
+        .collect()
 }
 
 /// Loaded BPF programs that are leakprobe's, by `bpftool prog show`.
