@@ -253,7 +253,7 @@ fn growing_module_array_is_a_v8_heap_suspect() {
 }
 
 /// The emitter's listener array grows: the top suspect is in the V8 heap and names
-/// `handleRequest`, either as the stack of the array's large-object pages or as the site whose
+/// `handleRequest` (line 12), either as the stack of the array's large-object pages or as the site whose
 /// runtime call (growing the array's elements) first touches old-generation pages.
 #[test]
 fn accumulating_listeners_are_a_v8_heap_suspect() {
@@ -270,7 +270,7 @@ fn accumulating_listeners_are_a_v8_heap_suspect() {
     let named = top["frames"].as_array().unwrap().iter().any(|f| {
         f["kind"] == "js"
             && f["name"] == "handleRequest"
-            && f["line"] == 10
+            && f["line"] == 12
             && f["file"].as_str().map(Path::new) == Some(&file)
     });
     assert!(named, "the top suspect does not name handleRequest: {frames:?}");

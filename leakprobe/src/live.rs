@@ -147,6 +147,11 @@ fn suspects(out: &mut String, report: &Report) {
             category_name(v.category),
             v.next_step.as_deref().unwrap_or_default()
         );
+        // The census counts objects, live or not yet collected, between two full GCs' aftermaths:
+        // what it saw grow is said even where the heap's size could not be judged.
+        if v.category == Category::V8Heap {
+            heap_census_lines(out, report);
+        }
     }
     for v in &growing {
         let how = match v.method {
@@ -167,9 +172,7 @@ fn suspects(out: &mut String, report: &Report) {
             let _ = writeln!(out, "            not explained: {next}");
         }
         if v.category == Category::V8Heap {
-            census_lines(out, report, |g| {
-                matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer)
-            });
+            heap_census_lines(out, report);
         }
     }
     if report.suspects.is_empty() {
@@ -208,6 +211,13 @@ fn suspects(out: &mut String, report: &Report) {
             census_lines(out, report, |g| g.kind == Kind::ArrayBuffer);
         }
     }
+}
+
+/// The heap census's growing JavaScript types, with who retains them.
+fn heap_census_lines(out: &mut String, report: &Report) {
+    census_lines(out, report, |g| {
+        matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer)
+    });
 }
 
 /// Growing types of the heap census that `wanted` picks, each with its retainer chains
