@@ -58,25 +58,49 @@ const FIXED_CONNECTIONS: usize = 4;
 const ALLOCATIONS: u64 = 1_000_000;
 
 /// What watches the service in a mode.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Tracer {
     /// Nothing: the baseline.
     None,
     /// leakprobe with these extra arguments.
-    Leakprobe(&'static [&'static str]),
+    Leakprobe(Vec<String>),
     /// The reference tracer (bpftrace, memleak's shape).
     Reference,
 }
 
+/// A mode: its name in the tables, and its tracer.
+type Mode = (String, Tracer);
+
 /// The modes compared, in the order each round runs them.
-const MODES: [(&str, Tracer); 5] = [
-    ("baseline", Tracer::None),
-    ("default", Tracer::Leakprobe(&[])),
-    ("--native", Tracer::Leakprobe(&["--native"])),
-    ("reference", Tracer::Reference),
-    // The default mode without its heap census: what the census's reads cost the service.
-    ("--no-census", Tracer::Leakprobe(&["--no-census"])),
-];
+fn standard_modes() -> Vec<Mode> {
+    let leakprobe = |args: &[&str]| Tracer::Leakprobe(args.iter().map(|a| a.to_string()).collect());
+    vec![
+        ("baseline".into(), Tracer::None),
+        ("default".into(), leakprobe(&[])),
+        ("--native".into(), leakprobe(&["--native"])),
+        ("reference".into(), Tracer::Reference),
+        // The default mode without its heap census: what the census's reads cost the service.
+        ("--no-census".into(), leakprobe(&["--no-census"])),
+    ]
+}
+
+/// Modes given on the command line (`NAME=ARGS`, ARGS split at spaces, `reference` for the
+/// reference tracer), after the baseline.
+fn custom_modes(specs: &[String]) -> anyhow::Result<Vec<Mode>> {
+    let mut modes = vec![("baseline".to_string(), Tracer::None)];
+    for spec in specs {
+        let (name, args) = spec.split_once('=').unwrap_or((spec.as_str(), ""));
+        if name.is_empty() {
+            bail!("a bench mode needs a name: --mode NAME=ARGS, got {spec:?}");
+        }
+        let tracer = match (name, args) {
+            ("reference", "") => Tracer::Reference,
+            _ => Tracer::Leakprobe(args.split_whitespace().map(str::to_string).collect()),
+        };
+        modes.push((name.to_string(), tracer));
+    }
+    Ok(modes)
+}
 const BASELINE: usize = 0;
 const DEFAULT: usize = 1;
 const NATIVE: usize = 2;
@@ -87,19 +111,28 @@ const DEFAULT_MAX_ADDED_CPU: f64 = 0.01;
 const NATIVE_MAX_LOSS: f64 = 0.15;
 const NATIVE_VS_REFERENCE: f64 = 5.0;
 
-/// Runs the benchmarks and prints the tables.
-pub fn run() -> anyhow::Result<()> {
+/// Runs the benchmarks and prints the tables. With `modes` (`NAME=ARGS`), only the HTTP rounds
+/// run, with the baseline and those modes, and no targets are judged.
+pub fn run(modes: &[String]) -> anyhow::Result<()> {
     sh(Command::new("cargo").args(["build", "--release", "--package", "leakprobe"]))?;
     let leakprobe = root().join("target/release/leakprobe");
     println!("\nleakprobe bench; machine load before: {}", load_average());
 
+    let custom = !modes.is_empty();
+    let modes = if custom { custom_modes(modes)? } else { standard_modes() };
     let previous = fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     // Kernel-side time per program run (off by default: it costs a little per run).
     fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let measured = http_rounds(&leakprobe);
+    let measured = http_rounds(&leakprobe, &modes);
     let _ = fs::write(BPF_STATS, previous.trim());
     let run = measured?;
-    print_http(&run);
+    print_http(&run, &modes);
+    if custom {
+        print_programs(&run, &modes);
+        return Ok(());
+    }
+    print_targets(&run);
+    print_programs(&run, &modes);
 
     println!("\nCost per probed allocation ({ALLOCATIONS} ArrayBuffers of 1 KiB, allocate + free):");
     let plain = alloc_loop(&leakprobe, None)?;
@@ -228,7 +261,7 @@ fn owned_programs(pid: Option<u32>) -> BTreeMap<u64, (u64, u64)> {
 }
 
 /// Runs the interleaved rounds against the HTTP fixture.
-fn http_rounds(leakprobe: &Path) -> anyhow::Result<HttpRun> {
+fn http_rounds(leakprobe: &Path, modes: &[Mode]) -> anyhow::Result<HttpRun> {
     let mut service = Command::new("node")
         .arg(root().join("tests/fixtures/http-service.js"))
         .stdout(Stdio::piped())
@@ -253,16 +286,16 @@ fn http_rounds(leakprobe: &Path) -> anyhow::Result<HttpRun> {
              open loop, {FIXED_CONNECTIONS} connections), then {LOAD_SECONDS} s of wrk -t1 -c16",
             FIXED_SHARE * 100.0
         );
-        let mut slots = vec![Vec::new(); MODES.len()];
-        let mut stats = vec![ProgramStats::new(); MODES.len()];
-        let mut attached_seconds = vec![0.0; MODES.len()];
+        let mut slots = vec![Vec::new(); modes.len()];
+        let mut stats = vec![ProgramStats::new(); modes.len()];
+        let mut attached_seconds = vec![0.0; modes.len()];
         // Every tracer's slot is bracketed by baseline slots (B D B N B R B D ...) and compared
         // with their mean: the other tenants' load drifts less over one slot than over a round.
         let baseline = || measure(&url, addr, rate, service.id(), None).context("a baseline slot");
         slots[BASELINE].push(baseline()?);
         for round in 0..ROUNDS {
-            for (i, (name, tracer)) in MODES.iter().enumerate().skip(1) {
-                let watcher = Watcher::attach(*tracer, leakprobe, service.id())
+            for (i, (name, tracer)) in modes.iter().enumerate().skip(1) {
+                let watcher = Watcher::attach(tracer, leakprobe, service.id())
                     .with_context(|| format!("round {}, {name}", round + 1))?;
                 let attached = Instant::now();
                 // Attaching is not measured: what it sets up (uprobes written into the
@@ -333,24 +366,31 @@ fn measure(
 }
 
 /// Prints the HTTP tables and the verdicts on issue 11's targets.
-fn print_http(run: &HttpRun) {
-    let base = &run.slots[BASELINE];
-    // Each slot's value against the baseline slots around it, then the median: the machine's
-    // speed drifts between rounds more than a cheap tracer costs.
-    let added_cpu_rounds =
-        |i: usize| -> Vec<f64> { run.slots[i].iter().map(|s| s.cpu_us() / s.base_cpu_us - 1.0).collect() };
-    let added_cpu = |i: usize| median(&added_cpu_rounds(i));
-    let loss = |i: usize| {
-        1.0 - median(
-            &run.slots[i].iter().zip(base).map(|(s, b)| s.saturated / b.saturated).collect::<Vec<_>>(),
-        )
-    };
-    // The direct part of a mode's cost: its process and its programs, against the baseline.
-    let direct = |i: usize| {
-        median(
-            &run.slots[i].iter().map(|s| (s.tracer_us + s.programs_us) / s.base_cpu_us).collect::<Vec<_>>(),
-        )
-    };
+impl HttpRun {
+    /// Each of mode `i`'s slots' CPU per request against the baseline slots around it, minus 1.
+    fn added_cpu_rounds(&self, i: usize) -> Vec<f64> {
+        self.slots[i].iter().map(|s| s.cpu_us() / s.base_cpu_us - 1.0).collect()
+    }
+
+    /// Mode `i`'s added CPU per request: the median over rounds (the machine's speed drifts
+    /// between rounds more than a cheap tracer costs).
+    fn added_cpu(&self, i: usize) -> f64 {
+        median(&self.added_cpu_rounds(i))
+    }
+
+    /// Mode `i`'s saturated throughput loss against the baseline slots around each of its slots.
+    fn loss(&self, i: usize) -> f64 {
+        1.0 - median(&self.slots[i].iter().map(|s| s.saturated / s.base_saturated).collect::<Vec<_>>())
+    }
+
+    /// The direct part of mode `i`'s cost: its process and its programs, against the baseline.
+    fn direct(&self, i: usize) -> f64 {
+        median(&self.slots[i].iter().map(|s| (s.tracer_us + s.programs_us) / s.base_cpu_us).collect::<Vec<_>>())
+    }
+}
+
+/// Prints the HTTP tables: CPU per request at the fixed rate, and saturated throughput.
+fn print_http(run: &HttpRun, modes: &[Mode]) {
     println!(
         "\nAt the fixed rate: CPU per request (service + tracer), median (min…max) over rounds; added: median \
          of each slot's ratio to the baseline slots around it (per round in brackets); of which the tracer's own process, \
@@ -367,7 +407,7 @@ fn print_http(run: &HttpRun) {
         "runs/req",
         "p99 ms"
     );
-    for (i, (name, _)) in MODES.iter().enumerate() {
+    for (i, (name, _)) in modes.iter().enumerate() {
         let slots = &run.slots[i];
         let cpu: Vec<f64> = slots.iter().map(Slot::cpu_us).collect();
         let (lo, hi) = spread(&cpu);
@@ -376,8 +416,8 @@ fn print_http(run: &HttpRun) {
             ("-".to_string(), String::new())
         } else {
             let rounds: Vec<String> =
-                added_cpu_rounds(i).iter().map(|r| format!("{:+.0}", r * 100.0)).collect();
-            (pct(added_cpu(i)), format!("[{}]", rounds.join(" ")))
+                run.added_cpu_rounds(i).iter().map(|r| format!("{:+.0}", r * 100.0)).collect();
+            (pct(run.added_cpu(i)), format!("[{}]", rounds.join(" ")))
         };
         println!(
             "{name:<10} {:>9.1} ({lo:>5.1}…{hi:>6.1}) {added:>9}  {rounds:<36} {:>10.2} {:>11.2} {:>9.1} {:>8.1}",
@@ -388,7 +428,7 @@ fn print_http(run: &HttpRun) {
             med(|s| s.p99_us as f64) / 1e3,
         );
     }
-    let short: Vec<String> = MODES
+    let short: Vec<String> = modes
         .iter()
         .zip(&run.slots)
         .filter_map(|((name, _), slots)| {
@@ -407,9 +447,9 @@ fn print_http(run: &HttpRun) {
 
     println!("\nSaturated (wrk -t1 -c16): requests per second, median and per round; loss: median of each slot's rate against the baseline slots around it:");
     println!("{:<10} {:>10} {:>8}  (per round)", "mode", "req/s", "loss");
-    for (i, (name, _)) in MODES.iter().enumerate() {
+    for (i, (name, _)) in modes.iter().enumerate() {
         let saturated: Vec<f64> = run.slots[i].iter().map(|s| s.saturated).collect();
-        let lost = if i == BASELINE { "-".to_string() } else { pct(loss(i)) };
+        let lost = if i == BASELINE { "-".to_string() } else { pct(run.loss(i)) };
         println!(
             "{name:<10} {:>10.0} {lost:>8}  {:?}",
             median(&saturated),
@@ -417,9 +457,14 @@ fn print_http(run: &HttpRun) {
         );
     }
 
+}
+
+/// Prints the verdicts on issue 11's targets (the standard modes only).
+fn print_targets(run: &HttpRun) {
+    let base = &run.slots[BASELINE];
     println!("\nTargets (issue 11), medians of each slot's ratio to the baseline slots around it:");
     let verdict = |pass: bool| if pass { "PASS" } else { "MISS" };
-    let default_cpu = added_cpu(DEFAULT);
+    let default_cpu = run.added_cpu(DEFAULT);
     // How far apart two measures of the same thing land here: the baseline's rounds.
     let (lo, hi) = spread(&base.iter().map(Slot::cpu_us).collect::<Vec<_>>());
     println!(
@@ -428,10 +473,10 @@ fn print_http(run: &HttpRun) {
         DEFAULT_MAX_ADDED_CPU * 100.0,
         pct(default_cpu),
         verdict(default_cpu <= DEFAULT_MAX_ADDED_CPU),
-        pct(direct(DEFAULT)),
+        pct(run.direct(DEFAULT)),
         (hi / lo - 1.0) * 100.0
     );
-    let (native, reference) = (loss(NATIVE), loss(REFERENCE));
+    let (native, reference) = (run.loss(NATIVE), run.loss(REFERENCE));
     println!(
         "  --native costs ≤ {:.0}% throughput: {} → {}",
         NATIVE_MAX_LOSS * 100.0,
@@ -449,16 +494,19 @@ fn print_http(run: &HttpRun) {
     );
     println!(
         "  (CPU per request at the fixed rate: --native {}, reference {})",
-        pct(added_cpu(NATIVE)),
-        pct(added_cpu(REFERENCE))
+        pct(run.added_cpu(NATIVE)),
+        pct(run.added_cpu(REFERENCE))
     );
+}
 
+/// Prints each tracer's programs: runs per second and time per run.
+fn print_programs(run: &HttpRun, modes: &[Mode]) {
     println!(
         "\nKernel-side cost of each tracer's programs over its slots (bpf_stats: time inside the programs; \
          each uprobe hit also pays the trap into the kernel, a few µs, which this does not count):"
     );
     println!("{:<10} {:<26} {:>10} {:>9}", "mode", "program", "runs/s", "ns/run");
-    for (i, (name, _)) in MODES.iter().enumerate() {
+    for (i, (name, _)) in modes.iter().enumerate() {
         for (program, (time_ns, count)) in &run.programs[i] {
             println!(
                 "{name:<10} {program:<26} {:>10.0} {:>9.0}",
@@ -536,7 +584,7 @@ enum Watcher {
 
 impl Watcher {
     /// Attaches `tracer` to `pid` and waits until its probes are live; `None` for the baseline.
-    fn attach(tracer: Tracer, leakprobe: &Path, pid: u32) -> anyhow::Result<Option<Self>> {
+    fn attach(tracer: &Tracer, leakprobe: &Path, pid: u32) -> anyhow::Result<Option<Self>> {
         Ok(match tracer {
             Tracer::None => None,
             Tracer::Leakprobe(args) => Some(Self::Leakprobe(Leakprobe::attach(leakprobe, pid, args)?)),
@@ -652,12 +700,12 @@ struct Leakprobe {
 
 impl Leakprobe {
     /// Starts leakprobe and waits until its probes are live.
-    fn attach(leakprobe: &Path, pid: u32, args: &[&str]) -> anyhow::Result<Self> {
+    fn attach<S: AsRef<str>>(leakprobe: &Path, pid: u32, args: &[S]) -> anyhow::Result<Self> {
         let out = std::env::temp_dir().join(format!("leakprobe-bench-{pid}-{}", std::process::id()));
         let mut child = Command::new(leakprobe)
             .args(["--pid", &pid.to_string(), "--interval", "1s", "--out"])
             .arg(&out)
-            .args(args)
+            .args(args.iter().map(AsRef::as_ref))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -674,7 +722,7 @@ impl Leakprobe {
         // The default mode's opening burst traces every Buffer allocation for its first
         // seconds; what it costs to stay attached is measured after it (the README gives the
         // burst's cost apart).
-        if !args.iter().any(|a| *a == "--alloc-stacks" || *a == "--burst") {
+        if !args.iter().any(|a| matches!(a.as_ref(), "--alloc-stacks" | "--burst")) {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
                 match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {

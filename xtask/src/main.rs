@@ -37,7 +37,13 @@ enum Task {
         cargo_test_args: Vec<String>,
     },
     /// Setup, then measure what leakprobe costs a node process (ratios from one run).
-    Bench,
+    Bench {
+        /// Compare only these modes with the baseline in the HTTP rounds, skipping the other
+        /// sections and the targets: `NAME=ARGS` (leakprobe's arguments, split at spaces), or
+        /// `reference` for the bpftrace reference tracer. Repeatable.
+        #[arg(long = "mode", value_name = "NAME=ARGS")]
+        modes: Vec<String>,
+    },
     /// Setup, then profile the bundled leaky node service under load for a while.
     Demo {
         /// How long leakprobe watches the service.
@@ -60,9 +66,9 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test(&cargo_test_args)
         }
-        Task::Bench => {
+        Task::Bench { modes } => {
             setup::run()?;
-            bench::run()
+            bench::run(&modes)
         }
         Task::Demo { duration } => {
             setup::run()?;
