@@ -8,7 +8,7 @@ use crate::{
     target::Target,
     v8::{
         self,
-        heap::{self, Census, Growth, HeapLayout, Kind, Limits, RetainerSearch},
+        heap::{self, Census, Contents, Growth, HeapLayout, Kind, Limits, RetainerSearch},
         Metadata, ProcMem, Reader,
     },
 };
@@ -74,6 +74,11 @@ impl Probe {
         let ranges = self.ranges()?;
         self.reader.forget();
         Ok(heap::census(&mut self.reader, &self.layout, &ranges, limits))
+    }
+
+    /// What the large container on the page at `chunk` holds ([`heap::contents`]).
+    pub fn contents(&mut self, chunk: u64) -> Option<Contents> {
+        heap::contents(&mut self.reader, &self.layout, chunk)
     }
 
     /// Who holds the sampled objects of `wanted` (isolate heap, kind, label) of `census`.

@@ -87,6 +87,10 @@ pub struct HeapReport {
     /// sessions only; absent in fleet mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub census: Option<crate::census_watch::CensusReport>,
+    /// Reading the large arrays allocated since attach ([`crate::containers`]; profiling
+    /// sessions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containers: Option<crate::containers::ContainersReport>,
 }
 
 impl HeapBooks {
@@ -212,6 +216,7 @@ impl HeapBooks {
             post_gc_baseline: self.baseline.points().to_vec(),
             baseline_growth_bytes_per_s: self.baseline.slope(),
             census: None,
+            containers: None,
         }
     }
 }

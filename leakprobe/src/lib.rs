@@ -19,6 +19,7 @@ pub mod alloc;
 pub mod census;
 pub mod census_watch;
 pub mod cgroup;
+pub mod containers;
 pub mod discover;
 pub mod error;
 pub mod external;

@@ -8,7 +8,7 @@ use crate::{
     report::Report,
     suspects::{Category, Source},
     symbolize::{Frame, FrameKind},
-    v8::heap::Kind,
+    v8::heap::{thousands, Kind},
     verdict::CategoryVerdict,
 };
 
@@ -187,9 +187,15 @@ fn suspects(out: &mut String, report: &Report) {
         let what = match s.source {
             Source::PageFaults => "first touched",
             Source::Allocations | Source::Mappings => "held",
+            Source::Holds => "held by the array it grows",
         };
-        let explained = s.evidence.as_ref().map_or(String::new(), |e| {
-            format!(", {:.0}% of {}'s growth", 100.0 * e.explained_share.min(1.0), category_name(s.category))
+        let explained = s.evidence.as_ref().map_or(String::new(), |e| match e.method {
+            "no full GC" => format!(" ({} not judged: no full GC)", category_name(s.category)),
+            _ => format!(
+                ", {:.0}% of {}'s growth",
+                100.0 * e.explained_share.min(1.0),
+                category_name(s.category)
+            ),
         });
         let _ = writeln!(
             out,
@@ -203,6 +209,14 @@ fn suspects(out: &mut String, report: &Report) {
                 n => format!(" ({n} stacks)"),
             }
         );
+        if let Some(h) = &s.holds {
+            let _ = writeln!(
+                out,
+                "       its array holds {} elements, each keeping about {} bytes",
+                thousands(h.elements),
+                thousands(h.bytes_per_element.round() as u64)
+            );
+        }
         for line in suspect_lines(&s.frames) {
             let _ = writeln!(out, "       {}", truncate(&line, 100));
         }

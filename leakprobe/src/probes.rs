@@ -9,7 +9,7 @@ use aya::{
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeLinkId, UProbeScope},
-        PerfEvent, TracePoint, UProbe,
+        PerfEvent, Program, ProgramError, TracePoint, UProbe,
     },
     Ebpf,
 };
@@ -596,12 +596,7 @@ pub fn attach_all(
             statuses.push(status);
             continue;
         }
-        let program: &mut UProbe = ebpf
-            .program_mut(def.program)
-            .with_context(|| format!("program {} missing from the eBPF object", def.program))?
-            .try_into()
-            .with_context(|| format!("program {} is not a uprobe", def.program))?;
-        program.load().map_err(|e| load_error(def, e))?;
+        let program = load_program(ebpf, def, "a uprobe", UProbe::load)?;
         let mut errors = Vec::new();
         let Some(module) = binary(def) else { continue };
         for location in locations {
@@ -705,15 +700,29 @@ fn probe_offset(elf: &Elf, file_offset: u64) -> u64 {
     }
 }
 
-/// Loads and attaches a tracepoint probe (`symbols[0]` is `category:name`).
-fn attach_tracepoint(ebpf: &mut Ebpf, def: &ProbeDef, status: &mut ProbeStatus) -> anyhow::Result<()> {
-    let (category, name) = def.symbols[0].split_once(':').context("tracepoint names are category:name")?;
-    let program: &mut TracePoint = ebpf
+/// Finds `def`'s program in the object as a `T` (`kind`, for messages) and loads it with `load`.
+fn load_program<'e, T>(
+    ebpf: &'e mut Ebpf,
+    def: &ProbeDef,
+    kind: &str,
+    load: fn(&mut T) -> Result<(), ProgramError>,
+) -> anyhow::Result<&'e mut T>
+where
+    &'e mut T: TryFrom<&'e mut Program, Error = ProgramError>,
+{
+    let program: &mut T = ebpf
         .program_mut(def.program)
         .with_context(|| format!("program {} missing from the eBPF object", def.program))?
         .try_into()
-        .with_context(|| format!("program {} is not a tracepoint", def.program))?;
-    program.load().map_err(|e| load_error(def, e))?;
+        .with_context(|| format!("program {} is not {kind}", def.program))?;
+    load(program).map_err(|e| load_error(def, e))?;
+    Ok(program)
+}
+
+/// Loads and attaches a tracepoint probe (`symbols[0]` is `category:name`).
+fn attach_tracepoint(ebpf: &mut Ebpf, def: &ProbeDef, status: &mut ProbeStatus) -> anyhow::Result<()> {
+    let (category, name) = def.symbols[0].split_once(':').context("tracepoint names are category:name")?;
+    let program = load_program(ebpf, def, "a tracepoint", TracePoint::load)?;
     match program.attach(category, name) {
         Ok(_) => {
             status.attached = true;
@@ -733,12 +742,7 @@ fn attach_page_faults(
     period: u64,
     status: &mut ProbeStatus,
 ) -> anyhow::Result<()> {
-    let program: &mut PerfEvent = ebpf
-        .program_mut(def.program)
-        .with_context(|| format!("program {} missing from the eBPF object", def.program))?
-        .try_into()
-        .with_context(|| format!("program {} is not a perf event program", def.program))?;
-    program.load().map_err(|e| load_error(def, e))?;
+    let program = load_program(ebpf, def, "a perf event program", PerfEvent::load)?;
     let cpus = match aya::util::online_cpus() {
         Ok(cpus) => cpus,
         Err((what, e)) => {
@@ -773,7 +777,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn load_error(def: &ProbeDef, e: aya::programs::ProgramError) -> anyhow::Error {
+fn load_error(def: &ProbeDef, e: ProgramError) -> anyhow::Error {
     let text = e.to_string();
     if text.contains("EPERM") || text.contains("ermission") {
         Error::Permission(format!("loading eBPF program {}", def.program)).into()

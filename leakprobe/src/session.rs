@@ -31,6 +31,7 @@ use tokio::{
 use crate::{
     alloc::Thinned,
     census_watch::CensusWatch,
+    containers::Containers,
     external::ExternalState,
     faults::{FaultBooks, PageKinds},
     gc::{GcKind, GcStats},
@@ -272,6 +273,8 @@ pub struct Session {
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Heap censuses after main-thread mark-compacts (`None` in fleet mode).
     census: Option<CensusWatch>,
+    /// The large arrays allocated since attach and what they hold (`None` in fleet mode).
+    containers: Option<Containers>,
 }
 
 /// Runs a session to its end and returns the final report (already printed and written).
@@ -510,6 +513,7 @@ impl Session {
         let ext_allocators: BpfHashMap<MapData, u64, u64> = take_map(&mut ebpf, "EXT_ALLOCATORS")?;
         let external = ExternalState::new(&target, &lookup, ext_by_stack, ext_allocators);
         let heap_large_objects = take_map(&mut ebpf, "HEAP_LO_BY_STACK")?;
+        let heap_large_live = take_map(&mut ebpf, "HEAP_LO_LIVE")?;
         let heap_samples = take_map(&mut ebpf, "HEAP_SAMPLES")?;
         let (js, js_frames) = match (options.fleet, options.v8_names) {
             // Fleet mode reports no stacks: keep the kernel's walk to return addresses.
@@ -562,6 +566,7 @@ impl Session {
                 true => None,
                 false => Some(CensusWatch::start(target_pid)?),
             },
+            containers: (!options.fleet).then(|| Containers::new(target_pid, heap_large_live)),
         };
         session.gc.skip_timeline = options.fleet;
         session.sample();
@@ -719,6 +724,9 @@ impl Session {
         }
         self.mappings.sample(t, &mut self.mapping_growth);
         self.faults.sample(t);
+        if let Some(containers) = &mut self.containers {
+            containers.sample(t);
+        }
         self.name_new_stacks();
         self.memory.push(memory::Sample {
             trough: None,
@@ -738,9 +746,15 @@ impl Session {
             // Fleet mode reports no stacks.
             return;
         }
-        let Session { stack_maps, suspects, mapping_growth, heap, symbolizer, named, .. } = self;
+        let Session { stack_maps, suspects, mapping_growth, heap, symbolizer, named, containers, .. } = self;
         let triggers = self.gc.top_trigger_stacks(TRIGGER_STACKS).into_iter().map(|(id, _)| id);
-        let held = suspects.ids().chain(mapping_growth.ids()).chain(triggers).filter(|id| *id != NO_STACK);
+        let grown = containers.iter().flat_map(|c| c.tracker.ids());
+        let held = suspects
+            .ids()
+            .chain(mapping_growth.ids())
+            .chain(triggers)
+            .chain(grown)
+            .filter(|id| *id != NO_STACK);
         let held = held.map(|id| (false, id));
         let sampled =
             heap.top_samples().0.into_iter().map(|(id, _)| (true, id)).filter(|(_, id)| *id != NO_STACK);
@@ -787,6 +801,14 @@ impl Session {
                     symbolizer.stack_frames(id, |id| maps.frames(false, id))
                 });
                 candidates.extend(faulting);
+                if let Some(containers) = &self.containers {
+                    let mut holding =
+                        containers.tracker.suspects(|id| maps.frames(false, id), symbolizer, Source::Holds);
+                    for s in &mut holding {
+                        s.holds = containers.held(s.variants.iter().map(|v| v.stack_id));
+                    }
+                    candidates.extend(holding);
+                }
                 let native_exact = self.native.is_some();
                 let (suspects, verdict) =
                     verdict::judge(candidates, categories, self.alloc_stacks, native_exact);
@@ -845,6 +867,7 @@ impl Session {
                     false => Vec::new(),
                 });
                 heap.census = self.census.as_ref().map(CensusWatch::report);
+                heap.containers = self.containers.as_ref().map(Containers::report);
                 heap
             },
             native: self.native.as_ref().map(NativeState::report),

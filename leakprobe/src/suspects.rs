@@ -52,6 +52,9 @@ pub enum Source {
     PageFaults,
     /// Anonymous mappings: bytes mapped.
     Mappings,
+    /// Large arrays the site allocated, read in the target's heap: their elements times the
+    /// bytes each keeps ([`crate::containers`]).
+    Holds,
 }
 
 /// One raw stack of a suspect's site.
@@ -103,6 +106,9 @@ pub struct Suspect {
     pub evidence: Option<Evidence>,
     /// The raw stacks of the site, largest first.
     pub variants: Vec<Variant>,
+    /// For a [`Source::Holds`] site: its largest container's elements and what each keeps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<crate::containers::Held>,
 }
 
 impl Suspect {
@@ -118,6 +124,7 @@ impl Suspect {
             frames: Vec::new(),
             evidence: None,
             variants: Vec::new(),
+            holds: None,
         }
     }
 
@@ -169,6 +176,17 @@ impl Tracker {
             self.series.entry((category, stack_id)).or_default().push(t, bytes as f64);
         }
         self.window = Some(self.window.map_or((t, t), |(first, _)| (first, t)));
+    }
+
+    /// Gives a stack seen for the first time a zero at each of `times` (the samples before it),
+    /// so that its series spans the window as its site's other stacks do and their slopes add up.
+    pub fn backfill(&mut self, category: Category, stack_id: i64, times: &[f64]) {
+        let series = self.series.entry((category, stack_id)).or_default();
+        if series.points().is_empty() {
+            for &t in times {
+                series.push(t, 0.0);
+            }
+        }
     }
 
     /// Records the bytes allocated since attach by stack (cumulative totals).

@@ -382,13 +382,21 @@ pub fn judge(
     let mut found: Vec<Suspect> = candidates
         .into_iter()
         .filter_map(|mut s| {
-            let verdict = categories.iter().find(|c| c.category == s.category && c.growing)?;
+            // An array's elements are live whatever the GC has run: a site that keeps growing
+            // one is a suspect even where the heap could not be judged (no full GC), with no
+            // share of a growth that was not read.
+            let not_judged = |c: &&CategoryVerdict| c.method == "no full GC" && s.source == Source::Holds;
+            let verdict =
+                categories.iter().find(|c| c.category == s.category && (c.growing || not_judged(c)))?;
             let rate = s.growth_bytes_per_s;
             s.evidence = Some(Evidence {
                 troughs: verdict.troughs,
                 method: verdict.method,
                 category_growth_bytes_per_s: verdict.growth_bytes_per_s,
-                explained_share: rate / verdict.growth_bytes_per_s,
+                explained_share: match verdict.growing {
+                    true => rate / verdict.growth_bytes_per_s,
+                    false => 0.0,
+                },
             });
             Some(s)
         })
@@ -405,6 +413,10 @@ pub fn judge(
         s.evidence.as_ref().map_or(0.0, |e| e.explained_share.clamp(0.0, 1.0) * e.category_growth_bytes_per_s)
     };
     found.sort_by(|a, b| touched_only(a).cmp(&touched_only(b)).then(explains(b).total_cmp(&explains(a))));
+    // A site seen by several sources (the pages it touched, the array it grows) is listed once,
+    // by the source that explains most.
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|s| seen.insert((s.category, s.site.clone())));
     found.truncate(MAX_SUSPECTS);
     for c in categories.iter_mut().filter(|c| c.method == "no full GC") {
         c.next_step = Some("no full GC in the later two thirds of the window: watch longer to judge".into());
@@ -609,5 +621,40 @@ mod tests {
         let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
         assert!(external.growing && external.explained_share == 0.0, "{external:?}");
         assert!(external.next_step.as_deref().unwrap().contains("--alloc-stacks"), "{external:?}");
+    }
+
+    #[test]
+    fn without_a_full_gc_only_a_growing_array_is_a_heap_suspect_and_a_site_is_listed_once() {
+        let mib = 1u64 << 20;
+        // The heap grows, but no mark-compact ran: not judged.
+        let samples: Vec<Sample> =
+            (0..=40).map(|i| sample(i as f64 * 0.5, None, 100 * mib + i * 2 * mib, 10 * mib)).collect();
+        let heap =
+            |c: &[CategoryVerdict]| c.iter().find(|v| v.category == Category::V8Heap).cloned().unwrap();
+        assert_eq!(heap(&categories(&samples)).method, "no full GC");
+        let site = |source, rate: f64| Suspect {
+            growth_bytes_per_s: rate,
+            ..Suspect::site(Category::V8Heap, source, "push ← app.js:3".into())
+        };
+        let other = Suspect { site: "render ← app.js:9".into(), ..site(Source::PageFaults, 4e6) };
+        let candidates = vec![site(Source::PageFaults, 1e5), site(Source::Holds, 3e6), other];
+        let (suspects, verdicts) = judge(candidates, categories(&samples), false, false);
+        assert_eq!(suspects.len(), 1, "{suspects:?}");
+        assert_eq!(suspects[0].source, Source::Holds);
+        assert_eq!(suspects[0].evidence.as_ref().unwrap().method, "no full GC");
+        assert!(heap(&verdicts).next_step.unwrap().contains("watch longer"));
+
+        // With troughs that show the growth, both sources are judged, and the site is listed
+        // once, by the source that explains more.
+        let samples: Vec<Sample> = (0..=40)
+            .map(|i| {
+                sample(i as f64 * 0.5, (i % 4 == 0).then_some(i as u32), 100 * mib + i * 2 * mib, 10 * mib)
+            })
+            .collect();
+        let candidates = vec![site(Source::PageFaults, 1e5), site(Source::Holds, 3e6)];
+        let (suspects, _) = judge(candidates, categories(&samples), false, false);
+        assert_eq!(suspects.len(), 1, "{suspects:?}");
+        assert_eq!(suspects[0].source, Source::Holds);
+        assert!(suspects[0].evidence.as_ref().unwrap().explained_share > 0.5, "{suspects:?}");
     }
 }

@@ -50,8 +50,10 @@ const LOAD_SECONDS: u32 = 3;
 const FIXED_SECONDS: u64 = 4;
 /// The fixed offered rate, as a share of the warm-up's saturated rate.
 const FIXED_SHARE: f64 = 1.0 / 3.0;
-/// Pause after a tracer attached, before measuring.
-const SETTLE: Duration = Duration::from_secs(1);
+/// Load at the fixed rate after a tracer attached, before measuring: what the tracer sets up
+/// once (the default mode detaches its Buffer probes at the service's first ArrayBuffer
+/// allocation, which traps and stalls the service briefly) is not its steady cost.
+const SETTLE: Duration = Duration::from_secs(2);
 /// Keep-alive connections of the fixed-rate load.
 const FIXED_CONNECTIONS: usize = 4;
 /// Allocations in the cost loop.
@@ -281,9 +283,11 @@ fn http_rounds(leakprobe: &Path, modes: &[Mode]) -> anyhow::Result<HttpRun> {
         let saturated = wrk(&url, 3)?;
         let rate = (saturated * FIXED_SHARE).round().max(100.0);
         println!(
-            "{ROUNDS} rounds of default, --native and reference, each slot between two baseline slots; \
-             a slot: {FIXED_SECONDS} s at a fixed {rate:.0} req/s ({:.0}% of the warm-up's {saturated:.0} req/s, \
-             open loop, {FIXED_CONNECTIONS} connections), then {LOAD_SECONDS} s of wrk -t1 -c16",
+            "{ROUNDS} rounds of {}, each slot between two baseline slots; a slot: {} s of settling \
+             after attach, then {FIXED_SECONDS} s at a fixed {rate:.0} req/s ({:.0}% of the warm-up's \
+             {saturated:.0} req/s, open loop, {FIXED_CONNECTIONS} connections), then {LOAD_SECONDS} s of wrk -t1 -c16",
+            modes.iter().skip(1).map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", "),
+            SETTLE.as_secs(),
             FIXED_SHARE * 100.0
         );
         let mut slots = vec![Vec::new(); modes.len()];
@@ -299,8 +303,10 @@ fn http_rounds(leakprobe: &Path, modes: &[Mode]) -> anyhow::Result<HttpRun> {
                     .with_context(|| format!("round {}, {name}", round + 1))?;
                 let attached = Instant::now();
                 // Attaching is not measured: what it sets up (uprobes written into the
-                // service's pages, first reads of its heap) settles first.
-                thread::sleep(SETTLE);
+                // service's pages, first reads of its heap, the Buffer probes detached at the
+                // first allocation) settles first, under the same load.
+                load::offer(addr, "/", rate, SETTLE, FIXED_CONNECTIONS)
+                    .with_context(|| format!("round {}, settling {name}", round + 1))?;
                 let slot = measure(&url, addr, rate, service.id(), watcher.as_ref());
                 if let Some(w) = watcher {
                     // The tracer's programs over its whole slot, by name.
@@ -385,7 +391,9 @@ impl HttpRun {
 
     /// The direct part of mode `i`'s cost: its process and its programs, against the baseline.
     fn direct(&self, i: usize) -> f64 {
-        median(&self.slots[i].iter().map(|s| (s.tracer_us + s.programs_us) / s.base_cpu_us).collect::<Vec<_>>())
+        median(
+            &self.slots[i].iter().map(|s| (s.tracer_us + s.programs_us) / s.base_cpu_us).collect::<Vec<_>>(),
+        )
     }
 }
 
@@ -456,7 +464,6 @@ fn print_http(run: &HttpRun, modes: &[Mode]) {
             saturated.iter().map(|r| r.round()).collect::<Vec<_>>()
         );
     }
-
 }
 
 /// Prints the verdicts on issue 11's targets (the standard modes only).

@@ -35,8 +35,10 @@ use serde::Serialize;
 
 use super::{Bad, Memory, Metadata, MetadataError, Reader};
 
+mod contents;
 mod retainers;
-pub use retainers::{chain_text, retainers, Chain, Link, LinkKind, RetainerSearch, Retainers};
+pub use contents::{contents, Contents};
+pub use retainers::{chain_text, retainers, thousands, Chain, Link, LinkKind, RetainerSearch, Retainers};
 
 /// V8's page alignment (and regular page size) in node 18–24.
 pub const PAGE: u64 = 256 * 1024;

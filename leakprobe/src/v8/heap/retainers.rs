@@ -728,9 +728,10 @@ impl<M: Memory> Search<'_, M> {
         let refs = &hl.refs;
         let map = r.word(obj).ok()?.wrapping_sub(r.layout.heap_tag);
         let mut b = [0u8; 1];
-        r.bytes(map + hl.instance_size_words, &mut b).ok()?;
+        // A map word read from a moving heap may be anything: no arithmetic on it may overflow.
+        r.bytes(map.checked_add(hl.instance_size_words)?, &mut b).ok()?;
         let size_words = b[0] as u64;
-        r.bytes(map + refs.inobject_start, &mut b).ok()?;
+        r.bytes(map.checked_add(refs.inobject_start)?, &mut b).ok()?;
         let start = b[0] as u64;
         let inobject = size_words.checked_sub(start)?;
         if !off.is_multiple_of(8) {
@@ -741,13 +742,13 @@ impl<M: Memory> Search<'_, M> {
             false => (off / 8).checked_sub(start).filter(|f| *f < inobject)?,
         };
         let mut raw = [0u8; 4];
-        r.bytes(map + hl.bit_field3, &mut raw).ok()?;
+        r.bytes(map.wrapping_add(hl.bit_field3), &mut raw).ok()?;
         let bits = u32::from_le_bytes(raw) as u64;
         if bits & refs.dictionary_map != 0 {
             return None;
         }
         let own = (bits & hl.own_descriptors_mask) >> hl.own_descriptors_shift;
-        let (descriptors, ty) = r.type_of(r.word(map + hl.instance_descriptors).ok()?).ok()?;
+        let (descriptors, ty) = r.type_of(r.word(map.wrapping_add(hl.instance_descriptors)).ok()?).ok()?;
         if !hl.descriptor_types.contains(&ty) {
             return None;
         }
@@ -800,7 +801,7 @@ fn clip(s: &str) -> String {
 }
 
 /// `n` with thousands separators: `412,000`.
-fn thousands(n: u64) -> String {
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

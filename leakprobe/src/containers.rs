@@ -1,0 +1,166 @@
+//! Growing containers: what the large arrays allocated since attach hold, by the stack that
+//! allocated them.
+//!
+//! A JavaScript leak of many small objects is mostly invisible to first touches: the objects
+//! are allocated in the nursery and copied to the old generation by the GC, whose stacks name
+//! no site. What keeps them is usually one container that keeps growing — a module-level array,
+//! a listener list — and past about 16,000 elements each new backing store of such a container
+//! is a large object, allocated by the code that grows it (the heap probes keep its stack).
+//! Each interval this reads the large objects allocated since attach that are still alive
+//! ([`crate::v8::heap::contents`]): how many elements each holds, and what an element keeps.
+//! The estimate (elements × bytes each) becomes a series per allocating stack, judged by
+//! [`crate::verdict`] with the V8 heap's other sites: the function that pushes to the array is
+//! credited with what the array's elements keep.
+//!
+//! Limits: only arrays' `FixedArray` stores are read (a Map's or Set's hash table is not); a
+//! container under about 16,000 elements has no large store and is not seen; an element's
+//! bytes are estimated three levels down, from 32 elements.
+
+use std::collections::HashMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use leakprobe_ebpf::alloc::LiveAlloc;
+use serde::Serialize;
+
+use crate::{
+    census::Probe,
+    suspects::{self, Category},
+};
+
+/// Large objects read per interval at most (the largest).
+const MAX_READ: usize = 16;
+/// Sample times kept for the zeros a new series starts with.
+const MAX_TIMES: usize = 4096;
+
+/// What a growing container site holds, in `report.suspects[].holds`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Held {
+    /// Elements in the site's largest container at the last reading.
+    pub elements: u64,
+    /// Estimated bytes an element keeps on its own.
+    pub bytes_per_element: f64,
+}
+
+/// `report.heap.containers`: what reading containers cost, and why it did not run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ContainersReport {
+    /// `reading`, or why not.
+    pub status: String,
+    /// Readings of large stores that were arrays with elements.
+    pub reads: u64,
+    /// Bytes read from the target for them.
+    pub bytes_read: u64,
+}
+
+/// The books of one process's growing containers.
+pub struct Containers {
+    pid: u32,
+    live: BpfHashMap<MapData, u64, LiveAlloc>,
+    probe: Option<Result<Probe, String>>,
+    /// Estimated bytes held through the containers each stack allocated, over time.
+    pub tracker: suspects::Tracker,
+    /// Per stack, the latest reading of its largest container.
+    latest: HashMap<i64, Held>,
+    /// Each container (by its first element) and the stack its series is kept under.
+    canonical: HashMap<u64, i64>,
+    /// The times of the samples so far.
+    times: Vec<f64>,
+    report: ContainersReport,
+}
+
+impl Containers {
+    /// Books for `pid`, reading the large objects of `live` (the heap probes' live large
+    /// objects: page → size and allocating stack).
+    pub fn new(pid: u32, live: BpfHashMap<MapData, u64, LiveAlloc>) -> Self {
+        Self {
+            pid,
+            live,
+            probe: None,
+            tracker: suspects::Tracker::default(),
+            latest: HashMap::new(),
+            canonical: HashMap::new(),
+            times: Vec::new(),
+            report: ContainersReport {
+                status: "no large array allocated since attach".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Reads the live large objects allocated since attach and adds each stack's estimate at
+    /// `t`.
+    pub fn sample(&mut self, t: f64) {
+        let mut pages: Vec<(u64, LiveAlloc)> = self.live.iter().filter_map(Result::ok).collect();
+        if pages.is_empty() {
+            self.push_time(t);
+            self.tracker.sample(Category::V8Heap, t, self.latest.keys().map(|id| (*id, 0)));
+            return;
+        }
+        let pid = self.pid;
+        let probe = match self.probe.get_or_insert_with(|| Probe::open(pid).map_err(|e| format!("{e:#}"))) {
+            Ok(p) => p,
+            Err(why) => {
+                self.report.status = format!("not available: {why}");
+                return;
+            }
+        };
+        self.report.status = "reading".into();
+        pages.sort_by_key(|(_, a)| std::cmp::Reverse(a.size));
+        pages.truncate(MAX_READ);
+        // Versions of one container (a grown store and the old one the GC has not freed yet)
+        // share their first element: each container counts once, as its largest version.
+        let mut containers: HashMap<u64, (i64, crate::v8::heap::Contents)> = HashMap::new();
+        for (page, alloc) in pages {
+            let Some(c) = probe.contents(page) else { continue };
+            log::debug!("large array at {page:#x} (stack {}): {c:?}", alloc.stack_id);
+            self.report.reads += 1;
+            self.report.bytes_read += c.bytes_read;
+            match containers.get(&c.first) {
+                Some((_, kept)) if kept.used >= c.used => {}
+                _ => {
+                    containers.insert(c.first, (alloc.stack_id, c));
+                }
+            }
+        }
+        // A container no longer seen (freed, or its first element gone) holds nothing now.
+        let mut by_stack: HashMap<i64, f64> = self.latest.keys().map(|id| (*id, 0.0)).collect();
+        for (first, (stack, c)) in containers {
+            // One series per container, under the stack of its first store seen: a grown store
+            // allocated by another stack (other JIT addresses) continues the same series.
+            let stack = *self.canonical.entry(first).or_insert(stack);
+            *by_stack.entry(stack).or_default() += c.used as f64 * c.bytes_per_element;
+            let held = Held { elements: c.used, bytes_per_element: c.bytes_per_element };
+            match self.latest.get(&stack) {
+                Some(h) if h.elements > held.elements => {}
+                _ => {
+                    self.latest.insert(stack, held);
+                }
+            }
+        }
+        log::debug!("containers at {t:.1} s: {by_stack:?}");
+        for stack in by_stack.keys() {
+            self.tracker.backfill(Category::V8Heap, *stack, &self.times);
+        }
+        self.push_time(t);
+        self.tracker.sample(Category::V8Heap, t, by_stack.into_iter().map(|(id, b)| (id, b as i64)));
+    }
+
+    /// Remembers a sample's time (every other one is dropped when [`MAX_TIMES`] are kept, as
+    /// the series thin themselves).
+    fn push_time(&mut self, t: f64) {
+        if self.times.len() >= MAX_TIMES {
+            self.times = self.times.iter().copied().step_by(2).collect();
+        }
+        self.times.push(t);
+    }
+
+    /// The latest reading of the largest container among `stacks`.
+    pub fn held(&self, stacks: impl IntoIterator<Item = i64>) -> Option<Held> {
+        stacks.into_iter().filter_map(|id| self.latest.get(&id)).max_by_key(|h| h.elements).cloned()
+    }
+
+    /// `report.heap.containers`.
+    pub fn report(&self) -> ContainersReport {
+        self.report.clone()
+    }
+}
