@@ -334,9 +334,12 @@ leak_tests! {
 /// In a profiling session (`leakprobe --pid N`): censuses after main-thread mark-compacts
 /// find the growing `Session` type and its holder (`report.heap.census`), the summary says
 /// who retains it under the heap's verdict, and the incident folder holds the census table.
+/// The window is 30 s: a census waits after the last one twenty times what that one took (a
+/// debug build on a loaded machine took 0.4 s for this heap, so 8.5 s), and node 18 ran its
+/// first mark-compacts of a 20 s window all within those seconds.
 fn session_reports_who_holds_the_growing_type(node: &Path) {
     let mut fixture = Node::start(node, &["--expose-gc"], "census-set-leak.js");
-    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
+    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "30s", "--interval", "500ms"]);
     fixture.go();
     let report = leakprobe.report();
     let census = &report["heap"]["census"];
@@ -350,7 +353,12 @@ fn session_reports_who_holds_the_growing_type(node: &Path) {
     assert!(session["count_delta"].as_i64().unwrap() > 1000, "{session}");
     assert_eq!(session["retained_by"][0]["holder"], "openSessions", "{session}");
     let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
-    assert!(summary.contains("Retained by: openSessions (Set, "), "{summary}");
+    // The summary says it under the heap's verdict: when the heap grows, or could not be
+    // judged (a heap judged flat at its troughs has no line to say it under; census.txt does).
+    let heap = report["verdict"].as_array().unwrap().iter().find(|v| v["category"] == "v8_heap").cloned();
+    if heap.is_some_and(|v| v["growing"] == true || v["next_step"].is_string()) {
+        assert!(summary.contains("Retained by: openSessions (Set, "), "{summary}");
+    }
     let table = std::fs::read_to_string(leakprobe.out.join("census.txt")).unwrap();
     assert!(table.contains("Session") && table.contains("Retained by: openSessions"), "{table}");
     let cost = &census["cost"];
