@@ -334,13 +334,16 @@ leak_tests! {
 /// In a profiling session (`leakprobe --pid N`): censuses after main-thread mark-compacts
 /// find the growing `Session` type and its holder (`report.heap.census`), the summary says
 /// who retains it under the heap's verdict, and the incident folder holds the census table.
-/// The window is 30 s: a census waits after the last one twenty times what that one took (a
-/// debug build on a loaded machine took 0.4 s for this heap, so 8.5 s), and node 18 ran its
-/// first mark-compacts of a 20 s window all within those seconds.
+/// A census waits after the last one twenty times what that one took (a debug build on a
+/// loaded machine took 0.4 s for this heap, so 8.5 s), and node 18 once ran all its
+/// mark-compacts of the window within that wait: 12 s in, the fixture stops leaking and runs
+/// two full GCs, so that a second census is due whatever V8's own timing.
 fn session_reports_who_holds_the_growing_type(node: &Path) {
     let mut fixture = Node::start(node, &["--expose-gc"], "census-set-leak.js");
-    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "30s", "--interval", "500ms"]);
+    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
     fixture.go();
+    std::thread::sleep(Duration::from_secs(12));
+    send(&mut fixture, "pause");
     let report = leakprobe.report();
     let census = &report["heap"]["census"];
     assert_eq!(census["status"], "done", "{census}");
