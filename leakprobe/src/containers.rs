@@ -59,7 +59,7 @@ pub struct Containers {
     probe: Option<Result<Probe, String>>,
     /// Estimated bytes held through the containers each stack allocated, over time.
     pub tracker: suspects::Tracker,
-    /// Per stack, the latest reading of its largest container.
+    /// Per stack, the largest reading of its containers so far (a growing container's latest).
     latest: HashMap<i64, Held>,
     /// Each container (by its first element) and the stack its series is kept under.
     canonical: HashMap<u64, i64>,
@@ -154,7 +154,7 @@ impl Containers {
         self.times.push(t);
     }
 
-    /// The latest reading of the largest container among `stacks`.
+    /// The largest reading among `stacks`' containers (for a growing one, its latest).
     pub fn held(&self, stacks: impl IntoIterator<Item = i64>) -> Option<Held> {
         stacks.into_iter().filter_map(|id| self.latest.get(&id)).max_by_key(|h| h.elements).cloned()
     }
