@@ -79,7 +79,8 @@ pub struct CategoryVerdict {
     /// middle third's).
     pub method: &'static str,
     /// Whether it grows: by at least [`MIN_GROWTH_BYTES`] and [`MIN_GROWTH_FRACTION`] of its
-    /// size over the later two thirds of the window.
+    /// size over the later two thirds of the window, and (the V8 heap, external) to a trough
+    /// higher than any of the window's first third.
     pub growing: bool,
     /// Share of the growth its suspects explain (0 to 1).
     pub explained_share: f64,
@@ -284,8 +285,23 @@ fn category_verdict(
         }
     };
     let grown = verdict.growth_bytes_per_s * (last - one);
-    verdict.growing = grown >= MIN_GROWTH_BYTES && grown >= MIN_GROWTH_FRACTION * bytes.unwrap_or(0) as f64;
+    verdict.growing = grown >= MIN_GROWTH_BYTES
+        && grown >= MIN_GROWTH_FRACTION * bytes.unwrap_or(0) as f64
+        && (!collected || new_high(samples, one, two, read));
     verdict
+}
+
+/// Whether the troughs of the window's last third (or its latest trough) rise above every
+/// trough of its first third. A leak makes new highs; a bounded cache whose troughs swing
+/// (evictions freed lazily, a sweeper that lags) can climb for the later two thirds, back to
+/// where the first third already was, and has not grown. True when the first third has no
+/// trough (nothing to compare with).
+fn new_high(samples: &[Sample], one: f64, two: f64, read: &Reading<'_>) -> bool {
+    let all = troughs(samples, f64::NEG_INFINITY, read);
+    let peak = |points: &mut dyn Iterator<Item = &(f64, f64)>| points.map(|p| p.1).reduce(f64::max);
+    let Some(early) = peak(&mut all.iter().filter(|p| p.0 < one)) else { return true };
+    let late = peak(&mut all.iter().filter(|p| p.0 >= two)).or(all.last().map(|p| p.1));
+    late.is_some_and(|late| late > early)
 }
 
 /// The median of the slopes between every two points (Theil–Sen): one trough read while the
@@ -566,6 +582,33 @@ mod tests {
         assert!(of(Category::V8Heap).growing, "{:?}", of(Category::V8Heap));
         let rate = of(Category::V8Heap).growth_bytes_per_s / mib as f64;
         assert!((1.5..2.5).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn troughs_that_climb_back_to_the_first_thirds_are_not_growth() {
+        let mib = 1u64 << 20;
+        // A bounded cache's external troughs (MiB, as read on node 24): they dip in the middle
+        // and climb for the later two thirds, back to below where they started.
+        let swing = [22.9, 22.4, 17.7, 21.4, 22.0, 17.4, 18.0, 19.3, 19.5, 21.0, 21.3, 21.7];
+        let at = |values: &[f64]| -> Vec<Sample> {
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let t = 0.6 + 1.6 * i as f64;
+                    sample(t, Some(i as u32), 40 * mib, (v * mib as f64) as u64)
+                })
+                .collect()
+        };
+        let verdicts = categories(&at(&swing));
+        let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+        assert!(external.growth_bytes_per_s > 0.0, "{external:?}");
+        assert!(!external.growing, "{external:?}");
+        // The same climb from a lower start is a new high: growth.
+        let climb: Vec<f64> = swing.iter().enumerate().map(|(i, v)| if i < 3 { 12.0 } else { *v }).collect();
+        let verdicts = categories(&at(&climb));
+        let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+        assert!(external.growing, "{external:?}");
     }
 
     #[test]

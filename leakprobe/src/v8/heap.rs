@@ -62,6 +62,36 @@ const LARGE_HEAD: u64 = 4096;
 /// Most distinct labels kept; objects of further labels are counted under `(other)`.
 const MAX_LABELS: usize = 100_000;
 
+/// V8's code, feedback and weak bookkeeping: a reference from one of these is optimized
+/// code's embedded constant, an inline cache's feedback or a weak list's entry, not what keeps
+/// an object for the program (DevTools hides these retainers too). A retainer search does not
+/// follow them: an object referred to by a dozen such would crowd out the variable that keeps it.
+const UNSEEN_HOLDERS: &[&str] = &[
+    "AllocationSite",
+    "ClosureFeedbackCellArray",
+    "Code",
+    "CodeDataContainer",
+    "CodeWrapper",
+    "DependentCode",
+    "DeoptimizationData",
+    "DeoptimizationLiteralArray",
+    "FeedbackCell",
+    "FeedbackMetadata",
+    "FeedbackVector",
+    "InstructionStream",
+    "ProtectedFixedArray",
+    "ProtectedWeakFixedArray",
+    "PrototypeInfo",
+    "TransitionArray",
+    "TrustedByteArray",
+    "TrustedFixedArray",
+    "TrustedForeign",
+    "TrustedWeakFixedArray",
+    "WeakArrayList",
+    "WeakCell",
+    "WeakFixedArray",
+];
+
 /// The offsets and types the census needs beyond [`super::Layout`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeapLayout {
@@ -89,6 +119,8 @@ pub struct HeapLayout {
     free_space_type: Option<u64>,
     /// Class names of the instance types the metadata lists.
     type_names: HashMap<u64, String>,
+    /// Instance types of [`UNSEEN_HOLDERS`].
+    unseen_holders: Vec<u64>,
     /// What [`retainers`] needs to name a reference.
     refs: RefLayout,
 }
@@ -162,6 +194,11 @@ impl HeapLayout {
             }
         }
         let entry = m.get("prop_desc_size")?;
+        let unseen_holders = type_names
+            .iter()
+            .filter(|(_, name)| UNSEEN_HOLDERS.contains(&name.as_str()))
+            .map(|(ty, _)| *ty)
+            .collect();
         Ok(Self {
             map_type: u(m.get("type_Map__MAP_TYPE")?),
             instance_size_words: u(m.field("class_Map__instance_size_in_words__")?),
@@ -195,6 +232,7 @@ impl HeapLayout {
             },
             free_space_type: m.get("type_FreeSpace__FREE_SPACE_TYPE").ok().map(u),
             type_names,
+            unseen_holders,
             refs: RefLayout::new(m)?,
         })
     }
@@ -1204,20 +1242,23 @@ mod tests {
         assert_eq!(find("(Map)"), Some((2, 160)));
     }
 
-    /// A JavaScript object referred to by a FixedArray's element and, by chance, by a
-    /// string's characters: the census samples it, the retainer search finds the array as its
-    /// holder and rejects the string (its type holds no pointers).
+    /// A JavaScript object referred to by a FixedArray's element, by a weak list (V8's own
+    /// bookkeeping) and, by chance, by a string's characters: the census samples it, the
+    /// retainer search finds the array as its holder and rejects the other two.
     #[test]
     fn retainers_keep_references_the_layout_allows() {
         let Some((l, hl)) = layouts() else { return };
+        let Some(weak_list) = hl.weak_array_list_type else { return };
         let smi = |v: u64| v << 32;
         let object = CHUNK + HEADER + 1;
-        let fixed_map = CHUNK + HEADER + 8 * 9;
+        let fixed_map = CHUNK + HEADER + 8 * 13;
         let string_map = fixed_map + 8 * 10;
+        let weak_list_map = string_map + 8 * 10;
         let mut objects = vec![OBJECT_MAP + 1, 0, 0];
         objects.extend_from_slice(&[fixed_map + 1, smi(1), object]);
         objects.extend_from_slice(&[string_map + 1, 8 << 32, object]);
-        for ty in [l.fixed_array_type, l.strings.one_byte | l.strings.seq] {
+        objects.extend_from_slice(&[weak_list_map + 1, smi(1), smi(1), object]);
+        for ty in [l.fixed_array_type, l.strings.one_byte | l.strings.seq, weak_list] {
             let mut raw = [0u8; 80];
             raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
             raw[l.instance_type as usize..][..2].copy_from_slice(&(ty as u16).to_le_bytes());
@@ -1234,7 +1275,7 @@ mod tests {
         let found = retainers(&mut reader, &hl, &ranges, &got, std::slice::from_ref(&key), limits());
         let t = &found.types[0];
         assert_eq!((t.sampled, t.stale, t.unexplained), (1, 0, 0), "{found:#?}");
-        assert_eq!(found.rejected_hits, 1, "{found:#?}");
+        assert_eq!(found.rejected_hits, 2, "{found:#?}");
         let links = &t.chains[0].links;
         assert_eq!(links.len(), 1, "{found:#?}");
         assert_eq!((links[0].kind, links[0].holder.as_str()), (LinkKind::Internal, "(FixedArray)"));

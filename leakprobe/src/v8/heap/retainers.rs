@@ -33,7 +33,7 @@ use super::{find_pages, Census, HeapLayout, Kind, Limits, MapInfo, Memory, Page,
 
 /// Levels searched above the samples (one pass over the heap each).
 const MAX_DEPTH: usize = 10;
-/// Most holders kept for one object.
+/// Most holders kept for one object (scopes beyond it).
 const MAX_HOLDERS: usize = 4;
 /// Most objects in the search's graph.
 const MAX_NODES: usize = 20_000;
@@ -117,7 +117,8 @@ pub struct RetainerSearch {
     /// Passes over the heap.
     pub passes: u32,
     /// Pointers to a searched object found in objects whose type holds no pointers there
-    /// (strings, byte arrays, free space): not references, left out.
+    /// (strings, byte arrays, free space: not references), or in V8's code and feedback
+    /// (optimized code's constants, inline caches: not what the program keeps): left out.
     pub rejected_hits: u64,
     /// Bytes read from the target.
     pub bytes_read: u64,
@@ -362,12 +363,14 @@ impl<M: Memory> Search<'_, M> {
             && info.label.is_some_and(|l| TIMERS.contains(&self.w.labels[l].1.as_str()))
     }
 
-    /// Whether objects of `info` hold tagged pointers after their map.
+    /// Whether objects of `info` hold tagged pointers after their map that a program's
+    /// references are made of (not V8's code and feedback: [`super::UNSEEN_HOLDERS`]).
     fn holds_pointers(&self, info: MapInfo) -> bool {
         let hl = self.w.hl;
         let l = &self.w.reader.layout;
         let ty = info.ty;
         !(ty < l.strings.first_nonstring
+            || hl.unseen_holders.contains(&ty)
             || ty == hl.byte_array_type
             || ty == hl.fixed_double_array_type
             || Some(ty) == hl.free_space_type
@@ -384,7 +387,8 @@ impl<M: Memory> Search<'_, M> {
         {
             return;
         }
-        if child.holders.len() >= MAX_HOLDERS
+        // A scope's variable is the answer a chain looks for: it is kept beyond the cap.
+        if (child.holders.len() >= MAX_HOLDERS && !self.is_context(hit.info))
             || child.holders.iter().any(|(h, _)| self.nodes[*h].addr == hit.holder)
         {
             return;
@@ -646,7 +650,7 @@ impl<M: Memory> Search<'_, M> {
                 .reader
                 .word(obj + 24)
                 .ok()
-                .and_then(|t| smi_at(&self.w, t.wrapping_sub(l.heap_tag) + l.array_data))
+                .and_then(|t| smi_at(&self.w, t.wrapping_sub(l.heap_tag).wrapping_add(l.array_data)))
                 .filter(|n| *n >= 0);
             return match entries {
                 Some(n) => format!("{what}, {} entries", thousands(n as u64)),
