@@ -12,6 +12,11 @@
 //!   `Array (N elements)`;
 //! - a timer (`Timeout`: node keeps timers in linked lists, which are not followed).
 //!
+//! References from V8's own code and feedback (optimized code's embedded constants, inline
+//! caches, weak lists: [`super::UNSEEN_HOLDERS`]) are not followed, as DevTools does not show
+//! them: a module-level Set that hot functions use is referred to by their optimized code too,
+//! and those holders crowded out the scope's variable.
+//!
 //! Chains are shown the way DevTools shows retainers, nearest first:
 //! `requestLog (Array, 412,000 elements) ← module scope of access-log.js`.
 //!
