@@ -32,7 +32,7 @@ use crate::{
     discover::{self, Process},
     error::Error,
     health::{self, Census, Health},
-    metrics::{Metrics, TargetLabels},
+    outputs::metrics::{Metrics, TargetLabels},
     privilege,
     probes::Family,
     session::{Options, Session},

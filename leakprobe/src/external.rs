@@ -18,9 +18,9 @@ use crate::{
     alloc::Tracked,
     insn::{self, LockedRmw, Op},
     probes::EXT_FREE,
-    suspects::{self, Category},
     symbols::Lookup,
     target::Target,
+    verdict::suspects::{self, Category},
 };
 
 /// Finds `OFF` in the first instructions of `NodeArrayBufferAllocator::Free`, which start by

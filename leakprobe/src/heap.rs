@@ -16,10 +16,11 @@ use leakprobe_ebpf::{
 use serde::Serialize;
 
 use crate::{
-    alloc::{Series, Tracked},
+    alloc::Tracked,
     gc::GcKind,
-    suspects::{self, Category},
     symbolize::Frame,
+    verdict::series::Series,
+    verdict::suspects::{self, Category},
 };
 
 /// V8's regular page size in node 18–24 (large pages carry their own size).
@@ -87,10 +88,10 @@ pub struct HeapReport {
     /// sessions only; absent in fleet mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub census: Option<crate::census_watch::CensusReport>,
-    /// Reading the large arrays allocated since attach ([`crate::containers`]; profiling
+    /// Reading the large arrays allocated since attach ([`crate::verdict::containers`]; profiling
     /// sessions only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub containers: Option<crate::containers::ContainersReport>,
+    pub containers: Option<crate::verdict::containers::ContainersReport>,
 }
 
 impl HeapBooks {

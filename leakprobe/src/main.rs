@@ -7,8 +7,8 @@ use leakprobe::{
     agent::{self, AgentOptions},
     census::{self, CensusOptions},
     discover,
+    outputs::report,
     probes::Family,
-    report,
     session::{self, Options},
 };
 

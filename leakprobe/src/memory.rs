@@ -153,7 +153,7 @@ impl MemoryReport {
         let code = latest.rss.rss_file_bytes;
         let explained = code + latest.v8_heap_bytes.unwrap_or(0) + latest.external_bytes.unwrap_or(0);
         let slope = |f: &dyn Fn(&Sample) -> Option<u64>| {
-            let mut series = crate::alloc::Series::default();
+            let mut series = crate::verdict::series::Series::default();
             for s in samples {
                 if let Some(v) = f(s) {
                     series.push(s.t_s, v as f64);

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::{
     alloc::Tracked,
-    suspects::{self, Category},
+    verdict::suspects::{self, Category},
 };
 
 /// Sampling rate used when the user does not choose one (bytes).

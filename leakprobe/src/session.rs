@@ -29,25 +29,26 @@ use tokio::{
 };
 
 use crate::{
-    alloc::Thinned,
     census_watch::CensusWatch,
-    containers::Containers,
     external::ExternalState,
     faults::{FaultBooks, PageKinds},
     gc::{GcKind, GcStats},
     health,
     heap::HeapBooks,
-    live, memory,
+    memory,
     native::NativeState,
+    outputs::live,
+    outputs::report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
     privilege,
     probes::{self, ProbeStatus},
-    report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
-    suspects::{self, Source},
     symbolize::{RawFrame, Symbolizer},
     syscalls::Mappings,
     target::Target,
     v8::{self, Metadata, ProcMem, Reader},
     verdict,
+    verdict::containers::Containers,
+    verdict::series::Thinned,
+    verdict::suspects::{self, Source},
 };
 
 /// What the user asked for.

@@ -1,5 +1,7 @@
 //! The verdict: which memory category grows, read at GC troughs, and which logical sites
-//! explain that growth.
+//! explain that growth. Its parts: [`series`] (values over the window), [`suspects`] (each
+//! stack's books, logical sites, the suspect rule), [`containers`] (the arrays a site grows,
+//! read in the target's heap); the probe families feed them, the outputs read the result.
 //!
 //! - **What grows.** Each category (V8 heap, external, native) is read at the samples taken
 //!   right after a main-thread mark-compact, once the ArrayBuffer sweeper has freed what the GC
@@ -13,16 +15,20 @@
 //!   what each site holds.
 //! - **What is not explained** is said, with the next step ([`CategoryVerdict::next_step`]).
 
+pub mod containers;
+pub mod series;
+pub mod suspects;
+
 use std::collections::HashMap;
 
 use serde::Serialize;
 
 use crate::{
-    alloc::Series,
     faults::{FaultBooks, Touched},
     memory::Sample,
-    suspects::{Category, Evidence, Source, Suspect, Variant, MAX_SUSPECTS},
     symbolize::{Frame, FrameKind, QUEUED_NAME},
+    verdict::series::Series,
+    verdict::suspects::{Category, Evidence, Source, Suspect, Variant, MAX_SUSPECTS},
 };
 
 /// Troughs needed to read a category's growth from them.

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use crate::{
     census_watch::GrowingType,
     gc::GcKind,
-    report::Report,
-    suspects::{Category, Source},
+    outputs::report::Report,
     symbolize::{Frame, FrameKind},
     v8::heap::{thousands, Kind},
+    verdict::suspects::{Category, Source},
     verdict::CategoryVerdict,
 };
 

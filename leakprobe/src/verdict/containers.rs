@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::{
     census::Probe,
-    suspects::{self, Category},
+    verdict::suspects::{self, Category},
 };
 
 /// Large objects read per interval at most (the largest).

@@ -17,10 +17,10 @@ use crate::{
     memory::MemoryReport,
     native::NativeReport,
     probes::ProbeStatus,
-    suspects::{StackProfile, Suspect},
     symbolize::Frame,
     syscalls::MappingsReport,
     target::Target,
+    verdict::suspects::{StackProfile, Suspect},
     verdict::CategoryVerdict,
 };
 
@@ -212,12 +212,12 @@ impl Report {
     }
 }
 
-/// Writes the flamegraph SVGs ([`crate::flamegraph`]) and pprof profiles ([`crate::pprof`]) of
+/// Writes the flamegraph SVGs ([`crate::outputs::flamegraph`]) and pprof profiles ([`crate::outputs::pprof`]) of
 /// a report into `dir` (which must exist), and returns the files written. Both are attempted;
 /// the first error is returned.
 pub fn write_outputs(report: &serde_json::Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let svgs = crate::flamegraph::render_all(report, dir).context("rendering flamegraphs");
-    let profiles = crate::pprof::write_all(report, dir).context("writing pprof profiles");
+    let svgs = crate::outputs::flamegraph::render_all(report, dir).context("rendering flamegraphs");
+    let profiles = crate::outputs::pprof::write_all(report, dir).context("writing pprof profiles");
     let mut written = svgs?;
     written.extend(profiles?);
     if let Some(table) = crate::census_watch::table(report) {

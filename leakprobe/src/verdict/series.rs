@@ -1,0 +1,154 @@
+//! Series over time: bounded lists of samples, kept evenly spread over the whole window, and
+//! the readings the verdict takes from them (slope, floor growth).
+
+/// A bounded list of samples over time: when full, every other sample is dropped, so what is
+/// kept stays evenly spread over the whole window.
+#[derive(Clone, Debug)]
+pub struct Thinned<T> {
+    items: Vec<T>,
+    capacity: usize,
+}
+
+impl<T> Thinned<T> {
+    /// Keeps at most `capacity` samples.
+    pub fn new(capacity: usize) -> Self {
+        Self { items: Vec::new(), capacity: capacity.max(2) }
+    }
+
+    /// Adds a sample.
+    pub fn push(&mut self, item: T) {
+        if self.items.len() >= self.capacity {
+            let mut i = 0;
+            self.items.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+        self.items.push(item);
+    }
+
+    /// The samples, oldest first.
+    pub fn items(&self) -> &[T] {
+        &self.items
+    }
+}
+
+/// A bounded series of (seconds since start, value) points.
+#[derive(Clone, Debug)]
+pub struct Series {
+    points: Thinned<(f64, f64)>,
+}
+
+impl Default for Series {
+    fn default() -> Self {
+        Self { points: Thinned::new(SERIES_POINTS) }
+    }
+}
+
+/// Most points a series keeps.
+pub const SERIES_POINTS: usize = 128;
+
+impl Series {
+    /// Adds a point.
+    pub fn push(&mut self, t: f64, v: f64) {
+        self.points.push((t, v));
+    }
+
+    /// The points, oldest first.
+    pub fn points(&self) -> &[(f64, f64)] {
+        self.points.items()
+    }
+
+    /// Least-squares slope (value per second); 0 with fewer than two points.
+    pub fn slope(&self) -> f64 {
+        let points = self.points();
+        let n = points.len() as f64;
+        if n < 2.0 {
+            return 0.0;
+        }
+        let (mt, mv) = points.iter().fold((0.0, 0.0), |(a, b), (t, v)| (a + t / n, b + v / n));
+        let (num, den) = points
+            .iter()
+            .fold((0.0, 0.0), |(num, den), (t, v)| (num + (t - mt) * (v - mv), den + (t - mt) * (t - mt)));
+        if den == 0.0 {
+            0.0
+        } else {
+            num / den
+        }
+    }
+
+    /// Growth of the floor: the lowest value in the last third of the window minus the lowest
+    /// in the middle third. Memory freed by the GC moves in a sawtooth (it grows until a
+    /// collection frees what is garbage); its floor is what survives. A leak lifts the floor, a
+    /// bounded cache or steady churn leaves it flat, and so does a cache that filled early on.
+    pub fn floor_growth(&self) -> f64 {
+        let points = self.points();
+        let (Some(first), Some(last)) = (points.first(), points.last()) else {
+            return 0.0;
+        };
+        let third = (last.0 - first.0) / 3.0;
+        let floor = |from: f64, to: f64| {
+            points.iter().filter(|(t, _)| (from..=to).contains(t)).map(|p| p.1).fold(f64::INFINITY, f64::min)
+        };
+        let (middle, end) =
+            (floor(first.0 + third, first.0 + 2.0 * third), floor(first.0 + 2.0 * third, last.0));
+        if middle.is_finite() && end.is_finite() {
+            end - middle
+        } else {
+            0.0
+        }
+    }
+
+    /// The value at time `t`: that of the last point at or before it (the first point's, if
+    /// `t` is earlier).
+    pub fn at(&self, t: f64) -> Option<f64> {
+        let points = self.points();
+        points.iter().take_while(|p| p.0 <= t).last().or(points.first()).map(|p| p.1)
+    }
+
+    /// The latest value.
+    pub fn last(&self) -> Option<f64> {
+        self.points().last().map(|p| p.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_slope_and_floor_growth() {
+        let mut growing = Series::default();
+        let mut plateau = Series::default();
+        let mut sawtooth = Series::default();
+        let mut leaky_sawtooth = Series::default();
+        for i in 0..=30 {
+            let t = i as f64;
+            growing.push(t, 1000.0 * t);
+            plateau.push(t, 1000.0 * t.min(8.0));
+            sawtooth.push(t, 1000.0 * (i % 4) as f64);
+            leaky_sawtooth.push(t, 1000.0 * (i % 4) as f64 + 500.0 * t);
+        }
+        assert!((growing.slope() - 1000.0).abs() < 1e-6);
+        assert_eq!(growing.floor_growth(), 10_000.0, "last third's floor (t=20) minus the middle's (t=10)");
+        assert!(plateau.slope() > 0.0, "early growth still shows in the slope");
+        assert_eq!(plateau.floor_growth(), 0.0, "a cache that filled early has a flat floor");
+        assert_eq!(sawtooth.floor_growth(), 0.0, "GC sawtooth: the floor stays");
+        assert!(sawtooth.points().iter().skip(20).any(|p| p.1 > 2000.0), "even though it peaks late");
+        assert!(leaky_sawtooth.floor_growth() >= 4000.0, "{}", leaky_sawtooth.floor_growth());
+        assert_eq!(Series::default().slope(), 0.0);
+        assert_eq!(Series::default().floor_growth(), 0.0);
+    }
+
+    #[test]
+    fn series_stays_bounded_and_spread() {
+        let mut s = Series::default();
+        for i in 0..10_000 {
+            s.push(i as f64, i as f64);
+        }
+        assert!(s.points().len() <= SERIES_POINTS);
+        assert_eq!(s.points()[0].0, 0.0);
+        assert_eq!(s.last(), Some(9999.0));
+        assert!(s.points()[1].0 > 1.0, "old points were thinned: {:?}", &s.points()[..3]);
+    }
+}
