@@ -47,7 +47,7 @@ pub struct HeapBooks {
 }
 
 /// Stacks listed in `allocation_samples`.
-const TOP_SAMPLE_STACKS: usize = 10;
+pub const TOP_SAMPLE_STACKS: usize = 10;
 
 /// One stack of `report.heap.allocation_samples`.
 #[derive(Debug, Serialize)]

@@ -14,7 +14,7 @@ use std::{collections::HashMap, fs::File, os::unix::fs::FileExt, sync::Arc};
 use leakprobe_ebpf::stack::JsLayout;
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-mod code;
+pub mod code;
 pub mod heap;
 pub use code::{CodeLayout, Compiled};
 

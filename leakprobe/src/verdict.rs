@@ -45,7 +45,7 @@ pub const MIN_STILL_FAULTING: f64 = 0.25;
 /// Share of a category's growth its suspects must explain before no advice is given.
 pub const EXPLAINED_ENOUGH: f64 = 0.5;
 /// User JavaScript frames (not node's own) a site key reads up to.
-const SITE_USER_FRAMES: usize = 4;
+pub const SITE_USER_FRAMES: usize = 4;
 /// Native frames a site key reads when the stack has no JavaScript.
 const SITE_NATIVE_FRAMES: usize = 6;
 

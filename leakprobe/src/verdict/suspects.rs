@@ -240,27 +240,41 @@ impl Tracker {
         symbolizer: &mut Symbolizer,
         source: Source,
     ) -> Vec<Suspect> {
-        let mut groups: HashMap<(Category, String), Suspect> = HashMap::new();
+        let mut groups: HashMap<(Category, String), (Suspect, Vec<&Series>)> = HashMap::new();
         for (&(category, stack_id), series) in &self.series {
-            // Stacks that hold nothing and do not grow cannot change any group's verdict.
-            if !holds_or_grows(series) {
+            // A stack that never held anything adds nothing to its site.
+            if series.points().iter().all(|p| p.1 <= 0.0) {
                 continue;
             }
             let frames = symbolizer.stack_frames(stack_id, &mut stack);
             let site = crate::verdict::site_key(&frames);
-            let variant = Variant {
-                stack_id,
-                bytes: series.last().unwrap_or(0.0) as i64,
-                floor_growth_bytes: series.floor_growth(),
-            };
-            let group = groups
+            let (group, parts) = groups
                 .entry((category, site.clone()))
-                .or_insert_with(|| Suspect::site(category, source, site));
-            group.growth_bytes_per_s += series.slope();
-            group.add_variant(frames, variant);
+                .or_insert_with(|| (Suspect::site(category, source, site), Vec::new()));
+            parts.push(series);
+            // A stack that holds nothing now is no variant to show (its past still counts in
+            // the site's series).
+            if series.last().unwrap_or(0.0) > 0.0 || series.floor_growth() > 0.0 {
+                let variant = Variant {
+                    stack_id,
+                    bytes: series.last().unwrap_or(0.0) as i64,
+                    floor_growth_bytes: series.floor_growth(),
+                };
+                group.add_variant(frames, variant);
+            }
         }
+        // The site is judged on its stacks' sum, point by point: each stack's own slope and
+        // floor are over its own span, and a stack that took over from another would read as
+        // one drop and one start.
         let mut found: Vec<Suspect> = groups
             .into_values()
+            .filter(|(group, _)| !group.variants.is_empty())
+            .map(|(mut group, parts)| {
+                let site = Series::sum(parts);
+                group.growth_bytes_per_s = site.slope();
+                group.floor_growth_bytes = site.floor_growth();
+                group
+            })
             .filter(|s| qualifies(s.floor_growth_bytes, s.outstanding_bytes as f64))
             .collect();
         for s in &mut found {
@@ -270,11 +284,6 @@ impl Tracker {
         found.truncate(MAX_SUSPECTS);
         found
     }
-}
-
-/// Whether a stack's series holds bytes or its floor grew: only such stacks can be suspects.
-fn holds_or_grows(s: &Series) -> bool {
-    s.floor_growth() > 0.0 || s.last().unwrap_or(0.0) > 0.0
 }
 
 /// Whether a stack's series is still growing at the end of the window.

@@ -110,7 +110,7 @@ pub struct Retainers {
     pub stale: u32,
     /// Samples for which no holder was found.
     pub unexplained: u32,
-    /// Most samples first, at most [`MAX_CHAINS`].
+    /// Most samples first, at most three (`MAX_CHAINS`).
     pub chains: Vec<Chain>,
 }
 
