@@ -63,10 +63,7 @@ impl Probe {
 
     /// The target's anonymous mappings now.
     fn ranges(&self) -> anyhow::Result<Vec<(u64, u64)>> {
-        let pid = self.target.pid;
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .with_context(|| format!("reading /proc/{pid}/maps"))?;
-        Ok(heap::anonymous_ranges(&maps))
+        anonymous_ranges(self.target.pid)
     }
 
     /// One census of the process's heaps.
@@ -88,9 +85,20 @@ impl Probe {
         wanted: &[(String, Kind, String)],
         limits: Limits,
     ) -> anyhow::Result<RetainerSearch> {
-        let ranges = self.ranges()?;
+        let first = self.ranges()?;
+        let pid = self.target.pid;
+        let once = std::cell::Cell::new(Some(first));
+        // The mappings as they are at the search's start, then read again when it looks again.
+        let ranges = || once.take().unwrap_or_else(|| anonymous_ranges(pid).unwrap_or_default());
         Ok(heap::retainers(&mut self.reader, &self.layout, &ranges, census, wanted, limits))
     }
+}
+
+/// The anonymous mappings of process `pid` (where V8's heap pages are).
+fn anonymous_ranges(pid: u32) -> anyhow::Result<Vec<(u64, u64)>> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .with_context(|| format!("reading /proc/{pid}/maps"))?;
+    Ok(heap::anonymous_ranges(&maps))
 }
 
 /// The types whose retainers are worth a search: the `top` growing JavaScript types (objects,

@@ -12,6 +12,10 @@
 //!   `Array (N elements)`;
 //! - a timer (`Timeout`: node keeps timers in linked lists, which are not followed).
 //!
+//! A container that grows while the search runs replaces its store (a Set's table rehashed):
+//! a chain then stops at the old store, which nothing holds any more. When every open chain
+//! has stopped so, the search looks once more for those samples, in the pages as they are then.
+//!
 //! References from V8's own code and feedback (optimized code's embedded constants, inline
 //! caches, weak lists: [`super::UNSEEN_HOLDERS`]) are not followed, as DevTools does not show
 //! them: a module-level Set that hot functions use is referred to by their optimized code too,
@@ -187,7 +191,7 @@ struct Hit {
 pub fn retainers<M: Memory>(
     reader: &mut Reader<M>,
     hl: &HeapLayout,
-    ranges: &[(u64, u64)],
+    ranges: &dyn Fn() -> Vec<(u64, u64)>,
     census: &Census,
     wanted: &[(String, Kind, String)],
     limits: Limits,
@@ -195,15 +199,17 @@ pub fn retainers<M: Memory>(
     let started = Instant::now();
     // Old-generation pages, and the young generation's large objects (one object a page, with
     // no stale objects after it: a growing array's new backing store is often one).
-    let pages: Vec<Page> =
-        find_pages(&reader.mem, ranges).into_iter().filter(|p| !p.young() || p.size != super::PAGE).collect();
+    let searched_pages = |mem: &M| -> Vec<Page> {
+        find_pages(mem, &ranges()).into_iter().filter(|p| !p.young() || p.size != super::PAGE).collect()
+    };
+    let mut pages = searched_pages(&reader.mem);
     let mut search = Search {
         w: Walker::new(reader, hl, &pages),
         nodes: Vec::new(),
         index: HashMap::new(),
         objects: HashMap::new(),
         bytes_read: pages.len() as u64 * 96,
-        rejected: 0,
+        rejected: HashSet::new(),
     };
     // The samples, checked: the object still starts with the map it had.
     let mut roots: Vec<(usize, Vec<usize>, u32)> = Vec::new();
@@ -223,24 +229,29 @@ pub fn retainers<M: Memory>(
     }
     let mut passes = 0;
     let mut stopped = None;
-    for _ in 0..=MAX_DEPTH {
+    let mut looked_again = false;
+    for _ in 0..=MAX_DEPTH + 1 {
         // Only what holds a sample whose chain is not complete yet is searched further.
         let open: Vec<usize> = roots
             .iter()
             .flat_map(|(_, alive, _)| alive.iter().copied())
             .filter(|&r| !search.best_path(r).is_some_and(|(_, complete)| complete))
             .collect();
-        // Scopes are searched once more, for a closure that names their file.
-        let mut wanted = search.above(&open);
-        wanted.extend(
-            (0..search.nodes.len()).filter(|&i| search.nodes[i].info.is_some_and(|n| search.is_context(n))),
-        );
-        let frontier: Frontier = wanted
-            .into_iter()
-            .map(|i| &search.nodes[i])
-            .filter(|n| !n.searched && n.depth <= MAX_DEPTH && !search.terminal(n))
-            .map(|n| (n.addr, search.index[&n.addr]))
-            .collect();
+        let mut frontier = search.frontier(&open);
+        // Every chain still open ends at a holder nothing was found to hold. A container that
+        // grew while the search ran (a Set's table rehashed, an array's store grown) was
+        // replaced, and its new store is a new object, maybe on a new page: once, the open
+        // samples are looked for again in the pages as they are now.
+        if frontier.is_empty() && !open.is_empty() && !looked_again {
+            looked_again = true;
+            pages = searched_pages(&search.w.reader.mem);
+            search.w.chunks = pages.iter().map(|p| p.chunk).collect();
+            search.objects.clear();
+            for &r in &open {
+                search.nodes[r].searched = false;
+            }
+            frontier = search.frontier(&open);
+        }
         if frontier.is_empty() {
             break;
         }
@@ -315,7 +326,7 @@ pub fn retainers<M: Memory>(
     RetainerSearch {
         types,
         passes,
-        rejected_hits: search.rejected,
+        rejected_hits: search.rejected.len() as u64,
         bytes_read: search.bytes_read,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
         stopped_early: stopped,
@@ -330,7 +341,8 @@ struct Search<'r, M: Memory> {
     /// Parsed pages, by chunk: objects (offset, map, size).
     objects: HashMap<u64, Vec<(u64, MapInfo, u64)>>,
     bytes_read: u64,
-    rejected: u64,
+    /// Where the rejected hits were (once each, however many passes saw them).
+    rejected: HashSet<u64>,
 }
 
 impl<M: Memory> Search<'_, M> {
@@ -342,6 +354,22 @@ impl<M: Memory> Search<'_, M> {
         self.nodes.push(Node { addr, info, holders: Vec::new(), depth, searched: false, leaf: false });
         self.index.insert(addr, self.nodes.len() - 1);
         self.nodes.len() - 1
+    }
+
+    /// What the next pass looks for: the nodes at and above `open` (the samples whose chain is
+    /// not complete) not searched yet, and the scopes (searched once more, for a closure that
+    /// names their file).
+    fn frontier(&self, open: &[usize]) -> Frontier {
+        let mut wanted = self.above(open);
+        wanted.extend(
+            (0..self.nodes.len()).filter(|&i| self.nodes[i].info.is_some_and(|n| self.is_context(n))),
+        );
+        wanted
+            .into_iter()
+            .map(|i| &self.nodes[i])
+            .filter(|n| !n.searched && n.depth <= MAX_DEPTH && !self.terminal(n))
+            .map(|n| (n.addr, self.index[&n.addr]))
+            .collect()
     }
 
     /// A node whose holders are not followed: a scope (its variable names the chain), a
@@ -456,7 +484,9 @@ impl<M: Memory> Search<'_, M> {
                         info,
                         offset: at - start,
                     }),
-                    _ => self.rejected += 1,
+                    _ => {
+                        self.rejected.insert(page.area_start + at);
+                    }
                 }
             }
         }
