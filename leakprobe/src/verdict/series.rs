@@ -121,9 +121,18 @@ impl Series {
         times.sort_by(f64::total_cmp);
         times.dedup();
         let mut sum = Series::default();
+        // Each part's next point: times rise, so every part is read once over the whole sum.
+        let mut next = vec![0usize; parts.len()];
         for t in times {
-            let value = |s: &&Series| s.points().iter().take_while(|p| p.0 <= t).last().map_or(0.0, |p| p.1);
-            sum.push(t, parts.iter().map(value).sum());
+            let mut total = 0.0;
+            for (part, next) in parts.iter().zip(next.iter_mut()) {
+                let points = part.points();
+                while points.get(*next).is_some_and(|p| p.0 <= t) {
+                    *next += 1;
+                }
+                total += next.checked_sub(1).map_or(0.0, |k| points[k].1);
+            }
+            sum.push(t, total);
         }
         sum
     }
