@@ -21,7 +21,7 @@ pub struct HeapEvent {
     pub tid: u32,
     /// Padding (zero).
     pub _pad: u32,
-    /// The page (chunk) pointer, where the operation has one.
+    /// The page (chunk) pointer, where the operation has one (a reading: its old generation).
     pub ptr: u64,
     /// Bytes, where the operation has a size.
     pub size: u64,
@@ -41,6 +41,9 @@ pub mod op {
     pub const FREE: u32 = 4;
     /// `PartialFreeMemory` of `size` bytes of page `ptr`.
     pub const PARTIAL_FREE: u32 = 5;
-    /// `Heap::CommittedMemory()` returned `size`, outside `Isolate::GetHeapStatistics`.
+    /// `Heap::CommittedMemory()` returned `size`, outside `Isolate::GetHeapStatistics`; `ptr`
+    /// holds the old generation's part of it (`Heap::CommittedOldGenerationMemory()`, called
+    /// inside), or 0 where that was not seen. The rest is the young generation, which V8
+    /// resizes under churn.
     pub const READING: u32 = 6;
 }

@@ -34,6 +34,8 @@ pub struct HeapBooks {
     /// Latest `AllocateAlignedMemory` size per thread (the size of a large page in the making).
     aligned: HashMap<u32, u64>,
     reading: Option<u64>,
+    /// The young generation's part of the latest reading, where its old generation was read too.
+    young: Option<u64>,
     delta: i64,
     readings: u64,
     unknown_frees: u64,
@@ -65,6 +67,10 @@ pub struct SampledStack {
 pub struct HeapReport {
     /// Committed V8 heap now (what `heapTotal` reports); null before the first GC after attach.
     pub committed_bytes: Option<u64>,
+    /// Of it, the young generation's at the latest reading (null where V8's
+    /// `Heap::CommittedOldGenerationMemory` could not be probed). The verdict reads the heap
+    /// without it.
+    pub young_generation_bytes: Option<u64>,
     /// V8's own readings taken so far (one or more per GC).
     pub readings: u64,
     /// Pages allocated since attach and not yet freed.
@@ -109,6 +115,7 @@ impl HeapBooks {
             pages: HashMap::new(),
             aligned: HashMap::new(),
             reading: None,
+            young: None,
             delta: 0,
             readings: 0,
             unknown_frees: 0,
@@ -143,6 +150,7 @@ impl HeapBooks {
             }
             op::READING if e.tid == self.pid => {
                 self.reading = Some(e.size);
+                self.young = (e.ptr > 0).then(|| e.size.checked_sub(e.ptr)).flatten();
                 self.delta = 0;
                 self.readings += 1;
                 if std::mem::take(&mut self.awaiting_baseline) {
@@ -173,6 +181,18 @@ impl HeapBooks {
     /// Committed heap bytes now, once a reading exists.
     pub fn bytes(&self) -> Option<u64> {
         self.reading.map(|r| r.saturating_add_signed(self.delta))
+    }
+
+    /// Committed heap bytes now without the young generation (the old generation, code and large
+    /// objects), once a reading gave both parts. V8 resizes its young generation under churn
+    /// (its semi-spaces double up to `--max-semi-space-size`, tens of MiB): a step, not a leak.
+    pub fn old_generation_bytes(&self) -> Option<u64> {
+        Some(self.bytes()?.saturating_sub(self.young?))
+    }
+
+    /// The young generation's committed bytes at the latest reading, where known.
+    pub fn young_generation_bytes(&self) -> Option<u64> {
+        self.young
     }
 
     /// Samples large objects by stack into `suspects`.
@@ -211,6 +231,7 @@ impl HeapBooks {
             large_object_bytes: lo.alloc_bytes,
             large_object_freed_bytes: lo.free_bytes,
             committed_bytes: self.bytes(),
+            young_generation_bytes: self.young,
             readings: self.readings,
             pages_tracked: self.pages.len(),
             unknown_frees: self.unknown_frees,

@@ -73,6 +73,9 @@ pub struct Sample {
     pub rss: Rss,
     /// Committed V8 heap, when known.
     pub v8_heap_bytes: Option<u64>,
+    /// Of it, all but the young generation (which V8 resizes under churn), when known: what the
+    /// verdict reads as the V8 heap.
+    pub v8_old_generation_bytes: Option<u64>,
     /// External (Buffer/ArrayBuffer) bytes, when known.
     pub external_bytes: Option<u64>,
     /// Native bytes allocated since attach and held (estimated), with `--native`.
@@ -96,6 +99,7 @@ impl Sample {
                 rss_shmem_bytes: self.rss.rss_shmem_bytes.min(other.rss.rss_shmem_bytes),
             },
             v8_heap_bytes: min(self.v8_heap_bytes, other.v8_heap_bytes),
+            v8_old_generation_bytes: min(self.v8_old_generation_bytes, other.v8_old_generation_bytes),
             external_bytes: min(self.external_bytes, other.external_bytes),
             native_bytes: min(self.native_bytes, other.native_bytes),
         }
@@ -147,6 +151,7 @@ impl MemoryReport {
             t_s: 0.0,
             rss: Rss::default(),
             v8_heap_bytes: None,
+            v8_old_generation_bytes: None,
             external_bytes: None,
             native_bytes: None,
         });

@@ -153,6 +153,13 @@ const HEAP_SLOW_ALLOCATE: &[&str] = &[
     "_ZN2v88internal31Runtime_AllocateInOldGenerationEiPmPNS0_7IsolateE",
 ];
 const HEAP_COMMITTED: &[&str] = &["_ZN2v88internal4Heap15CommittedMemoryEv"];
+/// The clone node 20+ calls from `CommittedMemory` (named outright: a `.part` clone is no entry
+/// of the function in general, but this one is what `CommittedMemory` calls), and node 18's
+/// function.
+const HEAP_OLD_GENERATION: &[&str] = &[
+    "_ZN2v88internal4Heap28CommittedOldGenerationMemoryEv.part.0",
+    "_ZN2v88internal4Heap28CommittedOldGenerationMemoryEv",
+];
 const ISOLATE_HEAP_STATS: &[&str] = &["_ZN2v87Isolate17GetHeapStatisticsEPNS_14HeapStatisticsE"];
 
 const MALLOC: &[&str] = &["malloc"];
@@ -326,6 +333,24 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::Runtime_AllocateIn{Young,Old}Generation",
         symbols: HEAP_SLOW_ALLOCATE,
         attach: When::AllocStacks,
+    },
+    ProbeDef {
+        name: "heap_committed_enter",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_committed_enter",
+        function: "v8::internal::Heap::CommittedMemory",
+        symbols: HEAP_COMMITTED,
+        attach: When::Always,
+    },
+    ProbeDef {
+        name: "heap_old_generation_ret",
+        module: Module::Node,
+        family: Family::Heap,
+        program: "heap_old_generation_ret",
+        function: "v8::internal::Heap::CommittedOldGenerationMemory",
+        symbols: HEAP_OLD_GENERATION,
+        attach: When::Always,
     },
     ProbeDef {
         name: "heap_committed_ret",

@@ -403,6 +403,7 @@ impl Session {
                 t_s: self.started.elapsed().as_secs_f64(),
                 rss,
                 v8_heap_bytes: self.heap.bytes(),
+                v8_old_generation_bytes: self.heap.old_generation_bytes(),
                 external_bytes: self.external.read_bytes(),
                 native_bytes: self.native.as_ref().map(NativeState::bytes),
             };
@@ -734,6 +735,7 @@ impl Session {
             t_s: t,
             rss,
             v8_heap_bytes: self.heap.bytes(),
+            v8_old_generation_bytes: self.heap.old_generation_bytes(),
             external_bytes: self.external.bytes,
             native_bytes: self.native.as_ref().map(NativeState::bytes),
         });

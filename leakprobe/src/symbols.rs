@@ -4,7 +4,8 @@
 //! stripped node 18–22 still exports them in `.dynsym`. GCC may split a function into clones
 //! (`name.constprop.N`) that callers use instead of the original; a `.constprop` clone keeps its
 //! leading arguments, so it is an entry point of the same function and gets the same probe.
-//! (`.isra`, `.part` and `.cold` clones change the arguments or are not entries: skipped.)
+//! (`.isra`, `.part` and `.cold` clones change the arguments or are not entries: skipped, unless
+//! a probe names one outright, for a caller known to call it.)
 
 use std::{collections::HashMap, fs::File, path::Path};
 

@@ -4,7 +4,8 @@
 //! `AllocateLargePage(this, space, object_size, exec)` → page;
 //! `AllocateAlignedMemory(this, chunk_size, ...)`; `Free(this, mode, chunk)`;
 //! `PartialFreeMemory(this, chunk, start_free, bytes_to_free, new_area_end)`;
-//! `Heap::CommittedMemory(this)` → bytes; `Isolate::GetHeapStatistics(this, stats)`.
+//! `Heap::CommittedMemory(this)` → bytes, which calls `Heap::CommittedOldGenerationMemory(this)`
+//! → bytes; `Isolate::GetHeapStatistics(this, stats)`.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -109,12 +110,42 @@ pub fn heap_partial_free(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Return of `Heap::CommittedMemory`: an exact reading of the committed heap.
+/// Threads inside `Heap::CommittedMemory`, with the old generation's committed bytes once
+/// `CommittedOldGenerationMemory` returned there (0 until then). Its other callers (V8's memory
+/// reducer, fragmentation checks) run outside and are not recorded.
+#[map]
+static HEAP_OLD_GENERATION: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
+/// Entry of `Heap::CommittedMemory`.
+#[uprobe]
+pub fn heap_committed_enter(_ctx: ProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if HEAP_OLD_GENERATION.insert(&tid, &0, 0).is_err() {
+        count_drop(DropReason::PendingFull);
+    }
+    0
+}
+
+/// Return of `Heap::CommittedOldGenerationMemory` (or the clone `CommittedMemory` calls): the
+/// old generation's part of the reading being taken.
+#[uretprobe]
+pub fn heap_old_generation_ret(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(old) = HEAP_OLD_GENERATION.get_ptr_mut(&tid) {
+        unsafe { *old = ctx.ret() };
+    }
+    0
+}
+
+/// Return of `Heap::CommittedMemory`: an exact reading of the committed heap, with its old
+/// generation's part (0 when that was not seen).
 #[uretprobe]
 pub fn heap_committed_ret(ctx: RetProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
+    let old = unsafe { HEAP_OLD_GENERATION.get(&tid) }.copied().unwrap_or(0);
+    let _ = HEAP_OLD_GENERATION.remove(&tid);
     if unsafe { HEAP_IN_STATS.get(&tid) }.is_none() {
-        send(op::READING, 0, ctx.ret());
+        send(op::READING, old, ctx.ret());
     }
     0
 }
