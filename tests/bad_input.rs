@@ -115,6 +115,18 @@ fn stripped_node20_still_attaches_through_dynsym() {
     fixture.wait(Duration::from_secs(60));
     let report = leakprobe.report();
     assert!(count(&report, "scavenge") > 0, "{}", report["gc"]);
+    // The clone of CommittedOldGenerationMemory that CommittedMemory calls is a local symbol,
+    // stripped: V8's heap readings are taken whole at CommittedMemory's return instead, and the
+    // young generation is not told apart.
+    let probe = |name: &str| {
+        report["probes"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap_or_default()
+    };
+    let split = probe("heap_committed_split");
+    assert_eq!(split["attached"], false, "{split}");
+    assert!(split["error"].as_str().unwrap_or_default().contains("no call"), "{split}");
+    assert_eq!(probe("heap_committed_ret")["attached"], true, "{}", report["probes"]);
+    assert!(report["heap"]["readings"].as_u64().unwrap() > 0, "{}", report["heap"]);
+    assert_eq!(report["heap"]["young_generation_bytes"], serde_json::Value::Null);
 }
 
 #[test]

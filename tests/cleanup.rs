@@ -16,7 +16,10 @@ use leakprobe::probes::{Family, When, PROBES};
 fn default_programs() -> Vec<String> {
     PROBES
         .iter()
-        .filter(|p| Family::DEFAULT.contains(&p.family) && p.attach != When::WithNative)
+        // Fallbacks load only where the probe they stand in for did not attach.
+        .filter(|p| {
+            Family::DEFAULT.contains(&p.family) && !matches!(p.attach, When::WithNative | When::Unless(_))
+        })
         .map(|p| p.program.to_string())
         .collect()
 }

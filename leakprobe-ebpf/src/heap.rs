@@ -43,7 +43,37 @@ pub mod op {
     pub const PARTIAL_FREE: u32 = 5;
     /// `Heap::CommittedMemory()` returned `size`, outside `Isolate::GetHeapStatistics`; `ptr`
     /// holds the old generation's part of it (`Heap::CommittedOldGenerationMemory()`, called
-    /// inside), or 0 where that was not seen. The rest is the young generation, which V8
-    /// resizes under churn.
+    /// inside), or 0 where the reading was taken at the return, not split. The rest is the young
+    /// generation, which V8 resizes under churn.
     pub const READING: u32 = 6;
+}
+
+/// Words in x86-64's `struct pt_regs` (r15 … ss), as a uprobe's context holds them.
+pub const PT_REGS_WORDS: usize = 21;
+/// rax's word in `pt_regs`.
+pub const PT_REGS_RAX: usize = 10;
+
+/// The word of `pt_regs` that holds general register `register` (x86's numbering: 0 = rax …
+/// 15 = r15), except rsp (saved apart, and never a reading's register).
+pub const fn pt_regs_word(register: u8) -> Option<usize> {
+    const WORDS: [usize; 16] = [10, 11, 12, 5, PT_REGS_WORDS, 4, 13, 14, 9, 8, 7, 6, 3, 2, 1, 0];
+    if register as usize >= WORDS.len() || WORDS[register as usize] >= PT_REGS_WORDS {
+        return None;
+    }
+    Some(WORDS[register as usize])
+}
+
+/// Registers a [`op::READING`] sums, at most.
+pub const MAX_SUMMED: usize = 3;
+
+/// The attach cookie naming `registers` to sum (at most [`MAX_SUMMED`]): byte `i` is the `i`th
+/// one's `pt_regs` word plus one (0 ends the list).
+pub fn summed_registers_cookie(registers: &[u8]) -> Option<u64> {
+    if registers.is_empty() || registers.len() > MAX_SUMMED {
+        return None;
+    }
+    registers
+        .iter()
+        .enumerate()
+        .try_fold(0u64, |cookie, (i, &r)| Some(cookie | ((pt_regs_word(r)? as u64 + 1) << (8 * i))))
 }

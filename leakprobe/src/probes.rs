@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use aya::{
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         PerfEvent, Program, ProgramError, TracePoint, UProbe,
     },
     Ebpf,
@@ -95,6 +95,20 @@ pub struct ProbeDef {
     pub symbols: &'static [&'static str],
     /// When the probe is attached: its cost decides.
     pub attach: When,
+    /// Where in the function it fires.
+    pub at: At,
+}
+
+/// Where in its function a probe fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// At the entry (a uretprobe: at the return).
+    Entry,
+    /// Right after each direct call in the function to one of these functions (mangled names),
+    /// where the code goes on to add other registers to the call's result (rax) and return it:
+    /// the attach cookie names those registers. Where no such site is found, the probe is not
+    /// attached (a [`When::Unless`] probe can stand in).
+    AfterCallAdding(&'static [&'static str]),
 }
 
 /// When a probe is attached. Every probe hit traps into the kernel (a few microseconds, mostly
@@ -111,6 +125,8 @@ pub enum When {
     UntilFound,
     /// Only with the native view (`--native`, `--native-exact`): it fires on every fs call.
     WithNative,
+    /// Only where the named probe did not attach (it comes earlier in the table): a fallback.
+    Unless(&'static str),
 }
 
 /// `v8::internal::Heap::PerformGarbageCollection`, node 20+ and node 18 (extra GCCallbackFlags).
@@ -153,8 +169,8 @@ const HEAP_SLOW_ALLOCATE: &[&str] = &[
     "_ZN2v88internal31Runtime_AllocateInOldGenerationEiPmPNS0_7IsolateE",
 ];
 const HEAP_COMMITTED: &[&str] = &["_ZN2v88internal4Heap15CommittedMemoryEv"];
-/// The clone node 20+ calls from `CommittedMemory` (named outright: a `.part` clone is no entry
-/// of the function in general, but this one is what `CommittedMemory` calls), and node 18's
+/// What `Heap::CommittedMemory` calls for the old generation's part: the clone node 20+ calls
+/// (named outright: a `.part` clone is no entry of the function in general), and node 18's
 /// function.
 const HEAP_OLD_GENERATION: &[&str] = &[
     "_ZN2v88internal4Heap28CommittedOldGenerationMemoryEv.part.0",
@@ -193,6 +209,7 @@ macro_rules! syscall_tracepoint {
             function: concat!("syscalls:", $name),
             symbols: &[concat!("syscalls:", $name)],
             attach: When::Always,
+            at: At::Entry,
         }
     };
 }
@@ -234,6 +251,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::Heap::PerformGarbageCollection",
         symbols: PERFORM_GC,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "gc_end",
@@ -243,6 +261,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::Heap::PerformGarbageCollection",
         symbols: PERFORM_GC,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "ext_alloc",
@@ -252,6 +271,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "node::NodeArrayBufferAllocator::Allocate{,Uninitialized}",
         symbols: EXT_ALLOCATE,
         attach: When::UntilFound,
+        at: At::Entry,
     },
     ProbeDef {
         name: "ext_alloc_ret",
@@ -261,6 +281,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "node::NodeArrayBufferAllocator::Allocate{,Uninitialized}",
         symbols: EXT_ALLOCATE,
         attach: When::UntilFound,
+        at: At::Entry,
     },
     ProbeDef {
         name: "ext_free",
@@ -270,6 +291,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "node::NodeArrayBufferAllocator::Free",
         symbols: EXT_FREE,
         attach: When::UntilFound,
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_page_ret",
@@ -279,6 +301,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::MemoryAllocator::AllocatePage",
         symbols: HEAP_ALLOCATE_PAGE,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_aligned",
@@ -288,6 +311,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::MemoryAllocator::AllocateAlignedMemory",
         symbols: HEAP_ALLOCATE_ALIGNED,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_large",
@@ -297,6 +321,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::MemoryAllocator::AllocateLargePage",
         symbols: HEAP_ALLOCATE_LARGE_PAGE,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_large_ret",
@@ -306,6 +331,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::MemoryAllocator::AllocateLargePage",
         symbols: HEAP_ALLOCATE_LARGE_PAGE,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_free",
@@ -315,6 +341,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::MemoryAllocator::Free",
         symbols: HEAP_FREE,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_partial_free",
@@ -324,6 +351,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::MemoryAllocator::PartialFreeMemory",
         symbols: HEAP_PARTIAL_FREE,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_sample",
@@ -333,24 +361,17 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::internal::Runtime_AllocateIn{Young,Old}Generation",
         symbols: HEAP_SLOW_ALLOCATE,
         attach: When::AllocStacks,
+        at: At::Entry,
     },
     ProbeDef {
-        name: "heap_committed_enter",
+        name: "heap_committed_split",
         module: Module::Node,
         family: Family::Heap,
-        program: "heap_committed_enter",
+        program: "heap_committed_split",
         function: "v8::internal::Heap::CommittedMemory",
         symbols: HEAP_COMMITTED,
         attach: When::Always,
-    },
-    ProbeDef {
-        name: "heap_old_generation_ret",
-        module: Module::Node,
-        family: Family::Heap,
-        program: "heap_old_generation_ret",
-        function: "v8::internal::Heap::CommittedOldGenerationMemory",
-        symbols: HEAP_OLD_GENERATION,
-        attach: When::Always,
+        at: At::AfterCallAdding(HEAP_OLD_GENERATION),
     },
     ProbeDef {
         name: "heap_committed_ret",
@@ -359,7 +380,8 @@ pub static PROBES: &[ProbeDef] = &[
         program: "heap_committed_ret",
         function: "v8::internal::Heap::CommittedMemory",
         symbols: HEAP_COMMITTED,
-        attach: When::Always,
+        attach: When::Unless("heap_committed_split"),
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_stats_enter",
@@ -369,6 +391,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::Isolate::GetHeapStatistics",
         symbols: ISOLATE_HEAP_STATS,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "heap_stats_exit",
@@ -378,6 +401,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "v8::Isolate::GetHeapStatistics",
         symbols: ISOLATE_HEAP_STATS,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "native_malloc",
@@ -387,6 +411,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "malloc",
         symbols: MALLOC,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "native_calloc",
@@ -396,6 +421,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "calloc",
         symbols: CALLOC,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "native_realloc",
@@ -405,6 +431,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "realloc",
         symbols: REALLOC,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "native_aligned_alloc",
@@ -414,6 +441,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "aligned_alloc",
         symbols: ALIGNED_ALLOC,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "native_posix_memalign",
@@ -423,6 +451,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "posix_memalign",
         symbols: POSIX_MEMALIGN,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "native_alloc_ret",
@@ -432,6 +461,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "malloc, calloc, realloc, aligned_alloc",
         symbols: RETURNS_BLOCK,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "native_posix_memalign_ret",
@@ -441,6 +471,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "posix_memalign",
         symbols: POSIX_MEMALIGN,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "native_free",
@@ -450,6 +481,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "free",
         symbols: FREE,
         attach: When::Always,
+        at: At::Entry,
     },
     // Node's own pool work (zlib, crypto, addons) is queued once per call: attached by
     // default, so memory first touched on a pool thread names the JavaScript that queued it.
@@ -461,6 +493,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "uv_queue_work",
         symbols: POOL_QUEUE_WORK,
         attach: When::Always,
+        at: At::Entry,
     },
     ProbeDef {
         name: "pool_work",
@@ -470,6 +503,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "uv__queue_work",
         symbols: POOL_WORK,
         attach: When::Always,
+        at: At::Entry,
     },
     // fs, dns and random work: they fire on every fs call, too often for the default view.
     ProbeDef {
@@ -480,6 +514,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "uv__work_submit",
         symbols: POOL_SUBMIT,
         attach: When::WithNative,
+        at: At::Entry,
     },
     ProbeDef {
         name: "pool_work_fs",
@@ -489,6 +524,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "uv__fs_work, uv__getaddrinfo_work, ... (libuv's other work functions)",
         symbols: POOL_WORK_FS,
         attach: When::WithNative,
+        at: At::Entry,
     },
     ProbeDef {
         name: "page_faults",
@@ -498,6 +534,7 @@ pub static PROBES: &[ProbeDef] = &[
         function: "software event page-faults (sampled, every CPU)",
         symbols: PAGE_FAULTS,
         attach: When::Always,
+        at: At::Entry,
     },
     syscall_tracepoint!("sys_enter_mmap"),
     syscall_tracepoint!("sys_exit_mmap"),
@@ -578,7 +615,7 @@ pub fn attach_all(
     let in_mode = |d: &&ProbeDef| match d.attach {
         When::AllocStacks => alloc_stacks,
         When::WithNative => native_view,
-        When::Always | When::UntilFound => true,
+        When::Always | When::UntilFound | When::Unless(_) => true,
     };
     let incomplete = |family: Family| {
         PROBES.iter().filter(in_mode).find(|d| d.family == family && !available(d)).map(|d| d.function)
@@ -621,19 +658,31 @@ pub fn attach_all(
             statuses.push(status);
             continue;
         }
+        if let When::Unless(other) = def.attach {
+            if statuses.iter().any(|s| s.name == other && s.attached) {
+                continue;
+            }
+        }
         let program = load_program(ebpf, def, "a uprobe", UProbe::load)?;
         let mut errors = Vec::new();
         let Some(module) = binary(def) else { continue };
         for location in locations {
-            let offset = probe_offset(module.elf, location.file_offset);
-            match program.attach(offset, &module.path, UProbeScope::OneProcess(pid)) {
-                Ok(id) => {
-                    status.locations += 1;
-                    if def.attach == When::UntilFound {
-                        found_links.push((def.program, id));
+            let points = attach_points(def, module, location);
+            if points.is_empty() {
+                errors.push(format!("{}: no call to its callee followed by an add found", location.name));
+            }
+            for (offset, cookie) in points {
+                let point =
+                    UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie };
+                match program.attach(point, &module.path, UProbeScope::OneProcess(pid)) {
+                    Ok(id) => {
+                        status.locations += 1;
+                        if def.attach == When::UntilFound {
+                            found_links.push((def.program, id));
+                        }
                     }
+                    Err(e) => errors.push(format!("{}: {}", location.name, error_chain(&e))),
                 }
-                Err(e) => errors.push(format!("{}: {}", location.name, error_chain(&e))),
             }
         }
         status.attached = status.locations > 0;
@@ -708,11 +757,41 @@ struct Binary<'a> {
 
 impl<'a> Binary<'a> {
     fn new(path: PathBuf, display: String, elf: &'a Elf, module: Module) -> anyhow::Result<Self> {
-        let wanted: Vec<&str> =
-            PROBES.iter().filter(|d| d.module == module).flat_map(|d| d.symbols.iter().copied()).collect();
+        let callees = |d: &ProbeDef| match d.at {
+            At::Entry => &[][..],
+            At::AfterCallAdding(callees) => callees,
+        };
+        let wanted: Vec<&str> = PROBES
+            .iter()
+            .filter(|d| d.module == module)
+            .flat_map(|d| d.symbols.iter().chain(callees(d)).copied())
+            .collect();
         let lookup = elf.lookup(&wanted).with_context(|| format!("reading symbols of {display}"))?;
         Ok(Self { path, display, elf, lookup })
     }
+}
+
+/// Where `def` attaches in the function at `location` of `module`: (file offset, cookie) pairs.
+fn attach_points(def: &ProbeDef, module: &Binary<'_>, location: &SymbolLocation) -> Vec<(u64, Option<u64>)> {
+    let callees = match def.at {
+        At::Entry => return vec![(probe_offset(module.elf, location.file_offset), None)],
+        At::AfterCallAdding(callees) => callees,
+    };
+    let start = location.file_offset as usize;
+    let Some(code) = module.elf.bytes().get(start..start.saturating_add(location.size as usize)) else {
+        return Vec::new();
+    };
+    let targets: Vec<u64> =
+        callees.iter().filter_map(|c| module.lookup.found.get(*c)).flatten().map(|l| l.address).collect();
+    insn::calls_to(code, location.address, &targets)
+        .into_iter()
+        .filter_map(|at| {
+            let after = at + 5;
+            let added = insn::added_to_result(&code[after..])?;
+            let cookie = leakprobe_ebpf::heap::summed_registers_cookie(&added)?;
+            Some((location.file_offset + after as u64, Some(cookie)))
+        })
+        .collect()
 }
 
 /// Where a probe on the function at `file_offset` goes: its entry, or, when the entry is a

@@ -27,6 +27,8 @@ pub struct SymbolLocation {
     pub address: u64,
     /// Offset in the file, which is what the kernel attaches uprobes by.
     pub file_offset: u64,
+    /// The function's size in bytes (`st_size`).
+    pub size: u64,
 }
 
 /// The result of one pass over an ELF's symbols.
@@ -78,6 +80,7 @@ impl Elf {
                 name: name.to_string(),
                 address: symbol.address(),
                 file_offset,
+                size: symbol.size(),
             });
         }
         Ok(lookup)

@@ -4,19 +4,20 @@
 //! `AllocateLargePage(this, space, object_size, exec)` → page;
 //! `AllocateAlignedMemory(this, chunk_size, ...)`; `Free(this, mode, chunk)`;
 //! `PartialFreeMemory(this, chunk, start_free, bytes_to_free, new_area_end)`;
-//! `Heap::CommittedMemory(this)` → bytes, which calls `Heap::CommittedOldGenerationMemory(this)`
-//! → bytes; `Isolate::GetHeapStatistics(this, stats)`.
+//! `Heap::CommittedMemory(this)` → bytes, the young generation's plus what it calls
+//! `Heap::CommittedOldGenerationMemory(this)` for; `Isolate::GetHeapStatistics(this, stats)`.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, PerCpuHashMap},
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext as _,
 };
 use leakprobe_ebpf::{
     alloc::{LiveAlloc, Pending, StackTotals, MAX_LIVE, MAX_PENDING, MAX_STACK_TOTALS},
     drops::DropReason,
-    heap::{op, HeapEvent},
+    heap::{op, HeapEvent, MAX_SUMMED, PT_REGS_RAX, PT_REGS_WORDS},
     EventKind,
 };
 
@@ -110,42 +111,43 @@ pub fn heap_partial_free(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Threads inside `Heap::CommittedMemory`, with the old generation's committed bytes once
-/// `CommittedOldGenerationMemory` returned there (0 until then). Its other callers (V8's memory
-/// reducer, fragmentation checks) run outside and are not recorded.
-#[map]
-static HEAP_OLD_GENERATION: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
-
-/// Entry of `Heap::CommittedMemory`.
+/// The instruction after `Heap::CommittedMemory`'s call to `CommittedOldGenerationMemory`: rax
+/// holds the old generation's committed bytes, and the registers the attach cookie names
+/// (`heap::summed_registers_cookie`) the young generation's parts, which the code adds to it.
+/// V8's whole reading, split, in one trap (the return probe below is the fallback where this
+/// site was not found).
 #[uprobe]
-pub fn heap_committed_enter(_ctx: ProbeContext) -> u32 {
+pub fn heap_committed_split(ctx: ProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if HEAP_OLD_GENERATION.insert(&tid, &0, 0).is_err() {
-        count_drop(DropReason::PendingFull);
+    if unsafe { HEAP_IN_STATS.get(&tid) }.is_some() {
+        return 0;
     }
+    // The registers as saved at the trap, as words in `pt_regs` order.
+    // SAFETY: a uprobe's context points at the trapped thread's saved registers.
+    let Ok(words) = (unsafe { bpf_probe_read_kernel(ctx.regs as *const [u64; PT_REGS_WORDS]) }) else {
+        return 0;
+    };
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Some(&old) = words.get(PT_REGS_RAX) else { return 0 };
+    let mut young = 0u64;
+    for i in 0..MAX_SUMMED {
+        let word = ((cookie >> (8 * i)) & 0xff) as usize;
+        if word == 0 {
+            break;
+        }
+        let Some(&value) = words.get(word - 1) else { return 0 };
+        young = young.saturating_add(value);
+    }
+    send(op::READING, old, old.saturating_add(young));
     0
 }
 
-/// Return of `Heap::CommittedOldGenerationMemory` (or the clone `CommittedMemory` calls): the
-/// old generation's part of the reading being taken.
-#[uretprobe]
-pub fn heap_old_generation_ret(ctx: RetProbeContext) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(old) = HEAP_OLD_GENERATION.get_ptr_mut(&tid) {
-        unsafe { *old = ctx.ret() };
-    }
-    0
-}
-
-/// Return of `Heap::CommittedMemory`: an exact reading of the committed heap, with its old
-/// generation's part (0 when that was not seen).
+/// Return of `Heap::CommittedMemory`: an exact reading of the committed heap, not split.
 #[uretprobe]
 pub fn heap_committed_ret(ctx: RetProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let old = unsafe { HEAP_OLD_GENERATION.get(&tid) }.copied().unwrap_or(0);
-    let _ = HEAP_OLD_GENERATION.remove(&tid);
     if unsafe { HEAP_IN_STATS.get(&tid) }.is_none() {
-        send(op::READING, old, ctx.ret());
+        send(op::READING, 0, ctx.ret());
     }
     0
 }
