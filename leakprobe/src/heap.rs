@@ -67,8 +67,8 @@ pub struct SampledStack {
 pub struct HeapReport {
     /// Committed V8 heap now (what `heapTotal` reports); null before the first GC after attach.
     pub committed_bytes: Option<u64>,
-    /// Of it, the young generation's at the latest reading (null where V8's
-    /// `Heap::CommittedOldGenerationMemory` could not be probed). The verdict reads the heap
+    /// Of it, the young generation's at the latest reading (null where the reading could not be
+    /// split: the `heap_committed_split` probe did not attach). The verdict reads the heap
     /// without it.
     pub young_generation_bytes: Option<u64>,
     /// V8's own readings taken so far (one or more per GC).
@@ -188,11 +188,6 @@ impl HeapBooks {
     /// (its semi-spaces double up to `--max-semi-space-size`, tens of MiB): a step, not a leak.
     pub fn old_generation_bytes(&self) -> Option<u64> {
         Some(self.bytes()?.saturating_sub(self.young?))
-    }
-
-    /// The young generation's committed bytes at the latest reading, where known.
-    pub fn young_generation_bytes(&self) -> Option<u64> {
-        self.young
     }
 
     /// Samples large objects by stack into `suspects`.

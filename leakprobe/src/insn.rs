@@ -48,15 +48,19 @@ pub fn decode_locked_rmw(code: &[u8]) -> Option<LockedRmw> {
     (modrm >> 6 == 0b01 && base != 0b100).then_some(LockedRmw { op, base, disp: disp as i8 })
 }
 
-/// Offsets in `code` (which starts at virtual address `start`) of the direct calls
-/// (`E8 rel32`) to any of `targets`.
-pub fn calls_to(code: &[u8], start: u64, targets: &[u64]) -> Vec<usize> {
-    (0..code.len().saturating_sub(4))
-        .filter(|&at| code[at] == 0xE8)
-        .filter(|&at| {
-            let rel = i32::from_le_bytes([code[at + 1], code[at + 2], code[at + 3], code[at + 4]]);
-            let next = start.wrapping_add(at as u64 + 5);
-            targets.contains(&next.wrapping_add_signed(rel as i64))
+/// Length of a direct call, `E8 rel32`.
+const CALL_LEN: usize = 5;
+
+/// Where the direct calls (`E8 rel32`) in `code` (which starts at virtual address `start`) to
+/// any of `targets` return to: offsets in `code` of the instruction after each.
+pub fn returns_from_calls_to(code: &[u8], start: u64, targets: &[u64]) -> Vec<usize> {
+    code.windows(CALL_LEN)
+        .enumerate()
+        .filter_map(|(at, call)| {
+            let &[0xE8, a, b, c, d] = call else { return None };
+            let next = start.wrapping_add((at + CALL_LEN) as u64);
+            let target = next.wrapping_add_signed(i32::from_le_bytes([a, b, c, d]).into());
+            targets.contains(&target).then_some(at + CALL_LEN)
         })
         .collect()
 }
@@ -153,10 +157,10 @@ mod tests {
     fn finds_direct_calls_to_a_target() {
         // node 20: at 0x10f058e, call 0x10ed110 (e8 7d cb ff ff); a call elsewhere is not it.
         let code = [0x90, 0xe8, 0x7d, 0xcb, 0xff, 0xff, 0xe8, 0x00, 0x00, 0x00, 0x00];
-        assert_eq!(calls_to(&code, 0x10f058d, &[0x10ed110]), vec![1]);
-        assert_eq!(calls_to(&code, 0x10f058d, &[0x10f0598]), vec![6]);
-        assert!(calls_to(&code, 0x10f058d, &[0x1234]).is_empty());
-        assert!(calls_to(&code[..4], 0x10f058d, &[0x10ed110]).is_empty(), "truncated");
+        assert_eq!(returns_from_calls_to(&code, 0x10f058d, &[0x10ed110]), vec![6]);
+        assert_eq!(returns_from_calls_to(&code, 0x10f058d, &[0x10f0598]), vec![11]);
+        assert!(returns_from_calls_to(&code, 0x10f058d, &[0x1234]).is_empty());
+        assert!(returns_from_calls_to(&code[..4], 0x10f058d, &[0x10ed110]).is_empty(), "truncated");
     }
 
     #[test]

@@ -111,6 +111,16 @@ pub enum At {
     AfterCallAdding(&'static [&'static str]),
 }
 
+impl At {
+    /// The functions whose calls place the probe (none at an entry).
+    fn callees(self) -> &'static [&'static str] {
+        match self {
+            At::Entry => &[],
+            At::AfterCallAdding(callees) => callees,
+        }
+    }
+}
+
 /// When a probe is attached. Every probe hit traps into the kernel (a few microseconds, mostly
 /// the trap itself), so probes that fire on every allocation are not attached by default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -757,14 +767,10 @@ struct Binary<'a> {
 
 impl<'a> Binary<'a> {
     fn new(path: PathBuf, display: String, elf: &'a Elf, module: Module) -> anyhow::Result<Self> {
-        let callees = |d: &ProbeDef| match d.at {
-            At::Entry => &[][..],
-            At::AfterCallAdding(callees) => callees,
-        };
         let wanted: Vec<&str> = PROBES
             .iter()
             .filter(|d| d.module == module)
-            .flat_map(|d| d.symbols.iter().chain(callees(d)).copied())
+            .flat_map(|d| d.symbols.iter().chain(d.at.callees()).copied())
             .collect();
         let lookup = elf.lookup(&wanted).with_context(|| format!("reading symbols of {display}"))?;
         Ok(Self { path, display, elf, lookup })
@@ -773,20 +779,24 @@ impl<'a> Binary<'a> {
 
 /// Where `def` attaches in the function at `location` of `module`: (file offset, cookie) pairs.
 fn attach_points(def: &ProbeDef, module: &Binary<'_>, location: &SymbolLocation) -> Vec<(u64, Option<u64>)> {
-    let callees = match def.at {
-        At::Entry => return vec![(probe_offset(module.elf, location.file_offset), None)],
-        At::AfterCallAdding(callees) => callees,
-    };
+    if def.at == At::Entry {
+        return vec![(probe_offset(module.elf, location.file_offset), None)];
+    }
     let start = location.file_offset as usize;
     let Some(code) = module.elf.bytes().get(start..start.saturating_add(location.size as usize)) else {
         return Vec::new();
     };
-    let targets: Vec<u64> =
-        callees.iter().filter_map(|c| module.lookup.found.get(*c)).flatten().map(|l| l.address).collect();
-    insn::calls_to(code, location.address, &targets)
+    let targets: Vec<u64> = def
+        .at
+        .callees()
+        .iter()
+        .filter_map(|c| module.lookup.found.get(*c))
+        .flatten()
+        .map(|l| l.address)
+        .collect();
+    insn::returns_from_calls_to(code, location.address, &targets)
         .into_iter()
-        .filter_map(|at| {
-            let after = at + 5;
+        .filter_map(|after| {
             let added = insn::added_to_result(&code[after..])?;
             let cookie = leakprobe_ebpf::heap::summed_registers_cookie(&added)?;
             Some((location.file_offset + after as u64, Some(cookie)))
