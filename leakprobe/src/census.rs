@@ -33,37 +33,39 @@ pub struct CensusOptions {
 /// What a census of one process reads with: its V8 layouts and its memory.
 pub struct Probe {
     /// The process.
-    pub target: Target,
+    pid: u32,
     reader: Reader<ProcMem>,
     layout: HeapLayout,
 }
 
 impl Probe {
-    /// Opens `pid` for censuses: reads its binary's V8 layouts and opens its memory.
-    pub fn open(pid: u32) -> anyhow::Result<Self> {
-        let target = Target::resolve(pid)?;
-        let major: Option<u32> = target
-            .node_version
-            .as_deref()
-            .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok());
-        let metadata = Metadata::from_elf(target.elf.bytes())
+    /// Opens `target` for censuses, with `metadata`, its binary's V8 layouts (already read
+    /// from `target.elf`: nothing here scans the binary again).
+    pub fn new(target: &Target, metadata: &Metadata) -> anyhow::Result<Self> {
+        let layout = v8::Layout::new(metadata, target.node_major())
             .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
-        let layout = v8::Layout::new(&metadata, major)
-            .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
-        let heap_layout = HeapLayout::new(&metadata)
+        let heap_layout = HeapLayout::new(metadata)
             .with_context(|| format!("reading V8's heap layouts from {}", target.module_display))?;
+        let pid = target.pid;
         let mem = ProcMem::open(pid).map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => {
                 anyhow::Error::from(Error::Inaccessible { pid, what: format!("/proc/{pid}/mem") })
             }
             _ => anyhow::Error::from(e).context(format!("opening /proc/{pid}/mem")),
         })?;
-        Ok(Self { target, reader: Reader::new(layout, mem), layout: heap_layout })
+        Ok(Self { pid, reader: Reader::new(layout, mem), layout: heap_layout })
+    }
+
+    /// Opens `target` for censuses, reading its binary's V8 layouts.
+    pub fn open(target: &Target) -> anyhow::Result<Self> {
+        let metadata = Metadata::from_elf(target.elf.bytes())
+            .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
+        Self::new(target, &metadata)
     }
 
     /// The target's anonymous mappings now.
     fn ranges(&self) -> anyhow::Result<Vec<(u64, u64)>> {
-        anonymous_ranges(self.target.pid)
+        anonymous_ranges(self.pid)
     }
 
     /// One census of the process's heaps.
@@ -86,7 +88,7 @@ impl Probe {
         limits: Limits,
     ) -> anyhow::Result<RetainerSearch> {
         let first = self.ranges()?;
-        let pid = self.target.pid;
+        let pid = self.pid;
         let once = std::cell::Cell::new(Some(first));
         // The mappings as they are at the search's start, then read again when it looks again.
         let ranges = || once.take().unwrap_or_else(|| anonymous_ranges(pid).unwrap_or_default());
@@ -129,15 +131,16 @@ pub fn named_types(census: &Census, name: &str) -> Vec<(String, Kind, String)> {
 
 /// Reads one census of `pid`'s heaps.
 pub fn take(pid: u32, limits: Limits) -> anyhow::Result<(Target, Census)> {
-    let mut probe = Probe::open(pid)?;
-    let census = probe.census(limits)?;
-    Ok((probe.target, census))
+    let target = Target::resolve(pid)?;
+    let census = Probe::open(&target)?.census(limits)?;
+    Ok((target, census))
 }
 
 /// Runs `leakprobe census`.
 pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let mut probe = Probe::open(opts.pid)?;
+    let target = Target::resolve(opts.pid)?;
+    let mut probe = Probe::open(&target)?;
     let census = probe.census(opts.limits)?;
     if census.pages_found == 0 {
         anyhow::bail!(
@@ -160,7 +163,7 @@ pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&value).context("writing JSON")?);
             }
             false => {
-                print!("{}", render(&probe.target, &census, opts.top));
+                print!("{}", render(&target, &census, opts.top));
                 if let Some(found) = &found {
                     print!("{}", render_retainers(found));
                 }
@@ -188,7 +191,7 @@ pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&both).context("writing JSON")?);
         }
         false => {
-            print!("{}", render(&probe.target, &second, opts.top));
+            print!("{}", render(&target, &second, opts.top));
             print!("{}", render_growth(&growth, seconds, opts.top));
             print!("{}", render_retainers(&found));
         }

@@ -141,8 +141,9 @@ pub struct CensusWatch {
 }
 
 impl CensusWatch {
-    /// Starts the census thread for `pid` (it opens the process at its first census).
-    pub fn start(pid: u32) -> anyhow::Result<Self> {
+    /// Starts the census thread, reading with `probe` (or, when the process could not be
+    /// opened for censuses, saying why at the first census).
+    pub fn start(probe: Result<Probe, String>) -> anyhow::Result<Self> {
         let (requests, rx) = mpsc::channel::<f64>();
         let shared = Arc::new(Mutex::new(Shared {
             report: CensusReport {
@@ -154,7 +155,7 @@ impl CensusWatch {
         let state = shared.clone();
         std::thread::Builder::new()
             .name("leakprobe-census".into())
-            .spawn(move || run(pid, rx, state))
+            .spawn(move || run(probe, rx, state))
             .map_err(|e| anyhow::anyhow!("starting the census thread: {e}"))?;
         Ok(Self { requests, shared, last_request: None, last_elapsed_s: 0.0 })
     }
@@ -221,25 +222,23 @@ fn thread_cpu_s() -> f64 {
 }
 
 /// The census thread: one census per request, then growth and retainers since the first.
-fn run(pid: u32, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
-    let mut probe: Option<Probe> = None;
+fn run(probe: Result<Probe, String>, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
+    let mut p = match probe {
+        Ok(p) => p,
+        Err(why) => {
+            // Nothing will work: say why at the first request, and leave the thread (later
+            // requests are dropped).
+            if requests.recv().is_ok() {
+                let mut s = lock(&shared);
+                s.report.status = format!("not available: {why}");
+                s.busy = false;
+            }
+            return;
+        }
+    };
     while let Ok(t) = requests.recv() {
         std::thread::sleep(AFTER_GC);
         let cpu = thread_cpu_s();
-        let opened = match probe.as_mut() {
-            Some(p) => Ok(p),
-            None => Probe::open(pid).map(|p| probe.insert(p)),
-        };
-        let p = match opened {
-            Ok(p) => p,
-            Err(e) => {
-                let mut s = lock(&shared);
-                s.report.status = format!("not available: {e:#}");
-                s.busy = false;
-                // Nothing more will work: leave the thread (later requests are dropped).
-                return;
-            }
-        };
         let census = p.census(LIMITS);
         let census = match census {
             Ok(c) if c.pages_found > 0 => c,

@@ -29,6 +29,7 @@ use tokio::{
 };
 
 use crate::{
+    census,
     census_watch::CensusWatch,
     external::ExternalState,
     faults::{FaultBooks, PageKinds},
@@ -44,7 +45,7 @@ use crate::{
     symbolize::{RawFrame, Symbolizer},
     syscalls::Mappings,
     target::Target,
-    v8::{self, Metadata, ProcMem, Reader},
+    v8::{self, Metadata, MetadataError, ProcMem, Reader},
     verdict,
     verdict::containers::Containers,
     verdict::series::Thinned,
@@ -517,12 +518,26 @@ impl Session {
         let heap_large_objects = take_map(&mut ebpf, "HEAP_LO_BY_STACK")?;
         let heap_large_live = take_map(&mut ebpf, "HEAP_LO_LIVE")?;
         let heap_samples = take_map(&mut ebpf, "HEAP_SAMPLES")?;
+        // V8's layouts, read from the binary once: for naming JavaScript frames, and for the
+        // heap readers (the census thread's and the containers'), opened here so that the
+        // collection loop never stops to read the binary.
+        let metadata = Metadata::from_elf(target.elf.bytes());
+        let heap_probe = || match &metadata {
+            Ok(m) => census::Probe::new(&target, m).map_err(|e| format!("{e:#}")),
+            Err(e) => Err(format!("reading V8's layouts from {}: {e}", target.module_display)),
+        };
         let (js, js_frames) = match (options.fleet, options.v8_names) {
             // Fleet mode reports no stacks: keep the kernel's walk to return addresses.
             (true, _) => (None, "unavailable: not used in agent mode".to_string()),
             (false, false) => (None, "perf map only (--no-v8-names)".to_string()),
-            (false, true) => js_reader(&target, &mut ebpf),
+            (false, true) => js_reader(&target, &metadata, &mut ebpf),
         };
+        // Not in fleet mode: the agent's memory and CPU stay bounded over days.
+        let census = match options.fleet || !options.census {
+            true => None,
+            false => Some(CensusWatch::start(heap_probe())?),
+        };
+        let containers = (!options.fleet).then(|| Containers::new(heap_probe(), heap_large_live));
         let mut symbolizer = Symbolizer::new(target.pid, js);
         if !options.fleet {
             symbolizer.warm(&target.module_display);
@@ -563,12 +578,8 @@ impl Session {
             pending_pauses: options.fleet.then(Vec::new),
             events_read: 0,
             kernel_log,
-            // Not in fleet mode: the agent's memory and CPU stay bounded over days.
-            census: match options.fleet || !options.census {
-                true => None,
-                false => Some(CensusWatch::start(target_pid)?),
-            },
-            containers: (!options.fleet).then(|| Containers::new(target_pid, heap_large_live)),
+            census,
+            containers,
         };
         session.gc.skip_timeline = options.fleet;
         session.sample();
@@ -888,13 +899,15 @@ impl Session {
 /// Gives the kernel's stack walk the layout of JavaScript frames from the binary's V8
 /// metadata, and returns the reader that names them with `report.target.js_frames`; without
 /// usable metadata, JavaScript frames are not named (said on stderr once).
-fn js_reader(target: &Target, ebpf: &mut Ebpf) -> (Option<Reader<ProcMem>>, String) {
-    let major = target
-        .node_version
-        .as_deref()
-        .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok());
-    let reader = Metadata::from_elf(target.elf.bytes())
-        .and_then(|m| v8::Layout::new(&m, major))
+fn js_reader(
+    target: &Target,
+    metadata: &Result<Metadata, MetadataError>,
+    ebpf: &mut Ebpf,
+) -> (Option<Reader<ProcMem>>, String) {
+    let reader = metadata
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|m| v8::Layout::new(m, target.node_major()))
         .map_err(|e| e.to_string())
         .and_then(|layout| {
             let mut config: Array<&mut MapData, JsLayout> =

@@ -58,6 +58,11 @@ impl Target {
         Ok(Target { pid, comm, exe, module, module_display, node_version, elf })
     }
 
+    /// Node's major version (20 for `v20.20.2`), when the version was read.
+    pub fn node_major(&self) -> Option<u32> {
+        self.node_version.as_deref()?.trim_start_matches('v').split('.').next()?.parse().ok()
+    }
+
     /// The C library the process maps: the path to attach by (through `/proc/PID/root`) and
     /// the path as the process sees it.
     pub fn libc(&self) -> Option<(PathBuf, String)> {
@@ -120,7 +125,8 @@ pub fn mapped_library(maps: &str, wanted: impl Fn(&str) -> bool) -> Option<&str>
 /// (`https://nodejs.org/download/release/v20.20.2/...`).
 pub fn node_version(binary: &[u8]) -> Option<String> {
     const NEEDLE: &[u8] = b"/download/release/v";
-    let at = binary.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    // memmem, not a scan of windows: the binary is 100 MB and more.
+    let at = memchr::memmem::find(binary, NEEDLE)? + NEEDLE.len();
     let digits: Vec<u8> =
         binary[at..].iter().take(32).take_while(|b| b.is_ascii_digit() || **b == b'.').copied().collect();
     let version = String::from_utf8(digits).ok()?;

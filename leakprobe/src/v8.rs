@@ -19,7 +19,7 @@ pub mod heap;
 pub use code::{CodeLayout, Compiled};
 
 /// Why the metadata cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MetadataError {
     /// The binary has no `v8dbg_*` symbols (stripped, or V8 built without postmortem support).
     #[error("no V8 postmortem metadata (v8dbg_* symbols)")]

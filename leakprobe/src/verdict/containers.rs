@@ -54,9 +54,9 @@ pub struct ContainersReport {
 
 /// The books of one process's growing containers.
 pub struct Containers {
-    pid: u32,
     live: BpfHashMap<MapData, u64, LiveAlloc>,
-    probe: Option<Result<Probe, String>>,
+    /// What reads the target's heap, or why it cannot be read.
+    probe: Result<Probe, String>,
     /// Estimated bytes held through the containers each stack allocated, over time.
     pub tracker: suspects::Tracker,
     /// Per stack, the largest reading of its containers so far (a growing container's latest).
@@ -69,13 +69,12 @@ pub struct Containers {
 }
 
 impl Containers {
-    /// Books for `pid`, reading the large objects of `live` (the heap probes' live large
+    /// Books reading, with `probe`, the large objects of `live` (the heap probes' live large
     /// objects: page → size and allocating stack).
-    pub fn new(pid: u32, live: BpfHashMap<MapData, u64, LiveAlloc>) -> Self {
+    pub fn new(probe: Result<Probe, String>, live: BpfHashMap<MapData, u64, LiveAlloc>) -> Self {
         Self {
-            pid,
             live,
-            probe: None,
+            probe,
             tracker: suspects::Tracker::default(),
             latest: HashMap::new(),
             canonical: HashMap::new(),
@@ -96,8 +95,7 @@ impl Containers {
             self.tracker.sample(Category::V8Heap, t, self.latest.keys().map(|id| (*id, 0)));
             return;
         }
-        let pid = self.pid;
-        let probe = match self.probe.get_or_insert_with(|| Probe::open(pid).map_err(|e| format!("{e:#}"))) {
+        let probe = match &mut self.probe {
             Ok(p) => p,
             Err(why) => {
                 self.report.status = format!("not available: {why}");
