@@ -1,10 +1,13 @@
 //! `cargo xtask bench`: what leakprobe costs the process it watches, as ratios measured in one
 //! run (these machines are shared and noisy, so absolute times mean little).
 //!
-//! 1. A node HTTP service on loopback, in interleaved rounds of four modes: baseline (nothing
-//!    attached), leakprobe's default mode, `--native`, and a reference tracer of the shape of
+//! 1. A node HTTP service on loopback, in interleaved rounds of these modes: baseline (nothing
+//!    attached), leakprobe's default mode, `--native`, a reference tracer of the shape of
 //!    libbpf-tools' memleak (a bpftrace script: malloc and calloc uprobes and uretprobes with
-//!    user stacks, and free), attached to the same process. In each round, each mode gets:
+//!    user stacks, and free), attached to the same process, the default mode without its census,
+//!    and a control (nothing attached, measured as a tracer is: the method's own reading of no
+//!    cost). In each round, each mode gets:
+//!    - 2 s at the fixed rate below, not measured (the same start for every slot);
 //!    - a fixed offered rate below saturation (a third of the warm-up's saturated rate, open
 //!      loop, `load.rs`), over which the CPU time of the service and of the tracer is read
 //!      (`clock_getcpuclockid`: the thread group's time in ns, the same clock as utime + stime
@@ -50,9 +53,11 @@ const LOAD_SECONDS: u32 = 3;
 const FIXED_SECONDS: u64 = 4;
 /// The fixed offered rate, as a share of the warm-up's saturated rate.
 const FIXED_SHARE: f64 = 1.0 / 3.0;
-/// Load at the fixed rate after a tracer attached, before measuring: what the tracer sets up
-/// once (the default mode detaches its Buffer probes at the service's first ArrayBuffer
-/// allocation, which traps and stalls the service briefly) is not its steady cost.
+/// Load at the fixed rate before each slot's measured seconds, baseline slots included (each
+/// slot starts in the same state: the previous slot ended under saturation): after a tracer
+/// attached, what it sets up once (the default mode detaches its Buffer probes at the service's
+/// first ArrayBuffer allocation, which traps and stalls the service briefly) is not its steady
+/// cost.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Keep-alive connections of the fixed-rate load.
 const FIXED_CONNECTIONS: usize = 4;
@@ -83,11 +88,17 @@ fn standard_modes() -> Vec<Mode> {
         ("reference".into(), Tracer::Reference),
         // The default mode without its heap census: what the census's reads cost the service.
         ("--no-census".into(), leakprobe(&["--no-census"])),
+        // Nothing attached, measured as a tracer is: what the method reads when there is no cost.
+        (CONTROL.into(), Tracer::None),
     ]
 }
 
+/// The control mode's name: a slot with nothing attached, bracketed and compared like a
+/// tracer's, so each run shows the added CPU its method reads where there is none.
+const CONTROL: &str = "control";
+
 /// Modes given on the command line (`NAME=ARGS`, ARGS split at spaces, `reference` for the
-/// reference tracer), after the baseline.
+/// reference tracer, `control` for nothing attached), after the baseline.
 fn custom_modes(specs: &[String]) -> anyhow::Result<Vec<Mode>> {
     let mut modes = vec![("baseline".to_string(), Tracer::None)];
     for spec in specs {
@@ -97,6 +108,7 @@ fn custom_modes(specs: &[String]) -> anyhow::Result<Vec<Mode>> {
         }
         let tracer = match (name, args) {
             ("reference", "") => Tracer::Reference,
+            (CONTROL, "") => Tracer::None,
             _ => Tracer::Leakprobe(args.split_whitespace().map(str::to_string).collect()),
         };
         modes.push((name.to_string(), tracer));
@@ -107,6 +119,7 @@ const BASELINE: usize = 0;
 const DEFAULT: usize = 1;
 const NATIVE: usize = 2;
 const REFERENCE: usize = 3;
+const CONTROL_MODE: usize = 5;
 
 /// Issue 11's targets.
 const DEFAULT_MAX_ADDED_CPU: f64 = 0.01;
@@ -302,11 +315,6 @@ fn http_rounds(leakprobe: &Path, modes: &[Mode]) -> anyhow::Result<HttpRun> {
                 let watcher = Watcher::attach(tracer, leakprobe, service.id())
                     .with_context(|| format!("round {}, {name}", round + 1))?;
                 let attached = Instant::now();
-                // Attaching is not measured: what it sets up (uprobes written into the
-                // service's pages, first reads of its heap, the Buffer probes detached at the
-                // first allocation) settles first, under the same load.
-                load::offer(addr, "/", rate, SETTLE, FIXED_CONNECTIONS)
-                    .with_context(|| format!("round {}, settling {name}", round + 1))?;
                 let slot = measure(&url, addr, rate, service.id(), watcher.as_ref());
                 if let Some(w) = watcher {
                     // The tracer's programs over its whole slot, by name.
@@ -337,7 +345,8 @@ fn http_rounds(leakprobe: &Path, modes: &[Mode]) -> anyhow::Result<HttpRun> {
     result
 }
 
-/// One mode's slot in a round: the fixed rate with CPU time, then saturation.
+/// One mode's slot in a round: the fixed rate with CPU time (after [`SETTLE`] at that rate,
+/// not measured: what attaching set up settles first, under the same load), then saturation.
 fn measure(
     url: &str,
     addr: SocketAddr,
@@ -350,6 +359,7 @@ fn measure(
     let programs = |pid: Option<u32>| {
         owned_programs(pid).values().fold((0u64, 0u64), |(t, r), (time_ns, runs)| (t + time_ns, r + runs))
     };
+    load::offer(addr, "/", rate, SETTLE, FIXED_CONNECTIONS).context("settling at the fixed rate")?;
     let (service0, tracer0, programs0) = (cpu_seconds(service)?, cpu(tracer)?, programs(tracer));
     let outcome = load::offer(addr, "/", rate, Duration::from_secs(FIXED_SECONDS), FIXED_CONNECTIONS)?;
     let (service1, tracer1, programs1) = (cpu_seconds(service)?, cpu(tracer)?, programs(tracer));
@@ -423,9 +433,7 @@ fn print_http(run: &HttpRun, modes: &[Mode]) {
         let (added, rounds) = if i == BASELINE {
             ("-".to_string(), String::new())
         } else {
-            let rounds: Vec<String> =
-                run.added_cpu_rounds(i).iter().map(|r| format!("{:+.0}", r * 100.0)).collect();
-            (pct(run.added_cpu(i)), format!("[{}]", rounds.join(" ")))
+            (pct(run.added_cpu(i)), rounds(&run.added_cpu_rounds(i)))
         };
         println!(
             "{name:<10} {:>9.1} ({lo:>5.1}…{hi:>6.1}) {added:>9}  {rounds:<36} {:>10.2} {:>11.2} {:>9.1} {:>8.1}",
@@ -476,11 +484,13 @@ fn print_targets(run: &HttpRun) {
     let (lo, hi) = spread(&base.iter().map(Slot::cpu_us).collect::<Vec<_>>());
     println!(
         "  default adds ≤ {:.0}% CPU per request: {} → {}  (its process and programs alone: {}; \
-         the baseline's own rounds spread over {:.0}%)",
+         the control, nothing attached, read {} {}; the baseline's own rounds spread over {:.0}%)",
         DEFAULT_MAX_ADDED_CPU * 100.0,
         pct(default_cpu),
         verdict(default_cpu <= DEFAULT_MAX_ADDED_CPU),
         pct(run.direct(DEFAULT)),
+        pct(run.added_cpu(CONTROL_MODE)),
+        rounds(&run.added_cpu_rounds(CONTROL_MODE)),
         (hi / lo - 1.0) * 100.0
     );
     let (native, reference) = (run.loss(NATIVE), run.loss(REFERENCE));
@@ -523,6 +533,12 @@ fn print_programs(run: &HttpRun, modes: &[Mode]) {
             );
         }
     }
+}
+
+/// Per-round ratios as signed whole percentages, `[+1 -2 …]`.
+fn rounds(ratios: &[f64]) -> String {
+    let each: Vec<String> = ratios.iter().map(|r| format!("{:+.0}", r * 100.0)).collect();
+    format!("[{}]", each.join(" "))
 }
 
 /// A ratio as a signed percentage.
