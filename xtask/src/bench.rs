@@ -296,8 +296,8 @@ fn http_rounds(leakprobe: &Path, modes: &[Mode]) -> anyhow::Result<HttpRun> {
         let saturated = wrk(&url, 3)?;
         let rate = (saturated * FIXED_SHARE).round().max(100.0);
         println!(
-            "{ROUNDS} rounds of {}, each slot between two baseline slots; a slot: {} s of settling \
-             after attach, then {FIXED_SECONDS} s at a fixed {rate:.0} req/s ({:.0}% of the warm-up's \
+            "{ROUNDS} rounds of {}, each slot between two baseline slots; a slot: {} s at the fixed \
+             rate not measured (after attach), then {FIXED_SECONDS} s at a fixed {rate:.0} req/s ({:.0}% of the warm-up's \
              {saturated:.0} req/s, open loop, {FIXED_CONNECTIONS} connections), then {LOAD_SECONDS} s of wrk -t1 -c16",
             modes.iter().skip(1).map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", "),
             SETTLE.as_secs(),
