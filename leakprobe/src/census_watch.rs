@@ -26,8 +26,12 @@ pub const SETTLE: Duration = Duration::from_secs(20);
 pub const LIMITS: Limits = Limits { max_bytes: 2 << 30, max_time: Duration::from_secs(10) };
 /// Shortest time between two censuses.
 const MIN_SPACING_S: f64 = 5.0;
-/// A census may take at most this share of the time since the one before.
-const MAX_SHARE: f64 = 0.05;
+/// Until growth is read (two censuses), a census may take at most this share of the time
+/// since the one before: a 20 s window gets its two.
+const FIRST_SHARE: f64 = 0.05;
+/// After that, at most this share: what staying attached costs (the census thread's time,
+/// on one core), within the default mode's 1% budget.
+const STEADY_SHARE: f64 = 0.01;
 /// Wait after a mark-compact before reading, so that the concurrent sweeper is done.
 const AFTER_GC: Duration = Duration::from_millis(150);
 /// Growing types listed (and searched for retainers: the first [`RETAINED`]).
@@ -166,7 +170,7 @@ impl CensusWatch {
     /// had none for twice the spacing (a worker's leak beside a quiet main thread).
     pub fn on_mark_compact(&mut self, t: f64, main_thread: bool) {
         let mut shared = lock(&self.shared);
-        let spacing = MIN_SPACING_S.max(self.last_elapsed_s / MAX_SHARE);
+        let spacing = spacing_s(shared.report.censuses, self.last_elapsed_s);
         let since = t - self.last_request.unwrap_or(0.0);
         let due = match main_thread {
             true => self.last_request.is_none() || since >= spacing,
@@ -298,6 +302,13 @@ fn run(probe: Result<Probe, String>, requests: mpsc::Receiver<f64>, shared: Arc<
             }
         });
     }
+}
+
+/// The least time (s) from the last census's request to the next, when `censuses` have been
+/// read and the last (census and retainer search) took `last_elapsed_s`.
+fn spacing_s(censuses: u32, last_elapsed_s: f64) -> f64 {
+    let share = if censuses < 2 { FIRST_SHARE } else { STEADY_SHARE };
+    MIN_SPACING_S.max(last_elapsed_s / share)
 }
 
 /// Ends one request: adds its CPU time, applies `update`, frees the thread for the next.
@@ -439,4 +450,19 @@ pub fn table(report: &serde_json::Value) -> Option<String> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Censuses of a 1 GiB heap (about 6 s each with the retainer search): the second comes
+    /// 2 minutes after the first, later ones 10 minutes apart; a small heap's every 5 s.
+    #[test]
+    fn a_census_takes_a_bounded_share_of_the_time() {
+        assert_eq!(spacing_s(1, 6.0), 120.0);
+        assert_eq!(spacing_s(2, 6.0), 600.0);
+        assert_eq!(spacing_s(7, 6.0), 600.0);
+        assert_eq!(spacing_s(2, 0.02), MIN_SPACING_S);
+    }
 }

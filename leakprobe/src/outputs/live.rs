@@ -287,11 +287,12 @@ fn category_name(c: Category) -> &'static str {
     }
 }
 
-/// How a suspect's stack reads in the summary: the allocating entry point, then the
-/// JavaScript frames that led there, from the first of the user's own (what the user can
-/// change; node's own `node:` frames before it and native frames are counted, not listed);
-/// with no JavaScript frame, the innermost native frames. Where the stack crossed to libuv's
-/// thread pool is kept.
+/// How a suspect's stack reads in the summary: the allocating entry point (the innermost
+/// named frame: unnamed ones inside it, such as a libc `memset` without symbols where a page
+/// faulted, are counted), then the JavaScript frames that led there, from the first of the
+/// user's own (what the user can change; node's own `node:` frames before it and native
+/// frames are counted, not listed); with no JavaScript frame, the innermost native frames.
+/// Where the stack crossed to libuv's thread pool is kept.
 fn suspect_lines(frames: &[Frame]) -> Vec<String> {
     let js = |f: &Frame| f.kind == FrameKind::Js;
     let node_js = |f: &Frame| js(f) && f.file.as_deref().is_some_and(|p| p.starts_with("node:"));
@@ -299,21 +300,26 @@ fn suspect_lines(frames: &[Frame]) -> Vec<String> {
     else {
         return frames.iter().take(6).map(|f| f.name.clone()).collect();
     };
-    let mut lines = vec![frames[0].name.clone()];
+    let entry = frames[..start].iter().position(|f| f.kind != FrameKind::Unknown).unwrap_or(0);
     // Hidden frames are counted by runs of what they are; the thread-pool crossing is listed.
     let what = |f: &Frame| match f.kind {
         FrameKind::Queued => None,
         FrameKind::Js => Some("frames of node's own JavaScript"),
+        FrameKind::Unknown => Some("unnamed frames"),
         _ => Some("native frames"),
     };
-    for run in frames.get(1..start).unwrap_or_default().chunk_by(|a, b| what(a) == what(b)) {
-        match what(&run[0]) {
-            Some(what) if run.len() == 1 => {
-                lines.push(format!("… 1 {}", what.replacen("frames", "frame", 1)))
-            }
-            Some(what) => lines.push(format!("… {} {what}", run.len())),
-            None => lines.extend(run.iter().map(|f| f.name.clone())),
-        }
+    let mut lines = Vec::new();
+    let hidden = |run: &[Frame], lines: &mut Vec<String>| match what(&run[0]) {
+        Some(what) if run.len() == 1 => lines.push(format!("… 1 {}", what.replacen("frames", "frame", 1))),
+        Some(what) => lines.push(format!("… {} {what}", run.len())),
+        None => lines.extend(run.iter().map(|f| f.name.clone())),
+    };
+    if entry > 0 {
+        hidden(&frames[..entry], &mut lines);
+    }
+    lines.push(frames[entry].name.clone());
+    for run in frames.get(entry + 1..start).unwrap_or_default().chunk_by(|a, b| what(a) == what(b)) {
+        hidden(run, &mut lines);
     }
     lines.extend(frames[start..].iter().filter(|f| js(f)).take(6).map(Frame::label));
     lines
@@ -352,6 +358,22 @@ mod tests {
         assert_eq!(
             suspect_lines(&frames),
             [
+                "node::NodeArrayBufferAllocator::Allocate",
+                "… 2 native frames",
+                "renderInvoicePdf (/app/pdf.js:8)",
+                "listOnTimeout (node:internal/timers)"
+            ]
+        );
+        // A page fault in a libc routine without symbols, under frames the walk skipped.
+        let mut faulted = vec![
+            frame("[unknown 0x7f87431d6109]", FrameKind::Unknown, None, None),
+            frame("[frames without frame pointers skipped]", FrameKind::Unknown, None, None),
+        ];
+        faulted.extend(frames.iter().cloned());
+        assert_eq!(
+            suspect_lines(&faulted),
+            [
+                "… 2 unnamed frames",
                 "node::NodeArrayBufferAllocator::Allocate",
                 "… 2 native frames",
                 "renderInvoicePdf (/app/pdf.js:8)",
