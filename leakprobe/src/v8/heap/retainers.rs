@@ -13,8 +13,9 @@
 //! - a timer (`Timeout`: node keeps timers in linked lists, which are not followed).
 //!
 //! A container that grows while the search runs replaces its store (a Set's table rehashed):
-//! a chain then stops at the old store, which nothing holds any more. When every open chain
-//! has stopped so, the search looks once more for those samples, in the pages as they are then.
+//! a chain then stops at the old store, which nothing holds any more; a mark-compact that
+//! moves a holder stops it the same way. When every open chain has stopped so, those chains
+//! are searched once more from their samples up, in the pages as they are then.
 //!
 //! References from V8's own code and feedback (optimized code's embedded constants, inline
 //! caches, weak lists: [`super::UNSEEN_HOLDERS`]) are not followed, as DevTools does not show
@@ -230,7 +231,8 @@ pub fn retainers<M: Memory>(
     let mut passes = 0;
     let mut stopped = None;
     let mut looked_again = false;
-    for _ in 0..=MAX_DEPTH + 1 {
+    // Levels up, twice: once more when the chains are looked for again.
+    for _ in 0..2 * (MAX_DEPTH + 2) {
         // Only what holds a sample whose chain is not complete yet is searched further.
         let open: Vec<usize> = roots
             .iter()
@@ -238,17 +240,21 @@ pub fn retainers<M: Memory>(
             .filter(|&r| !search.best_path(r).is_some_and(|(_, complete)| complete))
             .collect();
         let mut frontier = search.frontier(&open);
-        // Every chain still open ends at a holder nothing was found to hold. A container that
-        // grew while the search ran (a Set's table rehashed, an array's store grown) was
-        // replaced, and its new store is a new object, maybe on a new page: once, the open
-        // samples are looked for again in the pages as they are now.
+        // Every chain still open ends at a holder nothing was found to hold. The target ran
+        // meanwhile: a container that grew was replaced (a Set's table rehashed, an array's
+        // store grown: the new store is a new object, maybe on a new page), a mark-compact
+        // moved a holder (nothing refers to its old address) or its holder (to a page not in
+        // the list read at the start), a page was read while the target allocated into it.
+        // Once, the open chains are searched again from their samples up, in the pages as
+        // they are now.
         if frontier.is_empty() && !open.is_empty() && !looked_again {
             looked_again = true;
             pages = searched_pages(&search.w.reader.mem);
             search.w.chunks = pages.iter().map(|p| p.chunk).collect();
             search.objects.clear();
-            for &r in &open {
-                search.nodes[r].searched = false;
+            for i in search.above(&open) {
+                search.nodes[i].searched = false;
+                search.nodes[i].holders.clear();
             }
             frontier = search.frontier(&open);
         }
