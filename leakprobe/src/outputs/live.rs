@@ -308,18 +308,16 @@ fn suspect_lines(frames: &[Frame]) -> Vec<String> {
         FrameKind::Unknown => Some("unnamed frames"),
         _ => Some("native frames"),
     };
-    let mut lines = Vec::new();
-    let hidden = |run: &[Frame], lines: &mut Vec<String>| match what(&run[0]) {
-        Some(what) if run.len() == 1 => lines.push(format!("… 1 {}", what.replacen("frames", "frame", 1))),
-        Some(what) => lines.push(format!("… {} {what}", run.len())),
-        None => lines.extend(run.iter().map(|f| f.name.clone())),
+    let hidden = |run: &[Frame]| match what(&run[0]) {
+        Some(what) if run.len() == 1 => vec![format!("… 1 {}", what.replacen("frames", "frame", 1))],
+        Some(what) => vec![format!("… {} {what}", run.len())],
+        None => run.iter().map(|f| f.name.clone()).collect(),
     };
-    if entry > 0 {
-        hidden(&frames[..entry], &mut lines);
-    }
+    // The unnamed frames inside the entry point are one run (they are all unnamed).
+    let mut lines = if entry > 0 { hidden(&frames[..entry]) } else { Vec::new() };
     lines.push(frames[entry].name.clone());
     for run in frames.get(entry + 1..start).unwrap_or_default().chunk_by(|a, b| what(a) == what(b)) {
-        hidden(run, &mut lines);
+        lines.extend(hidden(run));
     }
     lines.extend(frames[start..].iter().filter(|f| js(f)).take(6).map(Frame::label));
     lines
