@@ -12,8 +12,8 @@ use aya_ebpf::{
     bindings::{pt_regs, BPF_NOEXIST},
     cty::c_void,
     helpers::{
-        bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_probe_read_user_buf, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_probe_read_user_buf, bpf_task_pt_regs,
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -25,13 +25,11 @@ use leakprobe_ebpf::{
     alloc::{MAX_STACKS, NO_STACK},
     drops::DropReason,
     stack::{mix, stack_id, JsLayout, NewStack, RawStack, HASH_START, MAX_FRAMES},
+    threadpool::MAX_POOL_THREADS,
     EventKind,
 };
 
-use crate::{
-    maps::{count_drop, emit_now},
-    probes::threadpool::queued_by,
-};
+use crate::maps::{count_drop, emit_now};
 
 /// User stacks of allocations, shared by every family; ids are keys of the per-stack totals.
 #[map]
@@ -46,6 +44,36 @@ pub static SAMPLE_STACKS: HashMap<i64, RawStack> = HashMap::with_max_entries(MAX
 /// Where JavaScript frames keep their function (set by userspace from the binary's metadata).
 #[map]
 pub static JS_LAYOUT: Array<JsLayout> = Array::with_max_entries(1, 0);
+
+/// Pool threads running queued work: thread id → the stack that queued it (kept by the
+/// thread pool's probes, `probes/threadpool.rs`, through [`set_origin`]).
+#[map]
+static POOL_RUNNING: HashMap<u32, i64> = HashMap::with_max_entries(MAX_POOL_THREADS, 0);
+
+/// This thread now runs work queued from stack `origin` (`None`: from no known stack): the
+/// stacks it takes until its next work go on with that one.
+#[inline(always)]
+pub fn set_origin(origin: Option<i64>) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match origin {
+        Some(stack) => {
+            if POOL_RUNNING.insert(&tid, &stack, 0).is_err() {
+                count_drop(DropReason::PendingFull);
+            }
+        }
+        None => {
+            let _ = POOL_RUNNING.remove(&tid);
+        }
+    }
+}
+
+/// The stack that queued the work this thread runs, or [`NO_STACK`].
+#[inline(always)]
+fn queued_by() -> i64 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: read-only lookup of a map value.
+    unsafe { POOL_RUNNING.get(&tid) }.copied().unwrap_or(NO_STACK)
+}
 
 /// Per-CPU room to build a stack in (too big for the 512-byte program stack).
 #[map]

@@ -6,7 +6,6 @@
 //! `uv__fs_work(w)`, ... which a pool thread calls to run `w`.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
     macros::{map, uprobe},
     maps::HashMap,
     programs::ProbeContext,
@@ -14,26 +13,17 @@ use aya_ebpf::{
 use leakprobe_ebpf::{
     alloc::NO_STACK,
     drops::DropReason,
-    threadpool::{MAX_POOL_THREADS, MAX_QUEUED, WORK_REQ_OFFSET},
+    threadpool::{MAX_QUEUED, WORK_REQ_OFFSET},
 };
 
-use crate::{maps::count_drop, stacks::user_stack};
+use crate::{
+    maps::count_drop,
+    stacks::{set_origin, user_stack},
+};
 
 /// Work queued and not yet started: its `struct uv__work` → the stack that queued it.
 #[map]
 static POOL_QUEUED: HashMap<u64, i64> = HashMap::with_max_entries(MAX_QUEUED, 0);
-
-/// Pool threads running queued work: thread id → the stack that queued it.
-#[map]
-static POOL_RUNNING: HashMap<u32, i64> = HashMap::with_max_entries(MAX_POOL_THREADS, 0);
-
-/// The stack that queued the work this thread runs, or [`NO_STACK`].
-#[inline(always)]
-pub fn queued_by() -> i64 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: read-only lookup of a map value.
-    unsafe { POOL_RUNNING.get(&tid) }.copied().unwrap_or(NO_STACK)
-}
 
 #[inline(always)]
 fn queued(ctx: &ProbeContext, work: u64) {
@@ -79,17 +69,10 @@ pub fn pool_work_fs(ctx: ProbeContext) -> u32 {
 /// This pool thread now runs `work`: its origin is the stack that queued it, if known.
 #[inline(always)]
 fn runs(work: u64) {
-    let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: read-only lookup of a map value.
-    match unsafe { POOL_QUEUED.get(&work) }.copied() {
-        Some(stack) => {
-            let _ = POOL_QUEUED.remove(&work);
-            if POOL_RUNNING.insert(&tid, &stack, 0).is_err() {
-                count_drop(DropReason::PendingFull);
-            }
-        }
-        None => {
-            let _ = POOL_RUNNING.remove(&tid);
-        }
+    let origin = unsafe { POOL_QUEUED.get(&work) }.copied();
+    if origin.is_some() {
+        let _ = POOL_QUEUED.remove(&work);
     }
+    set_origin(origin);
 }
