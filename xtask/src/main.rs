@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench | image`.
+//! Project tasks: `cargo xtask setup | layout | test | demo | bench | image`.
 //!
 //! Every task that needs the eBPF toolchain or node builds runs `setup` first, so each works on
 //! a fresh machine (as root, which installing packages and loading eBPF programs both need).
@@ -7,6 +7,7 @@ mod bench;
 mod bench_census;
 mod demo;
 mod image;
+mod layout;
 mod setup;
 
 use std::{
@@ -30,7 +31,14 @@ enum Task {
     /// Install what a fresh machine lacks: LLVM 22 dev files, bpf-linker, rust-src, bpftool, and
     /// the official node builds the tests run against. Idempotent.
     Setup,
-    /// Setup, then formatting, clippy, unit tests and the integration tests (as root).
+    /// Check the crates' layout: no import circles between modules, no file over 600 lines
+    /// without a `//! Size:` line saying why.
+    Layout {
+        /// The workspace to check (default: this one), e.g. an exported older commit.
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+    },
+    /// The layout check, setup, then formatting, clippy, unit tests and the integration tests (as root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -62,7 +70,10 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Args::parse().task {
         Task::Setup => setup::run(),
+        Task::Layout { workspace } => layout::check(&workspace.unwrap_or_else(root)),
         Task::Test { cargo_test_args } => {
+            // First, before the long setup: it needs no toolchain, and fails on a broken rule.
+            layout::check(&root())?;
             setup::run()?;
             test(&cargo_test_args)
         }
