@@ -136,8 +136,8 @@ fn names_read_from_v8_agree_with_the_perf_map() {
     let listed: Vec<(String, Option<String>, Option<u32>)> = text
         .lines()
         .filter_map(|l| {
-            let (_, _, symbol) = leakprobe::perfmap::parse_line(l)?;
-            let f = leakprobe::symbolize::perf_map_frame(symbol, 0)?;
+            let (_, _, symbol) = leakprobe::process::perfmap::parse_line(l)?;
+            let f = leakprobe::stacks::symbolize::perf_map_frame(symbol, 0)?;
             Some((f.name, f.file, f.line))
         })
         .collect();

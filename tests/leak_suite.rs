@@ -10,7 +10,7 @@
 //!   function through a side allocation, such as the Map's hash table beside the Buffers it
 //!   holds, does not pass). That holds for the JS-heap leak too (small records in a
 //!   module-level array, which the GC promotes, so no stack names them): the function that
-//!   pushes is credited with what the array's elements keep ([`leakprobe::verdict::containers`]);
+//!   pushes is credited with what the array's elements keep ([`leakprobe::memory::containers`]);
 //! - a control has no suspect.
 //!
 //! The fixtures print `process.memoryUsage()` once a second: the independent oracle that each

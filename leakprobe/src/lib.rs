@@ -14,30 +14,14 @@ macro_rules! status {
     }};
 }
 
-pub mod agent;
-pub mod alloc;
-pub mod census;
-pub mod census_watch;
-pub mod cgroup;
-pub mod discover;
+pub mod books;
+pub mod commands;
 pub mod error;
-pub mod external;
-pub mod faults;
-pub mod gc;
-pub mod health;
-pub mod heap;
-pub mod insn;
+pub mod kernel;
 pub mod memory;
-pub mod native;
 pub mod outputs;
-pub mod perfmap;
-pub mod privilege;
-pub mod probes;
+pub mod process;
 pub mod session;
-pub mod symbolize;
-pub mod symbols;
-pub mod syscalls;
-pub mod target;
-pub mod tracefs;
+pub mod stacks;
 pub mod v8;
 pub mod verdict;

@@ -4,11 +4,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use leakprobe::{
-    agent::{self, AgentOptions},
-    census::{self, CensusOptions},
-    discover,
+    commands::agent::{self, AgentOptions},
+    commands::census::{self, CensusOptions},
+    kernel::probes::Family,
     outputs::report,
-    probes::Family,
+    process::discover,
     session::{self, Options},
 };
 

@@ -29,27 +29,27 @@ use tokio::{
 };
 
 use crate::{
-    census,
-    census_watch::CensusWatch,
-    external::ExternalState,
-    faults::{FaultBooks, PageKinds},
-    gc::{GcKind, GcStats},
-    health,
-    heap::HeapBooks,
-    memory,
-    native::NativeState,
+    books::series::Thinned,
+    books::suspects::{self, Source},
+    commands::census,
+    kernel::health,
+    kernel::privilege,
+    kernel::probes::{self, ProbeStatus},
+    memory::census::CensusWatch,
+    memory::containers::Containers,
+    memory::external::ExternalState,
+    memory::faults::{FaultBooks, PageKinds},
+    memory::gc::{GcKind, GcStats},
+    memory::heap::HeapBooks,
+    memory::native::NativeState,
+    memory::rss,
+    memory::syscalls::Mappings,
     outputs::live,
     outputs::report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
-    privilege,
-    probes::{self, ProbeStatus},
-    symbolize::{RawFrame, Symbolizer},
-    syscalls::Mappings,
-    target::Target,
+    process::target::Target,
+    stacks::symbolize::{RawFrame, Symbolizer},
     v8::{self, Metadata, MetadataError, ProcMem, Reader},
     verdict,
-    verdict::containers::Containers,
-    verdict::series::Thinned,
-    verdict::suspects::{self, Source},
 };
 
 /// What the user asked for.
@@ -102,7 +102,7 @@ impl Options {
             out: None,
             json: false,
             families: fleet_families(native),
-            sample_rate: crate::native::DEFAULT_SAMPLE_RATE,
+            sample_rate: crate::memory::native::DEFAULT_SAMPLE_RATE,
             max_tracked: FLEET_MAX_TRACKED,
             alloc_stacks: false,
             v8_names: false,
@@ -170,7 +170,7 @@ struct Trough {
     /// Readings still to take.
     readings_left: u8,
     /// Each figure's lowest reading so far (taken at the first).
-    low: Option<memory::Sample>,
+    low: Option<rss::Sample>,
 }
 
 /// How often the event ring buffer is drained.
@@ -249,7 +249,7 @@ pub struct Session {
     // whole session.
     _target_config: Array<MapData, u32>,
     external: ExternalState,
-    memory: Thinned<memory::Sample>,
+    memory: Thinned<rss::Sample>,
     suspects: suspects::Tracker,
     symbolizer: Symbolizer,
     /// `report.target.js_frames`.
@@ -303,7 +303,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 
     let stop = session.collect(&options).await?;
     if let Some(census) = &session.census {
-        census.settle(crate::census_watch::SETTLE);
+        census.settle(crate::memory::census::SETTLE);
     }
     session.drain();
     session.sample();
@@ -398,8 +398,8 @@ impl Session {
     /// lowest; after the last, the trough joins the memory samples.
     fn read_trough(&mut self) {
         let Some(trough) = &mut self.trough else { return };
-        if let Some(rss) = memory::read_rss(self.target.pid) {
-            let reading = memory::Sample {
+        if let Some(rss) = rss::read_rss(self.target.pid) {
+            let reading = rss::Sample {
                 trough: Some(trough.seq),
                 t_s: self.started.elapsed().as_secs_f64(),
                 rss,
@@ -461,8 +461,8 @@ impl Session {
     }
 
     /// The latest RSS split, with growth rates over the samples kept.
-    pub fn memory(&self) -> memory::MemoryReport {
-        memory::MemoryReport::new(self.memory.items())
+    pub fn memory(&self) -> rss::MemoryReport {
+        rss::MemoryReport::new(self.memory.items())
     }
 
     /// Events lost so far, by reason.
@@ -726,7 +726,7 @@ impl Session {
     /// has exited, its last samples stand.
     pub fn sample(&mut self) {
         self.drain();
-        let Some(rss) = memory::read_rss(self.target.pid) else {
+        let Some(rss) = rss::read_rss(self.target.pid) else {
             return;
         };
         let t = self.started.elapsed().as_secs_f64();
@@ -741,7 +741,7 @@ impl Session {
             containers.sample(t);
         }
         self.name_new_stacks();
-        self.memory.push(memory::Sample {
+        self.memory.push(rss::Sample {
             trough: None,
             t_s: t,
             rss,
@@ -869,9 +869,9 @@ impl Session {
                 gc
             },
             memory: {
-                let mut memory = memory::MemoryReport::new(self.memory.items());
+                let mut memory = rss::MemoryReport::new(self.memory.items());
                 if let Some(census) = &self.census {
-                    crate::census_watch::split_isolates(&mut memory, &census.report());
+                    crate::memory::census::split_isolates(&mut memory, &census.report());
                 }
                 memory
             },

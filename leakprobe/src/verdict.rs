@@ -5,30 +5,26 @@
 //!
 //! - **What grows.** Each category (V8 heap, external, native) is read at the samples taken
 //!   right after a main-thread mark-compact, once the ArrayBuffer sweeper has freed what the GC
-//!   released ([`crate::memory::Sample::trough`]). Garbage awaiting collection, and Buffers the
+//!   released ([`crate::memory::rss::Sample::trough`]). Garbage awaiting collection, and Buffers the
 //!   GC frees lazily, are gone there: a bounded cache or steady churn leaves the troughs flat.
 //!   With fewer than [`MIN_TROUGHS`] troughs, see [`CategoryVerdict::method`].
 //! - **Which line made it.** Stacks are grouped by logical site ([`site_key`]): the same
 //!   functions, scripts and lines, whatever JIT addresses or tiers. A site is a suspect only
-//!   when its category grows; sampled page faults ([`crate::faults`]) are judged by what each
+//!   when its category grows; sampled page faults ([`crate::memory::faults`]) are judged by what each
 //!   site kept touching in the later thirds of the window, allocation trackers by the floor of
 //!   what each site holds.
 //! - **What is not explained** is said, with the next step ([`CategoryVerdict::next_step`]).
-
-pub mod containers;
-pub mod series;
-pub mod suspects;
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
 use crate::{
-    faults::{FaultBooks, Touched},
-    memory::Sample,
-    symbolize::{Frame, FrameKind, QUEUED_NAME},
-    verdict::series::Series,
-    verdict::suspects::{Category, Evidence, Source, Suspect, Variant, MAX_SUSPECTS},
+    books::series::Series,
+    books::suspects::{Category, Evidence, Source, Suspect, Variant, MAX_SUSPECTS},
+    memory::faults::{FaultBooks, Touched},
+    memory::rss::Sample,
+    stacks::symbolize::{Frame, FrameKind, QUEUED_NAME},
 };
 
 /// Troughs needed to read a category's growth from them.
@@ -475,7 +471,7 @@ fn next_step(category: Category, alloc_stacks: bool, native_exact: bool) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::Rss;
+    use crate::memory::rss::Rss;
 
     fn frame(name: &str, kind: FrameKind, file: Option<&str>, line: Option<u32>) -> Frame {
         Frame { name: name.into(), kind, addr: 0, file: file.map(Into::into), line, note: None }

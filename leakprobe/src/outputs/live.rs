@@ -3,12 +3,12 @@
 use std::fmt::Write as _;
 
 use crate::{
-    census_watch::GrowingType,
-    gc::GcKind,
+    books::suspects::{Category, Source},
+    memory::census::GrowingType,
+    memory::gc::GcKind,
     outputs::report::Report,
-    symbolize::{Frame, FrameKind},
+    stacks::symbolize::{Frame, FrameKind},
     v8::heap::{thousands, Kind},
-    verdict::suspects::{Category, Source},
     verdict::CategoryVerdict,
 };
 
@@ -389,7 +389,7 @@ mod tests {
             frame("malloc", FrameKind::Native, None, None),
             frame("deflateInit2_", FrameKind::Native, None, None),
             frame("worker", FrameKind::Native, None, None),
-            frame(crate::symbolize::QUEUED_NAME, FrameKind::Queued, None, None),
+            frame(crate::stacks::symbolize::QUEUED_NAME, FrameKind::Queued, None, None),
             frame("uv_queue_work", FrameKind::Native, None, None),
             frame("processChunk", FrameKind::Js, Some("node:zlib"), Some(480)),
             frame("_write", FrameKind::Js, Some("node:internal/streams/writable"), Some(453)),

@@ -13,7 +13,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::{gc::GcKind, memory::MemoryReport};
+use crate::{memory::gc::GcKind, memory::rss::MemoryReport};
 use leakprobe_ebpf::drops::DropReason;
 
 /// Labels that identify a watched process.
@@ -234,14 +234,14 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::Rss;
+    use crate::memory::rss::Rss;
 
     fn labels(pid: &str) -> TargetLabels {
         TargetLabels([pid.into(), "node".into(), "v20.1.0".into(), String::new(), String::new(), "n1".into()])
     }
 
     fn memory(rss: u64) -> MemoryReport {
-        let sample = crate::memory::Sample {
+        let sample = crate::memory::rss::Sample {
             trough: None,
             t_s: 0.0,
             rss: Rss { rss_bytes: rss, rss_anon_bytes: rss, rss_file_bytes: 0, rss_shmem_bytes: 0 },

@@ -10,17 +10,17 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    external::ExternalReport,
-    faults::FaultReport,
-    gc::{GcStats, PauseEvent, PauseSummary},
-    heap::HeapReport,
-    memory::MemoryReport,
-    native::NativeReport,
-    probes::ProbeStatus,
-    symbolize::Frame,
-    syscalls::MappingsReport,
-    target::Target,
-    verdict::suspects::{StackProfile, Suspect},
+    books::suspects::{StackProfile, Suspect},
+    kernel::probes::ProbeStatus,
+    memory::external::ExternalReport,
+    memory::faults::FaultReport,
+    memory::gc::{GcStats, PauseEvent, PauseSummary},
+    memory::heap::HeapReport,
+    memory::native::NativeReport,
+    memory::rss::MemoryReport,
+    memory::syscalls::MappingsReport,
+    process::target::Target,
+    stacks::symbolize::Frame,
     verdict::CategoryVerdict,
 };
 
@@ -220,7 +220,7 @@ pub fn write_outputs(report: &serde_json::Value, dir: &Path) -> anyhow::Result<V
     let profiles = crate::outputs::pprof::write_all(report, dir).context("writing pprof profiles");
     let mut written = svgs?;
     written.extend(profiles?);
-    if let Some(table) = crate::census_watch::table(report) {
+    if let Some(table) = crate::memory::census::table(report) {
         let path = dir.join("census.txt");
         fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);

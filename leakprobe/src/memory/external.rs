@@ -15,12 +15,12 @@ use leakprobe_ebpf::alloc::StackTotals;
 use serde::Serialize;
 
 use crate::{
-    alloc::Tracked,
-    insn::{self, LockedRmw, Op},
-    probes::EXT_FREE,
-    symbols::Lookup,
-    target::Target,
-    verdict::suspects::{self, Category},
+    books::suspects::{self, Category},
+    kernel::probes::EXT_FREE,
+    memory::alloc::Tracked,
+    process::insn::{self, LockedRmw, Op},
+    process::symbols::Lookup,
+    process::target::Target,
 };
 
 /// Finds `OFF` in the first instructions of `NodeArrayBufferAllocator::Free`, which start by

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{error::Error, symbols::Elf};
+use crate::{error::Error, process::symbols::Elf};
 
 /// A resolved target process.
 pub struct Target {

@@ -12,8 +12,8 @@ use leakprobe_ebpf::{
 use serde::Serialize;
 
 use crate::{
-    alloc::Tracked,
-    verdict::suspects::{self, Category},
+    books::suspects::{self, Category},
+    memory::alloc::Tracked,
 };
 
 /// Sampling rate used when the user does not choose one (bytes).

@@ -28,15 +28,15 @@ use tokio::{
 };
 
 use crate::{
-    cgroup,
-    discover::{self, Process},
     error::Error,
-    health::{self, Census, Health},
+    kernel::health::{self, Census, Health},
+    kernel::privilege,
+    kernel::probes::Family,
     outputs::metrics::{Metrics, TargetLabels},
-    privilege,
-    probes::Family,
+    process::cgroup,
+    process::discover::{self, Process},
+    process::target::Target,
     session::{Options, Session},
-    target::Target,
 };
 
 /// What `leakprobe agent` was asked for.

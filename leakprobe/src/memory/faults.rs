@@ -15,11 +15,11 @@ use leakprobe_ebpf::faults::{FaultEvent, PAGE_BYTES};
 use serde::Serialize;
 
 use crate::{
+    books::series::Series,
     v8::{
         heap::{Page, PAGE},
         ProcMem,
     },
-    verdict::series::Series,
 };
 
 /// What a faulting address is.

@@ -5,7 +5,7 @@
 
 use crate::{
     error::Error,
-    probes::{Family, ProbeStatus},
+    kernel::probes::{Family, ProbeStatus},
 };
 
 /// The name of a family, as `--probes` and the metrics' `family` label spell it.

@@ -16,7 +16,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    census::{growing_types, Probe},
+    commands::census::{growing_types, Probe},
     v8::heap::{self, Census, Growth, Kind, Limits, RetainerSearch, Stopped},
 };
 
@@ -339,7 +339,7 @@ fn isolates(census: &Census) -> Vec<IsolateHeap> {
 /// Counts every isolate's heap in `memory`'s split: the V8 heap there is the main isolate's
 /// (V8's own readings); the other isolates' committed bytes from the latest census are added
 /// to it and taken from `other`, and each isolate is listed.
-pub fn split_isolates(memory: &mut crate::memory::MemoryReport, census: &CensusReport) {
+pub fn split_isolates(memory: &mut crate::memory::rss::MemoryReport, census: &CensusReport) {
     if census.isolates.is_empty() {
         return;
     }

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 
 use crate::{
     error::Error,
-    target::Target,
+    process::target::Target,
     v8::{
         self,
         heap::{self, Census, Contents, Growth, HeapLayout, Kind, Limits, RetainerSearch},

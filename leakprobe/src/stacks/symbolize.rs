@@ -23,7 +23,7 @@ use leakprobe_ebpf::{alloc::NO_STACK, stack::SKIPPED_PC};
 use serde::Serialize;
 
 use crate::{
-    perfmap::PerfMap,
+    process::perfmap::PerfMap,
     v8::{Compiled, JsFunction, ProcMem, Reader},
 };
 

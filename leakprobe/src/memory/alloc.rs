@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aya::maps::{MapData, PerCpuHashMap};
 use leakprobe_ebpf::alloc::StackTotals;
 
-use crate::verdict::suspects::{self, Category};
+use crate::books::suspects::{self, Category};
 
 /// Totals summed over CPUs, by stack id.
 pub fn read_totals(map: &PerCpuHashMap<MapData, i64, StackTotals>) -> HashMap<i64, StackTotals> {

@@ -19,10 +19,10 @@ use std::path::PathBuf;
 
 use crate::{
     error::Error,
-    insn,
-    symbols::{Elf, Lookup, SymbolLocation},
-    target::Target,
-    tracefs,
+    kernel::tracefs,
+    process::insn,
+    process::symbols::{Elf, Lookup, SymbolLocation},
+    process::target::Target,
 };
 
 /// Which family a probe belongs to (the module name on both sides).
@@ -720,7 +720,7 @@ pub fn attach_all(
             // No symbol is missing: the probes failed to attach (permission, tracefs...).
             let reason =
                 statuses.iter().find_map(|s| s.error.clone()).unwrap_or_else(|| "no probe asked for".into());
-            let hint = crate::health::hint(&reason);
+            let hint = crate::kernel::health::hint(&reason);
             return Err(Error::NoProbeAttached { pid: target.pid, reason, hint }.into());
         }
         let missing = by_function

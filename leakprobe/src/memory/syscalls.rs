@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use leakprobe_ebpf::syscalls::{op, MapEvent, MAP_ANONYMOUS};
 use serde::Serialize;
 
-use crate::verdict::suspects::{self, Category, Suspect};
+use crate::books::suspects::{self, Category, Suspect};
 
 /// `MAP_SHARED`: shared anonymous memory is shmem, not private growth.
 const MAP_SHARED: u32 = 0x01;

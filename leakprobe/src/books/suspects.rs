@@ -16,8 +16,8 @@ use serde::Serialize;
 use leakprobe_ebpf::alloc::NO_STACK;
 
 use crate::{
-    symbolize::{Frame, RawFrame, Symbolizer},
-    verdict::series::Series,
+    books::series::Series,
+    stacks::symbolize::{Frame, RawFrame, Symbolizer},
 };
 
 /// Smallest floor growth (bytes, last third of the window over the middle third) of a suspect.
@@ -53,7 +53,7 @@ pub enum Source {
     /// Anonymous mappings: bytes mapped.
     Mappings,
     /// Large arrays the site allocated, read in the target's heap: their elements times the
-    /// bytes each keeps ([`crate::verdict::containers`]).
+    /// bytes each keeps ([`crate::memory::containers`]).
     Holds,
 }
 
@@ -108,7 +108,7 @@ pub struct Suspect {
     pub variants: Vec<Variant>,
     /// For a [`Source::Holds`] site: its largest container's elements and what each keeps.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub holds: Option<crate::verdict::containers::Held>,
+    pub holds: Option<crate::memory::containers::Held>,
 }
 
 impl Suspect {

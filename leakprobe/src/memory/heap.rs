@@ -16,11 +16,11 @@ use leakprobe_ebpf::{
 use serde::Serialize;
 
 use crate::{
-    alloc::Tracked,
-    gc::GcKind,
-    symbolize::Frame,
-    verdict::series::Series,
-    verdict::suspects::{self, Category},
+    books::series::Series,
+    books::suspects::{self, Category},
+    memory::alloc::Tracked,
+    memory::gc::GcKind,
+    stacks::symbolize::Frame,
 };
 
 /// V8's regular page size in node 18–24 (large pages carry their own size).
@@ -93,11 +93,11 @@ pub struct HeapReport {
     /// The heap census: every isolate's heap by type, what grew and who holds it (profiling
     /// sessions only; absent in fleet mode).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub census: Option<crate::census_watch::CensusReport>,
-    /// Reading the large arrays allocated since attach ([`crate::verdict::containers`]; profiling
+    pub census: Option<crate::memory::census::CensusReport>,
+    /// Reading the large arrays allocated since attach ([`crate::memory::containers`]; profiling
     /// sessions only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub containers: Option<crate::verdict::containers::ContainersReport>,
+    pub containers: Option<crate::memory::containers::ContainersReport>,
 }
 
 impl HeapBooks {

@@ -23,8 +23,8 @@ use leakprobe_ebpf::alloc::LiveAlloc;
 use serde::Serialize;
 
 use crate::{
-    census::Probe,
-    verdict::suspects::{self, Category},
+    books::suspects::{self, Category},
+    commands::census::Probe,
 };
 
 /// Large objects read per interval at most (the largest).

@@ -1,0 +1,4 @@
+//! Stacks: the frames the kernel captured, named (native symbols, JavaScript functions read
+//! through [`crate::v8`]).
+
+pub mod symbolize;
