@@ -4,7 +4,6 @@
 //! a fresh machine (as root, which installing packages and loading eBPF programs both need).
 
 mod bench;
-mod bench_census;
 mod demo;
 mod image;
 mod layout;
