@@ -1,5 +1,7 @@
-//! The books every family keeps: series over time, per-stack trackers, and the suspect
-//! records the verdict reads.
+//! The books every family keeps: series over time, per-stack trackers of bytes, logical site
+//! keys, and the suspect records the verdict reads.
 
 pub mod series;
-pub mod suspects;
+pub mod site;
+pub mod suspect;
+pub mod tracker;

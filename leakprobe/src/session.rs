@@ -30,7 +30,8 @@ use tokio::{
 
 use crate::{
     books::series::Thinned,
-    books::suspects::{self, Source},
+    books::suspect::Source,
+    books::tracker::Tracker,
     commands::census,
     kernel::health,
     kernel::privilege,
@@ -47,7 +48,8 @@ use crate::{
     outputs::live,
     outputs::report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
     process::target::Target,
-    stacks::symbolize::{RawFrame, Symbolizer},
+    stacks::frame::RawFrame,
+    stacks::symbolize::Symbolizer,
     v8::{self, Metadata, MetadataError, ProcMem, Reader},
     verdict,
 };
@@ -233,12 +235,8 @@ pub struct Session {
     heap: HeapBooks,
     native: Option<NativeState>,
     mappings: Mappings,
-    mapping_growth: suspects::Tracker,
+    mapping_growth: Tracker,
     faults: FaultBooks,
-    /// What each faulting address is (V8's young or old pages, or other memory).
-    page_kinds: PageKinds,
-    /// Whether the page-fault sampling is attached.
-    faults_attached: bool,
     /// `--alloc-stacks`: the per-allocation probes are kept.
     alloc_stacks: bool,
     /// How long the opening burst lasts.
@@ -250,7 +248,7 @@ pub struct Session {
     _target_config: Array<MapData, u32>,
     external: ExternalState,
     memory: Thinned<rss::Sample>,
-    suspects: suspects::Tracker,
+    suspects: Tracker,
     symbolizer: Symbolizer,
     /// `report.target.js_frames`.
     js_frames: String,
@@ -501,10 +499,10 @@ impl Session {
         target_config.set(CONFIG_TGID, target.pid, 0)?;
         let (probes, lookup, found_links) =
             probes::attach_all(&mut ebpf, &target, families, &probes::AttachOptions::of(options))?;
-        let faults = FaultBooks::new(options.fault_period);
         // What each faulting address is, from V8's page headers in the target's memory.
         let page_kinds = PageKinds::new(ProcMem::open(target.pid).ok());
         let faults_attached = probes.iter().any(|p| p.family == probes::Family::Faults && p.attached);
+        let faults = FaultBooks::new(options.fault_period, page_kinds, faults_attached);
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
         let events = watch(events).context("polling the event ring buffer")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
@@ -555,17 +553,15 @@ impl Session {
             heap: HeapBooks::new(target_pid, Some(heap_large_objects), Some(heap_samples)),
             native,
             mappings: Mappings::default(),
-            mapping_growth: suspects::Tracker::default(),
+            mapping_growth: Tracker::default(),
             faults,
-            page_kinds,
-            faults_attached,
             alloc_stacks: options.alloc_stacks,
             burst: options.burst,
             burst_said: false,
             _target_config: target_config,
             external,
             memory: Thinned::new(MEMORY_SAMPLES),
-            suspects: suspects::Tracker::default(),
+            suspects: Tracker::default(),
             symbolizer,
             js_frames,
             started: Instant::now(),
@@ -668,7 +664,6 @@ impl Session {
             named,
             stack_maps,
             faults,
-            page_kinds,
             ..
         } = self;
         let t = started.elapsed().as_secs_f64();
@@ -695,8 +690,7 @@ impl Session {
                         if kind == GcKind::MarkCompact {
                             symbolizer.moved();
                         }
-                        // Pages may change roles across a GC (freed, reused, promoted whole).
-                        page_kinds.forget();
+                        faults.on_gc();
                         heap.on_gc(kind, event.tid);
                     }
                 }
@@ -710,7 +704,7 @@ impl Session {
                 }
             } else if kind == Some(EventKind::Fault as u32) {
                 if let Some(event) = read_record::<FaultEvent>(&item) {
-                    faults.record(&event, page_kinds.kind(event.addr, heap.pages()));
+                    faults.record(&event, heap.pages());
                 }
             } else if kind == Some(EventKind::NewStack as u32) {
                 // Named at once, while its frames' code and objects are where they were
@@ -811,9 +805,8 @@ impl Session {
                 let symbolizer = &mut self.symbolizer;
                 let mut candidates =
                     self.suspects.suspects(|id| maps.frames(false, id), symbolizer, Source::Allocations);
-                let (faulting, gc_touched) = verdict::fault_sites(&self.faults, samples, |id| {
-                    symbolizer.stack_frames(id, |id| maps.frames(false, id))
-                });
+                let (faulting, gc_touched) =
+                    self.faults.sites(samples, |id| symbolizer.stack_frames(id, |id| maps.frames(false, id)));
                 candidates.extend(faulting);
                 if let Some(containers) = &self.containers {
                     let mut holding =
@@ -887,7 +880,7 @@ impl Session {
             native: self.native.as_ref().map(NativeState::report),
             mappings: self.mappings.report(growing_mappings),
             external: self.external.report(),
-            faults: self.faults_attached.then(|| self.faults.report(gc_touched)),
+            faults: self.faults.report(gc_touched),
             verdict,
             suspects,
             stacks: stack_profiles,

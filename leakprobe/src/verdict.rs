@@ -15,16 +15,11 @@
 //!   what each site holds.
 //! - **What is not explained** is said, with the next step ([`CategoryVerdict::next_step`]).
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
 use crate::{
-    books::series::Series,
-    books::suspects::{Category, Evidence, Source, Suspect, Variant, MAX_SUSPECTS},
-    memory::faults::{FaultBooks, Touched},
-    memory::rss::Sample,
-    stacks::symbolize::{Frame, FrameKind, QUEUED_NAME},
+    books::suspect::{Category, Evidence, Source, Suspect, MAX_SUSPECTS},
+    memory::rss::{thirds, Sample},
 };
 
 /// Troughs needed to read a category's growth from them.
@@ -33,35 +28,8 @@ pub const MIN_TROUGHS: usize = 3;
 pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 /// Smallest growth, as a fraction of the category's size, that makes a category grow.
 pub const MIN_GROWTH_FRACTION: f64 = 0.10;
-/// Smallest first-touched bytes in the last third of the window for a page-fault site.
-pub const MIN_SITE_BYTES: f64 = 256.0 * 1024.0;
-/// A page-fault site still faulting at the end: its last third touched at least this share
-/// of what its middle third did.
-pub const MIN_STILL_FAULTING: f64 = 0.25;
 /// Share of a category's growth its suspects must explain before no advice is given.
 pub const EXPLAINED_ENOUGH: f64 = 0.5;
-/// User JavaScript frames (not node's own) a site key reads up to.
-pub const SITE_USER_FRAMES: usize = 4;
-/// Native frames a site key reads when the stack has no JavaScript.
-const SITE_NATIVE_FRAMES: usize = 6;
-
-/// Names of V8's garbage collector: a fault under one is the GC copying survivors.
-const GC_MARKERS: &[&str] = &[
-    "Scavenge",
-    "Evacuat",
-    "MarkCompactCollector",
-    "MinorMarkSweep",
-    "MinorMarkCompact",
-    "Heap::CollectGarbage",
-    "Heap::PerformGarbageCollection",
-    "ConcurrentMarking",
-    "Sweeper",
-];
-
-/// Names of Buffer/ArrayBuffer code: a fault under one fills a backing store.
-const EXTERNAL_MARKERS: &[&str] =
-    &["ArrayBuffer", "BackingStore", "TypedArray", "StringBytes", "node::Buffer", "DataView", "StringWrite"];
-
 /// `report.verdict[]`: one memory category's growth and how much of it the suspects explain.
 #[derive(Clone, Debug, Serialize)]
 pub struct CategoryVerdict {
@@ -88,98 +56,6 @@ pub struct CategoryVerdict {
     pub explained_share: f64,
     /// When it grows and suspects explain less than half: what to run next.
     pub next_step: Option<String>,
-}
-
-/// What a sampled fault's memory is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    /// Touched by V8 itself: its garbage collector copying survivors, or the young generation's
-    /// pages, which the nursery refills (churn). Heap growth whose JavaScript on the stack is
-    /// not what keeps it.
-    V8Own,
-    /// Touched by the program, in this category.
-    Memory(Category),
-}
-
-/// The category of a sampled fault's memory, from what the address is (a V8 page of the young
-/// or the old generation, or memory V8 does not manage) and the code that touched it: the GC's
-/// copying, Buffer code filling a backing store, V8's runtime or generated code, or anything
-/// else native (malloc'd memory, zlib, an addon).
-pub fn classify(frames: &[Frame], touched: Touched) -> Class {
-    let named =
-        |markers: &[&str], f: &Frame| f.kind != FrameKind::Js && markers.iter().any(|m| f.name.contains(m));
-    // Up to the first JavaScript frame, or the pool thread's end: the code that touched it.
-    let own = frames
-        .iter()
-        .position(|f| f.kind == FrameKind::Js || f.kind == FrameKind::Queued)
-        .unwrap_or(frames.len());
-    let touching = &frames[..own];
-    if touching.iter().any(|f| named(GC_MARKERS, f)) {
-        return Class::V8Own;
-    }
-    match touched {
-        Touched::Young => return Class::V8Own,
-        Touched::OldOrLarge => return Class::Memory(Category::V8Heap),
-        Touched::Other => {}
-    }
-    if touching.iter().any(|f| named(EXTERNAL_MARKERS, f)) {
-        return Class::Memory(Category::External);
-    }
-    let generated = |f: &Frame| matches!(f.kind, FrameKind::Jit | FrameKind::Builtin);
-    match touching.first() {
-        // Generated code writing memory V8 does not manage: a typed array's backing store.
-        Some(_) if touching.iter().all(generated) => Class::Memory(Category::External),
-        // V8's runtime, outside any page whose header was read (a large object older than the
-        // session).
-        Some(first) if first.name.starts_with("v8::internal::") => Class::Memory(Category::V8Heap),
-        _ => Class::Memory(Category::Native),
-    }
-}
-
-/// The logical site of a stack: its entry (the first native function) and its JavaScript
-/// frames by function, script and line, up to the [`SITE_USER_FRAMES`]th of the user's own;
-/// with no JavaScript, its first native frames. JIT addresses, tiers, builtins and how deep
-/// the stack was cut do not change it.
-pub fn site_key(frames: &[Frame]) -> String {
-    if frames.is_empty() {
-        return "[stack lost]".into();
-    }
-    let mut parts: Vec<String> = Vec::new();
-    if let Some(entry) =
-        frames.iter().take_while(|f| f.kind != FrameKind::Js).find(|f| f.kind == FrameKind::Native)
-    {
-        parts.push(entry.name.clone());
-    }
-    let mut user = 0;
-    for f in frames {
-        match f.kind {
-            FrameKind::Js => {
-                parts.push(f.kind_key());
-                if !f.file.as_deref().is_some_and(|p| p.starts_with("node:")) {
-                    user += 1;
-                    if user == SITE_USER_FRAMES {
-                        break;
-                    }
-                }
-            }
-            FrameKind::Queued => parts.push(QUEUED_NAME.into()),
-            // JavaScript that could not be named: only its address tells it apart, so stacks
-            // through different unnamed code stay different sites.
-            FrameKind::Jit => parts.push(f.name.clone()),
-            _ => {}
-        }
-    }
-    if !frames.iter().any(|f| matches!(f.kind, FrameKind::Js | FrameKind::Jit)) {
-        parts = frames.iter().take(SITE_NATIVE_FRAMES).map(Frame::kind_key).collect();
-    }
-    parts.join(" ← ")
-}
-
-/// The window's thirds: (first, one third, two thirds, last) sample times.
-fn thirds(samples: &[Sample]) -> Option<(f64, f64, f64, f64)> {
-    let (first, last) = (samples.first()?.t_s, samples.last()?.t_s);
-    let third = (last - first) / 3.0;
-    (third > 0.0).then_some((first, first + third, first + 2.0 * third, last))
 }
 
 /// Reads one category's bytes from a sample.
@@ -328,70 +204,6 @@ fn median_slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
-/// The bytes a cumulative series held at `t` (0 before its first point).
-fn at(series: &Series, t: f64) -> f64 {
-    series.points().iter().take_while(|p| p.0 <= t).last().map_or(0.0, |p| p.1)
-}
-
-/// Sites whose sampled page faults go on through the window, as candidate suspects, and the
-/// bytes the GC touched. `frames` names a stack id.
-pub fn fault_sites(
-    books: &FaultBooks,
-    samples: &[Sample],
-    mut frames: impl FnMut(i64) -> Vec<Frame>,
-) -> (Vec<Suspect>, u64) {
-    let Some((_, one, two, last)) = thirds(samples) else { return (Vec::new(), 0) };
-    let mut gc_bytes = 0.0;
-    let mut groups: HashMap<(Category, String), (Suspect, f64)> = HashMap::new();
-    for (&(stack_id, touched), series) in &books.series {
-        let total = series.last().unwrap_or(0.0);
-        let (middle, end) = (at(series, two) - at(series, one), total - at(series, two));
-        if end <= 0.0 && middle <= 0.0 {
-            continue;
-        }
-        if touched == Touched::Young {
-            continue;
-        }
-        let stack = frames(stack_id);
-        let category = match classify(&stack, touched) {
-            Class::V8Own => {
-                gc_bytes += total;
-                continue;
-            }
-            Class::Memory(category) => category,
-        };
-        let site = site_key(&stack);
-        let (group, group_middle) = groups
-            .entry((category, site.clone()))
-            .or_insert_with(|| (Suspect::site(category, Source::PageFaults, site), 0.0));
-        group.growth_bytes_per_s += match category {
-            Category::V8Heap => (middle + end) / (last - one),
-            _ => end / (last - two),
-        };
-        *group_middle += middle;
-        group.add_variant(stack, Variant { stack_id, bytes: total as i64, floor_growth_bytes: end });
-    }
-    let found = groups
-        .into_values()
-        .filter(|(s, middle)| match s.category {
-            // The runtime grows a JS array's backing store geometrically (by half again each
-            // time): its faults come in ever rarer steps, so the later two thirds are judged
-            // together.
-            Category::V8Heap => s.floor_growth_bytes + middle >= MIN_SITE_BYTES,
-            _ => {
-                s.floor_growth_bytes >= MIN_SITE_BYTES
-                    && *middle > 0.0
-                    && s.floor_growth_bytes >= MIN_STILL_FAULTING * middle
-            }
-        })
-        .map(|(mut s, _)| {
-            s.variants.sort_by_key(|v| std::cmp::Reverse(v.bytes));
-            s
-        })
-        .collect();
-    (found, gc_bytes as u64)
-}
-
 /// The suspects: the candidates whose category grows, each with its evidence, by growth rate
 /// (largest first); and each category's share explained, with the next step where little is.
 pub fn judge(
@@ -472,89 +284,6 @@ fn next_step(category: Category, alloc_stacks: bool, native_exact: bool) -> Opti
 mod tests {
     use super::*;
     use crate::memory::rss::Rss;
-
-    fn frame(name: &str, kind: FrameKind, file: Option<&str>, line: Option<u32>) -> Frame {
-        Frame { name: name.into(), kind, addr: 0, file: file.map(Into::into), line, note: None }
-    }
-
-    fn js(name: &str, file: &str, line: u32) -> Frame {
-        frame(name, FrameKind::Js, Some(file), Some(line))
-    }
-
-    fn native(name: &str) -> Frame {
-        frame(name, FrameKind::Native, None, None)
-    }
-
-    #[test]
-    fn stacks_of_one_site_share_a_key_whatever_the_tier() {
-        let interpreted = vec![
-            native("__memset_avx2_unaligned_erms"),
-            native("v8::internal::Builtin_TypedArrayPrototypeFill"),
-            frame("Builtins_InterpreterEntryTrampoline", FrameKind::Builtin, None, None),
-            js("fill", "node:buffer", 1010),
-            js("cacheReport", "/app/cache.js", 7),
-            frame("Builtins_InterpreterEntryTrampoline", FrameKind::Builtin, None, None),
-            js("onTimeout", "/app/cache.js", 20),
-        ];
-        // The same functions compiled: no interpreter frames, other addresses, no notes.
-        let mut compiled = interpreted.clone();
-        compiled.retain(|f| f.kind != FrameKind::Builtin);
-        for (i, f) in compiled.iter_mut().enumerate().filter(|(_, f)| f.kind == FrameKind::Js) {
-            f.addr = 0x7f00_0000 + i as u64;
-            f.note = None;
-        }
-        assert_eq!(site_key(&interpreted), site_key(&compiled));
-        assert!(site_key(&compiled).contains("cacheReport /app/cache.js:7"), "{}", site_key(&compiled));
-        let mut other_line = compiled.clone();
-        other_line[3] = js("cacheReport", "/app/cache.js", 9);
-        assert_ne!(site_key(&compiled), site_key(&other_line));
-        assert_eq!(site_key(&[]), "[stack lost]");
-        let unnamed = |addr: &str| vec![native("malloc"), frame(addr, FrameKind::Jit, None, None)];
-        assert_ne!(
-            site_key(&unnamed("[JIT 0x1]")),
-            site_key(&unnamed("[JIT 0x2]")),
-            "unnamed code is not merged"
-        );
-    }
-
-    #[test]
-    fn faults_are_classified_by_the_code_that_touched_the_memory() {
-        let user = js("handle", "/app/a.js", 3);
-        let fill =
-            vec![native("memset"), native("v8::internal::Builtin_TypedArrayPrototypeFill"), user.clone()];
-        assert_eq!(classify(&fill, Touched::Other), Class::Memory(Category::External));
-        let gc = vec![
-            native("memcpy"),
-            native("v8::internal::Scavenger::ScavengeObject"),
-            native("v8::internal::Heap::CollectGarbage"),
-            user.clone(),
-        ];
-        assert_eq!(classify(&gc, Touched::OldOrLarge), Class::V8Own);
-        let jit = vec![frame("[JIT 0x1]", FrameKind::Jit, None, None), user.clone()];
-        assert_eq!(classify(&jit, Touched::Young), Class::V8Own, "the nursery's pages: churn");
-        assert_eq!(
-            classify(&jit, Touched::OldOrLarge),
-            Class::Memory(Category::V8Heap),
-            "allocated in the old generation (pretenured: V8 saw its objects survive)"
-        );
-        assert_eq!(
-            classify(&jit, Touched::Other),
-            Class::Memory(Category::External),
-            "a typed array's store"
-        );
-        let runtime =
-            vec![native("v8::internal::FactoryBase<v8::internal::Factory>::NewFixedArray"), user.clone()];
-        assert_eq!(classify(&runtime, Touched::Young), Class::V8Own);
-        assert_eq!(classify(&runtime, Touched::OldOrLarge), Class::Memory(Category::V8Heap));
-        let zlib = vec![
-            native("deflateInit2_"),
-            native("node::ThreadPoolWork::ScheduleWork"),
-            frame(QUEUED_NAME, FrameKind::Queued, None, None),
-            native("uv_queue_work"),
-            user,
-        ];
-        assert_eq!(classify(&zlib, Touched::Other), Class::Memory(Category::Native));
-    }
 
     fn sample(t: f64, trough: Option<u32>, heap: u64, external: u64) -> Sample {
         Sample {

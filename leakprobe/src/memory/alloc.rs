@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use aya::maps::{MapData, PerCpuHashMap};
 use leakprobe_ebpf::alloc::StackTotals;
 
-use crate::books::suspects::{self, Category};
+use crate::books::{suspect::Category, tracker::Tracker};
 
 /// Totals summed over CPUs, by stack id.
 pub fn read_totals(map: &PerCpuHashMap<MapData, i64, StackTotals>) -> HashMap<i64, StackTotals> {
@@ -40,7 +40,7 @@ impl Tracked {
 
     /// Reads the map, updates [`Self::since_attach`] and adds each stack's outstanding bytes to
     /// `suspects` at time `t`.
-    pub fn sample(&mut self, t: f64, suspects: &mut suspects::Tracker) {
+    pub fn sample(&mut self, t: f64, suspects: &mut Tracker) {
         let totals = read_totals(&self.map);
         self.since_attach = sum(totals.values());
         suspects.sample(self.category, t, totals.iter().map(|(id, t)| (*id, outstanding(t))));

@@ -23,7 +23,10 @@ use leakprobe_ebpf::alloc::LiveAlloc;
 use serde::Serialize;
 
 use crate::{
-    books::suspects::{self, Category},
+    books::{
+        suspect::{Category, Held},
+        tracker::Tracker,
+    },
     commands::census::Probe,
 };
 
@@ -31,15 +34,6 @@ use crate::{
 const MAX_READ: usize = 16;
 /// Sample times kept for the zeros a new series starts with.
 const MAX_TIMES: usize = 4096;
-
-/// What a growing container site holds, in `report.suspects[].holds`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Held {
-    /// Elements in the site's largest container at the last reading.
-    pub elements: u64,
-    /// Estimated bytes an element keeps on its own.
-    pub bytes_per_element: f64,
-}
 
 /// `report.heap.containers`: what reading containers cost, and why it did not run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -58,7 +52,7 @@ pub struct Containers {
     /// What reads the target's heap, or why it cannot be read.
     probe: Result<Probe, String>,
     /// Estimated bytes held through the containers each stack allocated, over time.
-    pub tracker: suspects::Tracker,
+    pub tracker: Tracker,
     /// Per stack, the largest reading of its containers so far (a growing container's latest).
     latest: HashMap<i64, Held>,
     /// Each container (by its first element) and the stack its series is kept under.
@@ -75,7 +69,7 @@ impl Containers {
         Self {
             live,
             probe,
-            tracker: suspects::Tracker::default(),
+            tracker: Tracker::default(),
             latest: HashMap::new(),
             canonical: HashMap::new(),
             times: Vec::new(),

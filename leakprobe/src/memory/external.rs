@@ -15,7 +15,8 @@ use leakprobe_ebpf::alloc::StackTotals;
 use serde::Serialize;
 
 use crate::{
-    books::suspects::{self, Category},
+    books::suspect::Category,
+    books::tracker::Tracker,
     kernel::probes::EXT_FREE,
     memory::alloc::Tracked,
     process::insn::{self, LockedRmw, Op},
@@ -149,7 +150,7 @@ impl ExternalState {
 
     /// Takes one sample: the absolute counter, and outstanding bytes by stack into `suspects`
     /// while the per-allocation probes are attached.
-    pub fn sample(&mut self, t: f64, suspects: &mut suspects::Tracker) {
+    pub fn sample(&mut self, t: f64, suspects: &mut Tracker) {
         self.read_bytes();
         self.sample_stacks(t, suspects);
     }
@@ -165,7 +166,7 @@ impl ExternalState {
     /// Adds outstanding bytes by stack to `suspects` (while the per-allocation probes are
     /// attached: afterwards the kernel's totals stand still, and each stack's series ends
     /// where they were detached, so its floor is judged over the time they ran).
-    pub fn sample_stacks(&mut self, t: f64, suspects: &mut suspects::Tracker) {
+    pub fn sample_stacks(&mut self, t: f64, suspects: &mut Tracker) {
         if self.per_allocation {
             self.by_stack.sample(t, suspects);
         }

@@ -16,11 +16,8 @@ use leakprobe_ebpf::{
 use serde::Serialize;
 
 use crate::{
-    books::series::Series,
-    books::suspects::{self, Category},
-    memory::alloc::Tracked,
-    memory::gc::GcKind,
-    stacks::symbolize::Frame,
+    books::series::Series, books::suspect::Category, books::tracker::Tracker, memory::alloc::Tracked,
+    memory::gc::GcKind, stacks::frame::Frame,
 };
 
 /// V8's regular page size in node 18–24 (large pages carry their own size).
@@ -191,7 +188,7 @@ impl HeapBooks {
     }
 
     /// Samples large objects by stack into `suspects`.
-    pub fn sample(&mut self, t: f64, suspects: &mut suspects::Tracker) {
+    pub fn sample(&mut self, t: f64, suspects: &mut Tracker) {
         if let Some(lo) = &mut self.large_objects {
             lo.sample(t, suspects);
         }

@@ -11,10 +11,7 @@ use leakprobe_ebpf::{
 };
 use serde::Serialize;
 
-use crate::{
-    books::suspects::{self, Category},
-    memory::alloc::Tracked,
-};
+use crate::{books::suspect::Category, books::tracker::Tracker, memory::alloc::Tracked};
 
 /// Sampling rate used when the user does not choose one (bytes).
 pub const DEFAULT_SAMPLE_RATE: u64 = 512 * 1024;
@@ -55,7 +52,7 @@ impl NativeState {
     }
 
     /// Takes one sample into `suspects`.
-    pub fn sample(&mut self, t: f64, suspects: &mut suspects::Tracker) {
+    pub fn sample(&mut self, t: f64, suspects: &mut Tracker) {
         self.tracked.sample(t, suspects);
     }
 

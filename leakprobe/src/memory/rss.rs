@@ -182,3 +182,10 @@ impl MemoryReport {
         }
     }
 }
+
+/// The window's thirds: (first, one third, two thirds, last) sample times.
+pub fn thirds(samples: &[Sample]) -> Option<(f64, f64, f64, f64)> {
+    let (first, last) = (samples.first()?.t_s, samples.last()?.t_s);
+    let third = (last - first) / 3.0;
+    (third > 0.0).then_some((first, first + third, first + 2.0 * third, last))
+}

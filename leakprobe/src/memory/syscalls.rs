@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use leakprobe_ebpf::syscalls::{op, MapEvent, MAP_ANONYMOUS};
 use serde::Serialize;
 
-use crate::books::suspects::{self, Category, Suspect};
+use crate::books::{
+    suspect::{Category, Suspect},
+    tracker::Tracker,
+};
 
 /// `MAP_SHARED`: shared anonymous memory is shmem, not private growth.
 const MAP_SHARED: u32 = 0x01;
@@ -93,7 +96,7 @@ impl Mappings {
     }
 
     /// Adds the per-stack bytes to `tracker` at time `t`.
-    pub fn sample(&self, t: f64, tracker: &mut suspects::Tracker) {
+    pub fn sample(&self, t: f64, tracker: &mut Tracker) {
         tracker.sample(Category::Mapping, t, self.by_stack());
     }
 

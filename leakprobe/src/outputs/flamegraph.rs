@@ -34,7 +34,7 @@ use inferno::flamegraph::{
 };
 use serde_json::Value;
 
-use crate::stacks::symbolize::located;
+use crate::stacks::frame::located;
 
 /// What a frame is, from the report's `kind` field (plus the category root frames leakprobe adds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

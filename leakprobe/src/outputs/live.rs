@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 
 use crate::{
-    books::suspects::{Category, Source},
+    books::suspect::{Category, Source},
     memory::census::GrowingType,
     memory::gc::GcKind,
     outputs::report::Report,
-    stacks::symbolize::{Frame, FrameKind},
+    stacks::frame::{Frame, FrameKind},
     v8::heap::{thousands, Kind},
     verdict::CategoryVerdict,
 };
@@ -389,7 +389,7 @@ mod tests {
             frame("malloc", FrameKind::Native, None, None),
             frame("deflateInit2_", FrameKind::Native, None, None),
             frame("worker", FrameKind::Native, None, None),
-            frame(crate::stacks::symbolize::QUEUED_NAME, FrameKind::Queued, None, None),
+            frame(crate::stacks::frame::QUEUED_NAME, FrameKind::Queued, None, None),
             frame("uv_queue_work", FrameKind::Native, None, None),
             frame("processChunk", FrameKind::Js, Some("node:zlib"), Some(480)),
             frame("_write", FrameKind::Js, Some("node:internal/streams/writable"), Some(453)),

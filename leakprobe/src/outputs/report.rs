@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    books::suspects::{StackProfile, Suspect},
+    books::suspect::{StackProfile, Suspect},
     kernel::probes::ProbeStatus,
     memory::external::ExternalReport,
     memory::faults::FaultReport,
@@ -20,7 +20,7 @@ use crate::{
     memory::rss::MemoryReport,
     memory::syscalls::MappingsReport,
     process::target::Target,
-    stacks::symbolize::Frame,
+    stacks::frame::Frame,
     verdict::CategoryVerdict,
 };
 
