@@ -9,7 +9,7 @@ mod common;
 use std::{process::Command, thread, time::Duration};
 
 use common::*;
-use leakprobe::kernel::probes::{Family, When, PROBES};
+use leakprobe::kernel::table::{Family, When, PROBES};
 
 /// The programs of the default probe families, less those only the native view attaches
 /// (bpftool shows their full names, from BTF).

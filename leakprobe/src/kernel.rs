@@ -1,7 +1,9 @@
-//! The kernel side: the probe table, attaching it to a target, what each probe's attach did,
-//! and what loading programs needs (privilege, tracefs).
+//! The kernel side: the probe table, attaching it to a target and what each attach did,
+//! loading the eBPF object and reading its maps, and what loading programs needs (privilege,
+//! tracefs).
 
-pub mod health;
+pub mod attach;
 pub mod privilege;
-pub mod probes;
+pub mod status;
+pub mod table;
 pub mod tracefs;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use leakprobe::{
     commands::agent::{self, AgentOptions},
     commands::census::{self, CensusOptions},
-    kernel::probes::Family,
+    kernel::table::Family,
     outputs::report,
     process::discover,
     session::{self, Options},

@@ -33,9 +33,10 @@ use crate::{
     books::suspect::Source,
     books::tracker::Tracker,
     commands::census,
-    kernel::health,
+    kernel::attach::{self, AttachOptions, FoundLinks},
     kernel::privilege,
-    kernel::probes::{self, ProbeStatus},
+    kernel::status::{self, ProbeStatus},
+    kernel::table::Family,
     memory::census::CensusWatch,
     memory::containers::Containers,
     memory::external::ExternalState,
@@ -68,7 +69,7 @@ pub struct Options {
     /// Print the report as JSON on stdout instead of the human summary.
     pub json: bool,
     /// Probe families to attach.
-    pub families: Vec<probes::Family>,
+    pub families: Vec<Family>,
     /// Native allocations' sampling rate in bytes (with the native family).
     pub sample_rate: u64,
     /// Live allocations each family can track at once (beyond: `drops.live_full`).
@@ -94,6 +95,15 @@ pub struct Options {
 }
 
 impl Options {
+    /// What decides which of a family's probes attach.
+    pub fn attach_options(&self) -> AttachOptions {
+        AttachOptions {
+            alloc_stacks: self.alloc_stacks,
+            native_view: self.native_view,
+            fault_period: self.fault_period,
+        }
+    }
+
     /// The agent's options for one process: the default probe families (and native, if asked),
     /// sampling every `interval`.
     pub fn fleet(pid: u32, native: bool, interval: Duration) -> Self {
@@ -121,13 +131,11 @@ impl Options {
 /// The families the agent attaches: the default ones (and libc's allocator with `native`),
 /// but not those that only name stacks, which the agent never reports: the thread pool's and
 /// the page faults'.
-pub fn fleet_families(native: bool) -> Vec<probes::Family> {
-    let mut families: Vec<probes::Family> = probes::Family::DEFAULT
-        .into_iter()
-        .filter(|f| !matches!(f, probes::Family::Threadpool | probes::Family::Faults))
-        .collect();
+pub fn fleet_families(native: bool) -> Vec<Family> {
+    let mut families: Vec<Family> =
+        Family::DEFAULT.into_iter().filter(|f| !matches!(f, Family::Threadpool | Family::Faults)).collect();
     if native {
-        families.push(probes::Family::Native);
+        families.push(Family::Native);
     }
     families
 }
@@ -258,7 +266,7 @@ pub struct Session {
     started_ns: u64,
     /// The per-allocation external probes' links, to detach once the allocator is known and
     /// the opening burst ([`Options::burst`]) is over (`None` with `--alloc-stacks`, or once detached).
-    found_links: Option<probes::FoundLinks>,
+    found_links: Option<FoundLinks>,
     /// A main-thread mark-compact ended and its trough is not read yet: its sequence number.
     trough_due: Option<u32>,
     /// The trough being read (see [`Trough`]).
@@ -282,7 +290,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     privilege::check()?;
     let target = Target::resolve(options.pid)?;
     let mut session = Session::start(target, &options)?;
-    health::require_gc(session.target.pid, &session.probes, &options.families)?;
+    status::require_gc(session.target.pid, &session.probes, &options.families)?;
     let attached = session.probes.iter().filter(|p| p.attached).count();
     status!(
         "leakprobe: attached {attached}/{} probes to pid {} ({}, node {}); {}",
@@ -438,7 +446,7 @@ impl Session {
         }
         if !needed {
             let links = self.found_links.take().unwrap_or_default();
-            probes::detach_found(&mut self.ebpf, links, &mut self.probes);
+            attach::detach_found(&mut self.ebpf, links, &mut self.probes);
             self.external.detached();
         }
     }
@@ -487,7 +495,7 @@ impl Session {
                 .ok(),
         };
         // Configure before attaching, so the first native allocation is sampled at the right rate.
-        let native = match families.contains(&probes::Family::Native) {
+        let native = match families.contains(&Family::Native) {
             true => Some(NativeState::new(
                 take_map(&mut ebpf, "NATIVE_CONFIG")?,
                 take_map(&mut ebpf, "NATIVE_BY_STACK")?,
@@ -498,10 +506,10 @@ impl Session {
         let mut target_config: Array<MapData, u32> = take_map(&mut ebpf, "TARGET_CONFIG")?;
         target_config.set(CONFIG_TGID, target.pid, 0)?;
         let (probes, lookup, found_links) =
-            probes::attach_all(&mut ebpf, &target, families, &probes::AttachOptions::of(options))?;
+            attach::attach_all(&mut ebpf, &target, families, &options.attach_options())?;
         // What each faulting address is, from V8's page headers in the target's memory.
         let page_kinds = PageKinds::new(ProcMem::open(target.pid).ok());
-        let faults_attached = probes.iter().any(|p| p.family == probes::Family::Faults && p.attached);
+        let faults_attached = probes.iter().any(|p| p.family == Family::Faults && p.attached);
         let faults = FaultBooks::new(options.fault_period, page_kinds, faults_attached);
         let events: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
         let events = watch(events).context("polling the event ring buffer")?;
@@ -864,7 +872,7 @@ impl Session {
             memory: {
                 let mut memory = rss::MemoryReport::new(self.memory.items());
                 if let Some(census) = &self.census {
-                    crate::memory::census::split_isolates(&mut memory, &census.report());
+                    memory.split_isolates(&census.report());
                 }
                 memory
             },

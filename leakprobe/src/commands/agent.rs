@@ -27,11 +27,14 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+pub mod health;
+
+use self::health::{Health, Tally};
 use crate::{
     error::Error,
-    kernel::health::{self, Census, Health},
     kernel::privilege,
-    kernel::probes::Family,
+    kernel::status,
+    kernel::table::Family,
     outputs::metrics::{Metrics, TargetLabels},
     process::cgroup,
     process::discover::{self, Process},
@@ -104,12 +107,12 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 // metrics stay served meanwhile, from their own thread.
                 attach_new(&options, &node_name, &mut watched, &mut passed, &mut failed, &metrics);
                 lock(&metrics).set_targets(watched.len());
-                let census = Census {
+                let tally = Tally {
                     watched: watched.len(),
                     with_gc: watched.values().filter(|w| w.has_gc).count(),
                     failed: failed.iter().map(|((pid, _), e)| (*pid, e.clone())).collect(),
                 };
-                let verdict = health::verdict(&census);
+                let verdict = Health::of(&tally);
                 let mut current = lock(&health);
                 if *current != verdict {
                     match &verdict {
@@ -204,7 +207,7 @@ fn attach_new(
                         (false, Some(e)) => format!(
                             "; probes missing: {} (first error: {e}{})",
                             missing.join(", "),
-                            health::hint(e)
+                            status::hint(e)
                         ),
                         (false, None) => format!("; probes missing: {}", missing.join(", ")),
                     },
@@ -239,11 +242,11 @@ fn family_status(session: &Session, native: bool) -> Vec<(&'static str, bool)> {
     crate::session::fleet_families(native)
         .into_iter()
         .map(|family| {
-            let mut up = health::family_attached(session.probes(), family);
+            let mut up = status::family_attached(session.probes(), family);
             if family == Family::External {
                 up &= session.external_counter_error().is_none();
             }
-            (health::family_name(family), up)
+            (status::family_name(family), up)
         })
         .collect()
 }
@@ -284,7 +287,7 @@ async fn serve(listener: TcpListener, metrics: Arc<Mutex<Metrics>>, health: Arc<
     }
 }
 
-/// `/healthz`: 200 `ok`, or 503 `degraded: why` (see [`health::verdict`]); `/livez`: 200 while
+/// `/healthz`: 200 `ok`, or 503 `degraded: why` (see [`Health::of`]); `/livez`: 200 while
 /// the agent serves.
 fn respond(path: &str, metrics: &Mutex<Metrics>, health: &Mutex<Health>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {

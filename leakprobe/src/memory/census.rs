@@ -336,22 +336,6 @@ fn isolates(census: &Census) -> Vec<IsolateHeap> {
         .collect()
 }
 
-/// Counts every isolate's heap in `memory`'s split: the V8 heap there is the main isolate's
-/// (V8's own readings); the other isolates' committed bytes from the latest census are added
-/// to it and taken from `other`, and each isolate is listed.
-pub fn split_isolates(memory: &mut crate::memory::rss::MemoryReport, census: &CensusReport) {
-    if census.isolates.is_empty() {
-        return;
-    }
-    let others: u64 = census.isolates.iter().filter(|i| !i.main).map(|i| i.committed_bytes).sum();
-    if others > 0 {
-        memory.v8_heap_bytes = Some(memory.v8_heap_bytes.unwrap_or(0) + others);
-        memory.other_bytes = memory.other_bytes.saturating_sub(others);
-    }
-    memory.v8_heap_other_isolates_bytes = Some(others);
-    memory.v8_heap_isolates = census.isolates.clone();
-}
-
 /// The growing JavaScript types (not V8's internal ones), with their chains where searched.
 fn growing(growth: &[Growth], found: Option<&RetainerSearch>, seconds: f64) -> Vec<GrowingType> {
     growth

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::{
     books::suspect::Category,
     books::tracker::Tracker,
-    kernel::probes::EXT_FREE,
+    kernel::table::EXT_FREE,
     memory::alloc::Tracked,
     process::insn::{self, LockedRmw, Op},
     process::symbols::Lookup,

@@ -4,6 +4,8 @@ use std::fs;
 
 use serde::Serialize;
 
+use crate::memory::census::{CensusReport, IsolateHeap};
+
 /// One reading of the target's RSS and its kinds (bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Rss {
@@ -138,11 +140,27 @@ pub struct MemoryReport {
     pub v8_heap_other_isolates_bytes: Option<u64>,
     /// Each isolate's heap in the latest census.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub v8_heap_isolates: Vec<crate::memory::census::IsolateHeap>,
+    pub v8_heap_isolates: Vec<IsolateHeap>,
     pub samples: Vec<Sample>,
 }
 
 impl MemoryReport {
+    /// Counts every isolate's heap in this split: the V8 heap there is the main isolate's
+    /// (V8's own readings); the other isolates' committed bytes from the latest census are added
+    /// to it and taken from `other`, and each isolate is listed.
+    pub fn split_isolates(&mut self, census: &CensusReport) {
+        if census.isolates.is_empty() {
+            return;
+        }
+        let others: u64 = census.isolates.iter().filter(|i| !i.main).map(|i| i.committed_bytes).sum();
+        if others > 0 {
+            self.v8_heap_bytes = Some(self.v8_heap_bytes.unwrap_or(0) + others);
+            self.other_bytes = self.other_bytes.saturating_sub(others);
+        }
+        self.v8_heap_other_isolates_bytes = Some(others);
+        self.v8_heap_isolates = census.isolates.clone();
+    }
+
     /// Splits the latest sample of `samples` into parts that sum to RSS, with `other` taking
     /// the remainder.
     pub fn new(samples: &[Sample]) -> Self {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::{
     books::suspect::{StackProfile, Suspect},
-    kernel::probes::ProbeStatus,
+    kernel::status::ProbeStatus,
     memory::external::ExternalReport,
     memory::faults::FaultReport,
     memory::gc::{GcStats, PauseEvent, PauseSummary},

@@ -1,12 +1,30 @@
-//! Whether a session measures what it should, so that nothing degrades silently: the status of
-//! each probe family of a target (the agent's `leakprobe_probes_up`), the rule that
-//! `leakprobe --pid` fails when it cannot attach the GC probes it was asked for, and the
-//! agent's `/healthz` verdict.
+//! What each probe's attach did ([`ProbeStatus`], `report.json`'s `probes[]`), read by family:
+//! whether a family is attached (the agent's `leakprobe_probes_up`), what to do about an error,
+//! and the rule that `leakprobe --pid` fails when it cannot attach the GC probes it was asked
+//! for.
 
-use crate::{
-    error::Error,
-    kernel::probes::{Family, ProbeStatus},
-};
+use serde::Serialize;
+
+use crate::{error::Error, kernel::table::Family};
+
+/// What happened when a probe was attached; one per [`ProbeDef`], in `report.json`'s `probes[]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeStatus {
+    /// [`ProbeDef::name`].
+    pub name: &'static str,
+    /// [`ProbeDef::family`].
+    pub family: Family,
+    /// [`ProbeDef::function`].
+    pub function: &'static str,
+    /// Whether at least one entry point is attached.
+    pub attached: bool,
+    /// Entry points attached (the function and its clones).
+    pub locations: usize,
+    /// Why it is not attached, or what failed for some of its locations.
+    pub error: Option<String>,
+    /// When it was detached during the run, if it was (see [`When::UntilFound`]).
+    pub detached: Option<&'static str>,
+}
 
 /// The name of a family, as `--probes` and the metrics' `family` label spell it.
 pub fn family_name(family: Family) -> &'static str {
@@ -54,42 +72,6 @@ pub fn require_gc(pid: u32, probes: &[ProbeStatus], families: &[Family]) -> Resu
     let reason = family_error(probes, Family::Gc).unwrap_or("no GC probe was attached").to_string();
     let hint = hint(&reason);
     Err(Error::NoGcProbes { pid, reason, hint })
-}
-
-/// The agent's health, served on `/healthz`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Health {
-    /// At least one target has its GC probes, or there is no node process to watch.
-    Ok,
-    /// Node processes were found, but none is measured: the text says why.
-    Degraded(String),
-}
-
-/// What the agent knows at a scan, for [`verdict`].
-#[derive(Clone, Debug, Default)]
-pub struct Census {
-    /// Processes watched.
-    pub watched: usize,
-    /// Of those, the ones whose GC probes are attached.
-    pub with_gc: usize,
-    /// Node processes (alive) the agent could not attach to, with the first error.
-    pub failed: Vec<(u32, String)>,
-}
-
-/// Degraded when node processes are there (watched, or found but not attachable) and none has
-/// its GC probes; healthy otherwise, also when the host runs no node process at all.
-pub fn verdict(census: &Census) -> Health {
-    if census.with_gc > 0 || (census.watched == 0 && census.failed.is_empty()) {
-        return Health::Ok;
-    }
-    let mut parts = Vec::new();
-    if census.watched > 0 {
-        parts.push(format!("{} watched without GC probes", census.watched));
-    }
-    if let Some((pid, error)) = census.failed.first() {
-        parts.push(format!("{} not attachable (pid {pid}: {error})", census.failed.len()));
-    }
-    Health::Degraded(format!("no target has its GC probes: {}", parts.join(", ")))
 }
 
 #[cfg(test)]
@@ -148,18 +130,5 @@ mod tests {
         let missing = vec![status("gc_start", Family::Gc, false, Some("symbol not found: x"))];
         let err = require_gc(1, &missing, &[Family::Gc]).unwrap_err().to_string();
         assert!(!err.contains("CAP_SYS_ADMIN") && err.contains("stripped"), "{err}");
-    }
-
-    #[test]
-    fn healthz_is_degraded_only_when_node_processes_are_there_and_none_is_measured() {
-        assert_eq!(verdict(&Census::default()), Health::Ok, "no node process: nothing to measure");
-        let one_good = Census { watched: 2, with_gc: 1, failed: vec![(7, "x".into())] };
-        assert_eq!(verdict(&one_good), Health::Ok);
-        let blind = Census { watched: 2, with_gc: 0, failed: vec![] };
-        let Health::Degraded(why) = verdict(&blind) else { panic!("watched without GC is degraded") };
-        assert!(why.contains("2 watched without GC probes"), "{why}");
-        let refused = Census { watched: 0, with_gc: 0, failed: vec![(7, "permission denied".into())] };
-        let Health::Degraded(why) = verdict(&refused) else { panic!("found but refused is degraded") };
-        assert!(why.contains("pid 7: permission denied"), "{why}");
     }
 }
