@@ -228,7 +228,7 @@ fn main() -> ExitCode {
             pid: c.pid,
             top: c.top,
             json: c.json,
-            limits: leakprobe::v8::heap::Limits { max_bytes: c.max_bytes, max_time: c.max_time },
+            limits: leakprobe::v8::heap::census::Limits { max_bytes: c.max_bytes, max_time: c.max_time },
             again_after: c.again_after,
             retainers_of: c.retainers_of,
         }),

@@ -32,7 +32,6 @@ use crate::{
     books::series::Thinned,
     books::suspect::Source,
     books::tracker::Tracker,
-    commands::census,
     kernel::attach::{self, AttachOptions, FoundLinks},
     kernel::privilege,
     kernel::status::{self, ProbeStatus},
@@ -51,6 +50,7 @@ use crate::{
     process::target::Target,
     stacks::frame::RawFrame,
     stacks::symbolize::Symbolizer,
+    v8::heap::reader::HeapReader,
     v8::{self, Metadata, MetadataError, ProcMem, Reader},
     verdict,
 };
@@ -529,7 +529,7 @@ impl Session {
         // collection loop never stops to read the binary.
         let metadata = Metadata::from_elf(target.elf.bytes());
         let heap_probe = || match &metadata {
-            Ok(m) => census::Probe::new(&target, m).map_err(|e| format!("{e:#}")),
+            Ok(m) => HeapReader::new(&target, m).map_err(|e| format!("{e:#}")),
             Err(e) => Err(format!("reading V8's layouts from {}: {e}", target.module_display)),
         };
         let (js, js_frames) = match (options.fleet, options.v8_names) {

@@ -4,12 +4,11 @@
 use anyhow::Context as _;
 
 use crate::{
-    error::Error,
     process::target::Target,
-    v8::{
-        self,
-        heap::{self, Census, Contents, Growth, HeapLayout, Kind, Limits, RetainerSearch},
-        Metadata, ProcMem, Reader,
+    v8::heap::{
+        census::{growing_types, growth, named_types, Census, Growth, Limits, Stopped},
+        chain::RetainerSearch,
+        reader::HeapReader,
     },
 };
 
@@ -30,109 +29,10 @@ pub struct CensusOptions {
     pub retainers_of: Vec<String>,
 }
 
-/// What a census of one process reads with: its V8 layouts and its memory.
-pub struct Probe {
-    /// The process.
-    pid: u32,
-    reader: Reader<ProcMem>,
-    layout: HeapLayout,
-}
-
-impl Probe {
-    /// Opens `target` for censuses, with `metadata`, its binary's V8 layouts (already read
-    /// from `target.elf`: nothing here scans the binary again).
-    pub fn new(target: &Target, metadata: &Metadata) -> anyhow::Result<Self> {
-        let layout = v8::Layout::new(metadata, target.node_major())
-            .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
-        let heap_layout = HeapLayout::new(metadata)
-            .with_context(|| format!("reading V8's heap layouts from {}", target.module_display))?;
-        let pid = target.pid;
-        let mem = ProcMem::open(pid).map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => {
-                anyhow::Error::from(Error::Inaccessible { pid, what: format!("/proc/{pid}/mem") })
-            }
-            _ => anyhow::Error::from(e).context(format!("opening /proc/{pid}/mem")),
-        })?;
-        Ok(Self { pid, reader: Reader::new(layout, mem), layout: heap_layout })
-    }
-
-    /// Opens `target` for censuses, reading its binary's V8 layouts.
-    pub fn open(target: &Target) -> anyhow::Result<Self> {
-        let metadata = Metadata::from_elf(target.elf.bytes())
-            .with_context(|| format!("reading V8's layouts from {}", target.module_display))?;
-        Self::new(target, &metadata)
-    }
-
-    /// The target's anonymous mappings now.
-    fn ranges(&self) -> anyhow::Result<Vec<(u64, u64)>> {
-        anonymous_ranges(self.pid)
-    }
-
-    /// One census of the process's heaps.
-    pub fn census(&mut self, limits: Limits) -> anyhow::Result<Census> {
-        let ranges = self.ranges()?;
-        self.reader.forget();
-        Ok(heap::census(&mut self.reader, &self.layout, &ranges, limits))
-    }
-
-    /// What the large container on the page at `chunk` holds ([`heap::contents`]).
-    pub fn contents(&mut self, chunk: u64) -> Option<Contents> {
-        heap::contents(&mut self.reader, &self.layout, chunk)
-    }
-
-    /// Who holds the sampled objects of `wanted` (isolate heap, kind, label) of `census`.
-    pub fn retainers(
-        &mut self,
-        census: &Census,
-        wanted: &[(String, Kind, String)],
-        limits: Limits,
-    ) -> anyhow::Result<RetainerSearch> {
-        let first = self.ranges()?;
-        let pid = self.pid;
-        let once = std::cell::Cell::new(Some(first));
-        // The mappings as they are at the search's start, then read again when it looks again.
-        let ranges = || once.take().unwrap_or_else(|| anonymous_ranges(pid).unwrap_or_default());
-        Ok(heap::retainers(&mut self.reader, &self.layout, &ranges, census, wanted, limits))
-    }
-}
-
-/// The anonymous mappings of process `pid` (where V8's heap pages are).
-fn anonymous_ranges(pid: u32) -> anyhow::Result<Vec<(u64, u64)>> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .with_context(|| format!("reading /proc/{pid}/maps"))?;
-    Ok(heap::anonymous_ranges(&maps))
-}
-
-/// The types whose retainers are worth a search: the `top` growing JavaScript types (objects,
-/// arrays, closures, ArrayBuffers; not V8's internal ones), most objects gained first.
-pub fn growing_types(growth: &[Growth], top: usize) -> Vec<(String, Kind, String)> {
-    growth
-        .iter()
-        .filter(|g| {
-            g.count_delta > 0
-                && matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer)
-        })
-        .take(top)
-        .map(|g| (g.heap.clone(), g.kind, g.label.clone()))
-        .collect()
-}
-
-/// The types of `census` named `name` (a constructor, function or type name, or a label), in
-/// every isolate.
-pub fn named_types(census: &Census, name: &str) -> Vec<(String, Kind, String)> {
-    census
-        .isolates
-        .iter()
-        .flat_map(|i| i.types.iter().map(move |t| (i, t)))
-        .filter(|(_, t)| t.name == name || t.label == name)
-        .map(|(i, t)| (i.heap.clone(), t.kind, t.label.clone()))
-        .collect()
-}
-
 /// Reads one census of `pid`'s heaps.
 pub fn take(pid: u32, limits: Limits) -> anyhow::Result<(Target, Census)> {
     let target = Target::resolve(pid)?;
-    let census = Probe::open(&target)?.census(limits)?;
+    let census = HeapReader::open(&target)?.census(limits)?;
     Ok((target, census))
 }
 
@@ -140,7 +40,7 @@ pub fn take(pid: u32, limits: Limits) -> anyhow::Result<(Target, Census)> {
 pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let target = Target::resolve(opts.pid)?;
-    let mut probe = Probe::open(&target)?;
+    let mut probe = HeapReader::open(&target)?;
     let census = probe.census(opts.limits)?;
     if census.pages_found == 0 {
         anyhow::bail!(
@@ -174,7 +74,7 @@ pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
     std::thread::sleep(after.saturating_sub(started.elapsed()));
     let seconds = started.elapsed().as_secs_f64();
     let second = probe.census(opts.limits).context("taking the second census")?;
-    let growth = heap::growth(&census, &second, seconds);
+    let growth = growth(&census, &second, seconds);
     let mut wanted = growing_types(&growth, RETAINED_TYPES);
     wanted.extend(opts.retainers_of.iter().flat_map(|n| named_types(&second, n)));
     wanted.dedup();
@@ -212,8 +112,8 @@ retainers ({} passes over the heap in {:.0} ms, {:.1} MiB read{}):
         found.elapsed_ms,
         found.bytes_read as f64 / (1 << 20) as f64,
         match found.stopped_early {
-            Some(heap::Stopped::SizeCap) => ", stopped early by the size cap",
-            Some(heap::Stopped::TimeCap) => ", stopped early by the time cap",
+            Some(Stopped::SizeCap) => ", stopped early by the size cap",
+            Some(Stopped::TimeCap) => ", stopped early by the time cap",
             None => "",
         }
     );
@@ -283,8 +183,8 @@ pub fn render(target: &Target, census: &Census, top: usize) -> String {
         out += &format!(
             "  stopped early ({}): {} pages not walked\n",
             match stop {
-                heap::Stopped::SizeCap => "size cap",
-                heap::Stopped::TimeCap => "time cap",
+                Stopped::SizeCap => "size cap",
+                Stopped::TimeCap => "time cap",
             },
             census.pages_not_walked
         );

@@ -1,7 +1,7 @@
 //! The heap census inside a profiling session (`report.heap.census`): a census of every
 //! isolate's heap right after the first main-thread mark-compact of the window, and again after
 //! later ones (a worker's when the main thread has none), on a thread of its own. Between the first and the latest, the types that grew
-//! and, for the fastest-growing, who holds them ([`crate::v8::heap::retainers`]).
+//! and, for the fastest-growing, who holds them ([`crate::v8::heap::retainers::retainers`]).
 //!
 //! The census reads `/proc/PID/mem` while the target runs: nothing stops it, and the session's
 //! sampling never waits for it (a mark-compact that comes while a census runs is skipped and
@@ -15,9 +15,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{
-    commands::census::{growing_types, Probe},
-    v8::heap::{self, Census, Growth, Kind, Limits, RetainerSearch, Stopped},
+use crate::v8::heap::{
+    census::{growing_types, growth, Census, Growth, Kind, Limits, Stopped},
+    chain::RetainerSearch,
+    reader::HeapReader,
 };
 
 /// Longest wait at the end of a session for a census under way.
@@ -147,7 +148,7 @@ pub struct CensusWatch {
 impl CensusWatch {
     /// Starts the census thread, reading with `probe` (or, when the process could not be
     /// opened for censuses, saying why at the first census).
-    pub fn start(probe: Result<Probe, String>) -> anyhow::Result<Self> {
+    pub fn start(probe: Result<HeapReader, String>) -> anyhow::Result<Self> {
         let (requests, rx) = mpsc::channel::<f64>();
         let shared = Arc::new(Mutex::new(Shared {
             report: CensusReport {
@@ -226,7 +227,7 @@ fn thread_cpu_s() -> f64 {
 }
 
 /// The census thread: one census per request, then growth and retainers since the first.
-fn run(probe: Result<Probe, String>, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
+fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared: Arc<Mutex<Shared>>) {
     let mut p = match probe {
         Ok(p) => p,
         Err(why) => {
@@ -270,7 +271,7 @@ fn run(probe: Result<Probe, String>, requests: mpsc::Receiver<f64>, shared: Arc<
             if s.first.is_some() {
                 r.status = format!("census {} read; growth and retainers under way", r.censuses);
             }
-            s.first.as_ref().map(|(t0, first)| (*t0, heap::growth(first, &census, t - *t0)))
+            s.first.as_ref().map(|(t0, first)| (*t0, growth(first, &census, t - *t0)))
         };
         let Some((t0, growth)) = first else {
             finish(&shared, cpu, |r| {

@@ -7,7 +7,7 @@
 //! a listener list — and past about 16,000 elements each new backing store of such a container
 //! is a large object, allocated by the code that grows it (the heap probes keep its stack).
 //! Each interval this reads the large objects allocated since attach that are still alive
-//! ([`crate::v8::heap::contents`]): how many elements each holds, and what an element keeps.
+//! ([`crate::v8::heap::contents::contents`]): how many elements each holds, and what an element keeps.
 //! The estimate (elements × bytes each) becomes a series per allocating stack, judged by
 //! [`crate::verdict`] with the V8 heap's other sites: the function that pushes to the array is
 //! credited with what the array's elements keep.
@@ -27,7 +27,7 @@ use crate::{
         suspect::{Category, Held},
         tracker::Tracker,
     },
-    commands::census::Probe,
+    v8::heap::reader::HeapReader,
 };
 
 /// Large objects read per interval at most (the largest).
@@ -50,7 +50,7 @@ pub struct ContainersReport {
 pub struct Containers {
     live: BpfHashMap<MapData, u64, LiveAlloc>,
     /// What reads the target's heap, or why it cannot be read.
-    probe: Result<Probe, String>,
+    probe: Result<HeapReader, String>,
     /// Estimated bytes held through the containers each stack allocated, over time.
     pub tracker: Tracker,
     /// Per stack, the largest reading of its containers so far (a growing container's latest).
@@ -65,7 +65,7 @@ pub struct Containers {
 impl Containers {
     /// Books reading, with `probe`, the large objects of `live` (the heap probes' live large
     /// objects: page → size and allocating stack).
-    pub fn new(probe: Result<Probe, String>, live: BpfHashMap<MapData, u64, LiveAlloc>) -> Self {
+    pub fn new(probe: Result<HeapReader, String>, live: BpfHashMap<MapData, u64, LiveAlloc>) -> Self {
         Self {
             live,
             probe,
@@ -101,7 +101,7 @@ impl Containers {
         pages.truncate(MAX_READ);
         // Versions of one container (a grown store and the old one the GC has not freed yet)
         // share their first element: each container counts once, as its largest version.
-        let mut containers: HashMap<u64, (i64, crate::v8::heap::Contents)> = HashMap::new();
+        let mut containers: HashMap<u64, (i64, crate::v8::heap::contents::Contents)> = HashMap::new();
         for (page, alloc) in pages {
             let Some(c) = probe.contents(page) else { continue };
             log::debug!("large array at {page:#x} (stack {}): {c:?}", alloc.stack_id);

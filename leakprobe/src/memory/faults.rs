@@ -25,7 +25,7 @@ use crate::{
     memory::rss::{thirds, Sample},
     stacks::frame::{Frame, FrameKind},
     v8::{
-        heap::{Page, PAGE},
+        heap::pages::{Page, PAGE},
         ProcMem,
     },
 };

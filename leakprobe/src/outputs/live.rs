@@ -8,7 +8,7 @@ use crate::{
     memory::gc::GcKind,
     outputs::report::Report,
     stacks::frame::{Frame, FrameKind},
-    v8::heap::{thousands, Kind},
+    v8::heap::{census::Kind, chain::thousands},
     verdict::CategoryVerdict,
 };
 

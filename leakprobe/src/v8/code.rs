@@ -15,7 +15,11 @@
 //! The metadata gives the types, the deoptimization-data indices, the code-kind field and most
 //! offsets; where it is silent the fallbacks are commented.
 
-use super::{words, Bad, Memory, Metadata, MetadataError, Reader};
+use super::{
+    layout::CodeLayout,
+    memory::{words, Bad, Memory},
+    reader::Reader,
+};
 
 /// How far below a return address the start of its code is searched for: larger than any
 /// function V8 compiles (its optimizing tiers give up on huge functions long before).
@@ -38,106 +42,6 @@ const MAX_POSITION_TABLE: u64 = 4 << 20;
 /// and the inlined function's index (`int`), padded to 16. Not in the metadata; unchanged
 /// since inlining positions were introduced.
 const INLINING_POSITION_SIZE: u64 = 16;
-
-/// The layouts of V8's code objects, from one binary's metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CodeLayout {
-    /// The type of the object whose header the instructions follow: `InstructionStream`, or
-    /// `Code` before V8 11.
-    header_type: u64,
-    /// Where that object's instructions start (its header size).
-    header_size: u64,
-    /// `InstructionStream::code`, the pointer back to its `Code`; `None` when the instructions
-    /// are in the `Code` itself.
-    istream_code: Option<u64>,
-    code_type: u64,
-    code_deopt: u64,
-    code_positions: u64,
-    code_start: u64,
-    code_flags: u64,
-    code_size: u64,
-    kind_mask: u64,
-    kind_shift: u64,
-    /// `CodeKind::BASELINE`; MAGLEV and TURBOFAN follow it in V8's enum.
-    baseline: u64,
-    deopt_inlined_count: u64,
-    /// Where the deoptimization data keeps the code's own function; behind a
-    /// `SharedFunctionInfoWrapper` (whose first field is the function) from V8 13.
-    deopt_function: u64,
-    deopt_function_wrapped: bool,
-    deopt_literals: u64,
-    deopt_inlining_positions: u64,
-}
-
-impl CodeLayout {
-    /// The layout `m` describes, with fallbacks where it is silent.
-    pub fn new(m: &Metadata) -> Result<Self, MetadataError> {
-        let u = |v: i64| v as u64;
-        let code_type = u(m.get("type_Code__CODE_TYPE")?);
-        let stream = m.get("type_InstructionStream__INSTRUCTION_STREAM_TYPE");
-        // Before V8 11 (node 18, V8 10.2) the instructions follow `Code`'s own header, whose
-        // size the metadata gives as the instruction start. Its metadata is silent on the
-        // pointer fields after the map: relocation info, then the deoptimization data and
-        // the position table; and on the deoptimization data's indices (checked against
-        // %DebugPrint and memory reads on node 18).
-        let v8_10 = stream.is_err();
-        let (header_type, header_size, istream_code) = match stream {
-            Ok(ty) => {
-                // Not in the metadata: the first field after the map (V8 11 through 13).
-                (u(ty), u(m.field("class_InstructionStream__instruction_start__")?), Some(8))
-            }
-            Err(_) => (code_type, u(m.field("class_Code__instruction_start__")?), None),
-        };
-        // From V8 11, the first two fields after the map: the metadata lists them on node 20
-        // (V8 11.3) and has lost them since; they have stayed first through node 24 (V8 13.6).
-        let code_deopt =
-            u(m.field("class_Code__deoptimization_data__").unwrap_or(if v8_10 { 16 } else { 8 }));
-        let code_positions =
-            u(m.field("class_Code__source_position_table__").unwrap_or(code_deopt as i64 + 8));
-        // V8 11.3's metadata lacks the rest of `Code`: the instruction start follows the
-        // position table after one more pointer (the `InstructionStream`), then the flags,
-        // then two 16-bit fields (builtin id, kind-specific flags), then the size.
-        let code_start = u(m.field("class_Code__instruction_start__").unwrap_or(code_positions as i64 + 16));
-        let code_flags = u(m.field("class_Code__flags__").unwrap_or(code_start as i64 + 8));
-        let code_size = u(m.field("class_Code__instruction_size__").unwrap_or(code_flags as i64 + 8));
-        let index = |name: &'static str, v8_10_index: i64| match v8_10 {
-            true => m.get(name).or(Ok(v8_10_index)),
-            false => m.get(name),
-        };
-        Ok(Self {
-            header_type,
-            header_size,
-            istream_code,
-            code_type,
-            code_deopt,
-            code_positions,
-            code_start,
-            code_flags,
-            code_size,
-            kind_mask: u(m.get("CodeKindFieldMask")?),
-            kind_shift: u(m.get("CodeKindFieldShift")?),
-            baseline: u(m.get("CodeKindBaseline")?),
-            deopt_inlined_count: u(index("DeoptimizationDataInlinedFunctionCountIndex", 1)?),
-            deopt_function: u(m
-                .any(&[
-                    "DeoptimizationDataSharedFunctionInfoIndex",
-                    "DeoptimizationDataWrappedSharedFunctionInfoIndex",
-                ])
-                .or(index("DeoptimizationDataSharedFunctionInfoIndex", 6))?),
-            deopt_function_wrapped: m.get("DeoptimizationDataWrappedSharedFunctionInfoIndex").is_ok(),
-            deopt_literals: u(index("DeoptimizationDataLiteralArrayIndex", 2)?),
-            deopt_inlining_positions: u(index("DeoptimizationDataInliningPositionsIndex", 7)?),
-        })
-    }
-}
-
-#[cfg(test)]
-impl CodeLayout {
-    /// The instance types the code reader checks for (for garbage that passes its checks).
-    pub(crate) fn types(&self) -> [u64; 2] {
-        [self.header_type, self.code_type]
-    }
-}
 
 /// What a compiled frame's code says about the functions it ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -330,7 +234,7 @@ impl<M: Memory> Reader<M> {
 mod tests {
     use super::*;
     use crate::v8::{
-        tests::{any_layout, garbage_word_for, node18_layout, Garbage, BASE},
+        reader::tests::{any_layout, garbage_word_for, node18_layout, Garbage, BASE},
         Layout,
     };
     use proptest::prelude::*;

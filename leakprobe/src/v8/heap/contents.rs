@@ -17,18 +17,26 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{HeapLayout, MapInfo, Memory, Page, Reader, Walker};
+use super::{
+    layout::HeapLayout,
+    pages::{Page, PAGE},
+    walk::{word_at, MapInfo, Walker},
+};
+use crate::v8::{
+    memory::{words, Memory},
+    reader::Reader,
+};
 
 /// Elements sampled to estimate an element's bytes.
-const SAMPLES: u64 = 32;
+pub(super) const SAMPLES: u64 = 32;
 /// Levels below an element that are counted.
-const DEPTH: usize = 3;
+pub(super) const DEPTH: usize = 3;
 /// Most pointers followed out of one object.
-const MAX_FIELDS: u64 = 32;
+pub(super) const MAX_FIELDS: u64 = 32;
 /// Bytes read at an object to size it (its header is enough for a string's or array's size).
-const HEAD: usize = 256;
+pub(super) const HEAD: usize = 256;
 /// Largest store believed (slots).
-const MAX_SLOTS: u64 = 1 << 28;
+pub(super) const MAX_SLOTS: u64 = 1 << 28;
 
 /// The contents of one large container, at one moment.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -56,12 +64,12 @@ pub fn contents<M: Memory>(reader: &mut Reader<M>, hl: &HeapLayout, chunk: u64) 
     let mut head = [0u8; 64];
     reader.mem.read(obj, &mut head).then_some(())?;
     let mut walker = Walker::new(reader, hl, &[page]);
-    let info = walker.map_info(super::word_at(&head, 0)?)?;
+    let info = walker.map_info(word_at(&head, 0)?)?;
     if info.ty != l.fixed_array_type {
         return None;
     }
     let smi = |w: u64| (w & l.tag_mask != l.heap_tag).then(|| ((w as i64) >> l.smi_shift) as u64);
-    let slots = smi(super::word_at(&head, l.array_length)?).filter(|n| *n > 0 && *n <= MAX_SLOTS)?;
+    let slots = smi(word_at(&head, l.array_length)?).filter(|n| *n > 0 && *n <= MAX_SLOTS)?;
     let data = obj + l.array_data;
     let slot = |i: u64| -> Option<u64> {
         let mut raw = [0u8; 8];
@@ -99,19 +107,19 @@ pub fn contents<M: Memory>(reader: &mut Reader<M>, hl: &HeapLayout, chunk: u64) 
 /// The page of a large object from what `MemoryAllocator::AllocateLargePage` returned: the
 /// chunk itself (node 18–22), or the page's metadata, kept outside it, whose words hold the
 /// chunk's address (node 24).
-fn large_page<M: Memory>(mem: &M, returned: u64) -> Option<Page> {
+pub(super) fn large_page<M: Memory>(mem: &M, returned: u64) -> Option<Page> {
     if let Some(page) = Page::read(mem, returned) {
         return Some(page);
     }
     let mut raw = [0u8; 96];
     mem.read(returned, &mut raw).then_some(())?;
-    let chunks: Vec<u64> = super::super::words(&raw).filter(|w| *w != 0 && w % super::PAGE == 0).collect();
+    let chunks: Vec<u64> = words(&raw).filter(|w| *w != 0 && w % PAGE == 0).collect();
     chunks.into_iter().find_map(|chunk| Page::read(mem, chunk))
 }
 
 /// The mean bytes an element of the store at `data` keeps on its own, from up to [`SAMPLES`]
 /// elements spread over its `used` slots; and the bytes read.
-fn element_bytes<M: Memory>(walker: &mut Walker<'_, M>, data: u64, used: u64) -> (f64, u64) {
+pub(super) fn element_bytes<M: Memory>(walker: &mut Walker<'_, M>, data: u64, used: u64) -> (f64, u64) {
     let step = (used / SAMPLES).max(1);
     // Each object below a sampled element: its size, and which samples reach it.
     let mut sizes: HashMap<u64, u64> = HashMap::new();
@@ -156,7 +164,7 @@ fn element_bytes<M: Memory>(walker: &mut Walker<'_, M>, data: u64, used: u64) ->
 
 /// The size of the heap object `tagged`, and with `fields` the heap objects it points to (its
 /// first [`MAX_FIELDS`] pointer fields; none for a flat string or a byte array).
-fn object_at<M: Memory>(
+pub(super) fn object_at<M: Memory>(
     walker: &mut Walker<'_, M>,
     tagged: u64,
     fields: bool,
@@ -170,7 +178,7 @@ fn object_at<M: Memory>(
     let mut buf = [0u8; HEAD];
     *bytes_read += HEAD as u64;
     walker.reader.mem.read(obj, &mut buf).then_some(())?;
-    let info: MapInfo = walker.map_info(super::word_at(&buf, 0)?)?;
+    let info: MapInfo = walker.map_info(word_at(&buf, 0)?)?;
     let size = walker.size_of(info, &buf, 0)?;
     // Sequential strings and byte arrays hold no pointers; everything else is followed (JS
     // objects, arrays, a cons string's halves, a sliced string's parent).
@@ -180,7 +188,7 @@ fn object_at<M: Memory>(
     let pointers = match followed {
         false => Vec::new(),
         true => (1..(size / 8).min(MAX_FIELDS + 1))
-            .filter_map(|i| super::word_at(&buf, i * 8))
+            .filter_map(|i| word_at(&buf, i * 8))
             .filter(|w| w & l.tag_mask == l.heap_tag && *w != tagged)
             .collect(),
     };

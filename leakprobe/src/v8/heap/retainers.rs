@@ -37,114 +37,36 @@ use std::{
     time::Instant,
 };
 
-use serde::Serialize;
-
-use super::{find_pages, Census, HeapLayout, Kind, Limits, MapInfo, Memory, Page, Reader, Stopped, Walker};
+use super::{
+    census::{Census, Kind, Limits, Stopped},
+    chain::{chain_text, Chain, Link, LinkKind, RetainerSearch, Retainers},
+    layout::HeapLayout,
+    pages::{find_pages, Page, PAGE},
+    walk::{MapInfo, Walker},
+};
+use crate::v8::{memory::Memory, reader::Reader};
 
 /// Levels searched above the samples (one pass over the heap each).
-const MAX_DEPTH: usize = 10;
+pub(super) const MAX_DEPTH: usize = 10;
 /// Most holders kept for one object (scopes beyond it).
-const MAX_HOLDERS: usize = 4;
+pub(super) const MAX_HOLDERS: usize = 4;
 /// Most objects in the search's graph.
-const MAX_NODES: usize = 20_000;
+pub(super) const MAX_NODES: usize = 20_000;
 /// Chains listed per type.
-const MAX_CHAINS: usize = 3;
+pub(super) const MAX_CHAINS: usize = 3;
 /// Most bytes of a large object scanned, read in pieces of [`PIECE`].
-const MAX_LARGE: u64 = 256 << 20;
-const PIECE: u64 = 1 << 20;
+pub(super) const MAX_LARGE: u64 = 256 << 20;
+pub(super) const PIECE: u64 = 1 << 20;
 /// Constructors of node's timer objects: a chain ends there (their lists are linked).
-const TIMERS: [&str; 3] = ["Timeout", "Immediate", "TimersList"];
-/// Longest name kept for a property or variable.
-const MAX_NAME: usize = 80;
-
-/// How a holder refers to what it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkKind {
-    /// A variable of a scope (a context slot).
-    Variable,
-    /// A named property of an object.
-    Property,
-    /// An element of an Array (or of an object's indexed elements).
-    Element,
-    /// An entry of a Map or Set.
-    Entry,
-    /// One of V8's own fields: a typed array's ArrayBuffer, a closure's scope, ...
-    Internal,
-}
-
-/// One step of a chain: the object below is held by `holder` as `name`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-pub struct Link {
-    /// How it is held.
-    pub kind: LinkKind,
-    /// The variable's or property's name.
-    pub name: Option<String>,
-    /// The holder as DevTools names it: `Set (12,000 entries)`, `Timeout`,
-    /// `module scope of app.js`, `scope of attachWatcher (ws.js)`.
-    pub holder: String,
-}
-
-/// One retainer chain, shared by some of the samples.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Chain {
-    /// Samples held through it.
-    pub samples: u32,
-    /// The nearest named holder: the first variable or property name on the chain.
-    pub holder: Option<String>,
-    /// Nearest first.
-    pub links: Vec<Link>,
-    /// The chain in one line, nearest first.
-    pub text: String,
-    /// It ends at a scope's variable or a timer list (not cut short by the depth limit).
-    pub complete: bool,
-}
-
-/// Who holds the objects of one type.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Retainers {
-    /// The isolate's heap (as in the census).
-    pub heap: String,
-    /// As in the census.
-    pub kind: Kind,
-    /// As in the census.
-    pub label: String,
-    /// Samples searched.
-    pub sampled: u32,
-    /// Samples left out because their object moved or died since the census.
-    pub stale: u32,
-    /// Samples for which no holder was found.
-    pub unexplained: u32,
-    /// Most samples first, at most three (`MAX_CHAINS`).
-    pub chains: Vec<Chain>,
-}
-
-/// The result of one search.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RetainerSearch {
-    /// One per type asked for that had samples.
-    pub types: Vec<Retainers>,
-    /// Passes over the heap.
-    pub passes: u32,
-    /// Pointers to a searched object found in objects whose type holds no pointers there
-    /// (strings, byte arrays, free space: not references), or in V8's code and feedback
-    /// (optimized code's constants, inline caches: not what the program keeps): left out.
-    pub rejected_hits: u64,
-    /// Bytes read from the target.
-    pub bytes_read: u64,
-    /// Wall time spent.
-    pub elapsed_ms: f64,
-    /// Set when a cap stopped the search (chains are then shorter).
-    pub stopped_early: Option<Stopped>,
-}
+pub(super) const TIMERS: [&str; 3] = ["Timeout", "Immediate", "TimersList"];
 
 /// The objects a pass looks for, by tagged address: looked up once per tagged word of the
 /// heap, so with a cheap hash (addresses are distinct and 8-aligned).
-type Frontier = HashMap<u64, usize, std::hash::BuildHasherDefault<AddressHasher>>;
+pub(super) type Frontier = HashMap<u64, usize, std::hash::BuildHasherDefault<AddressHasher>>;
 
 /// A multiplicative hash of one address.
 #[derive(Default)]
-struct AddressHasher(u64);
+pub(super) struct AddressHasher(u64);
 
 impl std::hash::Hasher for AddressHasher {
     fn finish(&self) -> u64 {
@@ -163,28 +85,28 @@ impl std::hash::Hasher for AddressHasher {
 }
 
 /// A link without its counts, to group chains by.
-type LinkKey = (LinkKind, Option<String>, String);
+pub(super) type LinkKey = (LinkKind, Option<String>, String);
 
 /// An object of the search's graph.
 #[derive(Clone, Debug)]
-struct Node {
+pub(super) struct Node {
     /// Tagged address.
-    addr: u64,
-    info: Option<MapInfo>,
+    pub(super) addr: u64,
+    pub(super) info: Option<MapInfo>,
     /// Who refers to it: (node, byte offset of the reference in that node).
-    holders: Vec<(usize, u64)>,
-    depth: usize,
-    searched: bool,
+    pub(super) holders: Vec<(usize, u64)>,
+    pub(super) depth: usize,
+    pub(super) searched: bool,
     /// Its holders are looked for only to name it (a scope's closures), not followed.
-    leaf: bool,
+    pub(super) leaf: bool,
 }
 
 /// One reference found: the object at `holder` (tagged) refers to `node` at `offset`.
-struct Hit {
-    node: usize,
-    holder: u64,
-    info: MapInfo,
-    offset: u64,
+pub(super) struct Hit {
+    pub(super) node: usize,
+    pub(super) holder: u64,
+    pub(super) info: MapInfo,
+    pub(super) offset: u64,
 }
 
 /// Finds what holds the sampled objects of each of `wanted` (isolate heap, kind, label) in
@@ -201,7 +123,7 @@ pub fn retainers<M: Memory>(
     // Old-generation pages, and the young generation's large objects (one object a page, with
     // no stale objects after it: a growing array's new backing store is often one).
     let searched_pages = |mem: &M| -> Vec<Page> {
-        find_pages(mem, &ranges()).into_iter().filter(|p| !p.young() || p.size != super::PAGE).collect()
+        find_pages(mem, &ranges()).into_iter().filter(|p| !p.young() || p.size != PAGE).collect()
     };
     let mut pages = searched_pages(&reader.mem);
     let mut search = Search {
@@ -340,20 +262,20 @@ pub fn retainers<M: Memory>(
 }
 
 /// The search's graph and the walker that parses pages for it.
-struct Search<'r, M: Memory> {
-    w: Walker<'r, M>,
-    nodes: Vec<Node>,
-    index: HashMap<u64, usize>,
+pub struct Search<'r, M: Memory> {
+    pub(super) w: Walker<'r, M>,
+    pub(super) nodes: Vec<Node>,
+    pub(super) index: HashMap<u64, usize>,
     /// Parsed pages, by chunk: objects (offset, map, size).
-    objects: HashMap<u64, Vec<(u64, MapInfo, u64)>>,
-    bytes_read: u64,
+    pub(super) objects: HashMap<u64, Vec<(u64, MapInfo, u64)>>,
+    pub(super) bytes_read: u64,
     /// Where the rejected hits were (once each, however many passes saw them).
-    rejected: HashSet<u64>,
+    pub(super) rejected: HashSet<u64>,
 }
 
 impl<M: Memory> Search<'_, M> {
     /// The node of `addr`, new or not.
-    fn node(&mut self, addr: u64, info: Option<MapInfo>, depth: usize) -> usize {
+    pub(super) fn node(&mut self, addr: u64, info: Option<MapInfo>, depth: usize) -> usize {
         if let Some(i) = self.index.get(&addr) {
             return *i;
         }
@@ -365,7 +287,7 @@ impl<M: Memory> Search<'_, M> {
     /// What the next pass looks for: the nodes at and above `open` (the samples whose chain is
     /// not complete) not searched yet, and the scopes (searched once more, for a closure that
     /// names their file).
-    fn frontier(&self, open: &[usize]) -> Frontier {
+    pub(super) fn frontier(&self, open: &[usize]) -> Frontier {
         let mut wanted = self.above(open);
         wanted.extend(
             (0..self.nodes.len()).filter(|&i| self.nodes[i].info.is_some_and(|n| self.is_context(n))),
@@ -380,31 +302,31 @@ impl<M: Memory> Search<'_, M> {
 
     /// A node whose holders are not followed: a scope (its variable names the chain), a
     /// timer, or a node found only to name a scope.
-    fn terminal(&self, n: &Node) -> bool {
+    pub(super) fn terminal(&self, n: &Node) -> bool {
         if n.leaf {
             return true;
         }
         n.info.is_none_or(|info| self.timer(info))
     }
 
-    fn is_context(&self, info: MapInfo) -> bool {
+    pub(super) fn is_context(&self, info: MapInfo) -> bool {
         (self.w.hl.first_context_type..=self.w.hl.last_context_type).contains(&info.ty)
     }
 
-    fn is_function(&self, info: MapInfo) -> bool {
+    pub(super) fn is_function(&self, info: MapInfo) -> bool {
         let l = &self.w.reader.layout;
         (l.first_function_type..=l.last_function_type).contains(&info.ty)
     }
 
     /// Whether `info` is one of node's timer objects.
-    fn timer(&self, info: MapInfo) -> bool {
+    pub(super) fn timer(&self, info: MapInfo) -> bool {
         info.ty >= self.w.hl.first_js_type
             && info.label.is_some_and(|l| TIMERS.contains(&self.w.labels[l].1.as_str()))
     }
 
     /// Whether objects of `info` hold tagged pointers after their map that a program's
     /// references are made of (not V8's code and feedback: [`super::UNSEEN_HOLDERS`]).
-    fn holds_pointers(&self, info: MapInfo) -> bool {
+    pub(super) fn holds_pointers(&self, info: MapInfo) -> bool {
         let hl = self.w.hl;
         let l = &self.w.reader.layout;
         let ty = info.ty;
@@ -417,7 +339,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// Records a hit: a new holder of its node (at most [`MAX_HOLDERS`]).
-    fn add(&mut self, hit: Hit) {
+    pub(super) fn add(&mut self, hit: Hit) {
         let child = &self.nodes[hit.node];
         let depth = child.depth + 1;
         let child_is_context = child.info.is_some_and(|i| self.is_context(i));
@@ -443,7 +365,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// One pass: every reference from an old-generation object to a node of `frontier`.
-    fn scan(&mut self, pages: &[Page], frontier: &Frontier, max_bytes: u64) -> Vec<Hit> {
+    pub(super) fn scan(&mut self, pages: &[Page], frontier: &Frontier, max_bytes: u64) -> Vec<Hit> {
         let l = &self.w.reader.layout;
         let (tag_mask, heap_tag) = (l.tag_mask, l.heap_tag);
         let mut hits = Vec::new();
@@ -452,7 +374,7 @@ impl<M: Memory> Search<'_, M> {
                 break;
             }
             let area = page.area_end - page.area_start;
-            if area > super::PAGE {
+            if area > PAGE {
                 self.scan_large(page, area, frontier, &mut hits);
                 continue;
             }
@@ -500,7 +422,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// Scans the one object of a large-object page, in pieces.
-    fn scan_large(&mut self, page: &Page, area: u64, frontier: &Frontier, hits: &mut Vec<Hit>) {
+    pub(super) fn scan_large(&mut self, page: &Page, area: u64, frontier: &Frontier, hits: &mut Vec<Hit>) {
         let l = &self.w.reader.layout;
         let (tag_mask, heap_tag) = (l.tag_mask, l.heap_tag);
         let mut head = [0u8; 8];
@@ -543,7 +465,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// `from` and every node above them (their holders, transitively).
-    fn above(&self, from: &[usize]) -> HashSet<usize> {
+    pub(super) fn above(&self, from: &[usize]) -> HashSet<usize> {
         let mut seen: HashSet<usize> = from.iter().copied().collect();
         let mut stack: Vec<usize> = from.to_vec();
         while let Some(n) = stack.pop() {
@@ -559,7 +481,7 @@ impl<M: Memory> Search<'_, M> {
     /// The shortest path from `root` up to a terminal holder (a scope or a timer), as
     /// (holder node, offset) steps; when none ends at one, the longest path found (not
     /// complete). `None` when nothing holds `root`.
-    fn best_path(&self, root: usize) -> Option<(Vec<(usize, u64)>, bool)> {
+    pub(super) fn best_path(&self, root: usize) -> Option<(Vec<(usize, u64)>, bool)> {
         let mut seen = HashSet::from([root]);
         let mut queue = std::collections::VecDeque::from([root]);
         let mut parent: HashMap<usize, (usize, u64)> = HashMap::new();
@@ -584,7 +506,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// The steps from the root to `end`: each (holder, the offset it refers to the one below).
-    fn path_to(&self, parent: &HashMap<usize, (usize, u64)>, end: usize) -> Vec<(usize, u64)> {
+    pub(super) fn path_to(&self, parent: &HashMap<usize, (usize, u64)>, end: usize) -> Vec<(usize, u64)> {
         let mut steps = Vec::new();
         let mut at = end;
         while let Some(&(below, off)) = parent.get(&at) {
@@ -596,7 +518,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// The links of a path, backing stores folded into the object they belong to.
-    fn links(&mut self, path: &[(usize, u64)]) -> Vec<Link> {
+    pub(super) fn links(&mut self, path: &[(usize, u64)]) -> Vec<Link> {
         let mut links = Vec::new();
         let mut i = 0;
         while i < path.len() {
@@ -665,258 +587,5 @@ impl<M: Memory> Search<'_, M> {
             }
         }
         links
-    }
-
-    /// An object as DevTools names it: `Array (N elements)`, `Map (N entries)`, its
-    /// constructor or shape, a closure's function, or V8's type.
-    fn describe(&mut self, n: usize) -> String {
-        let Some(info) = self.nodes[n].info else { return "(unknown)".into() };
-        let l = self.w.reader.layout.clone();
-        let obj = self.nodes[n].addr.wrapping_sub(l.heap_tag);
-        let smi_at = |w: &Walker<M>, addr: u64| w.reader.word(addr).ok().and_then(|v| w.reader.smi(v));
-        let r = &self.w.hl.refs;
-        let label = |w: &Walker<M>, info: MapInfo| info.label.map(|k| w.labels[k].2.clone());
-        if info.ty == self.w.hl.js_array_type {
-            let len = smi_at(&self.w, obj + 24).filter(|n| *n >= 0);
-            let name = label(&self.w, info).unwrap_or_else(|| "Array".into());
-            return match len {
-                Some(len) => format!("{name}, {} elements", thousands(len as u64)),
-                None => name,
-            };
-        }
-        if info.ty == r.js_map_type || info.ty == r.js_set_type {
-            let what = if info.ty == r.js_map_type { "Map" } else { "Set" };
-            let entries = self
-                .w
-                .reader
-                .word(obj + 24)
-                .ok()
-                .and_then(|t| smi_at(&self.w, t.wrapping_sub(l.heap_tag).wrapping_add(l.array_data)))
-                .filter(|n| *n >= 0);
-            return match entries {
-                Some(n) => format!("{what}, {} entries", thousands(n as u64)),
-                None => what.into(),
-            };
-        }
-        if self.is_function(info) {
-            let sfi = self.w.reader.word(obj + l.function_shared).unwrap_or(0);
-            let k = self.w.closure_label(sfi);
-            return format!("closure {}", self.w.labels[k].2);
-        }
-        label(&self.w, info).unwrap_or_else(|| "(object)".into())
-    }
-
-    /// The name of the variable in context slot at byte offset `off` of the context at `obj`.
-    fn variable(&self, obj: u64, off: u64) -> Option<String> {
-        let r = &self.w.reader;
-        let l = &r.layout;
-        if off < 16 || !off.is_multiple_of(8) {
-            return None;
-        }
-        let slot = (off - 16) / 8;
-        let length = r.smi(r.word(obj + 8).ok()?)?;
-        let scope = r.word(obj + 16 + 8 * self.w.hl.refs.context_scope_info).ok()?;
-        let (scope, ty) = r.type_of(scope).ok()?;
-        if ty != l.scope_info_type {
-            return None;
-        }
-        let data = scope.wrapping_add(8);
-        let locals = r.smi(r.word(data + 8 * l.scope_context_locals).ok()?)?;
-        // V8 keeps names inline up to 75 locals (a hash table beyond).
-        if !(1..=75).contains(&locals) {
-            return None;
-        }
-        let index = slot as i64 - (length - locals);
-        if !(0..locals).contains(&index) {
-            return None;
-        }
-        let name = r.word(data + 8 * (l.scope_first_vars + index as u64)).ok()?;
-        let (_, ty) = r.type_of(name).ok()?;
-        (ty < l.strings.first_nonstring).then(|| r.string(name).ok()).flatten().map(|s| clip(&s))
-    }
-
-    /// The scope of the context node `n`: `module scope of FILE` for a script's top level,
-    /// `scope of NAME (FILE)` for a function's.
-    fn scope(&mut self, n: usize) -> String {
-        let l = self.w.reader.layout.clone();
-        let obj = self.nodes[n].addr.wrapping_sub(l.heap_tag);
-        let owner = self
-            .w
-            .reader
-            .word(obj + 16 + 8 * self.w.hl.refs.context_scope_info)
-            .ok()
-            .and_then(|s| self.w.reader.type_of(s).ok())
-            .filter(|(_, ty)| *ty == l.scope_info_type)
-            .and_then(|(s, _)| self.w.reader.scope_info(s).ok())
-            .and_then(|(name, _)| name)
-            .filter(|n| !n.is_empty());
-        // The file, from a closure of this scope.
-        let file = self.nodes[n].holders.clone().into_iter().find_map(|(h, _)| {
-            let f = self.nodes[h].addr.wrapping_sub(l.heap_tag);
-            let sfi = self.w.reader.word(f + l.function_shared).ok()?;
-            self.w.reader.function(sfi).ok()?.file
-        });
-        let file = file.as_deref().map(super::short_file);
-        match (owner, file) {
-            (None, Some(file)) => format!("module scope of {file}"),
-            (None, None) => "a scope".into(),
-            (Some(name), Some(file)) => format!("scope of {name} ({file})"),
-            (Some(name), None) => format!("scope of {name}"),
-        }
-    }
-
-    /// The name of the property at byte offset `off` of the object at `obj` (in its
-    /// property array when `out_of_object`), from its map's descriptors.
-    fn property(&self, obj: u64, off: u64, out_of_object: bool) -> Option<String> {
-        let r = &self.w.reader;
-        let hl = self.w.hl;
-        let refs = &hl.refs;
-        let map = r.word(obj).ok()?.wrapping_sub(r.layout.heap_tag);
-        let mut b = [0u8; 1];
-        // A map word read from a moving heap may be anything: no arithmetic on it may overflow.
-        r.bytes(map.checked_add(hl.instance_size_words)?, &mut b).ok()?;
-        let size_words = b[0] as u64;
-        r.bytes(map.checked_add(refs.inobject_start)?, &mut b).ok()?;
-        let start = b[0] as u64;
-        let inobject = size_words.checked_sub(start)?;
-        if !off.is_multiple_of(8) {
-            return None;
-        }
-        let field = match out_of_object {
-            true => inobject + off.checked_sub(16)? / 8,
-            false => (off / 8).checked_sub(start).filter(|f| *f < inobject)?,
-        };
-        let mut raw = [0u8; 4];
-        r.bytes(map.wrapping_add(hl.bit_field3), &mut raw).ok()?;
-        let bits = u32::from_le_bytes(raw) as u64;
-        if bits & refs.dictionary_map != 0 {
-            return None;
-        }
-        let own = (bits & hl.own_descriptors_mask) >> hl.own_descriptors_shift;
-        let (descriptors, ty) = r.type_of(r.word(map.wrapping_add(hl.instance_descriptors)).ok()?).ok()?;
-        if !hl.descriptor_types.contains(&ty) {
-            return None;
-        }
-        for i in 0..own.min(super::MAX_DESCRIPTORS) {
-            let entry = descriptors + hl.descriptor_header + i * hl.descriptor_entry;
-            let Some(details) = r.word(entry + refs.descriptor_details).ok().and_then(|d| r.smi(d)) else {
-                continue;
-            };
-            let details = details as u64;
-            let location = (details & refs.location.0) >> refs.location.1;
-            let index = (details & refs.field_index.0) >> refs.field_index.1;
-            if location == refs.location_field && index == field {
-                return self.name(r.word(entry + hl.descriptor_key).ok()?);
-            }
-        }
-        None
-    }
-
-    /// The key of the `NameDictionary` at `obj` whose value is at byte offset `off`.
-    fn dictionary_key(&self, obj: u64, off: u64) -> Option<String> {
-        let l = &self.w.reader.layout;
-        let (first, size) = self.w.hl.refs.name_dictionary;
-        let index = off.checked_sub(l.array_data)? / 8;
-        if !off.is_multiple_of(8) || size < 2 || index < first || (index - first) % size != 1 {
-            return None;
-        }
-        self.name(self.w.reader.word(obj + l.array_data + 8 * (index - 1)).ok()?)
-    }
-
-    /// A property key: a string's text, `Symbol(description)` for a symbol.
-    fn name(&self, key: u64) -> Option<String> {
-        let r = &self.w.reader;
-        let (obj, ty) = r.type_of(key).ok()?;
-        if ty < r.layout.strings.first_nonstring {
-            return r.string(key).ok().map(|s| clip(&s));
-        }
-        let refs = &self.w.hl.refs;
-        let description = (ty == refs.symbol.0)
-            .then(|| r.word(obj + refs.symbol.1).ok())
-            .flatten()
-            .and_then(|d| r.type_of(d).ok().filter(|(_, t)| *t < r.layout.strings.first_nonstring).map(|_| d))
-            .and_then(|d| r.string(d).ok());
-        Some(format!("Symbol({})", clip(&description.unwrap_or_default())))
-    }
-}
-
-/// A name cut to [`MAX_NAME`] characters.
-fn clip(s: &str) -> String {
-    s.chars().take(MAX_NAME).collect()
-}
-
-/// `n` with thousands separators: `412,000`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A chain in one line, nearest first, the way DevTools lists retainers: each holder with the
-/// name it is held by above it, e.g. `requestLog (Array, 412,000 elements) ← module scope of
-/// access-log.js`; a property that holds the object itself comes first (`_onTimeout ←
-/// Timeout (in a timer list)`).
-pub fn chain_text(links: &[Link]) -> String {
-    let mut parts = Vec::new();
-    if let Some(first) = links.first() {
-        if matches!(first.kind, LinkKind::Property | LinkKind::Variable) {
-            parts.push(first.name.clone().unwrap_or_else(|| "(unnamed slot)".into()));
-        }
-    }
-    for (k, link) in links.iter().enumerate() {
-        if link.kind == LinkKind::Variable && k + 1 == links.len() {
-            parts.push(link.holder.clone());
-            break;
-        }
-        match links.get(k + 1) {
-            Some(up) if matches!(up.kind, LinkKind::Variable | LinkKind::Property) => {
-                parts.push(format!("{} ({})", up.name.as_deref().unwrap_or("(unnamed slot)"), link.holder))
-            }
-            _ => parts.push(link.holder.clone()),
-        }
-    }
-    parts.join(" ← ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn link(kind: LinkKind, name: Option<&str>, holder: &str) -> Link {
-        Link { kind, name: name.map(String::from), holder: holder.into() }
-    }
-
-    #[test]
-    fn chains_read_like_devtools() {
-        let set = [
-            link(LinkKind::Entry, None, "Set, 12,000 entries"),
-            link(LinkKind::Variable, Some("openSessions"), "module scope of app.js"),
-        ];
-        assert_eq!(chain_text(&set), "openSessions (Set, 12,000 entries) ← module scope of app.js");
-        let timer = [link(LinkKind::Property, Some("_onTimeout"), "Timeout (in a timer list)")];
-        assert_eq!(chain_text(&timer), "_onTimeout ← Timeout (in a timer list)");
-        let queue = [
-            link(LinkKind::Internal, None, "FastBuffer"),
-            link(LinkKind::Property, Some("chunk"), "Object {chunk, encoding, callback}"),
-            link(LinkKind::Element, None, "Array, 57 elements"),
-            link(LinkKind::Property, Some("buffered"), "WritableState"),
-            link(LinkKind::Variable, Some("state"), "scope of f (x.js)"),
-        ];
-        assert_eq!(
-            chain_text(&queue),
-            "chunk (FastBuffer) ← Object {chunk, encoding, callback} ← buffered (Array, 57 elements) \
-             ← state (WritableState) ← scope of f (x.js)"
-        );
-        let variable = [link(LinkKind::Variable, Some("Session"), "module scope of app.js")];
-        assert_eq!(chain_text(&variable), "Session ← module scope of app.js");
-        assert_eq!(thousands(412_000), "412,000");
-        assert_eq!(thousands(12), "12");
-        assert_eq!(thousands(1_000_000), "1,000,000");
     }
 }

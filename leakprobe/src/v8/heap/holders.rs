@@ -1,0 +1,194 @@
+//! Naming the holders a retainer search finds, as DevTools names them: an object by its type
+//! (`Array (N elements)`, `Map (N entries)`, a constructor or shape, a closure's function), a
+//! context by its scope (`module scope of app.js`), and what a holder holds an object as (a
+//! variable, a property, a dictionary key). The part of [`Search`] that reads names.
+
+use super::{
+    chain::thousands,
+    retainers::Search,
+    walk::{short_file, MapInfo, Walker, MAX_DESCRIPTORS},
+};
+
+use crate::v8::memory::Memory;
+
+/// Longest name kept for a property or variable.
+pub(super) const MAX_NAME: usize = 80;
+
+impl<M: Memory> Search<'_, M> {
+    /// An object as DevTools names it: `Array (N elements)`, `Map (N entries)`, its
+    /// constructor or shape, a closure's function, or V8's type.
+    pub(super) fn describe(&mut self, n: usize) -> String {
+        let Some(info) = self.nodes[n].info else { return "(unknown)".into() };
+        let l = self.w.reader.layout.clone();
+        let obj = self.nodes[n].addr.wrapping_sub(l.heap_tag);
+        let smi_at = |w: &Walker<M>, addr: u64| w.reader.word(addr).ok().and_then(|v| w.reader.smi(v));
+        let r = &self.w.hl.refs;
+        let label = |w: &Walker<M>, info: MapInfo| info.label.map(|k| w.labels[k].2.clone());
+        if info.ty == self.w.hl.js_array_type {
+            let len = smi_at(&self.w, obj + 24).filter(|n| *n >= 0);
+            let name = label(&self.w, info).unwrap_or_else(|| "Array".into());
+            return match len {
+                Some(len) => format!("{name}, {} elements", thousands(len as u64)),
+                None => name,
+            };
+        }
+        if info.ty == r.js_map_type || info.ty == r.js_set_type {
+            let what = if info.ty == r.js_map_type { "Map" } else { "Set" };
+            let entries = self
+                .w
+                .reader
+                .word(obj + 24)
+                .ok()
+                .and_then(|t| smi_at(&self.w, t.wrapping_sub(l.heap_tag).wrapping_add(l.array_data)))
+                .filter(|n| *n >= 0);
+            return match entries {
+                Some(n) => format!("{what}, {} entries", thousands(n as u64)),
+                None => what.into(),
+            };
+        }
+        if self.is_function(info) {
+            let sfi = self.w.reader.word(obj + l.function_shared).unwrap_or(0);
+            let k = self.w.closure_label(sfi);
+            return format!("closure {}", self.w.labels[k].2);
+        }
+        label(&self.w, info).unwrap_or_else(|| "(object)".into())
+    }
+
+    /// The name of the variable in context slot at byte offset `off` of the context at `obj`.
+    pub(super) fn variable(&self, obj: u64, off: u64) -> Option<String> {
+        let r = &self.w.reader;
+        let l = &r.layout;
+        if off < 16 || !off.is_multiple_of(8) {
+            return None;
+        }
+        let slot = (off - 16) / 8;
+        let length = r.smi(r.word(obj + 8).ok()?)?;
+        let scope = r.word(obj + 16 + 8 * self.w.hl.refs.context_scope_info).ok()?;
+        let (scope, ty) = r.type_of(scope).ok()?;
+        if ty != l.scope_info_type {
+            return None;
+        }
+        let data = scope.wrapping_add(8);
+        let locals = r.smi(r.word(data + 8 * l.scope_context_locals).ok()?)?;
+        // V8 keeps names inline up to 75 locals (a hash table beyond).
+        if !(1..=75).contains(&locals) {
+            return None;
+        }
+        let index = slot as i64 - (length - locals);
+        if !(0..locals).contains(&index) {
+            return None;
+        }
+        let name = r.word(data + 8 * (l.scope_first_vars + index as u64)).ok()?;
+        let (_, ty) = r.type_of(name).ok()?;
+        (ty < l.strings.first_nonstring).then(|| r.string(name).ok()).flatten().map(|s| clip(&s))
+    }
+
+    /// The scope of the context node `n`: `module scope of FILE` for a script's top level,
+    /// `scope of NAME (FILE)` for a function's.
+    pub(super) fn scope(&mut self, n: usize) -> String {
+        let l = self.w.reader.layout.clone();
+        let obj = self.nodes[n].addr.wrapping_sub(l.heap_tag);
+        let owner = self
+            .w
+            .reader
+            .word(obj + 16 + 8 * self.w.hl.refs.context_scope_info)
+            .ok()
+            .and_then(|s| self.w.reader.type_of(s).ok())
+            .filter(|(_, ty)| *ty == l.scope_info_type)
+            .and_then(|(s, _)| self.w.reader.scope_info(s).ok())
+            .and_then(|(name, _)| name)
+            .filter(|n| !n.is_empty());
+        // The file, from a closure of this scope.
+        let file = self.nodes[n].holders.clone().into_iter().find_map(|(h, _)| {
+            let f = self.nodes[h].addr.wrapping_sub(l.heap_tag);
+            let sfi = self.w.reader.word(f + l.function_shared).ok()?;
+            self.w.reader.function(sfi).ok()?.file
+        });
+        let file = file.as_deref().map(short_file);
+        match (owner, file) {
+            (None, Some(file)) => format!("module scope of {file}"),
+            (None, None) => "a scope".into(),
+            (Some(name), Some(file)) => format!("scope of {name} ({file})"),
+            (Some(name), None) => format!("scope of {name}"),
+        }
+    }
+
+    /// The name of the property at byte offset `off` of the object at `obj` (in its
+    /// property array when `out_of_object`), from its map's descriptors.
+    pub(super) fn property(&self, obj: u64, off: u64, out_of_object: bool) -> Option<String> {
+        let r = &self.w.reader;
+        let hl = self.w.hl;
+        let refs = &hl.refs;
+        let map = r.word(obj).ok()?.wrapping_sub(r.layout.heap_tag);
+        let mut b = [0u8; 1];
+        // A map word read from a moving heap may be anything: no arithmetic on it may overflow.
+        r.bytes(map.checked_add(hl.instance_size_words)?, &mut b).ok()?;
+        let size_words = b[0] as u64;
+        r.bytes(map.checked_add(refs.inobject_start)?, &mut b).ok()?;
+        let start = b[0] as u64;
+        let inobject = size_words.checked_sub(start)?;
+        if !off.is_multiple_of(8) {
+            return None;
+        }
+        let field = match out_of_object {
+            true => inobject + off.checked_sub(16)? / 8,
+            false => (off / 8).checked_sub(start).filter(|f| *f < inobject)?,
+        };
+        let mut raw = [0u8; 4];
+        r.bytes(map.wrapping_add(hl.bit_field3), &mut raw).ok()?;
+        let bits = u32::from_le_bytes(raw) as u64;
+        if bits & refs.dictionary_map != 0 {
+            return None;
+        }
+        let own = (bits & hl.own_descriptors_mask) >> hl.own_descriptors_shift;
+        let (descriptors, ty) = r.type_of(r.word(map.wrapping_add(hl.instance_descriptors)).ok()?).ok()?;
+        if !hl.descriptor_types.contains(&ty) {
+            return None;
+        }
+        for i in 0..own.min(MAX_DESCRIPTORS) {
+            let entry = descriptors + hl.descriptor_header + i * hl.descriptor_entry;
+            let Some(details) = r.word(entry + refs.descriptor_details).ok().and_then(|d| r.smi(d)) else {
+                continue;
+            };
+            let details = details as u64;
+            let location = (details & refs.location.0) >> refs.location.1;
+            let index = (details & refs.field_index.0) >> refs.field_index.1;
+            if location == refs.location_field && index == field {
+                return self.name(r.word(entry + hl.descriptor_key).ok()?);
+            }
+        }
+        None
+    }
+
+    /// The key of the `NameDictionary` at `obj` whose value is at byte offset `off`.
+    pub(super) fn dictionary_key(&self, obj: u64, off: u64) -> Option<String> {
+        let l = &self.w.reader.layout;
+        let (first, size) = self.w.hl.refs.name_dictionary;
+        let index = off.checked_sub(l.array_data)? / 8;
+        if !off.is_multiple_of(8) || size < 2 || index < first || (index - first) % size != 1 {
+            return None;
+        }
+        self.name(self.w.reader.word(obj + l.array_data + 8 * (index - 1)).ok()?)
+    }
+
+    /// A property key: a string's text, `Symbol(description)` for a symbol.
+    pub(super) fn name(&self, key: u64) -> Option<String> {
+        let r = &self.w.reader;
+        let (obj, ty) = r.type_of(key).ok()?;
+        if ty < r.layout.strings.first_nonstring {
+            return r.string(key).ok().map(|s| clip(&s));
+        }
+        let refs = &self.w.hl.refs;
+        let description = (ty == refs.symbol.0)
+            .then(|| r.word(obj + refs.symbol.1).ok())
+            .flatten()
+            .and_then(|d| r.type_of(d).ok().filter(|(_, t)| *t < r.layout.strings.first_nonstring).map(|_| d))
+            .and_then(|d| r.string(d).ok());
+        Some(format!("Symbol({})", clip(&description.unwrap_or_default())))
+    }
+}
+
+/// A name cut to [`MAX_NAME`] characters.
+pub(super) fn clip(s: &str) -> String {
+    s.chars().take(MAX_NAME).collect()
+}

@@ -1,0 +1,182 @@
+//! The offsets and instance types the heap census needs beyond [`crate::v8::Layout`], from the
+//! binary's metadata; and the holders a retainer search does not follow ([`UNSEEN_HOLDERS`]).
+
+use std::collections::HashMap;
+
+use super::super::metadata::{Metadata, MetadataError};
+
+/// V8's code, feedback and weak bookkeeping: a reference from one of these is optimized
+/// code's embedded constant, an inline cache's feedback or a weak list's entry, not what keeps
+/// an object for the program (DevTools hides these retainers too). A retainer search does not
+/// follow them: an object referred to by a dozen such would crowd out the variable that keeps it.
+pub(super) const UNSEEN_HOLDERS: &[&str] = &[
+    "AllocationSite",
+    "ClosureFeedbackCellArray",
+    "Code",
+    "CodeDataContainer",
+    "CodeWrapper",
+    "DependentCode",
+    "DeoptimizationData",
+    "DeoptimizationLiteralArray",
+    "FeedbackCell",
+    "FeedbackMetadata",
+    "FeedbackVector",
+    "InstructionStream",
+    "ProtectedFixedArray",
+    "ProtectedWeakFixedArray",
+    "PrototypeInfo",
+    "TransitionArray",
+    "TrustedByteArray",
+    "TrustedFixedArray",
+    "TrustedForeign",
+    "TrustedWeakFixedArray",
+    "WeakArrayList",
+    "WeakCell",
+    "WeakFixedArray",
+];
+
+/// The offsets and types the census needs beyond [`super::Layout`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeapLayout {
+    pub(super) map_type: u64,
+    pub(super) instance_size_words: u64,
+    pub(super) bit_field3: u64,
+    pub(super) own_descriptors_mask: u64,
+    pub(super) own_descriptors_shift: u32,
+    pub(super) constructor_or_back_pointer: u64,
+    pub(super) instance_descriptors: u64,
+    pub(super) descriptor_header: u64,
+    pub(super) descriptor_entry: u64,
+    pub(super) descriptor_key: u64,
+    pub(super) descriptor_types: [u64; 2],
+    pub(super) array_buffer_type: u64,
+    pub(super) array_buffer_byte_length: u64,
+    pub(super) js_array_type: u64,
+    pub(super) first_js_type: u64,
+    pub(super) first_context_type: u64,
+    pub(super) last_context_type: u64,
+    pub(super) fixed_double_array_type: u64,
+    pub(super) byte_array_type: u64,
+    pub(super) weak_array_list_type: Option<u64>,
+    pub(super) bytecode: Option<(u64, u64)>,
+    pub(super) free_space_type: Option<u64>,
+    /// Class names of the instance types the metadata lists.
+    pub(super) type_names: HashMap<u64, String>,
+    /// Instance types of [`UNSEEN_HOLDERS`].
+    pub(super) unseen_holders: Vec<u64>,
+    /// What [`retainers`] needs to name a reference.
+    pub(super) refs: RefLayout,
+}
+
+/// The layouts that name a reference: object properties, dictionaries, contexts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct RefLayout {
+    pub(super) js_map_type: u64,
+    pub(super) js_set_type: u64,
+    pub(super) property_array_type: u64,
+    /// `Map::inobject_properties_start_or_constructor_function_index` (a byte, in words).
+    pub(super) inobject_start: u64,
+    /// `PropertyDetails` in a descriptor entry (bytes from the entry's start).
+    pub(super) descriptor_details: u64,
+    pub(super) field_index: (u64, u32),
+    pub(super) location: (u64, u32),
+    pub(super) location_field: u64,
+    /// `bit_field3` bit of dictionary-mode maps.
+    pub(super) dictionary_map: u64,
+    /// A `NameDictionary`'s first entry (slots after the array header) and entry size.
+    pub(super) name_dictionary: (u64, u64),
+    /// `JSFunction::context`.
+    pub(super) function_context: u64,
+    /// The context slot of its `ScopeInfo`.
+    pub(super) context_scope_info: u64,
+    /// `Symbol`'s type and its description field.
+    pub(super) symbol: (u64, u64),
+}
+
+impl RefLayout {
+    pub(super) fn new(m: &Metadata) -> Result<Self, MetadataError> {
+        let u = |v: i64| v as u64;
+        let shift = |v: i64| v.clamp(0, 63) as u32;
+        Ok(Self {
+            js_map_type: u(m.get("type_JSMap__JS_MAP_TYPE")?),
+            js_set_type: u(m.get("type_JSSet__JS_SET_TYPE")?),
+            property_array_type: u(m.get("type_PropertyArray__PROPERTY_ARRAY_TYPE")?),
+            inobject_start: u(
+                m.field("class_Map__inobject_properties_start_or_constructor_function_index__")?
+            ),
+            descriptor_details: u(m.get("prop_desc_details")?.saturating_mul(8)),
+            field_index: (u(m.get("prop_index_mask")?), shift(m.get("prop_index_shift")?)),
+            location: (u(m.get("prop_location_mask")?), shift(m.get("prop_location_shift")?)),
+            location_field: u(m.get("prop_location_Field")?),
+            dictionary_map: 1u64 << shift(m.get("bit_field3_is_dictionary_map_shift")?).min(31),
+            name_dictionary: (
+                u(m.get("namedictionary_prefix_start_index")?
+                    .saturating_add(m.get("namedictionaryshape_prefix_size")?)),
+                u(m.get("namedictionaryshape_entry_size")?),
+            ),
+            function_context: u(m.field("class_JSFunction__context__")?),
+            context_scope_info: u(m.get("context_idx_scope_info")?),
+            symbol: (u(m.get("type_Symbol__SYMBOL_TYPE")?), u(m.field("class_Symbol__name__")?)),
+        })
+    }
+}
+
+impl HeapLayout {
+    /// The census layout `m` describes.
+    pub fn new(m: &Metadata) -> Result<Self, MetadataError> {
+        let u = |v: i64| v as u64;
+        let mut type_names = HashMap::new();
+        let mut first_js = None::<u64>;
+        for (name, value) in &m.0 {
+            let Some(rest) = name.strip_prefix("type_") else { continue };
+            let class = rest.split("__").next().unwrap_or(rest);
+            type_names.entry(u(*value)).or_insert_with(|| class.to_string());
+            // Every `JS*` class is a JSReceiver; V8 numbers receivers last.
+            if class.starts_with("JS") {
+                first_js = Some(first_js.map_or(u(*value), |f| f.min(u(*value))));
+            }
+        }
+        let entry = m.get("prop_desc_size")?;
+        let unseen_holders = type_names
+            .iter()
+            .filter(|(_, name)| UNSEEN_HOLDERS.contains(&name.as_str()))
+            .map(|(ty, _)| *ty)
+            .collect();
+        Ok(Self {
+            map_type: u(m.get("type_Map__MAP_TYPE")?),
+            instance_size_words: u(m.field("class_Map__instance_size_in_words__")?),
+            bit_field3: u(m.field("class_Map__bit_field3__")?),
+            own_descriptors_mask: u(m.get("bit_field3_number_of_own_descriptors_mask")?),
+            own_descriptors_shift: m.get("bit_field3_number_of_own_descriptors_shift")?.clamp(0, 31) as u32,
+            constructor_or_back_pointer: u(m.field("class_Map__constructor_or_back_pointer__")?),
+            instance_descriptors: u(m.field("class_Map__instance_descriptors__")?),
+            descriptor_header: u(m.field("class_DescriptorArray__header_size__")?),
+            descriptor_entry: u(entry.saturating_mul(8)),
+            descriptor_key: u(m.get("prop_desc_key")?.saturating_mul(8)),
+            descriptor_types: [
+                u(m.get("type_DescriptorArray__DESCRIPTOR_ARRAY_TYPE")?),
+                u(m.get("type_StrongDescriptorArray__STRONG_DESCRIPTOR_ARRAY_TYPE").unwrap_or(-1)),
+            ],
+            array_buffer_type: u(m.get("type_JSArrayBuffer__JS_ARRAY_BUFFER_TYPE")?),
+            array_buffer_byte_length: u(m.field("class_JSArrayBuffer__byte_length__")?),
+            js_array_type: u(m.get("type_JSArray__JS_ARRAY_TYPE")?),
+            first_js_type: first_js.ok_or(MetadataError::Missing("type_JS*"))?,
+            first_context_type: u(m.get("FirstContextType")?),
+            last_context_type: u(m.get("LastContextType")?),
+            fixed_double_array_type: u(m.get("type_FixedDoubleArray__FIXED_DOUBLE_ARRAY_TYPE")?),
+            byte_array_type: u(m.get("type_ByteArray__BYTE_ARRAY_TYPE")?),
+            weak_array_list_type: m.get("type_WeakArrayList__WEAK_ARRAY_LIST_TYPE").ok().map(u),
+            bytecode: match (
+                m.get("type_BytecodeArray__BYTECODE_ARRAY_TYPE"),
+                m.field("class_BytecodeArray__data__"),
+            ) {
+                (Ok(ty), Ok(data)) => Some((u(ty), u(data))),
+                _ => None,
+            },
+            free_space_type: m.get("type_FreeSpace__FREE_SPACE_TYPE").ok().map(u),
+            type_names,
+            unseen_holders,
+            refs: RefLayout::new(m)?,
+        })
+    }
+}
