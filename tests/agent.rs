@@ -113,18 +113,18 @@ fn http_get(url: &str) -> String {
 
 /// Whether the exposition has `pid`'s RSS gauge and its scavenge histogram.
 fn has_series(text: &str, pid: u32) -> bool {
-    let pid = format!("pid=\"{pid}\"");
-    text.lines().any(|l| l.starts_with("leakprobe_memory_bytes{area=\"rss\"") && l.contains(&pid))
-        && text.lines().any(|l| l.starts_with("leakprobe_gc_pause_seconds_count{") && l.contains(&pid))
+    let pid = pid_label(pid);
+    metric(text, "leakprobe_memory_bytes", &["area=\"rss\"", &pid]).is_some()
+        && metric(text, "leakprobe_gc_pause_seconds_count", &[&pid]).is_some()
 }
 
 /// Whether any series of `pid` is left.
 fn mentions(text: &str, pid: u32) -> bool {
-    text.contains(&format!("pid=\"{pid}\""))
+    text.contains(&pid_label(pid))
 }
 
 fn targets(text: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix("leakprobe_targets ")).and_then(|v| v.parse().ok()).unwrap()
+    metric(text, "leakprobe_targets", &[]).unwrap() as u64
 }
 
 /// Three processes are found; one killed loses its series, and a new one gains them, while
@@ -291,20 +291,10 @@ fn agent_without_its_gc_probes_is_degraded_not_silent() {
     let line = stderr.wait_for("serving", Duration::from_secs(30));
     let addr = line.rsplit("http://").next().unwrap().trim().to_string();
     let agent = Agent { child, stderr, addr };
-    let pid = format!("pid=\"{}\"", member.pid());
-    let up = |text: &str, family: &str| {
-        text.lines()
-            .find(|l| {
-                l.starts_with("leakprobe_probes_up{")
-                    && l.contains(&pid)
-                    && l.contains(&format!("family=\"{family}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .map(str::to_string)
-    };
-    let text = agent.metrics_until("the member's probe status", |t| up(t, "gc").is_some());
-    assert_eq!(up(&text, "gc").as_deref(), Some("0"), "{text}");
-    assert_eq!(up(&text, "syscalls").as_deref(), Some("1"), "{text}");
+    let pid = member.pid();
+    let text = agent.metrics_until("the member's probe status", |t| probes_up(t, pid, "gc").is_some());
+    assert_eq!(probes_up(&text, pid, "gc"), Some(0.0), "{text}");
+    assert_eq!(probes_up(&text, pid, "syscalls"), Some(1.0), "{text}");
     let health = Command::new("curl")
         .args(["-sS", "-w", "%{http_code}", &format!("http://{}/healthz", agent.addr)])
         .output()

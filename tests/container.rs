@@ -388,31 +388,16 @@ fn pid_with_arg(arg: &str) -> Option<u32> {
     })
 }
 
-/// The value of the series `name{…}` whose labels include every one of `labels`.
-fn value(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, v) = rest.rsplit_once("} ")?;
-        labels.iter().all(|want| set.split(',').any(|have| have == *want)).then(|| v.parse().ok())?
-    })
-}
-
-fn pid_label(pid: u32) -> String {
-    format!("pid=\"{pid}\"")
-}
-
 /// GC pauses counted for `pid` (all kinds), if it has the series.
 fn gc_pauses(metrics: &str, pid: u32) -> Option<f64> {
     let pid = pid_label(pid);
     let counts: Vec<f64> = ["scavenge", "minor_ms", "mark_compact"]
         .iter()
-        .filter_map(|k| value(metrics, "leakprobe_gc_pause_seconds_count", &[&pid, &format!("kind=\"{k}\"")]))
+        .filter_map(|k| {
+            metric(metrics, "leakprobe_gc_pause_seconds_count", &[&pid, &format!("kind=\"{k}\"")])
+        })
         .collect();
     (!counts.is_empty()).then(|| counts.iter().sum())
-}
-
-fn probes_up(metrics: &str, pid: u32, family: &str) -> Option<f64> {
-    value(metrics, "leakprobe_probes_up", &[&pid_label(pid), &format!("family=\"{family}\"")])
 }
 
 /// With exactly the manifest's privileges, the agent in the image measures GC pauses of a node
@@ -433,7 +418,7 @@ fn agent_with_the_manifests_privileges_measures_host_and_namespaced_node() {
     }
     let pids = [host_node.pid(), namespaced.pid];
     let v8_heap =
-        |m: &str, pid: u32| value(m, "leakprobe_memory_bytes", &[&pid_label(pid), "area=\"v8_heap\""]);
+        |m: &str, pid: u32| metric(m, "leakprobe_memory_bytes", &[&pid_label(pid), "area=\"v8_heap\""]);
     let (health, metrics) = agent.until("GC pauses and V8 heaps of both node processes", |_, m| {
         pids.iter().all(|p| gc_pauses(m, *p).is_some_and(|n| n > 0.0) && v8_heap(m, *p).is_some())
     });
@@ -447,7 +432,7 @@ fn agent_with_the_manifests_privileges_measures_host_and_namespaced_node() {
     let labels =
         [ns.as_str(), &format!("pod_uid=\"{POD_UID}\""), &format!("container_id=\"{CONTAINER_ID}\"")];
     assert!(
-        value(&metrics, "leakprobe_probes_up", &labels).is_some(),
+        metric(&metrics, "leakprobe_probes_up", &labels).is_some(),
         "the namespaced node lacks its pod and container labels:\n{metrics}"
     );
     assert!(

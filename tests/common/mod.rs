@@ -345,3 +345,59 @@ pub fn leakprobe_with_capabilities(capabilities: &[&str], args: &[&str]) -> Comm
         .args(args);
     cmd
 }
+
+/// The value of the series `name` in a Prometheus text exposition whose labels include every one
+/// of `labels`, each written as exposed (`pid="42"`); the first such series with a value.
+pub fn metric(exposition: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    exposition.lines().filter_map(sample).find_map(|(series, set, value)| {
+        (series == name && labels.iter().all(|want| set.contains(want))).then_some(value)?
+    })
+}
+
+/// `pid="<pid>"`: the label the agent gives every series of a process.
+pub fn pid_label(pid: u32) -> String {
+    format!("pid=\"{pid}\"")
+}
+
+/// `leakprobe_probes_up` of `pid`'s probe `family` (`gc`, `heap`, `external`, `syscalls`).
+pub fn probes_up(exposition: &str, pid: u32, family: &str) -> Option<f64> {
+    metric(exposition, "leakprobe_probes_up", &[&pid_label(pid), &format!("family=\"{family}\"")])
+}
+
+/// One sample line of a Prometheus text exposition, `name{label="value",…} value`: the name,
+/// the labels as written (`label="value"`) and the value (None when it does not parse). None
+/// for comments and blank lines.
+fn sample(line: &str) -> Option<(&str, Vec<&str>, Option<f64>)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
+    let (name, mut rest) = line.split_at(name_end);
+    let mut labels = Vec::new();
+    if let Some(set) = rest.strip_prefix('{') {
+        // Label values are quoted and may hold `,`, `}` and escaped quotes.
+        let (mut start, mut quoted, mut escaped) = (0, false, false);
+        let mut end = None;
+        for (i, c) in set.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ',' | '}' if !quoted => {
+                    if !set[start..i].trim().is_empty() {
+                        labels.push(set[start..i].trim());
+                    }
+                    start = i + 1;
+                    if c == '}' {
+                        end = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &set[end? + 1..];
+    }
+    Some((name, labels, rest.split_whitespace().next().and_then(|v| v.parse().ok())))
+}
