@@ -59,41 +59,19 @@ fn counts_match_trace_gc(node: &std::path::Path, flags: &[&str]) {
     assert_eq!(report["drops"]["gc_inflight_full"], 0);
 }
 
-#[test]
-fn system_node_counts_match_trace_gc() {
-    counts_match_trace_gc(&system_node(), &[]);
-}
+on_nodes!(|node| counts_match_trace_gc(node, &[]);
+    system_node_counts_match_trace_gc: system,
+    node18_counts_match_trace_gc: 18,
+    node20_counts_match_trace_gc: 20,
+    node22_counts_match_trace_gc: 22,
+    node24_counts_match_trace_gc: 24,
+);
 
-#[test]
-fn node18_counts_match_trace_gc() {
-    counts_match_trace_gc(&official_node(18), &[]);
-}
-
-#[test]
-fn node20_counts_match_trace_gc() {
-    counts_match_trace_gc(&official_node(20), &[]);
-}
-
-#[test]
-fn node22_counts_match_trace_gc() {
-    counts_match_trace_gc(&official_node(22), &[]);
-}
-
-#[test]
-fn node24_counts_match_trace_gc() {
-    counts_match_trace_gc(&official_node(24), &[]);
-}
-
-/// With `--minor-ms` (node 22+), young-generation pauses are minor mark-sweeps, and reported so.
-#[test]
-fn node22_minor_mark_sweep_is_its_own_kind() {
-    counts_match_trace_gc(&official_node(22), &["--minor-ms"]);
-}
-
-#[test]
-fn node24_minor_mark_sweep_is_its_own_kind() {
-    counts_match_trace_gc(&official_node(24), &["--minor-ms"]);
-}
+on_nodes!(|node| counts_match_trace_gc(node, &["--minor-ms"]);
+    /// With `--minor-ms` (node 22+), young-generation pauses are minor mark-sweeps, and reported so.
+    node22_minor_mark_sweep_is_its_own_kind: 22,
+    node24_minor_mark_sweep_is_its_own_kind: 24,
+);
 
 /// A worker_threads worker's pauses are attributed to the worker's thread, the main thread's
 /// (three forced full GCs) to the main thread, each matching its isolate's `--trace-gc` lines.
@@ -128,15 +106,10 @@ fn worker_pauses_on_worker_thread(node: &std::path::Path) {
     assert_eq!(total(others[0]), worker_traced, "worker thread pauses");
 }
 
-#[test]
-fn node20_worker_pauses_on_worker_thread() {
-    worker_pauses_on_worker_thread(&official_node(20));
-}
-
-#[test]
-fn node24_worker_pauses_on_worker_thread() {
-    worker_pauses_on_worker_thread(&official_node(24));
-}
+on_nodes!(worker_pauses_on_worker_thread;
+    node20_worker_pauses_on_worker_thread: 20,
+    node24_worker_pauses_on_worker_thread: 24,
+);
 
 #[test]
 fn parses_trace_gc_lines_of_every_version() {

@@ -96,30 +96,13 @@ fn counts_the_leaking_class(node: &Path) {
     );
 }
 
-#[test]
-fn system_node_counts_the_leaking_class() {
-    counts_the_leaking_class(&system_node());
-}
-
-#[test]
-fn node18_counts_the_leaking_class() {
-    counts_the_leaking_class(&official_node(18));
-}
-
-#[test]
-fn node20_counts_the_leaking_class() {
-    counts_the_leaking_class(&official_node(20));
-}
-
-#[test]
-fn node22_counts_the_leaking_class() {
-    counts_the_leaking_class(&official_node(22));
-}
-
-#[test]
-fn node24_counts_the_leaking_class() {
-    counts_the_leaking_class(&official_node(24));
-}
+on_nodes!(counts_the_leaking_class;
+    system_node_counts_the_leaking_class: system,
+    node18_counts_the_leaking_class: 18,
+    node20_counts_the_leaking_class: 20,
+    node22_counts_the_leaking_class: 22,
+    node24_counts_the_leaking_class: 24,
+);
 
 /// A leak inside a worker thread: the census lists each isolate's heap on its own, and the
 /// worker's `WorkerRecord`s are all in one isolate, as many as the worker holds (within 10%).
@@ -153,25 +136,12 @@ fn counts_a_leak_inside_a_worker(node: &Path) {
     assert!(counted.abs_diff(held) * 10 <= held, "census: {counted} WorkerRecord, the worker holds {held}");
 }
 
-#[test]
-fn system_node_counts_a_leak_inside_a_worker() {
-    counts_a_leak_inside_a_worker(&system_node());
-}
-
-#[test]
-fn node18_counts_a_leak_inside_a_worker() {
-    counts_a_leak_inside_a_worker(&official_node(18));
-}
-
-#[test]
-fn node22_counts_a_leak_inside_a_worker() {
-    counts_a_leak_inside_a_worker(&official_node(22));
-}
-
-#[test]
-fn node24_counts_a_leak_inside_a_worker() {
-    counts_a_leak_inside_a_worker(&official_node(24));
-}
+on_nodes!(counts_a_leak_inside_a_worker;
+    system_node_counts_a_leak_inside_a_worker: system,
+    node18_counts_a_leak_inside_a_worker: 18,
+    node22_counts_a_leak_inside_a_worker: 22,
+    node24_counts_a_leak_inside_a_worker: 24,
+);
 
 /// Two censuses two seconds apart while Sessions leak: the JavaScript type that gained most
 /// objects is the Session (or its plain client object, one per Session), at a rate near the

@@ -57,25 +57,12 @@ fn names_the_allocating_function(node: &Path) {
     );
 }
 
-#[test]
-fn node18_names_the_allocating_function() {
-    names_the_allocating_function(&official_node(18));
-}
-
-#[test]
-fn node20_names_the_allocating_function() {
-    names_the_allocating_function(&official_node(20));
-}
-
-#[test]
-fn node22_names_the_allocating_function() {
-    names_the_allocating_function(&official_node(22));
-}
-
-#[test]
-fn node24_names_the_allocating_function() {
-    names_the_allocating_function(&official_node(24));
-}
+on_nodes!(names_the_allocating_function;
+    node18_names_the_allocating_function: 18,
+    node20_names_the_allocating_function: 20,
+    node22_names_the_allocating_function: 22,
+    node24_names_the_allocating_function: 24,
+);
 
 /// In V8's interpreter every function runs in the same bytecode handlers, so return addresses
 /// alone would give every interpreted function one stack. With `--jitless` (everything
@@ -241,24 +228,11 @@ fn expands_inlined_frames(node: &Path) {
     );
 }
 
-#[test]
-fn node20_expands_inlined_frames() {
-    expands_inlined_frames(&official_node(20));
-}
-
-#[test]
-fn node22_expands_inlined_frames() {
-    expands_inlined_frames(&official_node(22));
-}
-
-#[test]
-fn node24_expands_inlined_frames() {
-    expands_inlined_frames(&official_node(24));
-}
-
-/// Node 18's V8 keeps instructions inside its `Code` objects, not in `InstructionStream`s: the
-/// same expansion from the other layout.
-#[test]
-fn node18_expands_inlined_frames() {
-    expands_inlined_frames(&official_node(18));
-}
+on_nodes!(expands_inlined_frames;
+    node20_expands_inlined_frames: 20,
+    node22_expands_inlined_frames: 22,
+    node24_expands_inlined_frames: 24,
+    /// Node 18's V8 keeps instructions inside its `Code` objects, not in `InstructionStream`s: the
+    /// same expansion from the other layout.
+    node18_expands_inlined_frames: 18,
+);

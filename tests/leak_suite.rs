@@ -51,11 +51,12 @@ const HEALTHY_MAX_FLOOR_GROWTH_MIB: f64 = 24.0;
 /// pages, not a trend (the controls measured up to +15 MiB on node 18 to 24).
 const HEALTHY_MAX_RSS_GROWTH_MIB: f64 = 24.0;
 
-/// Starts `fixture` on node `major`, lets it warm up (it prints `WARM`), runs leakprobe in the
-/// default mode for [`WINDOW`], and checks the report and node's memory lines against `expect`.
-fn check(fixture: &str, major: u32, expect: Expect) {
+/// Starts `fixture` on the node binary `node_bin`, lets it warm up (it prints `WARM`), runs
+/// leakprobe in the default mode for [`WINDOW`], and checks the report and node's memory lines
+/// against `expect`.
+fn check(fixture: &str, node_bin: &Path, expect: Expect) {
     let name = format!("suite/{fixture}");
-    let mut node = Node::start(&official_node(major), &[], &name);
+    let mut node = Node::start(node_bin, &[], &name);
     node.go();
     node.stdout.wait_for("WARM", Duration::from_secs(60));
     let mut leakprobe = Leakprobe::attach(node.pid(), &["--duration", WINDOW]);
@@ -67,6 +68,7 @@ fn check(fixture: &str, major: u32, expect: Expect) {
     let memory = memory_usage(&node.stdout.seen[window_start..]);
     assert!(memory.len() >= 15, "{fixture}: too few memoryUsage lines in the window: {:?}", node.stdout.seen);
 
+    let node_bin = node_bin.display();
     let suspects = report["suspects"].as_array().unwrap_or_else(|| panic!("no suspects array: {report}"));
     match expect {
         Expect::Leak { leaker, grows } => {
@@ -74,7 +76,7 @@ fn check(fixture: &str, major: u32, expect: Expect) {
                 let slope = slope_mib_per_s(&memory, field);
                 assert!(
                     slope >= LEAK_MIB_PER_S,
-                    "{fixture} on node {major}: the leak did not grow: {field} {slope:.2} MiB/s"
+                    "{fixture} on {node_bin}: the leak did not grow: {field} {slope:.2} MiB/s"
                 );
             }
             let leak_mib_per_s = slope_mib_per_s(&memory, grows);
@@ -82,16 +84,16 @@ fn check(fixture: &str, major: u32, expect: Expect) {
             let line = declaration_line(&file, leaker);
             let top = suspects
                 .first()
-                .unwrap_or_else(|| panic!("{fixture} on node {major}: no suspect; {}", summary(&report)));
+                .unwrap_or_else(|| panic!("{fixture} on {node_bin}: no suspect; {}", summary(&report)));
             assert!(
                 js_frames(top, &file).contains(&(leaker.to_string(), line)),
-                "{fixture} on node {major}: the top suspect does not name {leaker} (line {line}); {}",
+                "{fixture} on {node_bin}: the top suspect does not name {leaker} (line {line}); {}",
                 summary(&report)
             );
             let explained = top["growth_bytes_per_s"].as_f64().unwrap_or(0.0) / MIB;
             assert!(
                 explained >= LEAK_SHARE_EXPLAINED * leak_mib_per_s,
-                "{fixture} on node {major}: the top suspect explains {explained:.2} MiB/s of node's {grows} \
+                "{fixture} on {node_bin}: the top suspect explains {explained:.2} MiB/s of node's {grows} \
                  growth of {leak_mib_per_s:.2} MiB/s; {}",
                 summary(&report)
             );
@@ -104,7 +106,7 @@ fn check(fixture: &str, major: u32, expect: Expect) {
                 let growth = floor_growth_mib(&memory, field);
                 assert!(
                     growth <= HEALTHY_MAX_FLOOR_GROWTH_MIB,
-                    "{fixture} on node {major}: the control grew: {field}'s floor +{growth:.1} MiB"
+                    "{fixture} on {node_bin}: the control grew: {field}'s floor +{growth:.1} MiB"
                 );
             }
             // RSS beside V8's young generation, which doubles a few times in a service's first
@@ -118,12 +120,12 @@ fn check(fixture: &str, major: u32, expect: Expect) {
             let growth = mib(memory.len() - 1) - early;
             assert!(
                 growth <= HEALTHY_MAX_RSS_GROWTH_MIB,
-                "{fixture} on node {major}: the control grew: rss beside the young generation +{growth:.1} MiB \
+                "{fixture} on {node_bin}: the control grew: rss beside the young generation +{growth:.1} MiB \
                  over the window"
             );
             assert!(
                 suspects.is_empty(),
-                "{fixture} on node {major}: a healthy service has suspects; {}",
+                "{fixture} on {node_bin}: a healthy service has suspects; {}",
                 summary(&report)
             );
         }
@@ -231,47 +233,31 @@ fn summary(report: &Value) -> String {
     )
 }
 
-/// One test per node major for a fixture: `<module>::node18` ... `node24`.
-macro_rules! on_every_node {
-    ($module:ident, $fixture:literal, $expect:expr) => {
-        mod $module {
-            use super::*;
-
-            #[test]
-            fn node18() {
-                check($fixture, 18, $expect);
-            }
-
-            #[test]
-            fn node20() {
-                check($fixture, 20, $expect);
-            }
-
-            #[test]
-            fn node22() {
-                check($fixture, 22, $expect);
-            }
-
-            #[test]
-            fn node24() {
-                check($fixture, 24, $expect);
-            }
-        }
-    };
-}
-
-on_every_node!(
-    buffer_cache,
-    "buffer-cache.js",
-    Expect::Leak { leaker: "cacheFragment", grows: "arrayBuffers" }
-);
-on_every_node!(
-    slow_writable,
-    "slow-writable.js",
-    Expect::Leak { leaker: "forwardChunk", grows: "arrayBuffers" }
-);
-on_every_node!(listeners, "listeners.js", Expect::Leak { leaker: "watchConfig", grows: "arrayBuffers" });
-on_every_node!(request_log, "request-log.js", Expect::Leak { leaker: "logRequest", grows: "heapUsed" });
-on_every_node!(zlib_streams, "zlib-streams.js", Expect::Leak { leaker: "compressResponse", grows: "rss" });
-on_every_node!(bounded_lru, "bounded-lru.js", Expect::Healthy);
-on_every_node!(high_churn, "high-churn.js", Expect::Healthy);
+on_nodes!(mod buffer_cache {
+    |node| check("buffer-cache.js", node, Expect::Leak { leaker: "cacheFragment", grows: "arrayBuffers" });
+    node18: 18, node20: 20, node22: 22, node24: 24
+});
+on_nodes!(mod slow_writable {
+    |node| check("slow-writable.js", node, Expect::Leak { leaker: "forwardChunk", grows: "arrayBuffers" });
+    node18: 18, node20: 20, node22: 22, node24: 24
+});
+on_nodes!(mod listeners {
+    |node| check("listeners.js", node, Expect::Leak { leaker: "watchConfig", grows: "arrayBuffers" });
+    node18: 18, node20: 20, node22: 22, node24: 24
+});
+on_nodes!(mod request_log {
+    |node| check("request-log.js", node, Expect::Leak { leaker: "logRequest", grows: "heapUsed" });
+    node18: 18, node20: 20, node22: 22, node24: 24
+});
+on_nodes!(mod zlib_streams {
+    |node| check("zlib-streams.js", node, Expect::Leak { leaker: "compressResponse", grows: "rss" });
+    node18: 18, node20: 20, node22: 22, node24: 24
+});
+on_nodes!(mod bounded_lru {
+    |node| check("bounded-lru.js", node, Expect::Healthy);
+    node18: 18, node20: 20, node22: 22, node24: 24
+});
+on_nodes!(mod high_churn {
+    |node| check("high-churn.js", node, Expect::Healthy);
+    node18: 18, node20: 20, node22: 22, node24: 24
+});

@@ -99,45 +99,19 @@ fn v8_heap_matches_heap_total(node: &Path) {
     assert!(!baseline.is_empty(), "the release step's full GCs give baseline points");
 }
 
-#[test]
-fn node18_v8_heap_matches_heap_total() {
-    v8_heap_matches_heap_total(&official_node(18));
-}
+on_nodes!(v8_heap_matches_heap_total;
+    node18_v8_heap_matches_heap_total: 18,
+    node20_v8_heap_matches_heap_total: 20,
+    node22_v8_heap_matches_heap_total: 22,
+    node24_v8_heap_matches_heap_total: 24,
+);
 
-#[test]
-fn node20_v8_heap_matches_heap_total() {
-    v8_heap_matches_heap_total(&official_node(20));
-}
-
-#[test]
-fn node22_v8_heap_matches_heap_total() {
-    v8_heap_matches_heap_total(&official_node(22));
-}
-
-#[test]
-fn node24_v8_heap_matches_heap_total() {
-    v8_heap_matches_heap_total(&official_node(24));
-}
-
-#[test]
-fn node18_external_matches_array_buffers() {
-    external_matches_array_buffers(&official_node(18));
-}
-
-#[test]
-fn node20_external_matches_array_buffers() {
-    external_matches_array_buffers(&official_node(20));
-}
-
-#[test]
-fn node22_external_matches_array_buffers() {
-    external_matches_array_buffers(&official_node(22));
-}
-
-#[test]
-fn node24_external_matches_array_buffers() {
-    external_matches_array_buffers(&official_node(24));
-}
+on_nodes!(external_matches_array_buffers;
+    node18_external_matches_array_buffers: 18,
+    node20_external_matches_array_buffers: 20,
+    node22_external_matches_array_buffers: 22,
+    node24_external_matches_array_buffers: 24,
+);
 
 /// With `--alloc-stacks`, the top suspect of a leaking fixture is in `category`, allocated
 /// through `entry` (the probed native function, the stack's innermost frame), growing under

@@ -276,60 +276,69 @@ const WORKER: Leak = Leak {
     chain_has: "records (Array, ",
 };
 
-/// One test per leak and node binary.
-macro_rules! leak_tests {
-    ($($test:ident: $leak:ident on $node:expr;)*) => {
-        $(
-            #[test]
-            fn $test() {
-                names_the_holder(&$node, &$leak);
-            }
-        )*
-    };
-}
+on_nodes!(|node| names_the_holder(node, &MAP_CACHE);
+    system_node_map_cache: system,
+    node18_map_cache: 18,
+    node20_map_cache: 20,
+    node22_map_cache: 22,
+    node24_map_cache: 24,
+);
 
-leak_tests! {
-    system_node_map_cache: MAP_CACHE on system_node();
-    system_node_array: ARRAY on system_node();
-    system_node_listeners: LISTENERS on system_node();
-    system_node_timers: TIMERS on system_node();
-    system_node_buffers_in_a_map: BUFFERS_MAP on system_node();
-    system_node_buffers_in_a_writable: WRITABLE on system_node();
-    system_node_set: SET on system_node();
-    system_node_worker: WORKER on system_node();
-    node18_map_cache: MAP_CACHE on official_node(18);
-    node18_array: ARRAY on official_node(18);
-    node18_listeners: LISTENERS on official_node(18);
-    node18_timers: TIMERS on official_node(18);
-    node18_buffers_in_a_map: BUFFERS_MAP on official_node(18);
-    node18_buffers_in_a_writable: WRITABLE on official_node(18);
-    node18_set: SET on official_node(18);
-    node18_worker: WORKER on official_node(18);
-    node20_map_cache: MAP_CACHE on official_node(20);
-    node20_array: ARRAY on official_node(20);
-    node20_listeners: LISTENERS on official_node(20);
-    node20_timers: TIMERS on official_node(20);
-    node20_buffers_in_a_map: BUFFERS_MAP on official_node(20);
-    node20_buffers_in_a_writable: WRITABLE on official_node(20);
-    node20_set: SET on official_node(20);
-    node20_worker: WORKER on official_node(20);
-    node22_map_cache: MAP_CACHE on official_node(22);
-    node22_array: ARRAY on official_node(22);
-    node22_listeners: LISTENERS on official_node(22);
-    node22_timers: TIMERS on official_node(22);
-    node22_buffers_in_a_map: BUFFERS_MAP on official_node(22);
-    node22_buffers_in_a_writable: WRITABLE on official_node(22);
-    node22_set: SET on official_node(22);
-    node22_worker: WORKER on official_node(22);
-    node24_map_cache: MAP_CACHE on official_node(24);
-    node24_array: ARRAY on official_node(24);
-    node24_listeners: LISTENERS on official_node(24);
-    node24_timers: TIMERS on official_node(24);
-    node24_buffers_in_a_map: BUFFERS_MAP on official_node(24);
-    node24_buffers_in_a_writable: WRITABLE on official_node(24);
-    node24_set: SET on official_node(24);
-    node24_worker: WORKER on official_node(24);
-}
+on_nodes!(|node| names_the_holder(node, &ARRAY);
+    system_node_array: system,
+    node18_array: 18,
+    node20_array: 20,
+    node22_array: 22,
+    node24_array: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &LISTENERS);
+    system_node_listeners: system,
+    node18_listeners: 18,
+    node20_listeners: 20,
+    node22_listeners: 22,
+    node24_listeners: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &TIMERS);
+    system_node_timers: system,
+    node18_timers: 18,
+    node20_timers: 20,
+    node22_timers: 22,
+    node24_timers: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &BUFFERS_MAP);
+    system_node_buffers_in_a_map: system,
+    node18_buffers_in_a_map: 18,
+    node20_buffers_in_a_map: 20,
+    node22_buffers_in_a_map: 22,
+    node24_buffers_in_a_map: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &WRITABLE);
+    system_node_buffers_in_a_writable: system,
+    node18_buffers_in_a_writable: 18,
+    node20_buffers_in_a_writable: 20,
+    node22_buffers_in_a_writable: 22,
+    node24_buffers_in_a_writable: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &SET);
+    system_node_set: system,
+    node18_set: 18,
+    node20_set: 20,
+    node22_set: 22,
+    node24_set: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &WORKER);
+    system_node_worker: system,
+    node18_worker: 18,
+    node20_worker: 20,
+    node22_worker: 22,
+    node24_worker: 24,
+);
 
 /// In a profiling session (`leakprobe --pid N`): censuses after main-thread mark-compacts
 /// find the growing `Session` type and its holder (`report.heap.census`), the summary says
@@ -369,20 +378,11 @@ fn session_reports_who_holds_the_growing_type(node: &Path) {
     assert!(cost["cpu_s"].as_f64().unwrap() > 0.0 && cost["bytes_read"].as_u64().unwrap() > 0, "{cost}");
 }
 
-#[test]
-fn a_session_reports_who_holds_the_growing_type() {
-    session_reports_who_holds_the_growing_type(&system_node());
-}
-
-#[test]
-fn node18_session_reports_who_holds_the_growing_type() {
-    session_reports_who_holds_the_growing_type(&official_node(18));
-}
-
-#[test]
-fn node24_session_reports_who_holds_the_growing_type() {
-    session_reports_who_holds_the_growing_type(&official_node(24));
-}
+on_nodes!(session_reports_who_holds_the_growing_type;
+    a_session_reports_who_holds_the_growing_type: system,
+    node18_session_reports_who_holds_the_growing_type: 18,
+    node24_session_reports_who_holds_the_growing_type: 24,
+);
 
 /// Buffers kept in a Map grow external memory: the summary says who keeps them under the
 /// external suspect (from the census's growing ArrayBuffers).

@@ -44,6 +44,48 @@ pub fn system_node() -> PathBuf {
     PathBuf::from("/usr/bin/node")
 }
 
+/// One `#[test]` per node binary, each calling a test body with the binary's path:
+///
+/// ```ignore
+/// on_nodes!(counts_the_leaking_class;
+///     system_node_counts_the_leaking_class: system,
+///     node18_counts_the_leaking_class: 18,
+/// );
+/// ```
+///
+/// The body is a function or closure taking `&Path` (`|node| check(node, &["--minor-ms"])`);
+/// each test is `name: node`, where node is a major version ([`official_node`]) or `system`
+/// ([`system_node`]), and may carry attributes and doc comments. `on_nodes!(mod m { ... })` puts
+/// the tests in a module of their own (`m::node18`), seeing the file's items.
+#[allow(unused_macros)] // Not every test file has per-node tests.
+macro_rules! on_nodes {
+    (@node system) => {
+        $crate::common::system_node()
+    };
+    (@node $major:literal) => {
+        $crate::common::official_node($major)
+    };
+    (mod $module:ident { $($tests:tt)* }) => {
+        mod $module {
+            use super::*;
+
+            $crate::common::on_nodes!($($tests)*);
+        }
+    };
+    ($body:expr; $($(#[$attr:meta])* $test:ident: $node:tt),+ $(,)?) => {
+        $(
+            $(#[$attr])*
+            #[test]
+            fn $test() {
+                let body: fn(&::std::path::Path) = $body;
+                body(&$crate::common::on_nodes!(@node $node));
+            }
+        )+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_nodes;
+
 /// A line-oriented view of a child's output, read on a thread.
 pub struct Lines {
     rx: Receiver<String>,
