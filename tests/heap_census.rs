@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{io::Write as _, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use common::*;
 use serde_json::Value;
@@ -29,13 +29,6 @@ fn snapshot_count(snapshot: &Value, name: &str) -> u64 {
         .count() as u64
 }
 
-/// Sends one command line to a fixture.
-fn send(fixture: &mut Node, line: &str) {
-    let stdin = fixture.stdin.as_mut().expect("fixture stdin");
-    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-    stdin.flush().unwrap();
-}
-
 /// `Session` instances held in a Set, beside request churn that keeps running during the
 /// census: leakprobe's count of `Session` is within 10% of the heap snapshot's, their plain
 /// `client` objects are counted under their shape, and the census walked the whole heap.
@@ -43,8 +36,7 @@ fn counts_the_leaking_class(node: &Path) {
     let mut fixture = Node::start(node, &["--expose-gc"], "census-set-leak.js");
     fixture.go();
     std::thread::sleep(Duration::from_secs(3));
-    send(&mut fixture, "pause");
-    let held: u64 = fixture.stdout.wait_for("PAUSED", Duration::from_secs(30))[7..].parse().unwrap();
+    let held = fixture.pause();
     assert!(held > 5_000, "the fixture leaked only {held} sessions");
 
     let pid = fixture.pid().to_string();
@@ -53,7 +45,7 @@ fn counts_the_leaking_class(node: &Path) {
     let census: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
 
     let path = tempdir("census").join("after.heapsnapshot");
-    send(&mut fixture, &format!("snapshot {}", path.display()));
+    fixture.send(&format!("snapshot {}", path.display()));
     fixture.stdout.wait_for("SNAPSHOT", Duration::from_secs(120));
     let snapshot: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let _ = std::fs::remove_file(&path);
@@ -62,11 +54,7 @@ fn counts_the_leaking_class(node: &Path) {
     assert!(oracle >= held, "the snapshot holds {oracle} sessions, the fixture {held}");
     let types: Vec<&Value> =
         census["isolates"].as_array().unwrap().iter().flat_map(|i| i["types"].as_array().unwrap()).collect();
-    let counted: u64 = types
-        .iter()
-        .filter(|t| t["name"] == "Session" && t["kind"] == "object")
-        .map(|t| t["count"].as_u64().unwrap())
-        .sum();
+    let counted = census_count(&census, "Session", "object");
     eprintln!(
         "{}: census {counted} Session, snapshot {oracle}, fixture {held}; census {}",
         node.display(),
@@ -110,8 +98,7 @@ fn counts_a_leak_inside_a_worker(node: &Path) {
     let mut fixture = Node::start(node, &["--expose-gc"], "census-worker-leak.js");
     fixture.go();
     std::thread::sleep(Duration::from_secs(2));
-    send(&mut fixture, "pause");
-    let held: u64 = fixture.stdout.wait_for("PAUSED", Duration::from_secs(30))[7..].parse().unwrap();
+    let held = fixture.pause();
     assert!(held > 5_000, "the worker holds only {held} records");
     let pid = fixture.pid().to_string();
     let (status, stdout, stderr) = run_leakprobe(&["census", "--pid", &pid, "--json"]);
@@ -151,12 +138,12 @@ fn growth_between_censuses_names_the_leaking_class() {
     let mut fixture = Node::start(&system_node(), &["--expose-gc"], "census-set-leak.js");
     fixture.go();
     std::thread::sleep(Duration::from_secs(1));
-    send(&mut fixture, "count");
+    fixture.send("count");
     let before: u64 = fixture.stdout.wait_for("COUNT", Duration::from_secs(10))[6..].parse().unwrap();
     let pid = fixture.pid().to_string();
     let (status, stdout, stderr) = run_leakprobe(&["census", "--pid", &pid, "--json", "--again-after", "2s"]);
     assert!(status.success(), "{stderr}");
-    send(&mut fixture, "count");
+    fixture.send("count");
     let after: u64 = fixture.stdout.wait_for("COUNT", Duration::from_secs(10))[6..].parse().unwrap();
     let result: Value = serde_json::from_str(&stdout).unwrap();
     let seconds = result["seconds"].as_f64().unwrap();

@@ -16,13 +16,13 @@ const RENDER: (&str, u64) = ("renderInvoicePdf", 8);
 fn is_js(frame: &Value, file: &str, (name, line): (&str, u64)) -> bool {
     frame["kind"] == "js"
         && frame["name"] == name
-        && frame["file"].as_str().is_some_and(|f| Path::new(f) == fixture(file).canonicalize().unwrap())
+        && frame["file"].as_str().is_some_and(|f| Path::new(f) == fixture_path(file))
         && frame["line"] == line
 }
 
 /// The outstanding-bytes stacks of `category` that pass through fixture `file`.
 fn stacks_through<'a>(report: &'a Value, category: &str, file: &str) -> Vec<&'a Value> {
-    let path = fixture(file).canonicalize().unwrap();
+    let path = fixture_path(file);
     report["stacks"]
         .as_array()
         .unwrap()

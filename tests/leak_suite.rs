@@ -172,11 +172,6 @@ fn floor_growth_mib(memory: &[Value], field: &str) -> f64 {
     floor(&values[values.len() - third..]) - floor(&values[..third])
 }
 
-/// The fixture's path as node reports it (the main module's real path).
-fn fixture_path(name: &str) -> std::path::PathBuf {
-    fixture(name).canonicalize().unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 /// The 1-based line of `function NAME(` in `file`: where a JS frame of NAME says it starts.
 fn declaration_line(file: &Path, name: &str) -> u64 {
     let text = std::fs::read_to_string(file).unwrap();

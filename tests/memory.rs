@@ -140,7 +140,7 @@ fn top_suspect_with(
     assert!(frames.iter().any(|f| f.contains(through)), "{frames:?}");
     assert!(top["growth_bytes_per_s"].as_f64().unwrap() > 0.0, "{top}");
     assert!(top["floor_growth_bytes"].as_f64().unwrap() > 0.0, "{top}");
-    let file = common::fixture(fixture).canonicalize().unwrap();
+    let file = fixture_path(fixture);
     let js: Vec<(&str, u64)> = top["frames"]
         .as_array()
         .unwrap()
@@ -254,7 +254,7 @@ fn accumulating_listeners_are_a_v8_heap_suspect() {
             || through("ElementsAccessor"),
         "{frames:?}"
     );
-    let file = common::fixture("listeners-leak.js").canonicalize().unwrap();
+    let file = fixture_path("listeners-leak.js");
     let named = top["frames"].as_array().unwrap().iter().any(|f| {
         f["kind"] == "js"
             && f["name"] == "handleRequest"
@@ -291,7 +291,7 @@ fn anonymous_mappings_are_attributed() {
     assert_eq!(growing.first().map(|s| &s["category"]), Some(&Value::from("mapping")), "{m}");
     let frames = growing[0]["frames"].as_array().unwrap();
     let at = |name: &str| frames.iter().position(|f| f["name"] == name);
-    let file = common::fixture("mmap-growth.js").canonicalize().unwrap();
+    let file = fixture_path("mmap-growth.js");
     let leaker = frames.iter().position(|f| {
         f["name"] == "keepChunk" && f["line"] == 7 && f["file"].as_str().map(Path::new) == Some(&file)
     });

@@ -8,7 +8,6 @@ mod common;
 
 use std::{
     collections::{HashMap, HashSet},
-    io::Write as _,
     path::Path,
     time::Duration,
 };
@@ -115,13 +114,6 @@ impl Snapshot {
     }
 }
 
-/// Sends one command line to a fixture.
-fn send(fixture: &mut Node, line: &str) {
-    let stdin = fixture.stdin.as_mut().expect("fixture stdin");
-    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-    stdin.flush().unwrap();
-}
-
 /// One leak: the fixture and how to start it, the leaking type as the census and the snapshot
 /// name it, and the holder the fixture's source gives it.
 struct Leak {
@@ -142,10 +134,9 @@ struct Leak {
 /// named retainer of those objects, and the one the fixture's source gives.
 fn names_the_holder(node: &Path, leak: &Leak) {
     let mut fixture = Node::start(node, &["--expose-gc"], leak.fixture);
-    send(&mut fixture, leak.go);
+    fixture.send(leak.go);
     std::thread::sleep(Duration::from_secs(3));
-    send(&mut fixture, "pause");
-    let held: u64 = fixture.stdout.wait_for("PAUSED", Duration::from_secs(30))[7..].parse().unwrap();
+    let held = fixture.pause();
     assert!(held > 1_000, "the fixture leaked only {held}");
 
     let pid = fixture.pid().to_string();
@@ -155,21 +146,14 @@ fn names_the_holder(node: &Path, leak: &Leak) {
     let census: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
 
     let path = tempdir("retainers").join("after.heapsnapshot");
-    send(&mut fixture, &format!("snapshot {}", path.display()));
+    fixture.send(&format!("snapshot {}", path.display()));
     fixture.stdout.wait_for("SNAPSHOT", Duration::from_secs(120));
     let snapshot = Snapshot::read(&path);
     let _ = std::fs::remove_file(&path);
 
     let objects = snapshot.named(leak.snapshot_type, leak.name);
     let oracle_count = objects.len() as u64;
-    let counted: u64 = census["isolates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|i| i["types"].as_array().unwrap())
-        .filter(|t| t["name"] == leak.name && t["kind"] == leak.kind)
-        .map(|t| t["count"].as_u64().unwrap())
-        .sum();
+    let counted = census_count(&census, leak.name, leak.kind);
     assert!(
         counted.abs_diff(oracle_count) * 10 <= oracle_count,
         "{}: census counts {counted} {}, the snapshot {oracle_count}",
@@ -340,6 +324,16 @@ on_nodes!(|node| names_the_holder(node, &WORKER);
     node24_worker: 24,
 );
 
+/// The growing type of a session's census (`report.heap.census`) whose `field` is `value`.
+fn growing<'a>(census: &'a Value, field: &str, value: &str) -> &'a Value {
+    census["growing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g[field] == value)
+        .unwrap_or_else(|| panic!("{census}"))
+}
+
 /// In a profiling session (`leakprobe --pid N`): censuses after main-thread mark-compacts
 /// find the growing `Session` type and its holder (`report.heap.census`), the summary says
 /// who retains it under the heap's verdict, and the incident folder holds the census table.
@@ -352,7 +346,7 @@ fn session_reports_who_holds_the_growing_type(node: &Path) {
     let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
     fixture.go();
     std::thread::sleep(Duration::from_secs(12));
-    send(&mut fixture, "pause");
+    fixture.send("pause");
     let report = leakprobe.report();
     let census = &report["heap"]["census"];
     assert_eq!(census["status"], "done", "{census}");
@@ -360,8 +354,7 @@ fn session_reports_who_holds_the_growing_type(node: &Path) {
     assert_eq!(census["stopped_early"], Value::Null, "{census}");
     let isolates = census["isolates"].as_array().unwrap();
     assert!(!isolates.is_empty() && isolates.iter().all(|i| i["committed_bytes"].as_u64().unwrap() > 0));
-    let growing = census["growing"].as_array().unwrap();
-    let session = growing.iter().find(|g| g["label"] == "Session").unwrap_or_else(|| panic!("{census}"));
+    let session = growing(census, "label", "Session");
     assert!(session["count_delta"].as_i64().unwrap() > 1000, "{session}");
     assert_eq!(session["retained_by"][0]["holder"], "openSessions", "{session}");
     let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
@@ -390,15 +383,10 @@ on_nodes!(session_reports_who_holds_the_growing_type;
 fn a_session_says_who_keeps_the_growing_buffers() {
     let mut fixture = Node::start(&system_node(), &["--expose-gc"], "retainer-leaks.js");
     let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
-    send(&mut fixture, "go buffers-map");
+    fixture.send("go buffers-map");
     let report = leakprobe.report();
     let census = &report["heap"]["census"];
-    let buffers = census["growing"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["kind"] == "array_buffer")
-        .unwrap_or_else(|| panic!("{census}"));
+    let buffers = growing(census, "kind", "array_buffer");
     assert_eq!(buffers["retained_by"][0]["holder"], "blobs", "{buffers}");
     let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
     let external = summary.find(" external: ").unwrap_or_else(|| panic!("no external suspect:\n{summary}"));
@@ -481,7 +469,7 @@ fn a_session_counts_every_isolate() {
     // Full GCs on the main thread (where censuses are read) while the worker leaks.
     for _ in 0..2 {
         std::thread::sleep(Duration::from_secs(3));
-        send(&mut fixture, "gc");
+        fixture.send("gc");
         std::thread::sleep(Duration::from_secs(4));
     }
     let report = leakprobe.report();
@@ -496,12 +484,7 @@ fn a_session_counts_every_isolate() {
     let v8 = memory["v8_heap_bytes"].as_u64().unwrap();
     assert!(v8 > others, "v8 heap {v8} should hold the main isolate and the others' {others}");
     let census = &report["heap"]["census"];
-    let records = census["growing"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["label"] == "WorkerRecord")
-        .unwrap_or_else(|| panic!("{census}"));
+    let records = growing(census, "label", "WorkerRecord");
     assert_eq!(records["heap"], worker["heap"], "{census}");
     assert_eq!(records["retained_by"][0]["holder"], "records", "{records}");
     let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();

@@ -86,6 +86,11 @@ macro_rules! on_nodes {
 #[allow(unused_imports)]
 pub(crate) use on_nodes;
 
+/// A fixture's path as node reports it (the main module's real path).
+pub fn fixture_path(name: &str) -> PathBuf {
+    fixture(name).canonicalize().unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// A line-oriented view of a child's output, read on a thread.
 pub struct Lines {
     rx: Receiver<String>,
@@ -182,9 +187,21 @@ impl Node {
 
     /// Tells the fixture to start its work.
     pub fn go(&mut self) {
+        self.send("go");
+    }
+
+    /// Sends one command line to the fixture.
+    pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("fixture stdin");
-        stdin.write_all(b"go\n").unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
         stdin.flush().unwrap();
+    }
+
+    /// Sends `pause` to a census fixture (it stops leaking and runs full GCs) and waits for its
+    /// `PAUSED <held>` line: how many leaked objects it holds.
+    pub fn pause(&mut self) -> u64 {
+        self.send("pause");
+        self.stdout.wait_for("PAUSED", Duration::from_secs(30))[7..].parse().unwrap()
     }
 
     /// Waits for the fixture to exit on its own.
@@ -357,6 +374,19 @@ pub fn trace_after_start(lines: &[String]) -> Vec<TraceGc> {
 /// `report.gc.pauses.<kind>.count`.
 pub fn count(report: &Value, kind: &str) -> u64 {
     report["gc"]["pauses"][kind]["count"].as_u64().unwrap_or_else(|| panic!("no count for {kind}: {report}"))
+}
+
+/// How many objects of type `name` of `kind` (`object`, `closure`, `array_buffer`) a
+/// `leakprobe census --json` counted, over every isolate.
+pub fn census_count(census: &Value, name: &str, kind: &str) -> u64 {
+    census["isolates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["types"].as_array().unwrap())
+        .filter(|t| t["name"] == name && t["kind"] == kind)
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum()
 }
 
 /// Asserts `stderr` is one line naming the problem, with no panic.
