@@ -3,7 +3,9 @@
 //! tracefs).
 
 pub mod attach;
+pub mod load;
 pub mod privilege;
+pub mod stacks;
 pub mod status;
 pub mod table;
 pub mod tracefs;

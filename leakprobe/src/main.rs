@@ -6,10 +6,11 @@ use clap::{Parser, Subcommand};
 use leakprobe::{
     commands::agent::{self, AgentOptions},
     commands::census::{self, CensusOptions},
+    commands::profile,
     kernel::table::Family,
     outputs::report,
     process::discover,
-    session::{self, Options},
+    session::Options,
 };
 
 /// eBPF memory profiler for running Node.js processes: attaches without a restart.
@@ -237,7 +238,7 @@ fn main() -> ExitCode {
                 leakprobe::status!("leakprobe: wrote {}", path.display());
             }
         }),
-        (None, Some(pid)) => runtime.block_on(session::run(options(pid, cli.profile))).map(drop),
+        (None, Some(pid)) => runtime.block_on(profile::run(options(pid, cli.profile))).map(drop),
         // clap requires --pid without a subcommand.
         (None, None) => Err(anyhow::anyhow!("--pid is required")),
     };
@@ -267,7 +268,7 @@ fn options(pid: u32, args: Args) -> Options {
         max_tracked: args.max_tracked,
         alloc_stacks: args.alloc_stacks,
         v8_names: !args.no_v8_names,
-        fleet: false,
+        agent: false,
         fault_period: args.fault_period,
         burst: args.burst,
         census: !args.no_census,

@@ -233,13 +233,13 @@ fn attach_new(
 
 fn attach(process: &Process, options: &AgentOptions) -> anyhow::Result<Session> {
     let target = Target::resolve(process.pid)?;
-    Session::attach(target, &Options::fleet(process.pid, options.native, options.interval))
+    Session::attach(target, &Options::agent(process.pid, options.native, options.interval))
 }
 
 /// Each family the agent attaches, and whether it measures: every probe attached, and for
 /// external, node's counter readable (the default view's external bytes come from it).
 fn family_status(session: &Session, native: bool) -> Vec<(&'static str, bool)> {
-    crate::session::fleet_families(native)
+    crate::session::agent_families(native)
         .into_iter()
         .map(|family| {
             let mut up = status::family_attached(session.probes(), family);

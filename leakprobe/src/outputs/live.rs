@@ -12,6 +12,9 @@ use crate::{
     verdict::CategoryVerdict,
 };
 
+/// ANSI: cursor home, clear screen.
+pub const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
+
 /// The multi-line summary shown live on a terminal and written as `summary.txt`.
 pub fn summary(report: &Report) -> String {
     let mut out = String::new();

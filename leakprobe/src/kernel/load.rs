@@ -1,0 +1,75 @@
+//! Loading the eBPF object built from leakprobe-ebpf, and reading what its programs send: maps
+//! taken out by name, ring buffer records.
+
+use anyhow::Context as _;
+use aya::{Ebpf, EbpfLoader};
+
+/// The eBPF object built by build.rs from leakprobe-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakprobe"));
+
+/// The maps of live allocations, sized by [`load`]'s `max_tracked`.
+const LIVE_MAPS: [&str; 3] = ["EXT_LIVE", "HEAP_LO_LIVE", "NATIVE_LIVE"];
+
+/// The kernel programs' diagnostics (aya-log), when `RUST_LOG` asks for them.
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Loads the eBPF object, its maps of live allocations sized for `max_tracked` allocations
+/// each; with the kernel programs' logger where `RUST_LOG` asks for their diagnostics.
+pub fn load(max_tracked: u32) -> anyhow::Result<(Ebpf, Option<KernelLog>)> {
+    raise_memlock_limit();
+    let mut loader = EbpfLoader::new();
+    for map in LIVE_MAPS {
+        loader.map_max_entries(map, max_tracked);
+    }
+    // The kernel programs' diagnostics (aya-log) at the level RUST_LOG asks for; off by
+    // default, where each log statement costs its programs one load and branch.
+    let log_level = kernel_log_level();
+    loader.override_global(aya_log::LEVEL, &log_level, true);
+    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object")?;
+    let kernel_log = match log_level {
+        0 => None,
+        _ => aya_log::EbpfLogger::init(&mut ebpf)
+            .map_err(|e| log::warn!("the kernel programs' diagnostics are not shown: {e}"))
+            .ok(),
+    };
+    Ok((ebpf, kernel_log))
+}
+
+/// Takes map `name` out of the object as type `T`.
+pub fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> anyhow::Result<T> {
+    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// Copies a `T` out of a ring buffer record, if the record is long enough.
+pub fn read_record<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    // SAFETY: T is Pod (repr(C), plain integers), the length is checked, and read_unaligned
+    // copes with the ring buffer's 8-byte alignment.
+    (bytes.len() >= size_of::<T>()).then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// The aya-log level for the kernel programs: `log`'s maximum level (set from `RUST_LOG`) as
+/// aya-log numbers it (0 is off).
+fn kernel_log_level() -> u8 {
+    match log::max_level() {
+        log::LevelFilter::Off => 0,
+        log::LevelFilter::Error => aya_log::Level::Error as u8,
+        log::LevelFilter::Warn => aya_log::Level::Warn as u8,
+        log::LevelFilter::Info => aya_log::Level::Info as u8,
+        log::LevelFilter::Debug => aya_log::Level::Debug as u8,
+        log::LevelFilter::Trace => aya_log::Level::Trace as u8,
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it where allowed.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct; failure is harmless on memcg-accounting kernels.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+    if ret != 0 {
+        log::debug!("setrlimit(RLIMIT_MEMLOCK) failed: {}", std::io::Error::last_os_error());
+    }
+}

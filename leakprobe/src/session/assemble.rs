@@ -1,0 +1,131 @@
+//! The session's report: what each family's books say, judged ([`crate::verdict`]) and named,
+//! as `report.json`'s [`Report`].
+
+use std::time::UNIX_EPOCH;
+
+use leakprobe_ebpf::drops::DropReason;
+
+use super::{Session, Stacks, TRIGGER_STACKS};
+use crate::{
+    books::suspect::Source,
+    memory::{census::CensusWatch, containers::Containers, native::NativeState, rss},
+    outputs::report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
+    verdict,
+};
+
+impl Session {
+    /// Ends the window: waits for a census under way, reads what is left and samples once
+    /// more; the final report, with every stack named.
+    pub fn close(&mut self, stop: StopReason) -> Report {
+        if let Some(census) = &self.census {
+            census.settle(crate::memory::census::SETTLE);
+        }
+        self.drain();
+        self.sample();
+        self.report(stop, Stacks::All)
+    }
+
+    pub(super) fn drop_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                let n = self.drops.get(&(*r as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+                (r.name(), n)
+            })
+            .collect()
+    }
+
+    pub(super) fn report(&mut self, stop_reason: StopReason, stacks_wanted: Stacks) -> Report {
+        let all = stacks_wanted == Stacks::All;
+        let maps = &self.stack_maps;
+        let samples = self.memory.items();
+        let categories = verdict::categories(samples);
+        let (suspects, verdict, gc_touched) = match stacks_wanted {
+            Stacks::Skipped => (Vec::new(), categories, 0),
+            Stacks::All | Stacks::Suspects => {
+                let symbolizer = &mut self.symbolizer;
+                let mut candidates =
+                    self.suspects.suspects(|id| maps.frames(false, id), symbolizer, Source::Allocations);
+                let (faulting, gc_touched) =
+                    self.faults.sites(samples, |id| symbolizer.stack_frames(id, |id| maps.frames(false, id)));
+                candidates.extend(faulting);
+                if let Some(containers) = &self.containers {
+                    let mut holding =
+                        containers.tracker.suspects(|id| maps.frames(false, id), symbolizer, Source::Holds);
+                    for s in &mut holding {
+                        s.holds = containers.held(s.variants.iter().map(|v| v.stack_id));
+                    }
+                    candidates.extend(holding);
+                }
+                let native_exact = self.native.is_some();
+                let (suspects, verdict) =
+                    verdict::judge(candidates, categories, self.alloc_stacks, native_exact);
+                (suspects, verdict, gc_touched)
+            }
+        };
+        let growing_mappings = match all {
+            true => self.mapping_growth.suspects(
+                |id| maps.frames(false, id),
+                &mut self.symbolizer,
+                Source::Mappings,
+            ),
+            false => Vec::new(),
+        };
+        let mut stack_profiles = Vec::new();
+        if all {
+            stack_profiles = self.suspects.profiles(|id| maps.frames(false, id), &mut self.symbolizer);
+            stack_profiles
+                .extend(self.mapping_growth.profiles(|id| maps.frames(false, id), &mut self.symbolizer));
+        }
+        Report {
+            schema_version: SCHEMA_VERSION,
+            leakprobe_version: env!("CARGO_PKG_VERSION"),
+            target: TargetInfo::new(&self.target, &self.js_frames),
+            window: Window {
+                start_unix_s: self.started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                duration_s: self.started.elapsed().as_secs_f64(),
+                stop_reason,
+            },
+            probes: self.probes.clone(),
+            gc: {
+                let mut gc = GcReport::new(&self.gc, self.target.pid);
+                if all {
+                    gc.trigger_stacks = self
+                        .gc
+                        .top_trigger_stacks(TRIGGER_STACKS)
+                        .into_iter()
+                        .map(|(id, pauses)| TriggerStack {
+                            pauses,
+                            frames: self.symbolizer.stack_frames(id, |id| maps.frames(false, id)),
+                        })
+                        .collect();
+                }
+                gc
+            },
+            memory: {
+                let mut memory = rss::MemoryReport::new(self.memory.items());
+                if let Some(census) = &self.census {
+                    memory.split_isolates(&census.report());
+                }
+                memory
+            },
+            heap: {
+                let mut heap = self.heap.report(|id| match all {
+                    true => self.symbolizer.stack_frames(id, |id| maps.frames(true, id)),
+                    false => Vec::new(),
+                });
+                heap.census = self.census.as_ref().map(CensusWatch::report);
+                heap.containers = self.containers.as_ref().map(Containers::report);
+                heap
+            },
+            native: self.native.as_ref().map(NativeState::report),
+            mappings: self.mappings.report(growing_mappings),
+            external: self.external.report(),
+            faults: self.faults.report(gc_touched),
+            verdict,
+            suspects,
+            stacks: stack_profiles,
+            drops: self.drop_counts(),
+        }
+    }
+}
