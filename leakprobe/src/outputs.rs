@@ -1,7 +1,9 @@
-//! What a session writes: the live terminal summary ([`live`]), `report.json` and the incident
-//! folder ([`report`]), flamegraph SVGs ([`flamegraph`]), pprof profiles ([`pprof`]) and the
-//! agent's Prometheus metrics ([`metrics`]).
+//! What leakprobe writes, all text and files in one place: the live terminal summary
+//! ([`live`]), `report.json` and the incident folder ([`report`]), the heap census's tables and
+//! retainer lines ([`census`]), flamegraph SVGs ([`flamegraph`]), pprof profiles ([`pprof`]) and
+//! the agent's Prometheus metrics ([`metrics`]).
 
+pub mod census;
 pub mod flamegraph;
 pub mod live;
 pub mod metrics;

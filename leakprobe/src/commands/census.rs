@@ -4,10 +4,10 @@
 use anyhow::Context as _;
 
 use crate::{
+    outputs::census::{render, render_growth, render_retainers},
     process::target::Target,
     v8::heap::{
-        census::{growing_types, growth, named_types, Census, Growth, Limits, Stopped},
-        chain::RetainerSearch,
+        census::{growing_types, growth, named_types, Census, Limits},
         reader::HeapReader,
     },
 };
@@ -101,113 +101,3 @@ pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
 
 /// Growing types whose retainers `leakprobe census --again-after` looks for.
 const RETAINED_TYPES: usize = 3;
-
-/// "Retained by" lines: each type's chains, with the share of samples each explains.
-pub fn render_retainers(found: &RetainerSearch) -> String {
-    let mut out = format!(
-        "
-retainers ({} passes over the heap in {:.0} ms, {:.1} MiB read{}):
-",
-        found.passes,
-        found.elapsed_ms,
-        found.bytes_read as f64 / (1 << 20) as f64,
-        match found.stopped_early {
-            Some(Stopped::SizeCap) => ", stopped early by the size cap",
-            Some(Stopped::TimeCap) => ", stopped early by the time cap",
-            None => "",
-        }
-    );
-    for t in &found.types {
-        out += &format!("  {} (heap {}): {} sampled", t.label, t.heap, t.sampled);
-        if t.stale > 0 {
-            out += &format!(", {} moved since the census", t.stale);
-        }
-        out += "
-";
-        for c in &t.chains {
-            out += &format!(
-                "    Retained by: {}  [{} of {} samples{}]\n",
-                c.text,
-                c.samples,
-                t.sampled,
-                if c.complete { "" } else { ", chain cut short" }
-            );
-        }
-        if t.chains.is_empty() {
-            out += "    Retained by: (no holder found)\n";
-        }
-    }
-    out
-}
-
-/// The types that gained most objects between two censuses, `top` of them.
-pub fn render_growth(growth: &[Growth], seconds: f64, top: usize) -> String {
-    let mut out = format!("\ngrowth over {seconds:.1} s, most objects gained first:\n");
-    out += &format!("  {:>10}  {:>10}  {:>10}  {:>10}  type\n", "objects/s", "objects", "MiB", "now");
-    for g in growth.iter().filter(|g| g.count_delta > 0).take(top) {
-        out += &format!(
-            "  {:>+10.0}  {:>+10}  {:>+10.2}  {:>10}  {}\n",
-            g.count_per_s,
-            g.count_delta,
-            g.bytes_delta as f64 / (1 << 20) as f64,
-            g.count,
-            g.label
-        );
-    }
-    out
-}
-
-/// The census as a text table, `top` types per isolate.
-pub fn render(target: &Target, census: &Census, top: usize) -> String {
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    let mut out = format!(
-        "heap census of pid {} ({}), {} isolate(s): {} pages in {:.0} ms, {:.1} MiB read\n",
-        target.pid,
-        target.node_version.as_deref().unwrap_or("unknown node"),
-        census.isolates.len(),
-        census.pages_found,
-        census.elapsed_ms,
-        mib(census.bytes_read),
-    );
-    out += &format!(
-        "  unparsed {:.2} MiB ({} look-aheads), unreadable pages {}\n",
-        mib(census.unparsed_bytes),
-        census.resyncs,
-        census.unreadable_pages
-    );
-    if !census.unparsed_at.is_empty() {
-        let at: Vec<String> = census.unparsed_at.iter().map(|(t, n)| format!("{t}: {n}")).collect();
-        out += &format!("  unparsed at: {}\n", at.join(", "));
-    }
-    if let Some(stop) = census.stopped_early {
-        out += &format!(
-            "  stopped early ({}): {} pages not walked\n",
-            match stop {
-                Stopped::SizeCap => "size cap",
-                Stopped::TimeCap => "time cap",
-            },
-            census.pages_not_walked
-        );
-    }
-    for iso in &census.isolates {
-        out += &format!(
-            "\nisolate heap {}: {} objects, {:.1} MiB in {} old-generation pages; {} young pages ({:.1} MiB) not walked; free {:.1} MiB\n",
-            iso.heap,
-            iso.objects,
-            mib(iso.object_bytes),
-            iso.pages,
-            iso.young_pages,
-            mib(iso.young_bytes),
-            mib(iso.free_bytes)
-        );
-        out += &format!("  {:>10}  {:>10}  {:>10}  type\n", "count", "MiB", "external");
-        for t in iso.types.iter().take(top) {
-            let external = match t.external_bytes {
-                0 => String::new(),
-                b => format!("{:.2}", mib(b)),
-            };
-            out += &format!("  {:>10}  {:>10.2}  {:>10}  {}\n", t.count, mib(t.bytes), external, t.label);
-        }
-    }
-    out
-}

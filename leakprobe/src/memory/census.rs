@@ -376,67 +376,6 @@ fn growing(growth: &[Growth], found: Option<&RetainerSearch>, seconds: f64) -> V
         .collect()
 }
 
-/// The census table of a report (`census.txt` in the incident folder): each isolate's heap and
-/// the growing types with their retainers. `None` when the report has no census.
-pub fn table(report: &serde_json::Value) -> Option<String> {
-    let c = report.get("heap")?.get("census")?;
-    let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / (1 << 20) as f64;
-    let mut out = format!(
-        "heap census: {} ({} censuses, first at {:.1} s, latest at {:.1} s; {} mark-compacts skipped)\n",
-        c["status"].as_str().unwrap_or("?"),
-        c["censuses"],
-        c["first_t_s"].as_f64().unwrap_or(f64::NAN),
-        c["last_t_s"].as_f64().unwrap_or(f64::NAN),
-        c["skipped_gcs"],
-    );
-    if let Some(stop) = c["stopped_early"].as_str() {
-        out += &format!("  stopped early ({stop}): counts and chains are partial\n");
-    }
-    out += &format!(
-        "  cost: {:.2} s of collector CPU, {:.1} MiB read; latest census {:.0} ms, retainers {:.0} ms\n",
-        c["cost"]["cpu_s"].as_f64().unwrap_or(0.0),
-        mib(&c["cost"]["bytes_read"]),
-        c["cost"]["last_census_ms"].as_f64().unwrap_or(0.0),
-        c["cost"]["last_retainers_ms"].as_f64().unwrap_or(0.0),
-    );
-    out += "\nisolates (latest census)\n";
-    out += &format!("  {:<18} {:>12} {:>12} {:>12}\n", "heap", "committed MiB", "objects", "object MiB");
-    for i in c["isolates"].as_array()? {
-        out += &format!(
-            "  {:<18} {:>12.1} {:>12} {:>12.1}\n",
-            i["heap"].as_str().unwrap_or("?"),
-            mib(&i["committed_bytes"]),
-            i["objects"],
-            mib(&i["object_bytes"])
-        );
-    }
-    out += "\ngrowing types, most objects gained first\n";
-    out += &format!(
-        "  {:>10} {:>10} {:>10} {:>10}  {:<18} type\n",
-        "objects/s", "objects", "MiB/s", "now", "heap"
-    );
-    for g in c["growing"].as_array()? {
-        out += &format!(
-            "  {:>+10.0} {:>+10} {:>+10.3} {:>10}  {:<18} {}\n",
-            g["count_per_s"].as_f64().unwrap_or(0.0),
-            g["count_delta"],
-            g["bytes_per_s"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
-            g["count"],
-            g["heap"].as_str().unwrap_or("?"),
-            g["label"].as_str().unwrap_or("?"),
-        );
-        for r in g["retained_by"].as_array().into_iter().flatten() {
-            out += &format!(
-                "      Retained by: {}  [{} of {} samples]\n",
-                r["text"].as_str().unwrap_or("?"),
-                r["samples"],
-                r["sampled"]
-            );
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ use crate::{
     books::suspect::{Category, Source},
     memory::census::GrowingType,
     memory::gc::GcKind,
+    outputs::census::retained_by,
     outputs::report::Report,
     stacks::frame::{Frame, FrameKind},
     v8::heap::{census::Kind, chain::thousands},
@@ -262,10 +263,8 @@ fn census_lines(out: &mut String, report: &Report, wanted: impl Fn(&GrowingType)
         for r in g.retained_by.iter().filter(|r| r.holder.is_some()).take(2) {
             let _ = writeln!(
                 out,
-                "                Retained by: {}  [{} of {} samples]",
-                truncate(&r.text, 110),
-                r.samples,
-                r.sampled
+                "                {}",
+                retained_by(&truncate(&r.text, 110), r.samples, r.sampled, "")
             );
         }
     }

@@ -220,7 +220,7 @@ pub fn write_outputs(report: &serde_json::Value, dir: &Path) -> anyhow::Result<V
     let profiles = crate::outputs::pprof::write_all(report, dir).context("writing pprof profiles");
     let mut written = svgs?;
     written.extend(profiles?);
-    if let Some(table) = crate::memory::census::table(report) {
+    if let Some(table) = crate::outputs::census::table(report) {
         let path = dir.join("census.txt");
         fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
