@@ -16,7 +16,7 @@ use std::{
 };
 
 use common::*;
-use leakprobe::outputs::flamegraph::{frame_color, FrameKind};
+use leakprobe::outputs::{flamegraph::frame_color, folded::FrameKind};
 use serde_json::{json, Value};
 
 fn frame(name: &str, kind: &str, addr: &str, file: Option<&str>, line: Option<u32>) -> Value {

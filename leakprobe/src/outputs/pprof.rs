@@ -27,7 +27,7 @@ use flate2::{write::GzEncoder, Compression};
 use prost::Message as _;
 use serde_json::Value;
 
-use crate::outputs::flamegraph::{category_label, stack_values, StackValue};
+use crate::outputs::folded::{category_label, stack_values, title, StackValue};
 
 /// `perftools.profiles.Profile` (fields 1–14).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -351,7 +351,7 @@ pub fn build(
     }
     let mut b = Builder::new(sample_type.0, sample_type.1);
     b.target(report);
-    b.comment(&crate::outputs::flamegraph::title(what, report));
+    b.comment(&title(what, report));
     b.comment(concat!("written by leakprobe ", env!("CARGO_PKG_VERSION")));
     for stack in stacks {
         b.add(stack);
