@@ -1,7 +1,7 @@
 //! One profiling session against one process: load, attach, collect, report. The session
 //! holds the loaded programs, the attached probes and every family's books; its parts are
-//! [`options`] (what was asked), [`collect`] (the loop), [`events`] (the kernel's events, by
-//! kind) and [`assemble`] (the report).
+//! [`options`] (what was asked), `collect` (the loop), `events` (the kernel's events, by kind)
+//! and `assemble` (the report).
 
 mod assemble;
 mod collect;

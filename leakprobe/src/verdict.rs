@@ -1,14 +1,15 @@
 //! The verdict: which memory category grows, read at GC troughs, and which logical sites
-//! explain that growth. Its parts: [`series`] (values over the window), [`suspects`] (each
-//! stack's books, logical sites, the suspect rule), [`containers`] (the arrays a site grows,
-//! read in the target's heap); the probe families feed them, the outputs read the result.
+//! explain that growth. It reads the books ([`crate::books`]: series over the window, each
+//! stack's tracker, logical sites, the suspect records) that the memory families keep
+//! ([`crate::memory`], with the page-fault sites and the arrays a site grows); the outputs
+//! read the result.
 //!
 //! - **What grows.** Each category (V8 heap, external, native) is read at the samples taken
 //!   right after a main-thread mark-compact, once the ArrayBuffer sweeper has freed what the GC
 //!   released ([`crate::memory::rss::Sample::trough`]). Garbage awaiting collection, and Buffers the
 //!   GC frees lazily, are gone there: a bounded cache or steady churn leaves the troughs flat.
 //!   With fewer than [`MIN_TROUGHS`] troughs, see [`CategoryVerdict::method`].
-//! - **Which line made it.** Stacks are grouped by logical site ([`site_key`]): the same
+//! - **Which line made it.** Stacks are grouped by logical site ([`crate::books::site::site_key`]): the same
 //!   functions, scripts and lines, whatever JIT addresses or tiers. A site is a suspect only
 //!   when its category grows; sampled page faults ([`crate::memory::faults`]) are judged by what each
 //!   site kept touching in the later thirds of the window, allocation trackers by the floor of

@@ -7,14 +7,14 @@ use serde::Serialize;
 
 use crate::{error::Error, kernel::table::Family};
 
-/// What happened when a probe was attached; one per [`ProbeDef`], in `report.json`'s `probes[]`.
+/// What happened when a probe was attached; one per [`crate::kernel::table::ProbeDef`], in `report.json`'s `probes[]`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeStatus {
-    /// [`ProbeDef::name`].
+    /// [`crate::kernel::table::ProbeDef::name`].
     pub name: &'static str,
-    /// [`ProbeDef::family`].
+    /// [`crate::kernel::table::ProbeDef::family`].
     pub family: Family,
-    /// [`ProbeDef::function`].
+    /// [`crate::kernel::table::ProbeDef::function`].
     pub function: &'static str,
     /// Whether at least one entry point is attached.
     pub attached: bool,
@@ -22,7 +22,7 @@ pub struct ProbeStatus {
     pub locations: usize,
     /// Why it is not attached, or what failed for some of its locations.
     pub error: Option<String>,
-    /// When it was detached during the run, if it was (see [`When::UntilFound`]).
+    /// When it was detached during the run, if it was (see [`crate::kernel::table::When::UntilFound`]).
     pub detached: Option<&'static str>,
 }
 

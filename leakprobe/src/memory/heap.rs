@@ -88,7 +88,7 @@ pub struct HeapReport {
     /// Growth of that baseline (least squares), the V8 heap's leak signal.
     pub baseline_growth_bytes_per_s: f64,
     /// The heap census: every isolate's heap by type, what grew and who holds it (profiling
-    /// sessions only; absent in fleet mode).
+    /// sessions only; absent in agent mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub census: Option<crate::memory::census::CensusReport>,
     /// Reading the large arrays allocated since attach ([`crate::memory::containers`]; profiling

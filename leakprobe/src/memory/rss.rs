@@ -135,7 +135,7 @@ pub struct MemoryReport {
     pub external_growth_bytes_per_s: f64,
     /// Samples, one per interval (thinned evenly past 512).
     /// Other isolates' (worker threads') heaps, from the latest heap census, included in
-    /// `v8_heap_bytes` (absent before a census, and in fleet mode).
+    /// `v8_heap_bytes` (absent before a census, and in agent mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub v8_heap_other_isolates_bytes: Option<u64>,
     /// Each isolate's heap in the latest census.

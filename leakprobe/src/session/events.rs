@@ -79,7 +79,7 @@ impl Session {
                 }
             } else if kind == Some(EventKind::NewStack as u32) {
                 // Named at once, while its frames' code and objects are where they were
-                // (fleet mode reports no stacks).
+                // (agent mode reports no stacks).
                 if let Some(new) = read_record::<NewStack>(&item).filter(|_| pending_pauses.is_none()) {
                     Self::name_once(named, symbolizer, stack_maps, new.sampled != 0, new.id);
                 }

@@ -28,7 +28,7 @@ pub struct Options {
     /// Name JavaScript frames by reading V8's objects (else only from the target's perf map).
     pub v8_names: bool,
     /// Run for the host-wide agent: no GC timeline (memory stays bounded over days), and each
-    /// pause is handed to [`Session::take_pauses`] for the metrics instead.
+    /// pause is handed to [`crate::session::Session::take_pauses`] for the metrics instead.
     pub agent: bool,
     /// Page faults per sample (the `faults` family).
     pub fault_period: u64,

@@ -27,7 +27,7 @@ pub enum FrameKind {
 pub const QUEUED_NAME: &str = "[queued to the libuv thread pool]";
 
 /// The name of the frame standing for frames the kernel's walk skipped: code without frame
-/// pointers between a probe and its callers' saved frame pointer ([`SKIPPED_PC`]).
+/// pointers between a probe and its callers' saved frame pointer ([`leakprobe_ebpf::stack::SKIPPED_PC`]).
 pub const SKIPPED_NAME: &str = "[frames without frame pointers skipped]";
 
 /// One stack frame.

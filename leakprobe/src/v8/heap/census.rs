@@ -93,7 +93,7 @@ pub struct Census {
     /// One per isolate, most bytes first.
     pub isolates: Vec<IsolateCensus>,
     /// A sample of each type's objects, by (isolate heap, kind, label): tagged addresses with
-    /// the map word each had, for [`retainers`] (not written out).
+    /// the map word each had, for [`crate::v8::heap::retainers`] (not written out).
     #[serde(skip)]
     pub samples: HashMap<(String, Kind, String), Vec<(u64, u64)>>,
     /// Page headers found.
@@ -205,7 +205,7 @@ pub fn growth(before: &Census, after: &Census, seconds: f64) -> Vec<Growth> {
     out
 }
 
-/// Objects of each type whose address a census keeps, for [`retainers`].
+/// Objects of each type whose address a census keeps, for [`crate::v8::heap::retainers`].
 pub const SAMPLES: usize = 24;
 
 /// The types whose retainers are worth a search: the `top` growing JavaScript types (objects,

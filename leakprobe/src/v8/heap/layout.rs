@@ -9,7 +9,7 @@ use super::super::metadata::{Metadata, MetadataError};
 /// code's embedded constant, an inline cache's feedback or a weak list's entry, not what keeps
 /// an object for the program (DevTools hides these retainers too). A retainer search does not
 /// follow them: an object referred to by a dozen such would crowd out the variable that keeps it.
-pub(super) const UNSEEN_HOLDERS: &[&str] = &[
+pub const UNSEEN_HOLDERS: &[&str] = &[
     "AllocationSite",
     "ClosureFeedbackCellArray",
     "Code",
@@ -35,7 +35,7 @@ pub(super) const UNSEEN_HOLDERS: &[&str] = &[
     "WeakFixedArray",
 ];
 
-/// The offsets and types the census needs beyond [`super::Layout`].
+/// The offsets and types the census needs beyond [`crate::v8::Layout`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeapLayout {
     pub(super) map_type: u64,
@@ -64,7 +64,7 @@ pub struct HeapLayout {
     pub(super) type_names: HashMap<u64, String>,
     /// Instance types of [`UNSEEN_HOLDERS`].
     pub(super) unseen_holders: Vec<u64>,
-    /// What [`retainers`] needs to name a reference.
+    /// What [`crate::v8::heap::retainers`] needs to name a reference.
     pub(super) refs: RefLayout,
 }
 

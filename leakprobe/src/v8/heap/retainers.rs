@@ -18,7 +18,7 @@
 //! are searched once more from their samples up, in the pages as they are then.
 //!
 //! References from V8's own code and feedback (optimized code's embedded constants, inline
-//! caches, weak lists: [`super::UNSEEN_HOLDERS`]) are not followed, as DevTools does not show
+//! caches, weak lists: [`crate::v8::heap::layout::UNSEEN_HOLDERS`]) are not followed, as DevTools does not show
 //! them: a module-level Set that hot functions use is referred to by their optimized code too,
 //! and those holders crowded out the scope's variable.
 //!
@@ -325,7 +325,7 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// Whether objects of `info` hold tagged pointers after their map that a program's
-    /// references are made of (not V8's code and feedback: [`super::UNSEEN_HOLDERS`]).
+    /// references are made of (not V8's code and feedback: [`crate::v8::heap::layout::UNSEEN_HOLDERS`]).
     pub(super) fn holds_pointers(&self, info: MapInfo) -> bool {
         let hl = self.w.hl;
         let l = &self.w.reader.layout;

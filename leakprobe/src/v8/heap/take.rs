@@ -21,7 +21,7 @@
 //! - A linear walk also counts dead objects on pages the sweeper has not reached yet; read
 //!   after sweeping (a few milliseconds after a mark-compact) it counts what the collector kept.
 //! - The page header layout is not in the `v8dbg_*` metadata: the three shapes of node 18–24
-//!   are recognised here by their self-pointers (see [`Page::read`]).
+//!   are recognised here by their self-pointers (see [`crate::v8::heap::pages::Page::read`]).
 //!
 //! Nothing here stops the target: reads race with the mutator, and a torn read shows as an
 //! object that does not parse (counted as unparsed bytes), never as a crash.
