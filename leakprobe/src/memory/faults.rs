@@ -154,6 +154,65 @@ impl FaultBooks {
             stacks: self.counts.keys().map(|(id, _)| id).collect::<std::collections::HashSet<_>>().len(),
         })
     }
+
+    /// Sites whose sampled page faults go on through the window, as candidate suspects, and the
+    /// bytes the GC touched. `frames` names a stack id.
+    pub fn sites(
+        &self,
+        samples: &[Sample],
+        mut frames: impl FnMut(i64) -> Vec<Frame>,
+    ) -> (Vec<Suspect>, u64) {
+        let Some((_, one, two, last)) = thirds(samples) else { return (Vec::new(), 0) };
+        let mut gc_bytes = 0.0;
+        let mut groups: HashMap<(Category, String), (Suspect, f64)> = HashMap::new();
+        for (&(stack_id, touched), series) in &self.series {
+            let total = series.last().unwrap_or(0.0);
+            let (middle, end) = (at(series, two) - at(series, one), total - at(series, two));
+            if end <= 0.0 && middle <= 0.0 {
+                continue;
+            }
+            if touched == Touched::Young {
+                continue;
+            }
+            let stack = frames(stack_id);
+            let category = match classify(&stack, touched) {
+                Class::V8Own => {
+                    gc_bytes += total;
+                    continue;
+                }
+                Class::Memory(category) => category,
+            };
+            let site = site_key(&stack);
+            let (group, group_middle) = groups
+                .entry((category, site.clone()))
+                .or_insert_with(|| (Suspect::site(category, Source::PageFaults, site), 0.0));
+            group.growth_bytes_per_s += match category {
+                Category::V8Heap => (middle + end) / (last - one),
+                _ => end / (last - two),
+            };
+            *group_middle += middle;
+            group.add_variant(stack, Variant { stack_id, bytes: total as i64, floor_growth_bytes: end });
+        }
+        let found = groups
+            .into_values()
+            .filter(|(s, middle)| match s.category {
+                // The runtime grows a JS array's backing store geometrically (by half again each
+                // time): its faults come in ever rarer steps, so the later two thirds are judged
+                // together.
+                Category::V8Heap => s.floor_growth_bytes + middle >= MIN_SITE_BYTES,
+                _ => {
+                    s.floor_growth_bytes >= MIN_SITE_BYTES
+                        && *middle > 0.0
+                        && s.floor_growth_bytes >= MIN_STILL_FAULTING * middle
+                }
+            })
+            .map(|(mut s, _)| {
+                s.variants.sort_by_key(|v| std::cmp::Reverse(v.bytes));
+                s
+            })
+            .collect();
+        (found, gc_bytes as u64)
+    }
 }
 
 /// Smallest first-touched bytes in the last third of the window for a page-fault site.
@@ -228,67 +287,6 @@ pub fn classify(frames: &[Frame], touched: Touched) -> Class {
 /// The bytes a cumulative series held at `t` (0 before its first point).
 fn at(series: &Series, t: f64) -> f64 {
     series.points().iter().take_while(|p| p.0 <= t).last().map_or(0.0, |p| p.1)
-}
-
-impl FaultBooks {
-    /// Sites whose sampled page faults go on through the window, as candidate suspects, and the
-    /// bytes the GC touched. `frames` names a stack id.
-    pub fn sites(
-        &self,
-        samples: &[Sample],
-        mut frames: impl FnMut(i64) -> Vec<Frame>,
-    ) -> (Vec<Suspect>, u64) {
-        let Some((_, one, two, last)) = thirds(samples) else { return (Vec::new(), 0) };
-        let mut gc_bytes = 0.0;
-        let mut groups: HashMap<(Category, String), (Suspect, f64)> = HashMap::new();
-        for (&(stack_id, touched), series) in &self.series {
-            let total = series.last().unwrap_or(0.0);
-            let (middle, end) = (at(series, two) - at(series, one), total - at(series, two));
-            if end <= 0.0 && middle <= 0.0 {
-                continue;
-            }
-            if touched == Touched::Young {
-                continue;
-            }
-            let stack = frames(stack_id);
-            let category = match classify(&stack, touched) {
-                Class::V8Own => {
-                    gc_bytes += total;
-                    continue;
-                }
-                Class::Memory(category) => category,
-            };
-            let site = site_key(&stack);
-            let (group, group_middle) = groups
-                .entry((category, site.clone()))
-                .or_insert_with(|| (Suspect::site(category, Source::PageFaults, site), 0.0));
-            group.growth_bytes_per_s += match category {
-                Category::V8Heap => (middle + end) / (last - one),
-                _ => end / (last - two),
-            };
-            *group_middle += middle;
-            group.add_variant(stack, Variant { stack_id, bytes: total as i64, floor_growth_bytes: end });
-        }
-        let found = groups
-            .into_values()
-            .filter(|(s, middle)| match s.category {
-                // The runtime grows a JS array's backing store geometrically (by half again each
-                // time): its faults come in ever rarer steps, so the later two thirds are judged
-                // together.
-                Category::V8Heap => s.floor_growth_bytes + middle >= MIN_SITE_BYTES,
-                _ => {
-                    s.floor_growth_bytes >= MIN_SITE_BYTES
-                        && *middle > 0.0
-                        && s.floor_growth_bytes >= MIN_STILL_FAULTING * middle
-                }
-            })
-            .map(|(mut s, _)| {
-                s.variants.sort_by_key(|v| std::cmp::Reverse(v.bytes));
-                s
-            })
-            .collect();
-        (found, gc_bytes as u64)
-    }
 }
 
 #[cfg(test)]
