@@ -62,7 +62,7 @@ pub struct IsolateCensus {
     pub object_bytes: u64,
     /// Objects counted.
     pub objects: u64,
-    /// Free space (V8's free-list entries) seen on walked pages, where the type is known.
+    /// Free space (V8's free-list entries and fillers) seen on walked pages, where the type is known.
     pub free_bytes: u64,
     /// By type, most bytes first.
     pub types: Vec<TypeCount>,

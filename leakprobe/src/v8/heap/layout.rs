@@ -59,7 +59,11 @@ pub struct HeapLayout {
     pub(super) byte_array_type: u64,
     pub(super) weak_array_list_type: Option<u64>,
     pub(super) bytecode: Option<(u64, u64)>,
+    /// `FreeSpace`'s type where the metadata names it: the walk reads its size field.
     pub(super) free_space_type: Option<u64>,
+    /// The heap's gaps: `FreeSpace` and the fillers, named or told by [`gap_types`]. Their
+    /// words are what the gap held before: stale pointers, never a reference.
+    pub(super) gap_types: Vec<u64>,
     /// Class names of the instance types the metadata lists.
     pub(super) type_names: HashMap<u64, String>,
     /// Instance types of [`UNSEEN_HOLDERS`].
@@ -136,6 +140,11 @@ impl HeapLayout {
                 first_js = Some(first_js.map_or(u(*value), |f| f.min(u(*value))));
             }
         }
+        let gaps = gap_types(m);
+        for (ty, name) in &gaps {
+            type_names.entry(*ty).or_insert_with(|| name.to_string());
+        }
+        let gap_types = gaps.into_iter().map(|(ty, _)| ty).collect();
         let entry = m.get("prop_desc_size")?;
         let unseen_holders = type_names
             .iter()
@@ -174,9 +183,30 @@ impl HeapLayout {
                 _ => None,
             },
             free_space_type: m.get("type_FreeSpace__FREE_SPACE_TYPE").ok().map(u),
+            gap_types,
             type_names,
             unseen_holders,
             refs: RefLayout::new(m)?,
         })
+    }
+}
+
+/// The types of the heap's gaps, with their class names: `FreeSpace` and the one- and
+/// two-word fillers. V8 numbers `FeedbackVector`, `Filler`, `FreeSpace` and `Hole` in a row
+/// (node 18 to 24), and node 24's metadata names neither gap type, so they are told from their
+/// neighbours: `FreeSpace` is `FeedbackVector` + 2 where the metadata names it so, or where
+/// `Hole` is `FeedbackVector` + 3. Where the numbering says neither, only a named `FreeSpace`.
+pub(super) fn gap_types(m: &Metadata) -> Vec<(u64, &'static str)> {
+    let named = |name: &'static str| m.get(name).ok().map(|v| v as u64);
+    let free_space = named("type_FreeSpace__FREE_SPACE_TYPE");
+    let hole = named("type_Hole__HOLE_TYPE");
+    let Some(feedback) = named("type_FeedbackVector__FEEDBACK_VECTOR_TYPE") else {
+        return free_space.map(|free| (free, "FreeSpace")).into_iter().collect();
+    };
+    match free_space {
+        Some(free) if free == feedback + 2 => vec![(feedback + 1, "Filler"), (free, "FreeSpace")],
+        Some(free) => vec![(free, "FreeSpace")],
+        None if hole == Some(feedback + 3) => vec![(feedback + 1, "Filler"), (feedback + 2, "FreeSpace")],
+        None => Vec::new(),
     }
 }

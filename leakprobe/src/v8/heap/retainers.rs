@@ -334,7 +334,7 @@ impl<M: Memory> Search<'_, M> {
             || hl.unseen_holders.contains(&ty)
             || ty == hl.byte_array_type
             || ty == hl.fixed_double_array_type
-            || Some(ty) == hl.free_space_type
+            || hl.gap_types.contains(&ty)
             || hl.bytecode.is_some_and(|(b, _)| b == ty))
     }
 

@@ -3,7 +3,7 @@ use std::{collections::HashMap, time::Duration};
 use super::{
     census::{growth, Census, IsolateCensus, Kind, Limits, Stopped, TypeCount},
     chain::LinkKind,
-    layout::HeapLayout,
+    layout::{gap_types, HeapLayout},
     pages::{anonymous_ranges, page_candidates, Page, PAGE},
     retainers::retainers,
     take::census,
@@ -352,4 +352,26 @@ proptest! {
             prop_assert!(page.area_end <= CHUNK + page.size);
         }
     }
+}
+
+/// Node 24's metadata names neither FreeSpace nor the fillers; their types are told from their
+/// neighbours, by the same rule that gives the named FreeSpace of node 18 to 22.
+#[test]
+fn the_heaps_gaps_are_known_on_every_node() {
+    let mut seen = 0;
+    for major in [18, 20, 22, 24] {
+        let Ok(bytes) = std::fs::read(format!("/var/cache/leakprobe/node/{major}/node")) else { continue };
+        let m = Metadata::from_elf(&bytes).unwrap();
+        let gaps = gap_types(&m);
+        let names: Vec<&str> = gaps.iter().map(|(_, n)| *n).collect();
+        assert_eq!(names, ["Filler", "FreeSpace"], "node {major}");
+        if let Ok(named) = m.get("type_FreeSpace__FREE_SPACE_TYPE") {
+            assert_eq!(gaps[1].0, named as u64, "node {major}");
+        }
+        let hl = HeapLayout::new(&m).unwrap();
+        assert_eq!(hl.gap_types, [gaps[0].0, gaps[1].0], "node {major}");
+        assert_eq!(hl.type_names[&gaps[1].0], "FreeSpace", "node {major}");
+        seen += 1;
+    }
+    assert!(seen > 0 || !std::path::Path::new("/var/cache/leakprobe/node").exists());
 }

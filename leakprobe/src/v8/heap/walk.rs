@@ -278,7 +278,7 @@ impl<'r, M: Memory> Walker<'r, M> {
     /// Counts the object at `at` of `page`.
     pub(super) fn count(&mut self, page: &Page, buf: &[u8], at: u64, info: MapInfo, size: u64) {
         let hl = self.hl;
-        if Some(info.ty) == hl.free_space_type {
+        if hl.gap_types.contains(&info.ty) {
             *self.free.entry(page.heap).or_default() += size;
             return;
         }
