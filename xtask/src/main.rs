@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | layout | test | demo | bench | image`.
+//! Project tasks: `cargo xtask setup | layout | test | stress | demo | bench | image`.
 //!
 //! Every task that needs the eBPF toolchain or node builds runs `setup` first, so each works on
 //! a fresh machine (as root, which installing packages and loading eBPF programs both need).
@@ -8,6 +8,7 @@ mod demo;
 mod image;
 mod layout;
 mod setup;
+mod stress;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -43,6 +44,21 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Setup, then run one integration test binary many times in a row beside a CPU load and
+    /// report each test's passes (not in `test`: the retainer tests take about an hour 20 times).
+    Stress {
+        /// The test binary (a file of tests/ without `.rs`).
+        #[arg(long, default_value = "retainers")]
+        test: String,
+        /// Rounds.
+        #[arg(long, default_value_t = 20)]
+        times: u32,
+        /// Threads that spin beside the tests (the machine's load).
+        #[arg(long, default_value_t = 1)]
+        load: usize,
+        /// Test name filters, as `cargo test` takes them.
+        filters: Vec<String>,
+    },
     /// Setup, then measure what leakprobe costs a node process (ratios from one run).
     Bench {
         /// Compare only these modes with the baseline in the HTTP rounds, skipping the other
@@ -75,6 +91,10 @@ fn main() -> anyhow::Result<()> {
             layout::check(&root())?;
             setup::run()?;
             test(&cargo_test_args)
+        }
+        Task::Stress { test, times, load, filters } => {
+            setup::run()?;
+            stress::run(&stress::Stress { test: &test, times, load, filters: &filters })
         }
         Task::Bench { modes } => {
             setup::run()?;
