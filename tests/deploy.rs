@@ -6,6 +6,9 @@
 //! for) and the kustomization are checked by shape. YAML is read with the validator's own
 //! dependency, PyYAML, so this test adds no crate.
 
+#[path = "common/yaml.rs"]
+mod yaml;
+
 use std::{
     collections::BTreeSet,
     fs,
@@ -14,6 +17,7 @@ use std::{
 };
 
 use serde_json::Value;
+use yaml::yaml_documents;
 
 /// The Kubernetes versions every built-in resource must validate against: the oldest the
 /// manifests target, and the newest the pinned validator knows.
@@ -67,21 +71,6 @@ fn validate_strict(file: &Path) -> (bool, String) {
     let file = file.to_str().unwrap();
     args.push(file);
     kubernetes_validate(&args)
-}
-
-/// The YAML documents of `file`, as JSON values (empty documents left out).
-fn yaml_documents(file: &Path) -> Vec<Value> {
-    let script = "import json, sys, yaml\n\
-                  docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
-                  json.dump(docs, sys.stdout)";
-    let out = python(&["-c", script, file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{} is not valid YAML (or PyYAML is missing: run `cargo xtask setup`):\n{}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The one document of `file` of kind `kind`.

@@ -14,6 +14,9 @@
 //! promtool and prometheus come from Debian's `prometheus` package, which `cargo xtask setup`
 //! installs. YAML is read with PyYAML, as in tests/deploy.rs, so this test adds no crate.
 
+#[path = "common/yaml.rs"]
+mod yaml;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -33,6 +36,7 @@ use leakprobe::{
 };
 use leakprobe_ebpf::drops::DropReason;
 use serde_json::Value;
+use yaml::yaml_documents;
 
 /// The rule group promtool reads, written from the PrometheusRule's `spec`; the name
 /// `leakprobe-rules.test.yaml` gives in its `rule_files`.
@@ -93,24 +97,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-/// The YAML documents of `file`, as JSON values, read with PyYAML.
-fn yaml_documents(file: &Path) -> Vec<Value> {
-    let script = "import json, sys, yaml\n\
-                  docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
-                  json.dump(docs, sys.stdout)";
-    let out = Command::new("python3")
-        .args(["-c", script, file.to_str().unwrap()])
-        .output()
-        .expect("running python3 (run `cargo xtask setup`)");
-    assert!(
-        out.status.success(),
-        "{} is not valid YAML (or PyYAML is missing: run `cargo xtask setup`):\n{}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The PrometheusRule of leakprobe-rules.yaml.
