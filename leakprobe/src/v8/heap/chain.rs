@@ -18,7 +18,10 @@ pub enum LinkKind {
     Element,
     /// An entry of a Map or Set.
     Entry,
-    /// One of V8's own fields: a typed array's ArrayBuffer, a closure's scope, ...
+    /// A closure's or an inner scope's reference to the scope it was made in: a function's
+    /// scope lives as long as its closures.
+    Scope,
+    /// One of V8's own fields: a typed array's ArrayBuffer, ...
     Internal,
 }
 

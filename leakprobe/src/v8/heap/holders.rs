@@ -4,17 +4,107 @@
 //! variable, a property, a dictionary key). The part of [`Search`] that reads names.
 
 use super::{
-    chain::thousands,
+    chain::{thousands, Link, LinkKind},
     retainers::Search,
     walk::{short_file, MapInfo, Walker, MAX_DESCRIPTORS},
 };
 
 use crate::v8::memory::Memory;
 
+/// V8 keeps a scope's variable names inline up to this many (in a hash table beyond).
+const MAX_INLINE_LOCALS: i64 = 75;
+
 /// Longest name kept for a property or variable.
 pub(super) const MAX_NAME: usize = 80;
 
 impl<M: Memory> Search<'_, M> {
+    /// The links of a path, backing stores folded into the object they belong to.
+    pub(super) fn links(&mut self, path: &[(usize, u64)]) -> Vec<Link> {
+        let mut links = Vec::new();
+        let mut i = 0;
+        while i < path.len() {
+            let (h, off) = path[i];
+            let Some(info) = self.nodes[h].info else { break };
+            let obj = self.nodes[h].addr.wrapping_sub(self.w.reader.layout.heap_tag);
+            if self.is_context(info) {
+                let holder = self.scope(h);
+                // An inner scope keeps its enclosing one; a scope's variable names what it holds.
+                let link = match off == 16 + 8 * self.w.hl.refs.context_previous {
+                    true => Link { kind: LinkKind::Scope, name: None, holder },
+                    false => Link { kind: LinkKind::Variable, name: self.variable(obj, off), holder },
+                };
+                links.push(link);
+                // A top scope ends the chain; a function's scope is a waypoint.
+                if self.nodes[h].top_scope {
+                    break;
+                }
+                i += 1;
+                continue;
+            }
+            if self.is_function(info) && off == self.w.hl.refs.function_context {
+                let holder = self.describe(h);
+                links.push(Link { kind: LinkKind::Scope, name: None, holder });
+                i += 1;
+                continue;
+            }
+            if info.ty >= self.w.hl.first_js_type {
+                let (kind, name) = match self.property(obj, off, false) {
+                    Some(name) => (LinkKind::Property, Some(name)),
+                    None => (LinkKind::Internal, None),
+                };
+                let holder = self.describe(h);
+                let timer = self.timer(info);
+                links.push(Link {
+                    kind,
+                    name,
+                    holder: if timer { format!("{holder} (in a timer list)") } else { holder },
+                });
+                i += 1;
+                continue;
+            }
+            // A backing store: the object above says what it is.
+            let above = path.get(i + 1).and_then(|&(h2, off2)| Some((h2, off2, self.nodes[h2].info?)));
+            let r = self.w.hl.refs.clone();
+            match above {
+                Some((h2, off2, info2)) if info2.ty >= self.w.hl.first_js_type => {
+                    let obj2 = self.nodes[h2].addr.wrapping_sub(self.w.reader.layout.heap_tag);
+                    let (kind, name) = if off2 == 8 {
+                        let name = match info.ty == r.property_array_type {
+                            true => self.property(obj2, off, true),
+                            false => self.dictionary_key(obj, off),
+                        };
+                        (if name.is_some() { LinkKind::Property } else { LinkKind::Internal }, name)
+                    } else if off2 == 16 {
+                        (LinkKind::Element, None)
+                    } else if off2 == 24 && (info2.ty == r.js_map_type || info2.ty == r.js_set_type) {
+                        (LinkKind::Entry, None)
+                    } else {
+                        (LinkKind::Internal, None)
+                    };
+                    let holder = self.describe(h2);
+                    links.push(Link { kind, name, holder });
+                    i += 2;
+                }
+                _ => {
+                    let holder = self.describe(h);
+                    links.push(Link { kind: LinkKind::Internal, name: None, holder });
+                    i += 1;
+                }
+            }
+        }
+        for k in 1..links.len() {
+            // An EventEmitter keeps its listeners by event name in `_events`.
+            if links[k].kind == LinkKind::Property && links[k].name.as_deref() == Some("_events") {
+                links[k - 1].holder = "listeners by event name".into();
+            }
+            // A Writable queues the writes its sink has not taken yet in an array of its state.
+            if links[k].holder == "WritableState" && links[k - 1].kind == LinkKind::Element {
+                links[k - 1].holder += ": a stream's buffered writes";
+            }
+        }
+        links
+    }
+
     /// An object as DevTools names it: `Array (N elements)`, `Map (N entries)`, its
     /// constructor or shape, a closure's function, or V8's type.
     pub(super) fn describe(&mut self, n: usize) -> String {
@@ -63,15 +153,8 @@ impl<M: Memory> Search<'_, M> {
         }
         let slot = (off - 16) / 8;
         let length = r.smi(r.word(obj + 8).ok()?)?;
-        let scope = r.word(obj + 16 + 8 * self.w.hl.refs.context_scope_info).ok()?;
-        let (scope, ty) = r.type_of(scope).ok()?;
-        if ty != l.scope_info_type {
-            return None;
-        }
-        let data = scope.wrapping_add(8);
-        let locals = r.smi(r.word(data + 8 * l.scope_context_locals).ok()?)?;
-        // V8 keeps names inline up to 75 locals (a hash table beyond).
-        if !(1..=75).contains(&locals) {
+        let (data, locals) = self.scope_locals(obj)?;
+        if !(1..=MAX_INLINE_LOCALS).contains(&locals) {
             return None;
         }
         let index = slot as i64 - (length - locals);
@@ -81,6 +164,18 @@ impl<M: Memory> Search<'_, M> {
         let name = r.word(data + 8 * (l.scope_first_vars + index as u64)).ok()?;
         let (_, ty) = r.type_of(name).ok()?;
         (ty < l.strings.first_nonstring).then(|| r.string(name).ok()).flatten().map(|s| clip(&s))
+    }
+
+    /// The data of the `ScopeInfo` of the context at `obj`, and its count of context locals.
+    fn scope_locals(&self, obj: u64) -> Option<(u64, i64)> {
+        let r = &self.w.reader;
+        let scope = r.word(obj + 16 + 8 * self.w.hl.refs.context_scope_info).ok()?;
+        let (scope, ty) = r.type_of(scope).ok()?;
+        if ty != r.layout.scope_info_type {
+            return None;
+        }
+        let data = scope.wrapping_add(8);
+        Some((data, r.smi(r.word(data + 8 * r.layout.scope_context_locals).ok()?)?))
     }
 
     /// The scope of the context node `n`: `module scope of FILE` for a script's top level,
@@ -97,7 +192,9 @@ impl<M: Memory> Search<'_, M> {
             .filter(|(_, ty)| *ty == l.scope_info_type)
             .and_then(|(s, _)| self.w.reader.scope_info(s).ok())
             .and_then(|(name, _)| name)
-            .filter(|n| !n.is_empty());
+            .filter(|n| !n.is_empty())
+            // Past the inline names, the function's name is not where it is read from.
+            .filter(|_| self.scope_locals(obj).is_some_and(|(_, n)| n <= MAX_INLINE_LOCALS));
         // The file, from a closure of this scope.
         let file = self.nodes[n].holders.clone().into_iter().find_map(|(h, _)| {
             let f = self.nodes[h].addr.wrapping_sub(l.heap_tag);

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 
 use super::super::metadata::{Metadata, MetadataError};
 
-/// V8's code, feedback and weak bookkeeping: a reference from one of these is optimized
-/// code's embedded constant, an inline cache's feedback or a weak list's entry, not what keeps
-/// an object for the program (DevTools hides these retainers too). A retainer search does not
+/// V8's code, feedback, function metadata and weak bookkeeping: a reference from one of these
+/// is optimized code's embedded constant, an inline cache's feedback, a scope's or a
+/// function's description or a weak list's entry, not what keeps an object for the program
+/// (DevTools hides these retainers too). A retainer search does not
 /// follow them: an object referred to by a dozen such would crowd out the variable that keeps it.
 pub const UNSEEN_HOLDERS: &[&str] = &[
     "AllocationSite",
@@ -25,6 +26,9 @@ pub const UNSEEN_HOLDERS: &[&str] = &[
     "ProtectedFixedArray",
     "ProtectedWeakFixedArray",
     "PrototypeInfo",
+    "ScopeInfo",
+    "Script",
+    "SharedFunctionInfo",
     "TransitionArray",
     "TrustedByteArray",
     "TrustedFixedArray",
@@ -93,6 +97,11 @@ pub(super) struct RefLayout {
     pub(super) function_context: u64,
     /// The context slot of its `ScopeInfo`.
     pub(super) context_scope_info: u64,
+    /// A context's header slots (its `ScopeInfo`, the enclosing context): what a context holds
+    /// there is V8's bookkeeping, never a variable.
+    pub(super) context_header_slots: u64,
+    /// The context slot of the enclosing context (`previous`).
+    pub(super) context_previous: u64,
     /// `Symbol`'s type and its description field.
     pub(super) symbol: (u64, u64),
 }
@@ -120,6 +129,8 @@ impl RefLayout {
             ),
             function_context: u(m.field("class_JSFunction__context__")?),
             context_scope_info: u(m.get("context_idx_scope_info")?),
+            context_header_slots: u(m.get("context_min_slots")?),
+            context_previous: u(m.get("context_idx_prev")?),
             symbol: (u(m.get("type_Symbol__SYMBOL_TYPE")?), u(m.field("class_Symbol__name__")?)),
         })
     }

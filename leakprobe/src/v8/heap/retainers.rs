@@ -97,8 +97,12 @@ pub(super) struct Node {
     pub(super) holders: Vec<(usize, u64)>,
     pub(super) depth: usize,
     pub(super) searched: bool,
-    /// Its holders are looked for only to name it (a scope's closures), not followed.
+    /// Its holders are looked for only to name it (a top scope's closures), not followed.
     pub(super) leaf: bool,
+    /// A context whose enclosing context is the native context: a module's or a script's
+    /// top-level scope, where a chain ends. A function's scope is a waypoint: the chain goes on
+    /// through the closures (and inner scopes) that keep it.
+    pub(super) top_scope: bool,
 }
 
 /// One reference found: the object at `holder` (tagged) refers to `node` at `offset`.
@@ -234,15 +238,15 @@ pub fn retainers<M: Memory>(
         }
         let mut chains: Vec<Chain> = chains
             .into_values()
-            .map(|(links, samples, complete)| Chain {
-                samples,
-                holder: links
+            .map(|(links, samples, complete)| {
+                let holder = links
                     .iter()
                     .find(|l| matches!(l.kind, LinkKind::Variable | LinkKind::Property))
-                    .and_then(|l| l.name.clone()),
-                text: chain_text(&links),
-                links,
-                complete,
+                    .and_then(|l| l.name.clone());
+                // A chain whose holder has no name (a variable past a scope's inline names)
+                // proves nothing: it is not complete.
+                let complete = complete && holder.is_some();
+                Chain { samples, holder, text: chain_text(&links), links, complete }
             })
             .collect();
         chains.sort_by(|a, b| {
@@ -279,7 +283,16 @@ impl<M: Memory> Search<'_, M> {
         if let Some(i) = self.index.get(&addr) {
             return *i;
         }
-        self.nodes.push(Node { addr, info, holders: Vec::new(), depth, searched: false, leaf: false });
+        let top_scope = info.is_some_and(|i| self.is_context(i)) && self.is_top_scope(addr);
+        self.nodes.push(Node {
+            addr,
+            info,
+            holders: Vec::new(),
+            depth,
+            searched: false,
+            leaf: false,
+            top_scope,
+        });
         self.index.insert(addr, self.nodes.len() - 1);
         self.nodes.len() - 1
     }
@@ -307,6 +320,20 @@ impl<M: Memory> Search<'_, M> {
             return true;
         }
         n.info.is_none_or(|info| self.timer(info))
+    }
+
+    /// Whether the context at `addr` (tagged) is a top-level scope: its enclosing context is
+    /// the native context, which has no enclosing context itself.
+    pub(super) fn is_top_scope(&self, addr: u64) -> bool {
+        let r = &self.w.reader;
+        let previous = |ctx: u64| -> Option<u64> {
+            let word = r
+                .word(ctx.wrapping_sub(r.layout.heap_tag) + 16 + 8 * self.w.hl.refs.context_previous)
+                .ok()?;
+            let (_, ty) = r.type_of(word).ok()?;
+            (self.w.hl.first_context_type..=self.w.hl.last_context_type).contains(&ty).then_some(word)
+        };
+        previous(addr).is_none_or(|outer| previous(outer).is_none())
     }
 
     pub(super) fn is_context(&self, info: MapInfo) -> bool {
@@ -343,11 +370,20 @@ impl<M: Memory> Search<'_, M> {
         let child = &self.nodes[hit.node];
         let depth = child.depth + 1;
         let child_is_context = child.info.is_some_and(|i| self.is_context(i));
-        // A scope is named by one of its closures; other holders of a scope are not followed.
-        if child_is_context && !(self.is_function(hit.info) && hit.offset == self.w.hl.refs.function_context)
-        {
+        let refs = &self.w.hl.refs;
+        let encloses = self.is_context(hit.info) && hit.offset == 16 + 8 * refs.context_previous;
+        let closure = self.is_function(hit.info) && hit.offset == refs.function_context;
+        // A scope is kept by its closures, and a function's scope also by the scopes inside
+        // it (their enclosing context); a top scope is only named by a closure (its file).
+        if child_is_context && !(closure || (encloses && !child.top_scope)) {
             return;
         }
+        // Otherwise a context's header slots hold its scope's description and the enclosing
+        // context, never a variable of the program.
+        if !child_is_context && self.is_context(hit.info) && hit.offset < 16 + 8 * refs.context_header_slots {
+            return;
+        }
+        let leaf = child_is_context && child.top_scope;
         // A scope's variable is the answer a chain looks for: it is kept beyond the cap.
         if (child.holders.len() >= MAX_HOLDERS && !self.is_context(hit.info))
             || child.holders.iter().any(|(h, _)| self.nodes[*h].addr == hit.holder)
@@ -358,7 +394,7 @@ impl<M: Memory> Search<'_, M> {
             return;
         }
         let holder = self.node(hit.holder, Some(hit.info), depth);
-        if child_is_context {
+        if leaf {
             self.nodes[holder].leaf = true;
         }
         self.nodes[hit.node].holders.push((holder, hit.offset));
@@ -395,7 +431,7 @@ impl<M: Memory> Search<'_, M> {
                 continue;
             }
             if !self.objects.contains_key(&page.chunk) {
-                let objects = self.w.objects(&buf);
+                let objects = self.w.objects(&buf, false);
                 self.objects.insert(page.chunk, objects);
             }
             let Some(objects) = self.objects.get(&page.chunk) else { continue };
@@ -478,7 +514,7 @@ impl<M: Memory> Search<'_, M> {
         seen
     }
 
-    /// The shortest path from `root` up to a terminal holder (a scope or a timer), as
+    /// The shortest path from `root` up to a terminal holder (a top scope or a timer), as
     /// (holder node, offset) steps; when none ends at one, the longest path found (not
     /// complete). `None` when nothing holds `root`.
     pub(super) fn best_path(&self, root: usize) -> Option<(Vec<(usize, u64)>, bool)> {
@@ -490,7 +526,7 @@ impl<M: Memory> Search<'_, M> {
             let node = &self.nodes[n];
             if n != root {
                 deepest = Some(n);
-                if node.info.is_some_and(|i| self.is_context(i) || self.timer(i)) {
+                if node.top_scope || node.info.is_some_and(|i| self.timer(i)) {
                     return Some((self.path_to(&parent, n), true));
                 }
             }
@@ -515,77 +551,5 @@ impl<M: Memory> Search<'_, M> {
         }
         steps.reverse();
         steps
-    }
-
-    /// The links of a path, backing stores folded into the object they belong to.
-    pub(super) fn links(&mut self, path: &[(usize, u64)]) -> Vec<Link> {
-        let mut links = Vec::new();
-        let mut i = 0;
-        while i < path.len() {
-            let (h, off) = path[i];
-            let Some(info) = self.nodes[h].info else { break };
-            let obj = self.nodes[h].addr.wrapping_sub(self.w.reader.layout.heap_tag);
-            if self.is_context(info) {
-                let name = self.variable(obj, off);
-                let holder = self.scope(h);
-                links.push(Link { kind: LinkKind::Variable, name, holder });
-                break;
-            }
-            if info.ty >= self.w.hl.first_js_type {
-                let (kind, name) = match self.property(obj, off, false) {
-                    Some(name) => (LinkKind::Property, Some(name)),
-                    None => (LinkKind::Internal, None),
-                };
-                let holder = self.describe(h);
-                let timer = self.timer(info);
-                links.push(Link {
-                    kind,
-                    name,
-                    holder: if timer { format!("{holder} (in a timer list)") } else { holder },
-                });
-                i += 1;
-                continue;
-            }
-            // A backing store: the object above says what it is.
-            let above = path.get(i + 1).and_then(|&(h2, off2)| Some((h2, off2, self.nodes[h2].info?)));
-            let r = self.w.hl.refs.clone();
-            match above {
-                Some((h2, off2, info2)) if info2.ty >= self.w.hl.first_js_type => {
-                    let obj2 = self.nodes[h2].addr.wrapping_sub(self.w.reader.layout.heap_tag);
-                    let (kind, name) = if off2 == 8 {
-                        let name = match info.ty == r.property_array_type {
-                            true => self.property(obj2, off, true),
-                            false => self.dictionary_key(obj, off),
-                        };
-                        (if name.is_some() { LinkKind::Property } else { LinkKind::Internal }, name)
-                    } else if off2 == 16 {
-                        (LinkKind::Element, None)
-                    } else if off2 == 24 && (info2.ty == r.js_map_type || info2.ty == r.js_set_type) {
-                        (LinkKind::Entry, None)
-                    } else {
-                        (LinkKind::Internal, None)
-                    };
-                    let holder = self.describe(h2);
-                    links.push(Link { kind, name, holder });
-                    i += 2;
-                }
-                _ => {
-                    let holder = self.describe(h);
-                    links.push(Link { kind: LinkKind::Internal, name: None, holder });
-                    i += 1;
-                }
-            }
-        }
-        for k in 1..links.len() {
-            // An EventEmitter keeps its listeners by event name in `_events`.
-            if links[k].kind == LinkKind::Property && links[k].name.as_deref() == Some("_events") {
-                links[k - 1].holder = "listeners by event name".into();
-            }
-            // A Writable queues the writes its sink has not taken yet in an array of its state.
-            if links[k].holder == "WritableState" && links[k - 1].kind == LinkKind::Element {
-                links[k - 1].holder += ": a stream's buffered writes";
-            }
-        }
-        links
     }
 }

@@ -375,3 +375,30 @@ fn the_heaps_gaps_are_known_on_every_node() {
     }
     assert!(seen > 0 || !std::path::Path::new("/var/cache/leakprobe/node").exists());
 }
+
+/// What never holds for the program, on every node: a function's and a scope's descriptions
+/// and scripts are in [`super::layout::UNSEEN_HOLDERS`] by their types, and a context's header (its
+/// `ScopeInfo` and the enclosing context) lies before its first variable slot.
+#[test]
+fn descriptions_and_context_headers_are_never_holders() {
+    let mut seen = 0;
+    for major in [18, 20, 22, 24] {
+        let Ok(bytes) = std::fs::read(format!("/var/cache/leakprobe/node/{major}/node")) else { continue };
+        let m = Metadata::from_elf(&bytes).unwrap();
+        let hl = HeapLayout::new(&m).unwrap();
+        for name in [
+            "type_ScopeInfo__SCOPE_INFO_TYPE",
+            "type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE",
+            "type_Script__SCRIPT_TYPE",
+        ] {
+            let ty = m.get(name).unwrap() as u64;
+            assert!(hl.unseen_holders.contains(&ty), "node {major}: {name}");
+        }
+        let prev = m.get("context_idx_prev").unwrap() as u64;
+        assert!(hl.refs.context_scope_info < hl.refs.context_header_slots, "node {major}");
+        assert!(prev < hl.refs.context_header_slots, "node {major}");
+        assert!((2..=4).contains(&hl.refs.context_header_slots), "node {major}");
+        seen += 1;
+    }
+    assert!(seen > 0 || !std::path::Path::new("/var/cache/leakprobe/node").exists());
+}

@@ -108,14 +108,16 @@ impl<'r, M: Memory> Walker<'r, M> {
 
     /// Walks the objects of a regular page, whose object area is `buf`, and counts them.
     pub(super) fn walk(&mut self, page: &Page, buf: &[u8]) {
-        for (at, info, size) in self.objects(buf) {
+        for (at, info, size) in self.objects(buf, true) {
             self.count(page, buf, at, info, size);
         }
     }
 
     /// The objects of a regular page's object area `buf`: offset, map and size, in order.
-    /// Bytes that do not parse are added to the unparsed count.
-    pub(super) fn objects(&mut self, buf: &[u8]) -> Vec<(u64, MapInfo, u64)> {
+    /// Bytes that do not parse are added to the unparsed count. An object this reader cannot
+    /// size is listed, sized up to where the next run of objects starts, only when `guessed`:
+    /// a retainer search leaves it out, as a word in it may be one of the objects it covers.
+    pub(super) fn objects(&mut self, buf: &[u8], guessed: bool) -> Vec<(u64, MapInfo, u64)> {
         let mut out = Vec::new();
         let len = buf.len() as u64;
         let mut at = 0u64;
@@ -133,7 +135,9 @@ impl<'r, M: Memory> Walker<'r, M> {
             match (info, next) {
                 (Some(info), Some(next)) => {
                     self.sized_by_lookahead += 1;
-                    out.push((at, info, next - at));
+                    if guessed {
+                        out.push((at, info, next - at));
+                    }
                 }
                 (None, Some(next)) => self.unparsed += next - at,
                 (_, None) => self.unparsed += len - at,
