@@ -139,6 +139,8 @@ fn memory_split(out: &mut String, report: &Report) {
 
 fn suspects(out: &mut String, report: &Report) {
     let growing: Vec<&CategoryVerdict> = report.verdict.iter().filter(|v| v.growing).collect();
+    // Each growing type and each holder is said once, under the first category it explains.
+    let mut said = Said::default();
     let _ = writeln!(out, "\nWhat grows (at GC troughs)");
     let unjudged = report.verdict.iter().any(|v| !v.growing && v.next_step.is_some());
     if growing.is_empty() && !unjudged {
@@ -154,7 +156,7 @@ fn suspects(out: &mut String, report: &Report) {
         // The census counts objects, live or not yet collected, between two full GCs' aftermaths:
         // what it saw grow is said even where the heap's size could not be judged.
         if v.category == Category::V8Heap {
-            heap_census_lines(out, report);
+            census_lines(out, report, &mut said, in_heap);
         }
     }
     for v in &growing {
@@ -175,8 +177,12 @@ fn suspects(out: &mut String, report: &Report) {
         if let Some(next) = &v.next_step {
             let _ = writeln!(out, "            not explained: {next}");
         }
-        if v.category == Category::V8Heap {
-            heap_census_lines(out, report);
+        // The census says who keeps what grows: JavaScript objects in the heap, and the
+        // ArrayBuffers whose backing stores are external memory.
+        match v.category {
+            Category::V8Heap => census_lines(out, report, &mut said, in_heap),
+            Category::External => census_lines(out, report, &mut said, |g| g.kind == Kind::ArrayBuffer),
+            Category::Native | Category::Mapping => {}
         }
     }
     if report.suspects.is_empty() {
@@ -224,25 +230,33 @@ fn suspects(out: &mut String, report: &Report) {
         for line in suspect_lines(&s.frames) {
             let _ = writeln!(out, "       {}", truncate(&line, 100));
         }
-        // External memory is ArrayBuffers' backing stores: the census says who keeps them.
-        if s.category == Category::External {
-            census_lines(out, report, |g| g.kind == Kind::ArrayBuffer);
-        }
     }
 }
 
-/// The heap census's growing JavaScript types, with who retains them.
-fn heap_census_lines(out: &mut String, report: &Report) {
-    census_lines(out, report, |g| {
-        matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer)
-    });
+/// The heap census's growing types that live in the V8 heap as the program's values.
+fn in_heap(g: &GrowingType) -> bool {
+    matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::String | Kind::ArrayBuffer)
 }
 
-/// Growing types of the heap census that `wanted` picks, each with its retainer chains
-/// ("Retained by" lines); nothing when the census has no growth yet.
-fn census_lines(out: &mut String, report: &Report, wanted: impl Fn(&GrowingType) -> bool) {
+/// What the summary has said of the census: growing types (by heap and label) and holders
+/// (by chain text).
+#[derive(Default)]
+struct Said {
+    types: std::collections::HashSet<(String, String)>,
+    holders: std::collections::HashSet<String>,
+}
+
+/// Growing types of the heap census that `wanted` picks and that were not said yet (at most
+/// three), each with its retainer chains not said yet ("Retained by" lines); nothing when the
+/// census has no growth yet.
+fn census_lines(out: &mut String, report: &Report, said: &mut Said, wanted: impl Fn(&GrowingType) -> bool) {
     let Some(census) = &report.heap.census else { return };
-    let growing: Vec<&GrowingType> = census.growing.iter().filter(|g| wanted(g)).take(3).collect();
+    let growing: Vec<&GrowingType> = census
+        .growing
+        .iter()
+        .filter(|g| wanted(g) && said.types.insert((g.heap.clone(), g.label.clone())))
+        .take(3)
+        .collect();
     if growing.is_empty() {
         return;
     }
@@ -260,7 +274,9 @@ fn census_lines(out: &mut String, report: &Report, wanted: impl Fn(&GrowingType)
             g.count_delta,
             rate(g.bytes_per_s).trim()
         );
-        for r in g.retained_by.iter().filter(|r| r.holder.is_some()).take(2) {
+        for r in
+            g.retained_by.iter().filter(|r| r.holder.is_some() && said.holders.insert(r.text.clone())).take(2)
+        {
             let _ = writeln!(
                 out,
                 "                {}",
