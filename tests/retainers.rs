@@ -99,10 +99,11 @@ impl Snapshot {
         HashSet::new()
     }
 
-    /// Every variable and property name on the retaining paths of `nodes` (at most 300 of
-    /// them, up to 12 levels, weak edges and shortcuts left out): what a chain may name.
+    /// Every variable and property name on the retaining paths of `nodes` (all of them, as
+    /// leakprobe's samples may be any; up to 12 levels, weak edges and shortcuts left out):
+    /// what a chain may name.
     fn names_above(&self, nodes: &[usize]) -> HashSet<String> {
-        let mut level: Vec<usize> = nodes.iter().step_by((nodes.len() / 300).max(1)).copied().collect();
+        let mut level: Vec<usize> = nodes.to_vec();
         let mut seen: HashSet<usize> = level.iter().copied().collect();
         let mut names = HashSet::new();
         for _ in 0..12 {

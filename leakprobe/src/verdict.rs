@@ -8,7 +8,10 @@
 //!   right after a main-thread mark-compact, once the ArrayBuffer sweeper has freed what the GC
 //!   released ([`crate::memory::rss::Sample::trough`]). Garbage awaiting collection, and Buffers the
 //!   GC frees lazily, are gone there: a bounded cache or steady churn leaves the troughs flat.
-//!   With fewer than [`MIN_TROUGHS`] troughs, see [`CategoryVerdict::method`].
+//!   Growth is their trend, and only from [`MIN_TROUGHS`] or more spanning at least
+//!   [`MIN_TROUGH_SPAN`] of the later two thirds: two troughs of a saw-tooth (a table rebuilt
+//!   and swapped in every few seconds) are not a trend. With fewer, the category is not judged
+//!   yet and the summary says how long to watch ([`CategoryVerdict::watch_s`]).
 //! - **Which line made it.** Stacks are grouped by logical site ([`crate::books::site::site_key`]): the same
 //!   functions, scripts and lines, whatever JIT addresses or tiers. A site is a suspect only
 //!   when its category grows; sampled page faults ([`crate::memory::faults`]) are judged by what each
@@ -25,6 +28,10 @@ use crate::{
 
 /// Troughs needed to read a category's growth from them.
 pub const MIN_TROUGHS: usize = 3;
+/// Share of the later two thirds of the window the troughs must span to make a trend.
+pub const MIN_TROUGH_SPAN: f64 = 0.5;
+/// What a category whose troughs are too few to judge is said to be.
+pub const NOT_JUDGED: &str = "not enough GCs";
 /// Smallest growth over the later two thirds of the window that makes a category grow.
 pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 /// Smallest growth, as a fraction of the category's size, that makes a category grow.
@@ -43,12 +50,14 @@ pub struct CategoryVerdict {
     /// GC troughs (the lowest sample after each main-thread mark-compact) in the later two
     /// thirds of the window.
     pub troughs: usize,
-    /// How the growth was read: `troughs` (their trend, from three or more), `trough over
-    /// floor` (the latest trough over the lowest sample before it: never more than what stayed
-    /// live), `no full GC` (the V8 heap and external memory, whose garbage waits for one, are
-    /// not judged without one) or `floors` (native memory: the floor of the last third over the
-    /// middle third's).
+    /// How the growth was read: `troughs` (their trend, from [`MIN_TROUGHS`] or more spanning
+    /// [`MIN_TROUGH_SPAN`] of the later two thirds), `not enough GCs` (the V8 heap and external
+    /// memory, whose garbage waits for a full GC, are not judged from fewer: [`NOT_JUDGED`]) or
+    /// `floors` (native memory: the floor of the last third over the middle third's).
     pub method: &'static str,
+    /// When not judged: about how many more seconds of watching would give enough troughs, at
+    /// the pace full GCs ran in this window.
+    pub watch_s: Option<f64>,
     /// Whether it grows: by at least [`MIN_GROWTH_BYTES`] and [`MIN_GROWTH_FRACTION`] of its
     /// size over the later two thirds of the window, and (the V8 heap, external) to a trough
     /// higher than any of the window's first third.
@@ -99,9 +108,8 @@ fn troughs(samples: &[Sample], from: f64, read: &Reading<'_>) -> Vec<(f64, f64)>
 
 /// One category's verdict. `collected`: its garbage waits for a full GC (the V8 heap,
 /// external), so between GCs its samples hold garbage too, and growth is read from troughs
-/// only: from three or more, their trend; from one or two, the latest over the lowest sample
-/// before it (each sample holds at least what was live then, so this never overstates); from
-/// none, it is not judged.
+/// only: from [`MIN_TROUGHS`] or more spanning enough of the window, their trend; from fewer,
+/// it is not judged yet.
 fn category_verdict(
     category: Category,
     collected: bool,
@@ -115,6 +123,7 @@ fn category_verdict(
         growth_bytes_per_s: 0.0,
         troughs: 0,
         method: "floors",
+        watch_s: None,
         growing: false,
         explained_share: 0.0,
         next_step: None,
@@ -124,31 +133,26 @@ fn category_verdict(
         samples.iter().filter(|s| s.t_s >= one).filter_map(|s| Some((s.t_s, read(s)? as f64))).collect();
     let troughs = troughs(samples, one, read);
     verdict.troughs = troughs.len();
-    verdict.growth_bytes_per_s = match (troughs.len(), troughs.last()) {
-        (n, _) if n >= MIN_TROUGHS => {
+    let span = match (troughs.first(), troughs.last()) {
+        (Some(a), Some(b)) => b.0 - a.0,
+        _ => 0.0,
+    };
+    verdict.growth_bytes_per_s = match troughs.len() {
+        n if n >= MIN_TROUGHS && span >= MIN_TROUGH_SPAN * (last - one) => {
             verdict.method = "troughs";
             median_slope(&troughs)
         }
-        (_, Some(_)) if collected => {
-            verdict.method = "trough over floor";
-            // Every sample holds at least what was live when it was taken: a trough over the
-            // lowest sample before it (anywhere in the window) is growth that stayed live.
-            let all: Vec<(f64, f64)> =
-                samples.iter().filter_map(|s| Some((s.t_s, read(s)? as f64))).collect();
-            let rate = |&(at, value): &(f64, f64)| {
-                let before = all.iter().filter(|(t, _)| *t < at);
-                match before.min_by(|a, b| a.1.total_cmp(&b.1)) {
-                    Some(&(from, low)) if at > from => (value - low).max(0.0) / (at - from),
-                    _ => 0.0,
-                }
-            };
-            troughs.iter().map(rate).fold(0.0, f64::max)
-        }
         // Garbage waits for a full GC (Buffers to be freed, objects promoted to the old
         // generation), and V8's young generation doubles a few times in a service's first
-        // minutes: between two full GCs, growth cannot be told from garbage. Not judged.
-        (_, None) if collected => {
-            verdict.method = "no full GC";
+        // minutes: between a few full GCs, growth cannot be told from garbage or from a
+        // saw-tooth. Not judged yet.
+        n if collected => {
+            verdict.method = NOT_JUDGED;
+            // Full GCs came every `pace` seconds (or not at all in the later two thirds);
+            // enough more of them, spanning enough of a window that ends later.
+            let pace = (last - one) / n.max(1) as f64;
+            let more = (MIN_TROUGHS.saturating_sub(n)).max(1) as f64 * pace;
+            verdict.watch_s = Some(more.max(MIN_TROUGH_SPAN * (last - one)).ceil());
             0.0
         }
         _ => {
@@ -217,9 +221,9 @@ pub fn judge(
         .into_iter()
         .filter_map(|mut s| {
             // An array's elements are live whatever the GC has run: a site that keeps growing
-            // one is a suspect even where the heap could not be judged (no full GC), with no
+            // one is a suspect even where the heap could not be judged (too few full GCs), with no
             // share of a growth that was not read.
-            let not_judged = |c: &&CategoryVerdict| c.method == "no full GC" && s.source == Source::Holds;
+            let not_judged = |c: &&CategoryVerdict| c.method == NOT_JUDGED && s.source == Source::Holds;
             let verdict =
                 categories.iter().find(|c| c.category == s.category && (c.growing || not_judged(c)))?;
             let rate = s.growth_bytes_per_s;
@@ -252,8 +256,12 @@ pub fn judge(
     let mut seen = std::collections::HashSet::new();
     found.retain(|s| seen.insert((s.category, s.site.clone())));
     found.truncate(MAX_SUSPECTS);
-    for c in categories.iter_mut().filter(|c| c.method == "no full GC") {
-        c.next_step = Some("no full GC in the later two thirds of the window: watch longer to judge".into());
+    for c in categories.iter_mut().filter(|c| c.method == NOT_JUDGED) {
+        c.next_step = Some(format!(
+            "not enough full GCs to judge yet ({} of {MIN_TROUGHS} in the later two thirds): watch {:.0} s more",
+            c.troughs,
+            c.watch_s.unwrap_or_default()
+        ));
     }
     for c in categories.iter_mut().filter(|c| c.growing) {
         let explained: f64 = found.iter().filter(|s| s.category == c.category).map(share).sum();
@@ -390,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn a_trough_is_the_lowest_sample_after_its_gc_and_one_trough_reads_over_the_floor() {
+    fn a_trough_is_the_lowest_sample_after_its_gc_and_too_few_troughs_are_not_judged() {
         let mib = 1u64 << 20;
         // Garbage piles up between two GCs; after each, the sweeper frees over a few samples.
         let mut samples = Vec::new();
@@ -406,16 +414,45 @@ mod tests {
         }
         let verdicts = categories(&samples);
         let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
-        assert_eq!((external.troughs, external.method), (1, "trough over floor"));
-        // 120 MiB at the trough over the floor of 100 MiB before it, from t=0 to t=15.
-        assert!((external.growth_bytes_per_s / mib as f64 - 20.0 / 15.0).abs() < 1e-6, "{external:?}");
-        // Without a full GC, the V8 heap and external memory are not judged.
+        // One trough (three samples after one GC) is not a trend: not judged, and the summary
+        // says to watch about two more GCs' worth (one in the later 13 s here).
+        assert_eq!((external.troughs, external.method, external.growing), (1, NOT_JUDGED, false));
+        assert_eq!(external.watch_s, Some(27.0));
+        // Without a full GC, the V8 heap and external memory are not judged either.
         let no_gc: Vec<Sample> = samples.iter().map(|s| Sample { trough: None, ..*s }).collect();
-        let verdicts = categories(&no_gc);
-        let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
-        assert_eq!((external.method, external.growing), ("no full GC", false));
-        let heap = verdicts.iter().find(|v| v.category == Category::V8Heap).unwrap();
-        assert_eq!((heap.method, heap.growing), ("no full GC", false));
+        let (_, verdicts) = judge(Vec::new(), categories(&no_gc), false, false);
+        for v in verdicts.iter().filter(|v| v.category != Category::Native) {
+            assert_eq!((v.method, v.growing), (NOT_JUDGED, false), "{v:?}");
+            let next = v.next_step.as_deref().unwrap();
+            assert!(next.contains("(0 of 3 in the later two thirds): watch 40 s more"), "{next}");
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_table_is_a_saw_tooth_not_growth() {
+        let mib = 1u64 << 20;
+        // A lookup table rebuilt every 6 s and swapped in (the old one freed at the next full
+        // GC): the troughs rise for a few GCs and fall back at each swap.
+        let table = |t: f64| (t % 6.0) * 8.0;
+        let at = |gc_every: f64| -> Vec<Sample> {
+            (0..=80)
+                .map(|i| {
+                    let t = i as f64 * 0.25;
+                    let gc = (t % gc_every == 0.0).then_some((t / gc_every) as u32);
+                    sample(t, gc, ((60.0 + table(t)) * mib as f64) as u64, 10 * mib)
+                })
+                .collect()
+        };
+        let heap = |samples: &[Sample]| {
+            categories(samples).into_iter().find(|v| v.category == Category::V8Heap).unwrap()
+        };
+        // Two late troughs, both high in the tooth: the old reading called it growth.
+        let two = heap(&at(7.0));
+        assert_eq!((two.troughs, two.method, two.growing), (2, NOT_JUDGED, false), "{two:?}");
+        // Many troughs: their trend is flat.
+        let many = heap(&at(1.25));
+        assert_eq!(many.method, "troughs");
+        assert!(!many.growing, "{many:?}");
     }
 
     #[test]
@@ -441,7 +478,7 @@ mod tests {
             (0..=40).map(|i| sample(i as f64 * 0.5, None, 100 * mib + i * 2 * mib, 10 * mib)).collect();
         let heap =
             |c: &[CategoryVerdict]| c.iter().find(|v| v.category == Category::V8Heap).cloned().unwrap();
-        assert_eq!(heap(&categories(&samples)).method, "no full GC");
+        assert_eq!(heap(&categories(&samples)).method, NOT_JUDGED);
         let site = |source, rate: f64| Suspect {
             growth_bytes_per_s: rate,
             ..Suspect::site(Category::V8Heap, source, "push ← app.js:3".into())
@@ -451,8 +488,8 @@ mod tests {
         let (suspects, verdicts) = judge(candidates, categories(&samples), false, false);
         assert_eq!(suspects.len(), 1, "{suspects:?}");
         assert_eq!(suspects[0].source, Source::Holds);
-        assert_eq!(suspects[0].evidence.as_ref().unwrap().method, "no full GC");
-        assert!(heap(&verdicts).next_step.unwrap().contains("watch longer"));
+        assert_eq!(suspects[0].evidence.as_ref().unwrap().method, NOT_JUDGED);
+        assert!(heap(&verdicts).next_step.unwrap().contains("watch "));
 
         // With troughs that show the growth, both sources are judged, and the site is listed
         // once, by the source that explains more.

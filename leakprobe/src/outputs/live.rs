@@ -162,9 +162,6 @@ fn suspects(out: &mut String, report: &Report) {
     for v in &growing {
         let how = match v.method {
             "troughs" => format!("the trend of {} GC troughs", v.troughs),
-            "trough over floor" => {
-                format!("{} GC trough{} over the lowest sample before", v.troughs, plural(v.troughs))
-            }
             _ => "the floors of the last two thirds".into(),
         };
         let _ = writeln!(
@@ -200,7 +197,9 @@ fn suspects(out: &mut String, report: &Report) {
             Source::Holds => "held by the array it grows",
         };
         let explained = s.evidence.as_ref().map_or(String::new(), |e| match e.method {
-            "no full GC" => format!(" ({} not judged: no full GC)", category_name(s.category)),
+            crate::verdict::NOT_JUDGED => {
+                format!(" ({} not judged yet: not enough full GCs)", category_name(s.category))
+            }
             _ => format!(
                 ", {:.0}% of {}'s growth",
                 100.0 * e.explained_share.min(1.0),
@@ -283,15 +282,6 @@ fn census_lines(out: &mut String, report: &Report, said: &mut Said, wanted: impl
                 retained_by(&truncate(&r.text, 110), r.samples, r.sampled, "")
             );
         }
-    }
-}
-
-/// "s" for a count other than one.
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
     }
 }
 

@@ -208,18 +208,31 @@ pub fn growth(before: &Census, after: &Census, seconds: f64) -> Vec<Growth> {
 /// Objects of each type whose address a census keeps, for [`crate::v8::heap::retainers`].
 pub const SAMPLES: usize = 24;
 
-/// The types whose retainers are worth a search: the `top` growing JavaScript types (objects,
-/// arrays, closures, ArrayBuffers; not V8's internal ones), most objects gained first.
+/// The types whose retainers are worth a search: the `top` growing types of the program's
+/// values (objects, among them Promises and Timeouts, arrays, closures, strings, ArrayBuffers;
+/// not V8's internal ones), taken in turn by objects gained and by bytes gained, so that a few
+/// large objects growing are searched beside many small ones.
 pub fn growing_types(growth: &[Growth], top: usize) -> Vec<(String, Kind, String)> {
-    growth
+    let values: Vec<&Growth> = growth
         .iter()
         .filter(|g| {
             g.count_delta > 0
-                && matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::ArrayBuffer)
+                && matches!(
+                    g.kind,
+                    Kind::Object | Kind::Array | Kind::Closure | Kind::String | Kind::ArrayBuffer
+                )
         })
-        .take(top)
-        .map(|g| (g.heap.clone(), g.kind, g.label.clone()))
-        .collect()
+        .collect();
+    let mut by_bytes = values.clone();
+    by_bytes.sort_by(|a, b| b.bytes_delta.cmp(&a.bytes_delta).then(a.label.cmp(&b.label)));
+    let mut wanted: Vec<(String, Kind, String)> = Vec::new();
+    for g in values.iter().zip(by_bytes.iter()).flat_map(|(a, b)| [*a, *b]) {
+        let key = (g.heap.clone(), g.kind, g.label.clone());
+        if wanted.len() < top && !wanted.contains(&key) {
+            wanted.push(key);
+        }
+    }
+    wanted
 }
 
 /// The types of `census` named `name` (a constructor, function or type name, or a label), in

@@ -1,7 +1,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use super::{
-    census::{growth, Census, IsolateCensus, Kind, Limits, Stopped, TypeCount},
+    census::{growing_types, growth, Census, IsolateCensus, Kind, Limits, Stopped, TypeCount},
     chain::LinkKind,
     layout::{gap_types, HeapLayout},
     pages::{anonymous_ranges, page_candidates, Page, PAGE},
@@ -227,6 +227,21 @@ fn growth_between_two_censuses() {
         g.iter().map(|g| (g.label.as_str(), g.count_delta, g.bytes_delta, g.count_per_s)).collect();
     assert_eq!(rows, vec![("Session", 200, 8000, 100.0), ("New", 10, 100, 5.0), ("Gone", -5, -50, -2.5)]);
     assert!(growth(&before, &before, 0.0).is_empty());
+}
+
+/// The types searched for holders: most objects gained and most bytes gained, in turn, and
+/// never V8's own types or what shrank.
+#[test]
+fn growing_types_by_count_and_by_bytes() {
+    let before = census_of(&[("Session", 100, 4000), ("Blob", 10, 100), ("Tiny", 0, 0), ("Gone", 5, 50)]);
+    let after = census_of(&[("Session", 300, 12000), ("Blob", 20, 900_000), ("Tiny", 400, 6400)]);
+    let g = growth(&before, &after, 2.0);
+    let labels = |top| -> Vec<String> { growing_types(&g, top).into_iter().map(|(_, _, l)| l).collect() };
+    assert_eq!(labels(2), ["Tiny", "Blob"]);
+    assert_eq!(labels(5), ["Tiny", "Blob", "Session"]);
+    let mut system = g.clone();
+    system.iter_mut().for_each(|g| g.kind = Kind::System);
+    assert!(growing_types(&system, 5).is_empty());
 }
 
 #[test]
