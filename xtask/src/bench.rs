@@ -57,13 +57,13 @@ use self::{
     modes::{custom_modes, standard_modes},
     procfs::load_average,
 };
-use crate::{root, sh};
+use crate::{sh, target_dir};
 
 /// Runs the benchmarks and prints the tables. With `modes` (`NAME=ARGS`), only the HTTP rounds
 /// run, with the baseline and those modes, and no targets are judged.
 pub fn run(modes: &[String]) -> anyhow::Result<()> {
     sh(Command::new("cargo").args(["build", "--release", "--package", "leakprobe"]))?;
-    let leakprobe = root().join("target/release/leakprobe");
+    let leakprobe = target_dir().join("release/leakprobe");
     println!("\nleakprobe bench; machine load before: {}", load_average());
 
     let custom = !modes.is_empty();

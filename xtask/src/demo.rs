@@ -18,12 +18,12 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{root, sh};
+use crate::{root, sh, target_dir};
 
 /// Runs the demo for `duration` (a leakprobe `--duration` value).
 pub fn run(duration: &str) -> anyhow::Result<()> {
     sh(Command::new("cargo").args(["build", "--release", "--package", "leakprobe"]))?;
-    let leakprobe = root().join("target/release/leakprobe");
+    let leakprobe = target_dir().join("release/leakprobe");
     let out = root().join("target/demo-incident");
 
     let mut service = Command::new("node")

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{root, sh};
+use crate::{root, sh, target_dir};
 
 /// The image `cargo xtask image` builds (the release binary).
 pub const RELEASE_TAG: &str = "localhost/leakprobe:0.1.0";
@@ -62,7 +62,7 @@ pub fn build(profile: Profile) -> anyhow::Result<&'static str> {
     // The debug information is what makes a binary big; the image does not need it.
     sh(Command::new("objcopy")
         .arg("--strip-debug")
-        .arg(root().join("target").join(binary).join("leakprobe"))
+        .arg(target_dir().join(binary).join("leakprobe"))
         .arg(&copy))?;
     // The image this replaces would be left behind untagged.
     let _ = buildah(&conf).args(["rmi", tag]).output();

@@ -116,6 +116,15 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` if set (relative to the workspace root,
+/// as cargo reads it), else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
+}
+
 /// Runs `cmd` in the workspace root, echoing it, and fails unless it succeeds.
 pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
     cmd.current_dir(root());
