@@ -68,29 +68,35 @@ impl Snapshot {
         (0..self.nodes.len()).filter(|&i| self.nodes[i].0 == ty && self.nodes[i].1 == name).collect()
     }
 
+    /// One level up from `level`: the variable (context) and property names of its retainers,
+    /// and the retainers not seen before (weak edges and shortcuts left out).
+    fn level_up(&self, level: &[usize], seen: &mut HashSet<usize>) -> (HashSet<String>, Vec<usize>) {
+        let mut names = HashSet::new();
+        let mut next = Vec::new();
+        for &x in level {
+            for (from, ty, name) in &self.retainers[x] {
+                match ty.as_str() {
+                    "weak" | "shortcut" => continue,
+                    "context" | "property" => {
+                        names.insert(name.clone());
+                    }
+                    _ => {}
+                }
+                if seen.insert(*from) {
+                    next.push(*from);
+                }
+            }
+        }
+        (names, next)
+    }
+
     /// The names of the nearest named retainers of node `n`: going up its retainers level by
-    /// level (weak edges and shortcuts left out), the variable (context) and property edges of
-    /// the first level that has any.
+    /// level, the variable and property edges of the first level that has any.
     fn nearest_named(&self, n: usize) -> HashSet<String> {
         let mut level = vec![n];
         let mut seen = HashSet::from([n]);
         for _ in 0..12 {
-            let mut names = HashSet::new();
-            let mut next = Vec::new();
-            for &x in &level {
-                for (from, ty, name) in &self.retainers[x] {
-                    match ty.as_str() {
-                        "weak" | "shortcut" => continue,
-                        "context" | "property" => {
-                            names.insert(name.clone());
-                        }
-                        _ => {}
-                    }
-                    if seen.insert(*from) {
-                        next.push(*from);
-                    }
-                }
-            }
+            let (names, next) = self.level_up(&level, &mut seen);
             if !names.is_empty() {
                 return names;
             }
@@ -100,28 +106,14 @@ impl Snapshot {
     }
 
     /// Every variable and property name on the retaining paths of `nodes` (all of them, as
-    /// leakprobe's samples may be any; up to 12 levels, weak edges and shortcuts left out):
-    /// what a chain may name.
+    /// leakprobe's samples may be any; up to 12 levels): what a chain may name.
     fn names_above(&self, nodes: &[usize]) -> HashSet<String> {
         let mut level: Vec<usize> = nodes.to_vec();
         let mut seen: HashSet<usize> = level.iter().copied().collect();
         let mut names = HashSet::new();
         for _ in 0..12 {
-            let mut next = Vec::new();
-            for &x in &level {
-                for (from, ty, name) in &self.retainers[x] {
-                    match ty.as_str() {
-                        "weak" | "shortcut" => continue,
-                        "context" | "property" => {
-                            names.insert(name.clone());
-                        }
-                        _ => {}
-                    }
-                    if seen.insert(*from) {
-                        next.push(*from);
-                    }
-                }
-            }
+            let (found, next) = self.level_up(&level, &mut seen);
+            names.extend(found);
             level = next;
         }
         names
