@@ -17,11 +17,13 @@
 //! leak really grew over the window and each control really stayed flat.
 
 mod common;
+#[path = "common/suite.rs"]
+mod suite;
 
 use std::{path::Path, time::Duration};
 
 use common::*;
-use serde_json::Value;
+use suite::*;
 
 /// What a suite service does to its memory.
 #[derive(Clone, Copy)]
@@ -130,102 +132,6 @@ fn check(fixture: &str, node_bin: &Path, expect: Expect) {
             );
         }
     }
-}
-
-const MIB: f64 = (1 << 20) as f64;
-
-/// The fixture's `MEM {json}` lines among `lines`, parsed.
-fn memory_usage(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("MEM "))
-        .map(|json| serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}")))
-        .collect()
-}
-
-/// The least-squares slope of `field` over the samples' seconds, in MiB/s.
-fn slope_mib_per_s(memory: &[Value], field: &str) -> f64 {
-    let points: Vec<(f64, f64)> = memory
-        .iter()
-        .map(|m| {
-            let value = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("no {k} in {m}"));
-            (value("t"), value(field) / MIB)
-        })
-        .collect();
-    let n = points.len() as f64;
-    let (mx, my) = points.iter().fold((0.0, 0.0), |(x, y), p| (x + p.0 / n, y + p.1 / n));
-    let (sxy, sxx) = points
-        .iter()
-        .fold((0.0, 0.0), |(sxy, sxx), (x, y)| (sxy + (x - mx) * (y - my), sxx + (x - mx) * (x - mx)));
-    sxy / sxx
-}
-
-/// The rise of `field`'s floor (MiB): the lowest value of the last third of the samples against
-/// the lowest of the first third.
-fn floor_growth_mib(memory: &[Value], field: &str) -> f64 {
-    let values: Vec<f64> = memory
-        .iter()
-        .map(|m| m[field].as_f64().unwrap_or_else(|| panic!("no {field} in {m}")) / MIB)
-        .collect();
-    let third = values.len() / 3;
-    let floor = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
-    floor(&values[values.len() - third..]) - floor(&values[..third])
-}
-
-/// The 1-based line of `function NAME(` in `file`: where a JS frame of NAME says it starts.
-fn declaration_line(file: &Path, name: &str) -> u64 {
-    let text = std::fs::read_to_string(file).unwrap();
-    let declaration = format!("function {name}(");
-    let line = text.lines().position(|l| l.starts_with(&declaration));
-    line.unwrap_or_else(|| panic!("{}: no {declaration}", file.display())) as u64 + 1
-}
-
-/// (name, line) of `suspect`'s JS frames in `file`.
-fn js_frames(suspect: &Value, file: &Path) -> Vec<(String, u64)> {
-    suspect["frames"]
-        .as_array()
-        .map(|frames| {
-            frames
-                .iter()
-                .filter(|f| f["kind"] == "js" && f["file"].as_str().map(Path::new) == Some(file))
-                .map(|f| (f["name"].as_str().unwrap_or("").to_string(), f["line"].as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// What a failure message shows of the report: the memory growth and the first suspects, each
-/// with its category and JS frames.
-fn summary(report: &Value) -> String {
-    let suspects: Vec<String> = report["suspects"]
-        .as_array()
-        .map(|s| s.iter().take(5).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .iter()
-        .map(|s| {
-            let js: Vec<String> = s["frames"]
-                .as_array()
-                .map(|f| f.iter().filter(|f| f["kind"] == "js").collect::<Vec<_>>())
-                .unwrap_or_default()
-                .iter()
-                .map(|f| format!("{}:{}", f["name"].as_str().unwrap_or("?"), f["line"]))
-                .collect();
-            format!("[{} {} {} B/s: {}]", s["category"], s["source"], s["growth_bytes_per_s"], js.join(" < "))
-        })
-        .collect();
-    let mut memory = report["memory"].clone();
-    if let Some(m) = memory.as_object_mut() {
-        // The troughs are what the verdict read; the other samples would drown the message.
-        if let Some(samples) = m.get_mut("samples").and_then(|s| s.as_array_mut()) {
-            samples.retain(|s| !s["trough"].is_null());
-        }
-    }
-    format!(
-        "suspects: {}; verdict: {}; containers: {}; memory: {memory}",
-        suspects.join(" "),
-        report["verdict"],
-        report["heap"]["containers"]
-    )
 }
 
 on_nodes!(mod buffer_cache {

@@ -22,7 +22,10 @@
 use serde::Serialize;
 
 use crate::{
-    books::suspect::{Category, Evidence, Source, Suspect, MAX_SUSPECTS},
+    books::{
+        series::median_slope,
+        suspect::{Category, Evidence, Source, Suspect, MAX_SUSPECTS},
+    },
     memory::rss::{thirds, Sample},
 };
 
@@ -32,6 +35,9 @@ pub const MIN_TROUGHS: usize = 3;
 pub const MIN_TROUGH_SPAN: f64 = 0.5;
 /// What a category whose troughs are too few to judge is said to be.
 pub const NOT_JUDGED: &str = "not enough GCs";
+/// Share of a category's growth its troughs must still show over the window's last third (when
+/// that third has [`MIN_TROUGHS`] of them): a cache that filled and levelled off has stopped.
+pub const STILL_GROWING_SHARE: f64 = 0.25;
 /// Smallest growth over the later two thirds of the window that makes a category grow.
 pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 /// Smallest growth, as a fraction of the category's size, that makes a category grow.
@@ -60,8 +66,11 @@ pub struct CategoryVerdict {
     pub watch_s: Option<f64>,
     /// Whether it grows: by at least [`MIN_GROWTH_BYTES`] and [`MIN_GROWTH_FRACTION`] of its
     /// size over the later two thirds of the window, and (the V8 heap, external) to a trough
-    /// higher than any of the window's first third.
+    /// higher than any of the window's first third, still rising over the last third.
     pub growing: bool,
+    /// Read from troughs, it grew over the later two thirds but its troughs of the last third
+    /// trend at less than [`STILL_GROWING_SHARE`] of that: it filled and levelled off.
+    pub levelled_off: bool,
     /// Share of the growth its suspects explain (0 to 1).
     pub explained_share: f64,
     /// When it grows and suspects explain less than half: what to run next.
@@ -125,6 +134,7 @@ fn category_verdict(
         method: "floors",
         watch_s: None,
         growing: false,
+        levelled_off: false,
         explained_share: 0.0,
         next_step: None,
     };
@@ -174,6 +184,12 @@ fn category_verdict(
     verdict.growing = grown >= MIN_GROWTH_BYTES
         && grown >= MIN_GROWTH_FRACTION * bytes.unwrap_or(0) as f64
         && (!collected || new_high(samples, one, two, read));
+    // Still growing at the end: where the last third has troughs enough for a trend of its own.
+    let ending: Vec<(f64, f64)> = troughs.iter().copied().filter(|p| p.0 >= two).collect();
+    if verdict.growing && verdict.method == "troughs" && ending.len() >= MIN_TROUGHS {
+        verdict.levelled_off = median_slope(&ending) < STILL_GROWING_SHARE * verdict.growth_bytes_per_s;
+        verdict.growing = !verdict.levelled_off;
+    }
     verdict
 }
 
@@ -188,25 +204,6 @@ fn new_high(samples: &[Sample], one: f64, two: f64, read: &Reading<'_>) -> bool 
     let Some(early) = peak(&mut all.iter().filter(|p| p.0 < one)) else { return true };
     let late = peak(&mut all.iter().filter(|p| p.0 >= two)).or(all.last().map(|p| p.1));
     late.is_some_and(|late| late > early)
-}
-
-/// The median of the slopes between every two points (Theil–Sen): one trough read while the
-/// sweeper lagged (on a loaded machine) does not turn a flat trend into growth, as it would a
-/// least-squares line.
-fn median_slope(points: &[(f64, f64)]) -> f64 {
-    let mut slopes: Vec<f64> = points
-        .iter()
-        .enumerate()
-        .flat_map(|(i, a)| {
-            points[i + 1..].iter().filter(|b| b.0 > a.0).map(move |b| (b.1 - a.1) / (b.0 - a.0))
-        })
-        .collect();
-    slopes.sort_by(f64::total_cmp);
-    match slopes.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => slopes[n / 2],
-        n => (slopes[n / 2 - 1] + slopes[n / 2]) / 2.0,
-    }
 }
 
 /// The suspects: the candidates whose category grows, each with its evidence, by growth rate
@@ -250,11 +247,26 @@ pub fn judge(
     let explains = |s: &Suspect| {
         s.evidence.as_ref().map_or(0.0, |e| e.explained_share.clamp(0.0, 1.0) * e.category_growth_bytes_per_s)
     };
-    found.sort_by(|a, b| touched_only(a).cmp(&touched_only(b)).then(explains(b).total_cmp(&explains(a))));
+    let rank = |a: &Suspect, b: &Suspect| {
+        touched_only(a).cmp(&touched_only(b)).then(explains(b).total_cmp(&explains(a)))
+    };
+    found.sort_by(rank);
     // A site seen by several sources (the pages it touched, the array it grows) is listed once,
     // by the source that explains most.
     let mut seen = std::collections::HashSet::new();
     found.retain(|s| seen.insert((s.category, s.site.clone())));
+    // Sites read over different spans (an opening burst, the whole window) can each claim
+    // most of their category's growth: their shares are scaled to add up to at most all of it.
+    for c in categories.iter().filter(|c| c.growing) {
+        let claimed: f64 = found.iter().filter(|s| s.category == c.category).map(|s| share(s).max(0.0)).sum();
+        if claimed > 1.0 {
+            for e in found.iter_mut().filter(|s| s.category == c.category).filter_map(|s| s.evidence.as_mut())
+            {
+                e.explained_share /= claimed;
+            }
+        }
+    }
+    found.sort_by(rank);
     found.truncate(MAX_SUSPECTS);
     for c in categories.iter_mut().filter(|c| c.method == NOT_JUDGED) {
         c.next_step = Some(format!(
@@ -503,5 +515,58 @@ mod tests {
         assert_eq!(suspects.len(), 1, "{suspects:?}");
         assert_eq!(suspects[0].source, Source::Holds);
         assert!(suspects[0].evidence.as_ref().unwrap().explained_share > 0.5, "{suspects:?}");
+    }
+
+    #[test]
+    fn shares_within_a_category_add_up_to_at_most_the_whole() {
+        let mib = 1u64 << 20;
+        // External troughs rise 2 MiB/s.
+        let samples: Vec<Sample> = (0..=40)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                sample(t, (i % 4 == 0).then_some(i as u32), 100 * mib, 100 * mib + (t * 2.0) as u64 * mib)
+            })
+            .collect();
+        let site = |name: &str, rate: f64| Suspect {
+            growth_bytes_per_s: rate * mib as f64,
+            ..Suspect::site(Category::External, Source::Allocations, name.into())
+        };
+        // Read over spans of their own, three sites claim 3 MiB/s of 2.
+        let candidates = vec![site("a", 1.5), site("b", 1.0), site("c", 0.5)];
+        let (suspects, verdicts) = judge(candidates, categories(&samples), true, false);
+        let shares: Vec<f64> =
+            suspects.iter().map(|s| s.evidence.as_ref().unwrap().explained_share).collect();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{shares:?}");
+        assert!(shares.windows(2).all(|w| w[0] > w[1]), "still ranked by what each explains: {shares:?}");
+        let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+        assert!((external.explained_share - 1.0).abs() < 1e-9, "{external:?}");
+        // Sites that explain less than all keep their shares.
+        let (suspects, _) = judge(vec![site("a", 0.5), site("b", 0.5)], categories(&samples), true, false);
+        for s in &suspects {
+            assert!((s.evidence.as_ref().unwrap().explained_share - 0.25).abs() < 0.05, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_cache_that_filled_and_levelled_off_is_not_growing() {
+        let mib = 1u64 << 20;
+        // Heap troughs every 2 s over 60 s: a cache fills at 1 MiB/s until 40 s, then stays.
+        let at = |level_at: f64| -> Vec<Sample> {
+            (0..=120)
+                .map(|i| {
+                    let t = i as f64 * 0.5;
+                    let heap = 50.0 + t.min(level_at);
+                    sample(t, (i % 4 == 0).then_some(i as u32), (heap * mib as f64) as u64, 10 * mib)
+                })
+                .collect()
+        };
+        let heap = |samples: &[Sample]| {
+            categories(samples).into_iter().find(|v| v.category == Category::V8Heap).unwrap()
+        };
+        let filled = heap(&at(40.0));
+        assert!(filled.growth_bytes_per_s > 0.0 && filled.levelled_off && !filled.growing, "{filled:?}");
+        // A leak is still growing at the end.
+        let leak = heap(&at(f64::INFINITY));
+        assert!(leak.growing && !leak.levelled_off, "{leak:?}");
     }
 }

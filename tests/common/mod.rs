@@ -257,7 +257,12 @@ impl Leakprobe {
 
     /// Waits for a successful exit and returns the parsed report.json.
     pub fn report(&mut self) -> Value {
-        let status = self.wait(Duration::from_secs(60));
+        self.report_within(Duration::from_secs(60))
+    }
+
+    /// As [`Leakprobe::report`], for a run that may take up to `timeout` from now.
+    pub fn report_within(&mut self, timeout: Duration) -> Value {
+        let status = self.wait(timeout);
         let stderr = self.stderr.rest().join("\n");
         assert!(status.success(), "leakprobe failed ({status}):\n{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");

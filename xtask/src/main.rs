@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | layout | test | stress | demo | bench | image`.
+//! Project tasks: `cargo xtask setup | layout | test | stress | soak | demo | bench | image`.
 //!
 //! Every task that needs the eBPF toolchain or node builds runs `setup` first, so each works on
 //! a fresh machine (as root, which installing packages and loading eBPF programs both need).
@@ -59,6 +59,15 @@ enum Task {
         /// Test name filters, as `cargo test` takes them.
         filters: Vec<String>,
     },
+    /// Setup, then the slow suite (tests/slow_leaks.rs): slow leaks and healthy controls, each
+    /// watched for a 10-minute window (not in `test`: about 25 minutes, three at a time).
+    Soak {
+        /// Tests run at once.
+        #[arg(long, default_value_t = 3)]
+        threads: usize,
+        /// Test name filters, as `cargo test` takes them.
+        filters: Vec<String>,
+    },
     /// Setup, then measure what leakprobe costs a node process (ratios from one run).
     Bench {
         /// Compare only these modes with the baseline in the HTTP rounds, skipping the other
@@ -95,6 +104,16 @@ fn main() -> anyhow::Result<()> {
         Task::Stress { test, times, load, filters } => {
             setup::run()?;
             stress::run(&stress::Stress { test: &test, times, load, filters: &filters })
+        }
+        Task::Soak { threads, filters } => {
+            setup::run()?;
+            cargo_test(
+                Command::new("cargo")
+                    .args(["test", "-p", "leakprobe", "--test", "slow_leaks", "--no-fail-fast", "--"])
+                    .args(["--ignored", "--test-threads", &threads.to_string()])
+                    .args(&filters)
+                    .env("LEAKPROBE_NODE_CACHE", setup::node_cache()),
+            )
         }
         Task::Bench { modes } => {
             setup::run()?;

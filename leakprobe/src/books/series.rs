@@ -138,6 +138,25 @@ impl Series {
     }
 }
 
+/// The median of the slopes between every two points (Theil–Sen): one trough read while the
+/// sweeper lagged (on a loaded machine) does not turn a flat trend into growth, as it would a
+/// least-squares line.
+pub fn median_slope(points: &[(f64, f64)]) -> f64 {
+    let mut slopes: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| {
+            points[i + 1..].iter().filter(|b| b.0 > a.0).map(move |b| (b.1 - a.1) / (b.0 - a.0))
+        })
+        .collect();
+    slopes.sort_by(f64::total_cmp);
+    match slopes.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => slopes[n / 2],
+        n => (slopes[n / 2 - 1] + slopes[n / 2]) / 2.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,13 +8,36 @@ pub const SITE_USER_FRAMES: usize = 4;
 /// Native frames a site key reads when the stack has no JavaScript.
 const SITE_NATIVE_FRAMES: usize = 6;
 
-/// The logical site of a stack: its entry (the first native function) and its JavaScript
-/// frames by function, script and line, up to the [`SITE_USER_FRAMES`]th of the user's own;
-/// with no JavaScript, its first native frames. JIT addresses, tiers, builtins and how deep
-/// the stack was cut do not change it.
+/// The logical site of a stack. Where it runs the user's own JavaScript (a script that is not
+/// node's), its innermost such frame and that frame's JavaScript callers by function, script and
+/// line, up to the [`SITE_USER_FRAMES`]th of the user's own: whatever lies under it (node's own
+/// functions, builtins, unnamed JIT code, native allocators) does not split the line of code into
+/// several sites. Otherwise its entry (the first native function) and its JavaScript frames; with
+/// no JavaScript, its first native frames. JIT addresses, tiers, builtins and how deep the stack
+/// was cut do not change it.
 pub fn site_key(frames: &[Frame]) -> String {
     if frames.is_empty() {
         return "[stack lost]".into();
+    }
+    let user =
+        |f: &Frame| f.kind == FrameKind::Js && !f.file.as_deref().is_some_and(|p| p.starts_with("node:"));
+    if let Some(innermost) = frames.iter().position(user) {
+        let mut parts: Vec<String> = Vec::new();
+        let mut seen = 0;
+        for f in &frames[innermost..] {
+            match f.kind {
+                FrameKind::Js => {
+                    parts.push(f.kind_key());
+                    seen += usize::from(user(f));
+                    if seen == SITE_USER_FRAMES {
+                        break;
+                    }
+                }
+                FrameKind::Queued => parts.push(QUEUED_NAME.into()),
+                _ => {}
+            }
+        }
+        return parts.join(" ← ");
     }
     let mut parts: Vec<String> = Vec::new();
     if let Some(entry) =
@@ -22,18 +45,9 @@ pub fn site_key(frames: &[Frame]) -> String {
     {
         parts.push(entry.name.clone());
     }
-    let mut user = 0;
     for f in frames {
         match f.kind {
-            FrameKind::Js => {
-                parts.push(f.kind_key());
-                if !f.file.as_deref().is_some_and(|p| p.starts_with("node:")) {
-                    user += 1;
-                    if user == SITE_USER_FRAMES {
-                        break;
-                    }
-                }
-            }
+            FrameKind::Js => parts.push(f.kind_key()),
             FrameKind::Queued => parts.push(QUEUED_NAME.into()),
             // JavaScript that could not be named: only its address tells it apart, so stacks
             // through different unnamed code stay different sites.
@@ -82,5 +96,26 @@ mod tests {
             site_key(&unnamed("[JIT 0x2]")),
             "unnamed code is not merged"
         );
+    }
+
+    #[test]
+    fn a_line_of_the_users_code_is_one_site_whatever_lies_under_it() {
+        let user = [js("remember", "/app/cache.js", 12), js("onRequest", "/app/server.js", 40)];
+        let under: [Vec<Frame>; 4] = [
+            vec![native("malloc"), native("node::Buffer::New")],
+            vec![frame("[JIT 0x7f01]", FrameKind::Jit, None, None)],
+            vec![frame("[JIT 0x7f02]", FrameKind::Jit, None, None), js("alloc", "node:buffer", 390)],
+            vec![native("__libc_calloc"), frame("Builtins_CallFunction", FrameKind::Builtin, None, None)],
+        ];
+        let keys: Vec<String> =
+            under.iter().map(|inner| site_key(&[inner.clone(), user.to_vec()].concat())).collect();
+        assert!(keys.iter().all(|k| k == &keys[0]), "{keys:#?}");
+        assert_eq!(keys[0], "remember /app/cache.js:12 ← onRequest /app/server.js:40");
+        // Another caller is another path to the line: another site.
+        let other = [js("remember", "/app/cache.js", 12), js("warmUp", "/app/boot.js", 3)];
+        assert_ne!(site_key(&[under[0].clone(), other.to_vec()].concat()), keys[0]);
+        // Only node's own code: the entry and node's functions still tell sites apart.
+        let node_only = vec![native("malloc"), js("onStreamRead", "node:internal/stream_base_commons", 160)];
+        assert_eq!(site_key(&node_only), "malloc ← onStreamRead node:internal/stream_base_commons:160");
     }
 }

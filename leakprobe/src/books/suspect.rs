@@ -24,6 +24,14 @@ pub enum Category {
     Mapping,
 }
 
+impl Category {
+    /// Whether the GC frees this category's garbage (the V8 heap, external memory): between
+    /// full GCs it holds garbage too, so its growth is read at GC troughs.
+    pub fn collected(self) -> bool {
+        matches!(self, Category::V8Heap | Category::External)
+    }
+}
+
 /// What a suspect's bytes were measured from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -8,6 +8,10 @@
 //! of what it holds: a bounded cache levels off and steady churn stays flat, so neither
 //! qualifies. [`crate::verdict`] then keeps the candidates whose memory category grows at GC
 //! troughs.
+//!
+//! Where the GC frees a category's garbage (the V8 heap, external memory), a site's growth is
+//! read where that garbage is gone: at the samples taken as each full GC's trough ends
+//! ([`Tracker::trough`]). Between full GCs, a churning site holds as much as a leaking one.
 
 use std::collections::HashMap;
 
@@ -15,7 +19,7 @@ use leakprobe_ebpf::alloc::NO_STACK;
 
 use crate::{
     books::{
-        series::Series,
+        series::{median_slope, Series},
         site::site_key,
         suspect::{Category, Source, StackProfile, Suspect, Variant, MAX_SUSPECTS},
     },
@@ -38,7 +42,19 @@ pub struct Tracker {
     allocated: HashMap<(Category, i64), u64>,
     /// First and latest sample time.
     window: Option<(f64, f64)>,
+    /// Times of the samples taken as a full GC's trough ended, oldest first (at most
+    /// [`MAX_TROUGHS`]).
+    troughs: Vec<f64>,
 }
+
+/// Share of what a site allocated since attach that it must still hold to be judged without GC
+/// troughs.
+pub const MIN_RETAINED_SHARE: f64 = 0.5;
+/// GC troughs remembered at most (the oldest are dropped).
+const MAX_TROUGHS: usize = 4096;
+/// Troughs within a site's series that make its growth: fewer are not evidence, and a site of a
+/// collected category is then no suspect.
+pub const MIN_SITE_TROUGHS: usize = 2;
 
 impl Tracker {
     /// Adds one sample of a category's outstanding bytes by stack.
@@ -47,6 +63,39 @@ impl Tracker {
             self.series.entry((category, stack_id)).or_default().push(t, bytes as f64);
         }
         self.window = Some(self.window.map_or((t, t), |(first, _)| (first, t)));
+    }
+
+    /// Marks the samples taken at `t` as a full GC's trough: what the GC left.
+    pub fn trough(&mut self, t: f64) {
+        if self.troughs.len() == MAX_TROUGHS {
+            self.troughs.remove(0);
+        }
+        self.troughs.push(t);
+    }
+
+    /// A site's growth (bytes per second), from its series and the bytes its stacks allocated
+    /// since attach: for a category whose garbage waits for the GC, the trend of what its
+    /// allocations held at the troughs within its series; from fewer than [`MIN_SITE_TROUGHS`]
+    /// (an opening burst between two full GCs), its slope if it kept at least
+    /// [`MIN_RETAINED_SHARE`] of what it allocated, else `None` (churn piles up garbage between
+    /// full GCs, and frees most of it). For others (and for what arrays hold, live whatever the
+    /// GC has run), the slope of its series.
+    fn growth(&self, category: Category, source: Source, site: &Series, allocated: u64) -> Option<f64> {
+        if !at_troughs(category, source) {
+            return Some(site.slope());
+        }
+        let (Some(first), Some(last)) = (site.points().first(), site.points().last()) else { return None };
+        let held: Vec<(f64, f64)> = self
+            .troughs
+            .iter()
+            .filter(|t| (first.0..=last.0).contains(*t))
+            .filter_map(|&t| Some((t, site.at(t)?)))
+            .collect();
+        if held.len() >= MIN_SITE_TROUGHS {
+            return Some(median_slope(&held));
+        }
+        let kept = last.1 / allocated.max(1) as f64;
+        (kept >= MIN_RETAINED_SHARE).then(|| site.slope())
     }
 
     /// Gives a stack seen for the first time a zero at each of `times` (the samples before it),
@@ -111,7 +160,7 @@ impl Tracker {
         symbolizer: &mut Symbolizer,
         source: Source,
     ) -> Vec<Suspect> {
-        let mut groups: HashMap<(Category, String), (Suspect, Vec<&Series>)> = HashMap::new();
+        let mut groups: HashMap<(Category, String), (Suspect, Vec<&Series>, u64)> = HashMap::new();
         for (&(category, stack_id), series) in &self.series {
             // A stack that never held anything adds nothing to its site.
             if series.points().iter().all(|p| p.1 <= 0.0) {
@@ -119,10 +168,11 @@ impl Tracker {
             }
             let frames = symbolizer.stack_frames(stack_id, &mut stack);
             let site = site_key(&frames);
-            let (group, parts) = groups
+            let (group, parts, allocated) = groups
                 .entry((category, site.clone()))
-                .or_insert_with(|| (Suspect::site(category, source, site), Vec::new()));
+                .or_insert_with(|| (Suspect::site(category, source, site), Vec::new(), 0));
             parts.push(series);
+            *allocated += self.allocated.get(&(category, stack_id)).copied().unwrap_or(0);
             // A stack that holds nothing now is no variant to show (its past still counts in
             // the site's series).
             if series.last().unwrap_or(0.0) > 0.0 || series.floor_growth() > 0.0 {
@@ -139,14 +189,16 @@ impl Tracker {
         // one drop and one start.
         let mut found: Vec<Suspect> = groups
             .into_values()
-            .filter(|(group, _)| !group.variants.is_empty())
-            .map(|(mut group, parts)| {
+            .filter(|(group, _, _)| !group.variants.is_empty())
+            .filter_map(|(mut group, parts, allocated)| {
                 let site = Series::sum(parts);
-                group.growth_bytes_per_s = site.slope();
+                group.growth_bytes_per_s = self.growth(group.category, source, &site, allocated)?;
                 group.floor_growth_bytes = site.floor_growth();
-                group
+                Some(group)
             })
             .filter(|s| qualifies(s.floor_growth_bytes, s.outstanding_bytes as f64))
+            // What the GC left of it must grow.
+            .filter(|s| !at_troughs(s.category, source) || s.growth_bytes_per_s > 0.0)
             .collect();
         for s in &mut found {
             s.variants.sort_by_key(|v| std::cmp::Reverse(v.bytes));
@@ -155,6 +207,12 @@ impl Tracker {
         found.truncate(MAX_SUSPECTS);
         found
     }
+}
+
+/// Whether a site's growth is read at GC troughs: its allocations' bytes in a category whose
+/// garbage waits for the GC.
+fn at_troughs(category: Category, source: Source) -> bool {
+    category.collected() && source == Source::Allocations
 }
 
 /// Whether a stack's series is still growing at the end of the window.
@@ -190,5 +248,44 @@ mod tests {
         );
         assert!(!is_suspect(&series(|t| t * 1024.0)), "1 KiB/s is below the threshold");
         assert!(!is_suspect(&series(|t| 500.0 * mb + t * 2048.0)), "tiny relative to what it holds");
+    }
+
+    #[test]
+    fn a_collected_site_grows_by_what_the_gc_left_of_it() {
+        let mib = 1024.0 * 1024.0;
+        let mut tracker = Tracker::default();
+        // A full GC every 2 s; between them, churn piles up garbage that the GC frees.
+        for i in 0..=40 {
+            tracker.window = Some((0.0, i as f64 * 0.5));
+            if i % 4 == 0 {
+                tracker.trough(i as f64 * 0.5);
+            }
+        }
+        let churn = series(|t| mib + (t % 2.0) * 4.0 * mib);
+        let leak = series(|t| t * mib);
+        let at_troughs = |s: &Series| tracker.growth(Category::External, Source::Allocations, s, 0).unwrap();
+        assert!(at_troughs(&churn).abs() < 1e-6, "{}", at_troughs(&churn));
+        assert!((at_troughs(&leak) / mib - 1.0).abs() < 1e-6);
+        // What an array holds is live whatever the GC ran: its slope.
+        assert_eq!(tracker.growth(Category::External, Source::Holds, &churn, 0), Some(churn.slope()));
+        // A site read over one GC only (an opening burst) has no trend to read: it is judged by
+        // its slope only when it kept most of what it allocated (a leak), not when it freed
+        // most (churn whose garbage awaits the GC).
+        let burst: Series = {
+            let mut s = Series::default();
+            (0..=6).for_each(|i| s.push(8.5 + i as f64 * 0.5, i as f64 * mib));
+            s
+        };
+        let six_mib = 6 << 20;
+        assert_eq!(tracker.growth(Category::External, Source::Allocations, &burst, 10 * six_mib), None);
+        assert_eq!(
+            tracker.growth(Category::External, Source::Allocations, &burst, six_mib),
+            Some(burst.slope())
+        );
+        // Native memory is not the GC's: its slope.
+        assert_eq!(
+            tracker.growth(Category::Native, Source::Allocations, &burst, 10 * six_mib),
+            Some(burst.slope())
+        );
     }
 }

@@ -143,8 +143,17 @@ fn suspects(out: &mut String, report: &Report) {
     let mut said = Said::default();
     let _ = writeln!(out, "\nWhat grows (at GC troughs)");
     let unjudged = report.verdict.iter().any(|v| !v.growing && v.next_step.is_some());
-    if growing.is_empty() && !unjudged {
+    let levelled: Vec<&CategoryVerdict> = report.verdict.iter().filter(|v| v.levelled_off).collect();
+    if growing.is_empty() && !unjudged && levelled.is_empty() {
         let _ = writeln!(out, "  nothing: the V8 heap, external and native memory are flat at GC troughs");
+    }
+    for v in levelled {
+        let _ = writeln!(
+            out,
+            "  {:<9} grew {}/s, then levelled off over the last third (a cache that filled): not a leak",
+            category_name(v.category),
+            rate(v.growth_bytes_per_s).trim()
+        );
     }
     for v in report.verdict.iter().filter(|v| !v.growing && v.next_step.is_some()) {
         let _ = writeln!(

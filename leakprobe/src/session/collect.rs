@@ -44,7 +44,9 @@ impl Session {
     }
 
     /// One reading of the trough being read: RSS, external and the V8 heap, each kept at its
-    /// lowest; after the last, the trough joins the memory samples.
+    /// lowest; after the last, the trough joins the memory samples, and what each stack's
+    /// allocations still hold is sampled as the GC left it (the point a site's growth is read
+    /// at, [`crate::books::tracker::Tracker::trough`]).
     pub(super) fn read_trough(&mut self) {
         let Some(trough) = &mut self.trough else { return };
         if let Some(rss) = rss::read_rss(self.target.pid) {
@@ -65,6 +67,10 @@ impl Session {
                 self.memory.push(low);
             }
             self.trough = None;
+            let t = self.started.elapsed().as_secs_f64();
+            self.external.sample_stacks(t, &mut self.suspects);
+            self.heap.sample(t, &mut self.suspects);
+            self.suspects.trough(t);
         }
     }
 
