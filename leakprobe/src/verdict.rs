@@ -42,6 +42,10 @@ pub const STILL_GROWING_SHARE: f64 = 0.25;
 pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 /// Smallest growth, as a fraction of the category's size, that makes a category grow.
 pub const MIN_GROWTH_FRACTION: f64 = 0.10;
+/// Least share of its category's growth a suspect must explain to be listed: below it, a site
+/// that touched a few pages while the category grew (node's own connection setup beside a
+/// leak) is noise, not a lead.
+pub const MIN_EXPLAINED_SHARE: f64 = 0.02;
 /// Share of a category's growth its suspects must explain before no advice is given.
 pub const EXPLAINED_ENOUGH: f64 = 0.5;
 /// `report.verdict[]`: one memory category's growth and how much of it the suspects explain.
@@ -266,6 +270,10 @@ pub fn judge(
             }
         }
     }
+    found.retain(|s| match s.evidence.as_ref() {
+        Some(e) if e.method != NOT_JUDGED => e.explained_share >= MIN_EXPLAINED_SHARE,
+        _ => true,
+    });
     found.sort_by(rank);
     found.truncate(MAX_SUSPECTS);
     for c in categories.iter_mut().filter(|c| c.method == NOT_JUDGED) {
@@ -540,8 +548,10 @@ mod tests {
         assert!(shares.windows(2).all(|w| w[0] > w[1]), "still ranked by what each explains: {shares:?}");
         let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
         assert!((external.explained_share - 1.0).abs() < 1e-9, "{external:?}");
-        // Sites that explain less than all keep their shares.
-        let (suspects, _) = judge(vec![site("a", 0.5), site("b", 0.5)], categories(&samples), true, false);
+        // Sites that explain less than all keep their shares; one that explains 1% is noise.
+        let candidates = vec![site("a", 0.5), site("b", 0.5), site("d", 0.02)];
+        let (suspects, _) = judge(candidates, categories(&samples), true, false);
+        assert_eq!(suspects.len(), 2, "{suspects:?}");
         for s in &suspects {
             assert!((s.evidence.as_ref().unwrap().explained_share - 0.25).abs() < 0.05, "{s:?}");
         }
