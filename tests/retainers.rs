@@ -293,6 +293,28 @@ const SCOPE: Leak = Leak {
         "uploads (EventEmitter) ← module scope of retainer-leaks.js",
     ],
 };
+const INTERVALS: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go intervals",
+    kind: "object",
+    name: "Connection",
+    snapshot_type: "object",
+    holder: "conn",
+    chain_has: &[
+        "conn ← scope of keepAlive (retainer-leaks.js) ← _onTimeout (closure heartbeat (retainer-leaks.js)) ← Timeout (in a timer list)",
+    ],
+};
+const PROMISES: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go promises",
+    kind: "object",
+    name: "RequestContext",
+    snapshot_type: "object",
+    holder: "ctx",
+    chain_has: &[
+        "ctx ← scope of awaitUpstream (retainer-leaks.js) ← closure onSettled (retainer-leaks.js) ← (PromiseReaction) (awaiting a pending Promise)",
+    ],
+};
 const SET: Leak = Leak {
     fixture: "census-set-leak.js",
     go: "go",
@@ -318,6 +340,22 @@ on_nodes!(|node| names_the_holder(node, &MAP_CACHE);
     node20_map_cache: 20,
     node22_map_cache: 22,
     node24_map_cache: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &INTERVALS);
+    system_node_intervals: system,
+    node18_intervals: 18,
+    node20_intervals: 20,
+    node22_intervals: 22,
+    node24_intervals: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &PROMISES);
+    system_node_promises: system,
+    node18_promises: 18,
+    node20_promises: 20,
+    node22_promises: 22,
+    node24_promises: 24,
 );
 
 on_nodes!(|node| names_the_holder(node, &ARRAY);

@@ -48,7 +48,8 @@ pub struct Chain {
     pub links: Vec<Link>,
     /// The chain in one line, nearest first.
     pub text: String,
-    /// It ends at a scope's variable or a timer list (not cut short by the depth limit).
+    /// It ends at a scope's variable, a timer list or a pending Promise's reactions (not cut
+    /// short by the depth limit).
     pub complete: bool,
 }
 

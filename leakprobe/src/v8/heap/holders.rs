@@ -86,7 +86,10 @@ impl<M: Memory> Search<'_, M> {
                     i += 2;
                 }
                 _ => {
-                    let holder = self.describe(h);
+                    let mut holder = self.describe(h);
+                    if self.promise_reaction(info) {
+                        holder += " (awaiting a pending Promise)";
+                    }
                     links.push(Link { kind: LinkKind::Internal, name: None, holder });
                     i += 1;
                 }

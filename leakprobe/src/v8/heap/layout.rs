@@ -72,6 +72,9 @@ pub struct HeapLayout {
     pub(super) type_names: HashMap<u64, String>,
     /// Instance types of [`UNSEEN_HOLDERS`].
     pub(super) unseen_holders: Vec<u64>,
+    /// `PromiseReaction`'s type where the metadata names it: a reaction a pending Promise keeps
+    /// (in a linked list, not followed by the retainer search).
+    pub(super) promise_reaction_type: Option<u64>,
     /// What [`crate::v8::heap::retainers`] needs to name a reference.
     pub(super) refs: RefLayout,
 }
@@ -162,6 +165,8 @@ impl HeapLayout {
             .filter(|(_, name)| UNSEEN_HOLDERS.contains(&name.as_str()))
             .map(|(ty, _)| *ty)
             .collect();
+        let promise_reaction_type =
+            type_names.iter().find(|(_, name)| name.as_str() == "PromiseReaction").map(|(ty, _)| *ty);
         Ok(Self {
             map_type: u(m.get("type_Map__MAP_TYPE")?),
             instance_size_words: u(m.field("class_Map__instance_size_in_words__")?),
@@ -197,6 +202,7 @@ impl HeapLayout {
             gap_types,
             type_names,
             unseen_holders,
+            promise_reaction_type,
             refs: RefLayout::new(m)?,
         })
     }

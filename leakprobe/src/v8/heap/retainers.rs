@@ -10,7 +10,9 @@
 //! - an object property (named by the holder's descriptors, or its dictionary's key);
 //! - through containers, which are said: `Map (N entries)`, `Set (N entries)`,
 //!   `Array (N elements)`;
-//! - a timer (`Timeout`: node keeps timers in linked lists, which are not followed).
+//! - a timer (`Timeout`: node keeps timers in linked lists, which are not followed);
+//! - a reaction of a pending Promise (`PromiseReaction`: a Promise keeps the reactions
+//!   awaiting it in a linked list, which is not followed either).
 //!
 //! A container that grows while the search runs replaces its store (a Set's table rehashed):
 //! a chain then stops at the old store, which nothing holds any more; a mark-compact that
@@ -314,12 +316,24 @@ impl<M: Memory> Search<'_, M> {
     }
 
     /// A node whose holders are not followed: a scope (its variable names the chain), a
-    /// timer, or a node found only to name a scope.
+    /// linked list's entry (a timer, a pending Promise's reaction), or a node found only to
+    /// name a scope.
     pub(super) fn terminal(&self, n: &Node) -> bool {
         if n.leaf {
             return true;
         }
-        n.info.is_none_or(|info| self.timer(info))
+        n.info.is_none_or(|info| self.in_linked_list(info))
+    }
+
+    /// Whether `info` is an entry of a linked list a chain ends at: one of node's timer objects,
+    /// or a pending Promise's reaction.
+    pub(super) fn in_linked_list(&self, info: MapInfo) -> bool {
+        self.timer(info) || self.promise_reaction(info)
+    }
+
+    /// Whether `info` is a `PromiseReaction`: what a pending Promise keeps of each `then`.
+    pub(super) fn promise_reaction(&self, info: MapInfo) -> bool {
+        self.w.hl.promise_reaction_type == Some(info.ty)
     }
 
     /// Whether the context at `addr` (tagged) is a top-level scope: its enclosing context is
@@ -514,7 +528,8 @@ impl<M: Memory> Search<'_, M> {
         seen
     }
 
-    /// The shortest path from `root` up to a terminal holder (a top scope or a timer), as
+    /// The shortest path from `root` up to a terminal holder (a top scope, a timer or a pending
+    /// Promise's reaction), as
     /// (holder node, offset) steps; when none ends at one, the longest path found (not
     /// complete). `None` when nothing holds `root`.
     pub(super) fn best_path(&self, root: usize) -> Option<(Vec<(usize, u64)>, bool)> {
@@ -526,7 +541,7 @@ impl<M: Memory> Search<'_, M> {
             let node = &self.nodes[n];
             if n != root {
                 deepest = Some(n);
-                if node.top_scope || node.info.is_some_and(|i| self.timer(i)) {
+                if node.top_scope || node.info.is_some_and(|i| self.in_linked_list(i)) {
                     return Some((self.path_to(&parent, n), true));
                 }
             }
