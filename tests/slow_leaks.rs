@@ -57,7 +57,10 @@ fn check(fixture: &str, expect: Expect) {
     match expect {
         Expect::Leak { leaker, grows } => {
             let kib_per_s = slope_mib_per_s(&memory, grows) * 1024.0;
-            assert!(kib_per_s >= LEAK_KIB_PER_S, "{fixture}: the leak did not grow: {grows} {kib_per_s:.1} KiB/s");
+            assert!(
+                kib_per_s >= LEAK_KIB_PER_S,
+                "{fixture}: the leak did not grow: {grows} {kib_per_s:.1} KiB/s"
+            );
             let file = fixture_path(fixture);
             let line = declaration_line(&file, leaker);
             let top = suspects.first().unwrap_or_else(|| {

@@ -26,6 +26,7 @@
 //!    and, later, a free through node's allocator), timed inside node without and with
 //!    leakprobe; and the events per second the collector kept up with, with its drop counters.
 //! 3. The agent's own memory over a run with processes coming and going.
+//! 4. The first minute apart from steady state, on a fixed amount of work (`first_minute`).
 //!
 //! Its parts: `modes` (what each mode attaches), `http` (the rounds) and `http_report` (their
 //! tables and the verdicts), `load` (the open-loop generator), `tracer` (attaching and stopping
@@ -37,6 +38,7 @@ mod agent_memory;
 mod alloc_loop;
 mod bpf_stats;
 mod census;
+mod first_minute;
 mod http;
 mod http_report;
 mod load;
@@ -60,11 +62,17 @@ use self::{
 use crate::{sh, target_dir};
 
 /// Runs the benchmarks and prints the tables. With `modes` (`NAME=ARGS`), only the HTTP rounds
-/// run, with the baseline and those modes, and no targets are judged.
-pub fn run(modes: &[String]) -> anyhow::Result<()> {
+/// run, with the baseline and those modes, and no targets are judged; with `first_minute_only`,
+/// only the fixed-work slots (4.).
+pub fn run(modes: &[String], first_minute_only: bool) -> anyhow::Result<()> {
     sh(Command::new("cargo").args(["build", "--release", "--package", "leakprobe"]))?;
     let leakprobe = target_dir().join("release/leakprobe");
     println!("\nleakprobe bench; machine load before: {}", load_average());
+    if first_minute_only {
+        first_minute::first_minute(&leakprobe)?;
+        println!("\nmachine load after: {}", load_average());
+        return Ok(());
+    }
 
     let custom = !modes.is_empty();
     let modes = if custom { custom_modes(modes)? } else { standard_modes() };
@@ -84,6 +92,7 @@ pub fn run(modes: &[String]) -> anyhow::Result<()> {
     alloc_loop::costs(&leakprobe)?;
     census::census_cost(&leakprobe)?;
     agent_memory(&leakprobe)?;
+    first_minute::first_minute(&leakprobe)?;
     println!("\nmachine load after: {}", load_average());
     Ok(())
 }

@@ -75,6 +75,10 @@ enum Task {
         /// `reference` for the bpftrace reference tracer. Repeatable.
         #[arg(long = "mode", value_name = "NAME=ARGS")]
         modes: Vec<String>,
+        /// Run only the fixed-work comparison of the first minute with steady state (about 11
+        /// minutes).
+        #[arg(long)]
+        first_minute: bool,
     },
     /// Setup, then profile the bundled leaky node service under load for a while.
     Demo {
@@ -115,9 +119,9 @@ fn main() -> anyhow::Result<()> {
                     .env("LEAKPROBE_NODE_CACHE", setup::node_cache()),
             )
         }
-        Task::Bench { modes } => {
+        Task::Bench { modes, first_minute } => {
             setup::run()?;
-            bench::run(&modes)
+            bench::run(&modes, first_minute)
         }
         Task::Demo { duration } => {
             setup::run()?;

@@ -131,8 +131,31 @@ pub(super) struct Leakprobe {
 }
 
 impl Leakprobe {
-    /// Starts leakprobe and waits until its probes are live.
+    /// Starts leakprobe and waits until its probes are live and its opening burst is over.
     pub(super) fn attach<S: AsRef<str>>(leakprobe: &Path, pid: u32, args: &[S]) -> anyhow::Result<Self> {
+        Self::start(leakprobe, pid, args, true)
+    }
+
+    /// Starts leakprobe and waits until its probes are live (its opening burst then runs).
+    pub(super) fn attach_from_start<S: AsRef<str>>(
+        leakprobe: &Path,
+        pid: u32,
+        args: &[S],
+    ) -> anyhow::Result<Self> {
+        Self::start(leakprobe, pid, args, false)
+    }
+
+    /// leakprobe's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn start<S: AsRef<str>>(
+        leakprobe: &Path,
+        pid: u32,
+        args: &[S],
+        after_burst: bool,
+    ) -> anyhow::Result<Self> {
         let out = std::env::temp_dir().join(format!("leakprobe-bench-{pid}-{}", std::process::id()));
         let mut child = Command::new(leakprobe)
             .args(["--pid", &pid.to_string(), "--interval", "1s", "--out"])
@@ -154,7 +177,7 @@ impl Leakprobe {
         // The default mode's opening burst traces every Buffer allocation for its first
         // seconds; what it costs to stay attached is measured after it (the README gives the
         // burst's cost apart).
-        if !args.iter().any(|a| matches!(a.as_ref(), "--alloc-stacks" | "--burst")) {
+        if after_burst && !args.iter().any(|a| matches!(a.as_ref(), "--alloc-stacks" | "--burst")) {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
                 match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
