@@ -432,16 +432,23 @@ fn growing<'a>(census: &'a Value, field: &str, value: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{census}"))
 }
 
+/// The censuses' CPU budget the session tests give (a percentage of the target's CPU since
+/// attach): the default (3%) is for a service watched for minutes, and a debug build's census
+/// of these heaps takes 0.4 s, so a 20 s window would get one census, and no growth.
+const CENSUS_BUDGET: &str = "50";
+
 /// In a profiling session (`leakprobe --pid N`): censuses after main-thread mark-compacts
 /// find the growing `Session` type and its holder (`report.heap.census`), the summary says
 /// who retains it under the heap's verdict, and the incident folder holds the census table.
-/// A census waits after the last one twenty times what that one took (a debug build on a
-/// loaded machine took 0.4 s for this heap, so 8.5 s), and node 18 once ran all its
-/// mark-compacts of the window within that wait: 12 s in, the fixture stops leaking and runs
-/// two full GCs, so that a second census is due whatever V8's own timing.
+/// Censuses are at least 5 s apart, and node 18 once ran all its mark-compacts of the window
+/// within such a wait: 12 s in, the fixture stops leaking and runs two full GCs, so that a
+/// second census is due whatever V8's own timing.
 fn session_reports_who_holds_the_growing_type(node: &Path) {
     let mut fixture = Node::start(node, &["--expose-gc"], "census-set-leak.js");
-    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
+    let mut leakprobe = Leakprobe::attach(
+        fixture.pid(),
+        &["--duration", "20s", "--interval", "500ms", "--census-budget", CENSUS_BUDGET],
+    );
     fixture.go();
     std::thread::sleep(Duration::from_secs(12));
     fixture.send("pause");
@@ -480,7 +487,10 @@ on_nodes!(session_reports_who_holds_the_growing_type;
 #[test]
 fn a_session_says_who_keeps_the_growing_buffers() {
     let mut fixture = Node::start(&system_node(), &["--expose-gc"], "retainer-leaks.js");
-    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
+    let mut leakprobe = Leakprobe::attach(
+        fixture.pid(),
+        &["--duration", "20s", "--interval", "500ms", "--census-budget", CENSUS_BUDGET],
+    );
     fixture.send("go buffers-map");
     let report = leakprobe.report();
     let census = &report["heap"]["census"];
@@ -566,7 +576,10 @@ fn a_census_never_pauses_the_target() {
 #[test]
 fn a_session_counts_every_isolate() {
     let mut fixture = Node::start(&system_node(), &["--expose-gc"], "census-worker-leak.js");
-    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--duration", "20s", "--interval", "500ms"]);
+    let mut leakprobe = Leakprobe::attach(
+        fixture.pid(),
+        &["--duration", "20s", "--interval", "500ms", "--census-budget", CENSUS_BUDGET],
+    );
     fixture.go();
     // Full GCs on the main thread (where censuses are read) while the worker leaks.
     for _ in 0..2 {

@@ -159,6 +159,19 @@ struct Args {
     /// mark-compact and again later: growing types and who holds them).
     #[arg(long)]
     no_census: bool,
+    /// The heap censuses' CPU budget, as a percentage of the CPU time the target used since
+    /// attach: a census is taken at a mark-compact only when it fits.
+    #[arg(long, value_name = "PERCENT", default_value_t = 100.0 * leakprobe::memory::census::DEFAULT_BUDGET, value_parser = parse_percent)]
+    census_budget: f64,
+}
+
+/// A percentage above 0 and at most 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().trim_end_matches('%').parse().map_err(|_| format!("invalid percentage {s:?}"))?;
+    match v > 0.0 && v <= 100.0 {
+        true => Ok(v),
+        false => Err(format!("{s} is not a percentage between 0 (excluded) and 100")),
+    }
 }
 
 /// Accepts a byte count with an optional KiB/MiB/GiB (or K/M/G) suffix.
@@ -272,6 +285,7 @@ fn options(pid: u32, args: Args) -> Options {
         fault_period: args.fault_period,
         burst: args.burst,
         census: !args.no_census,
+        census_budget: args.census_budget / 100.0,
     }
 }
 

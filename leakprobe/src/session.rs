@@ -236,7 +236,7 @@ impl Session {
         // Not in agent mode: the agent's memory and CPU stay bounded over days.
         let census = match options.agent || !options.census {
             true => None,
-            false => Some(CensusWatch::start(heap_probe())?),
+            false => Some(CensusWatch::start(heap_probe(), target.pid, options.census_budget)?),
         };
         let containers = (!options.agent).then(|| Containers::new(heap_probe(), heap_large_live));
         let mut symbolizer = Symbolizer::new(target.pid, js);

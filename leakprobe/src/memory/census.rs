@@ -6,7 +6,8 @@
 //! The census reads `/proc/PID/mem` while the target runs: nothing stops it, and the session's
 //! sampling never waits for it (a mark-compact that comes while a census runs is skipped and
 //! counted). Each census is capped in bytes and time and says when a cap stopped it. Censuses
-//! are spaced so that the collector's time stays a small share of the window.
+//! are taken within a CPU budget: a share of the CPU time the target used since attach
+//! ([`DEFAULT_BUDGET`]).
 
 use std::{
     sync::{mpsc, Arc, Mutex, MutexGuard},
@@ -27,12 +28,14 @@ pub const SETTLE: Duration = Duration::from_secs(20);
 pub const LIMITS: Limits = Limits { max_bytes: 2 << 30, max_time: Duration::from_secs(10) };
 /// Shortest time between two censuses.
 const MIN_SPACING_S: f64 = 5.0;
-/// Until growth is read (two censuses), a census may take at most this share of the time
-/// since the one before: a 20 s window gets its two.
-const FIRST_SHARE: f64 = 0.05;
-/// After that, at most this share: what staying attached costs (the census thread's time,
-/// on one core), within the default mode's 1% budget.
-const STEADY_SHARE: f64 = 0.01;
+/// The censuses' CPU budget by default: this share of the CPU time the target used since
+/// attach (`--census-budget`). A census is due at a mark-compact only when what the censuses
+/// took so far, plus what the next is expected to take, fits in it: from the first second,
+/// whatever the window's length, and in proportion to the work the target does.
+pub const DEFAULT_BUDGET: f64 = 0.03;
+/// What the first census is expected to take, per byte of the V8 heap (a release build read a
+/// 106 MiB heap in 0.18 s of CPU: about 1.7 s per GiB).
+const FIRST_CPU_S_PER_BYTE: f64 = 1.7 / (1u64 << 30) as f64;
 /// Wait after a mark-compact before reading, so that the concurrent sweeper is done.
 const AFTER_GC: Duration = Duration::from_millis(150);
 /// Growing types listed (and searched for retainers: the first [`RETAINED`]).
@@ -127,6 +130,14 @@ pub struct CensusCost {
     pub last_census_bytes: u64,
     /// The latest retainer search's wall time.
     pub last_retainers_ms: f64,
+    /// CPU time of the latest request (its census and retainer search).
+    pub last_cpu_s: f64,
+    /// The budget: this share of the target's CPU time since attach.
+    pub budget_share: f64,
+    /// The target's CPU time since attach, at the latest mark-compact.
+    pub target_cpu_s: f64,
+    /// Main-thread mark-compacts at which no census was taken because it did not fit the budget.
+    pub over_budget_gcs: u32,
 }
 
 /// What the census thread shares with the session.
@@ -142,17 +153,21 @@ pub struct CensusWatch {
     requests: mpsc::Sender<f64>,
     shared: Arc<Mutex<Shared>>,
     last_request: Option<f64>,
-    last_elapsed_s: f64,
+    /// The target, and its CPU time when the census was started.
+    pid: u32,
+    target_cpu_at_start: f64,
 }
 
 impl CensusWatch {
-    /// Starts the census thread, reading with `probe` (or, when the process could not be
-    /// opened for censuses, saying why at the first census).
-    pub fn start(probe: Result<HeapReader, String>) -> anyhow::Result<Self> {
+    /// Starts the census thread for process `pid`, reading with `probe` (or, when the process
+    /// could not be opened for censuses, saying why at the first census), within `budget_share`
+    /// of the target's CPU time from now.
+    pub fn start(probe: Result<HeapReader, String>, pid: u32, budget_share: f64) -> anyhow::Result<Self> {
         let (requests, rx) = mpsc::channel::<f64>();
         let shared = Arc::new(Mutex::new(Shared {
             report: CensusReport {
                 status: "waiting for a main-thread mark-compact".into(),
+                cost: CensusCost { budget_share, ..Default::default() },
                 ..Default::default()
             },
             ..Default::default()
@@ -162,20 +177,21 @@ impl CensusWatch {
             .name("leakprobe-census".into())
             .spawn(move || run(probe, rx, state))
             .map_err(|e| anyhow::anyhow!("starting the census thread: {e}"))?;
-        Ok(Self { requests, shared, last_request: None, last_elapsed_s: 0.0 })
+        let target_cpu_at_start = process_cpu_s(pid).unwrap_or(0.0);
+        Ok(Self { requests, shared, last_request: None, pid, target_cpu_at_start })
     }
 
-    /// Called when a thread of the target ended a mark-compact, `t` seconds into the window:
-    /// asks for a census unless one runs or the last was too recent. The main thread's are
-    /// the troughs the census is read at; a worker's counts only when the main thread has
-    /// had none for twice the spacing (a worker's leak beside a quiet main thread).
-    pub fn on_mark_compact(&mut self, t: f64, main_thread: bool) {
+    /// Called when a thread of the target ended a mark-compact, `t` seconds into the window,
+    /// with the V8 heap's size (`heap_bytes`, if known): asks for a census unless one runs, the
+    /// last was too recent, or the next would not fit the budget. The main thread's are the
+    /// troughs the census is read at; a worker's counts only when the main thread has had none
+    /// for twice the spacing (a worker's leak beside a quiet main thread).
+    pub fn on_mark_compact(&mut self, t: f64, main_thread: bool, heap_bytes: Option<u64>) {
         let mut shared = lock(&self.shared);
-        let spacing = spacing_s(shared.report.censuses, self.last_elapsed_s);
         let since = t - self.last_request.unwrap_or(0.0);
         let due = match main_thread {
-            true => self.last_request.is_none() || since >= spacing,
-            false => since >= 2.0 * spacing,
+            true => self.last_request.is_none() || since >= MIN_SPACING_S,
+            false => since >= 2.0 * MIN_SPACING_S,
         };
         if shared.busy || !due {
             if self.last_request.is_some() {
@@ -183,8 +199,25 @@ impl CensusWatch {
             }
             return;
         }
-        self.last_elapsed_s =
-            (shared.report.cost.last_census_ms + shared.report.cost.last_retainers_ms) / 1e3;
+        let report = &mut shared.report;
+        let cost = &mut report.cost;
+        if let Some(now) = process_cpu_s(self.pid) {
+            cost.target_cpu_s = (now - self.target_cpu_at_start).max(0.0);
+        }
+        let next = match report.censuses {
+            0 => heap_bytes.unwrap_or(0) as f64 * FIRST_CPU_S_PER_BYTE,
+            _ => cost.last_cpu_s,
+        };
+        if !fits(cost.cpu_s, next, cost.budget_share, cost.target_cpu_s) {
+            cost.over_budget_gcs += u32::from(main_thread);
+            if report.censuses == 0 {
+                report.status = format!(
+                    "waiting for its CPU budget ({:.0}% of the target's CPU time since attach)",
+                    100.0 * cost.budget_share
+                );
+            }
+            return;
+        }
         shared.busy = true;
         self.last_request = Some(t);
         drop(shared);
@@ -305,17 +338,28 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
     }
 }
 
-/// The least time (s) from the last census's request to the next, when `censuses` have been
-/// read and the last (census and retainer search) took `last_elapsed_s`.
-fn spacing_s(censuses: u32, last_elapsed_s: f64) -> f64 {
-    let share = if censuses < 2 { FIRST_SHARE } else { STEADY_SHARE };
-    MIN_SPACING_S.max(last_elapsed_s / share)
+/// Whether a census expected to take `next` CPU seconds fits, when the censuses took `spent`
+/// and the target used `target_cpu_s` since attach, of which they may take `share`.
+fn fits(spent: f64, next: f64, share: f64, target_cpu_s: f64) -> bool {
+    spent + next <= share * target_cpu_s
+}
+
+/// CPU time (user + system, all threads) process `pid` used, from `/proc/PID/stat`.
+fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // After the name: utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: plain libc call.
+    Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
 
 /// Ends one request: adds its CPU time, applies `update`, frees the thread for the next.
 fn finish(shared: &Mutex<Shared>, cpu_before: f64, update: impl FnOnce(&mut CensusReport)) {
     let mut s = lock(shared);
-    s.report.cost.cpu_s += (thread_cpu_s() - cpu_before).max(0.0);
+    let spent = (thread_cpu_s() - cpu_before).max(0.0);
+    s.report.cost.cpu_s += spent;
+    s.report.cost.last_cpu_s = spent;
     update(&mut s.report);
     s.busy = false;
 }
@@ -380,13 +424,20 @@ fn growing(growth: &[Growth], found: Option<&RetainerSearch>, seconds: f64) -> V
 mod tests {
     use super::*;
 
-    /// Censuses of a 1 GiB heap (about 6 s each with the retainer search): the second comes
-    /// 2 minutes after the first, later ones 10 minutes apart; a small heap's every 5 s.
+    /// A census fits when the censuses' CPU time, the next one's included, stays within the
+    /// budget's share of what the target used since attach: on a target busy on one core, a
+    /// 0.2 s census every 7 s at 3%; on a target that is mostly idle, rarely.
     #[test]
-    fn a_census_takes_a_bounded_share_of_the_time() {
-        assert_eq!(spacing_s(1, 6.0), 120.0);
-        assert_eq!(spacing_s(2, 6.0), 600.0);
-        assert_eq!(spacing_s(7, 6.0), 600.0);
-        assert_eq!(spacing_s(2, 0.02), MIN_SPACING_S);
+    fn a_census_takes_a_bounded_share_of_the_targets_cpu_since_attach() {
+        // At 3%, the first census of a 100 MiB heap, expected to take about 0.17 s, waits
+        // until the target has used 5.6 s of CPU.
+        let first = 100.0 * (1u64 << 20) as f64 * FIRST_CPU_S_PER_BYTE;
+        assert!(!fits(0.0, first, 0.03, 5.0));
+        assert!(fits(0.0, first, 0.03, 5.6));
+        // The next, after one took 0.2 s: at 13.4 s of the target's CPU.
+        assert!(!fits(0.2, 0.2, 0.03, 13.0));
+        assert!(fits(0.2, 0.2, 0.03, 13.4));
+        assert!(process_cpu_s(std::process::id()).is_some_and(|s| s >= 0.0));
+        assert_eq!(process_cpu_s(u32::MAX), None);
     }
 }

@@ -252,13 +252,18 @@ fn in_heap(g: &GrowingType) -> bool {
 struct Said {
     types: std::collections::HashSet<(String, String)>,
     holders: std::collections::HashSet<String>,
+    /// Why the census has no growth to show yet, said once.
+    census_status: bool,
 }
 
 /// Growing types of the heap census that `wanted` picks and that were not said yet (at most
-/// three), each with its retainer chains not said yet ("Retained by" lines); nothing when the
-/// census has no growth yet.
+/// three), each with its retainer chains not said yet ("Retained by" lines); when the census
+/// has no growth yet (fewer than two censuses), its status, once.
 fn census_lines(out: &mut String, report: &Report, said: &mut Said, wanted: impl Fn(&GrowingType) -> bool) {
     let Some(census) = &report.heap.census else { return };
+    if census.censuses < 2 && !std::mem::replace(&mut said.census_status, true) {
+        let _ = writeln!(out, "            heap census: {}", census.status);
+    }
     let growing: Vec<&GrowingType> = census
         .growing
         .iter()

@@ -56,7 +56,7 @@ impl Session {
                             *trough_due = Some(*mark_compacts);
                         }
                         if let Some(census) = census.as_mut().filter(|_| kind == GcKind::MarkCompact) {
-                            census.on_mark_compact(t, event.tid == target.pid);
+                            census.on_mark_compact(t, event.tid == target.pid, heap.bytes());
                         }
                         if kind == GcKind::MarkCompact {
                             symbolizer.moved();

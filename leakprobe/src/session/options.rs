@@ -36,6 +36,9 @@ pub struct Options {
     pub native_view: bool,
     /// Take heap censuses after mark-compacts (`--no-census` turns them off).
     pub census: bool,
+    /// The censuses' CPU budget: a share of the target's CPU time since attach
+    /// (`--census-budget`, [`crate::memory::census::DEFAULT_BUDGET`]).
+    pub census_budget: f64,
     /// How long the default mode traces every Buffer/ArrayBuffer allocation after attaching
     /// (the opening burst; zero: not at all): long enough for several GCs, so that the sites
     /// whose Buffers survive them stand apart from the churn. Then the per-allocation probes
@@ -73,6 +76,7 @@ impl Options {
             // The agent reports no stacks.
             burst: Duration::ZERO,
             census: false,
+            census_budget: crate::memory::census::DEFAULT_BUDGET,
         }
     }
 }
