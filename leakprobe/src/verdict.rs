@@ -19,6 +19,8 @@
 //!   what each site holds.
 //! - **What is not explained** is said, with the next step ([`CategoryVerdict::next_step`]).
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use crate::{
@@ -212,14 +214,19 @@ fn new_high(samples: &[Sample], one: f64, two: f64, read: &Reading<'_>) -> bool 
 
 /// The suspects: the candidates whose category grows, each with its evidence, by growth rate
 /// (largest first); and each category's share explained, with the next step where little is.
+/// A site that churns is not a suspect by the pages it first touched.
+/// `churning`: the sites whose Buffers were followed to their frees and that freed most of
+/// them ([`crate::books::tracker::Tracker::churning`]): the memory they first touch is no lead.
 pub fn judge(
     candidates: Vec<Suspect>,
     mut categories: Vec<CategoryVerdict>,
+    churning: &HashSet<String>,
     alloc_stacks: bool,
     native_exact: bool,
 ) -> (Vec<Suspect>, Vec<CategoryVerdict>) {
     let mut found: Vec<Suspect> = candidates
         .into_iter()
+        .filter(|s| !(s.source == Source::PageFaults && churning.contains(&s.site)))
         .filter_map(|mut s| {
             // An array's elements are live whatever the GC has run: a site that keeps growing
             // one is a suspect even where the heap could not be judged (too few full GCs), with no
@@ -257,7 +264,7 @@ pub fn judge(
     found.sort_by(rank);
     // A site seen by several sources (the pages it touched, the array it grows) is listed once,
     // by the source that explains most.
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     found.retain(|s| seen.insert((s.category, s.site.clone())));
     // Sites read over different spans (an opening burst, the whole window) can each claim
     // most of their category's growth: their shares are scaled to add up to at most all of it.
@@ -440,7 +447,7 @@ mod tests {
         assert_eq!(external.watch_s, Some(27.0));
         // Without a full GC, the V8 heap and external memory are not judged either.
         let no_gc: Vec<Sample> = samples.iter().map(|s| Sample { trough: None, ..*s }).collect();
-        let (_, verdicts) = judge(Vec::new(), categories(&no_gc), false, false);
+        let (_, verdicts) = judge(Vec::new(), categories(&no_gc), &HashSet::new(), false, false);
         for v in verdicts.iter().filter(|v| v.category != Category::Native) {
             assert_eq!((v.method, v.growing), (NOT_JUDGED, false), "{v:?}");
             let next = v.next_step.as_deref().unwrap();
@@ -483,7 +490,7 @@ mod tests {
                 sample(i as f64 * 0.5, (i % 4 == 0).then_some(i as u32), 200 * mib, 100 * mib + i * 4 * mib)
             })
             .collect();
-        let (suspects, verdicts) = judge(Vec::new(), categories(&samples), false, false);
+        let (suspects, verdicts) = judge(Vec::new(), categories(&samples), &HashSet::new(), false, false);
         assert!(suspects.is_empty());
         let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
         assert!(external.growing && external.explained_share == 0.0, "{external:?}");
@@ -505,7 +512,7 @@ mod tests {
         };
         let other = Suspect { site: "render ← app.js:9".into(), ..site(Source::PageFaults, 4e6) };
         let candidates = vec![site(Source::PageFaults, 1e5), site(Source::Holds, 3e6), other];
-        let (suspects, verdicts) = judge(candidates, categories(&samples), false, false);
+        let (suspects, verdicts) = judge(candidates, categories(&samples), &HashSet::new(), false, false);
         assert_eq!(suspects.len(), 1, "{suspects:?}");
         assert_eq!(suspects[0].source, Source::Holds);
         assert_eq!(suspects[0].evidence.as_ref().unwrap().method, NOT_JUDGED);
@@ -519,7 +526,7 @@ mod tests {
             })
             .collect();
         let candidates = vec![site(Source::PageFaults, 1e5), site(Source::Holds, 3e6)];
-        let (suspects, _) = judge(candidates, categories(&samples), false, false);
+        let (suspects, _) = judge(candidates, categories(&samples), &HashSet::new(), false, false);
         assert_eq!(suspects.len(), 1, "{suspects:?}");
         assert_eq!(suspects[0].source, Source::Holds);
         assert!(suspects[0].evidence.as_ref().unwrap().explained_share > 0.5, "{suspects:?}");
@@ -541,7 +548,7 @@ mod tests {
         };
         // Read over spans of their own, three sites claim 3 MiB/s of 2.
         let candidates = vec![site("a", 1.5), site("b", 1.0), site("c", 0.5)];
-        let (suspects, verdicts) = judge(candidates, categories(&samples), true, false);
+        let (suspects, verdicts) = judge(candidates, categories(&samples), &HashSet::new(), true, false);
         let shares: Vec<f64> =
             suspects.iter().map(|s| s.evidence.as_ref().unwrap().explained_share).collect();
         assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{shares:?}");
@@ -550,7 +557,7 @@ mod tests {
         assert!((external.explained_share - 1.0).abs() < 1e-9, "{external:?}");
         // Sites that explain less than all keep their shares; one that explains 1% is noise.
         let candidates = vec![site("a", 0.5), site("b", 0.5), site("d", 0.02)];
-        let (suspects, _) = judge(candidates, categories(&samples), true, false);
+        let (suspects, _) = judge(candidates, categories(&samples), &HashSet::new(), true, false);
         assert_eq!(suspects.len(), 2, "{suspects:?}");
         for s in &suspects {
             assert!((s.evidence.as_ref().unwrap().explained_share - 0.25).abs() < 0.05, "{s:?}");
@@ -578,5 +585,25 @@ mod tests {
         // A leak is still growing at the end.
         let leak = heap(&at(f64::INFINITY));
         assert!(leak.growing && !leak.levelled_off, "{leak:?}");
+    }
+
+    #[test]
+    fn the_pages_a_churning_site_first_touched_are_no_lead() {
+        let mib = 1u64 << 20;
+        let samples: Vec<Sample> = (0..=40)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                sample(t, (i % 4 == 0).then_some(i as u32), 100 * mib, 100 * mib + (t * 2.0) as u64 * mib)
+            })
+            .collect();
+        let touched = |name: &str| Suspect {
+            growth_bytes_per_s: 1.5 * mib as f64,
+            ..Suspect::site(Category::External, Source::PageFaults, name.into())
+        };
+        let candidates = vec![touched("scratch ← serve"), touched("cacheFragment ← serve")];
+        let churning = HashSet::from(["scratch ← serve".to_string()]);
+        let (suspects, _) = judge(candidates, categories(&samples), &churning, false, false);
+        let sites: Vec<&str> = suspects.iter().map(|s| s.site.as_str()).collect();
+        assert_eq!(sites, ["cacheFragment ← serve"]);
     }
 }

@@ -13,7 +13,7 @@
 //! read where that garbage is gone: at the samples taken as each full GC's trough ends
 //! ([`Tracker::trough`]). Between full GCs, a churning site holds as much as a leaking one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use leakprobe_ebpf::alloc::NO_STACK;
 
@@ -47,14 +47,15 @@ pub struct Tracker {
     troughs: Vec<f64>,
 }
 
-/// Share of what a site allocated since attach that it must still hold to be judged without GC
-/// troughs.
+/// Share of what a site of a collected category allocated since attach that it must still hold
+/// to be a suspect (a leak keeps what it allocates).
 pub const MIN_RETAINED_SHARE: f64 = 0.5;
 /// GC troughs remembered at most (the oldest are dropped).
 const MAX_TROUGHS: usize = 4096;
-/// Troughs within a site's series that make its growth: fewer are not evidence, and a site of a
-/// collected category is then no suspect.
-pub const MIN_SITE_TROUGHS: usize = 2;
+/// Troughs within a site's series that make a trend of its growth.
+pub const MIN_SITE_TROUGHS: usize = 3;
+/// Bytes a site must have allocated since attach to be told churn by what it freed.
+pub const MIN_CHURN_BYTES: u64 = 1 << 20;
 
 impl Tracker {
     /// Adds one sample of a category's outstanding bytes by stack.
@@ -74,28 +75,59 @@ impl Tracker {
     }
 
     /// A site's growth (bytes per second), from its series and the bytes its stacks allocated
-    /// since attach: for a category whose garbage waits for the GC, the trend of what its
-    /// allocations held at the troughs within its series; from fewer than [`MIN_SITE_TROUGHS`]
-    /// (an opening burst between two full GCs), its slope if it kept at least
-    /// [`MIN_RETAINED_SHARE`] of what it allocated, else `None` (churn piles up garbage between
-    /// full GCs, and frees most of it). For others (and for what arrays hold, live whatever the
-    /// GC has run), the slope of its series.
+    /// since attach (0: not counted). For a category whose garbage waits for the GC: none when
+    /// it kept less than [`MIN_RETAINED_SHARE`] of what it allocated (churn frees most of it,
+    /// while between full GCs its garbage piles up as a leak's Buffers do); else the trend of
+    /// what it held at the GC troughs within its series, or its slope where fewer than
+    /// [`MIN_SITE_TROUGHS`] came (an opening burst between full GCs). For others (and for what
+    /// arrays hold, live whatever the GC has run), the slope of its series.
     fn growth(&self, category: Category, source: Source, site: &Series, allocated: u64) -> Option<f64> {
         if !at_troughs(category, source) {
             return Some(site.slope());
         }
         let (Some(first), Some(last)) = (site.points().first(), site.points().last()) else { return None };
+        if allocated > 0 && last.1 < MIN_RETAINED_SHARE * allocated as f64 {
+            return None;
+        }
         let held: Vec<(f64, f64)> = self
             .troughs
             .iter()
             .filter(|t| (first.0..=last.0).contains(*t))
             .filter_map(|&t| Some((t, site.at(t)?)))
             .collect();
-        if held.len() >= MIN_SITE_TROUGHS {
-            return Some(median_slope(&held));
+        Some(match held.len() >= MIN_SITE_TROUGHS {
+            true => median_slope(&held),
+            false => site.slope(),
+        })
+    }
+
+    /// The logical sites (by [`site_key`]) whose allocations of a collected category were
+    /// followed to their frees and that freed most of what they allocated: at least
+    /// [`MIN_CHURN_BYTES`] allocated since attach, less than [`MIN_RETAINED_SHARE`] of it still
+    /// held. Churn: the memory such a site first touches is garbage the GC frees, not a leak.
+    pub fn churning(
+        &self,
+        mut stack: impl FnMut(i64) -> Vec<RawFrame>,
+        symbolizer: &mut Symbolizer,
+    ) -> HashSet<String> {
+        let mut sites: HashMap<String, (u64, f64)> = HashMap::new();
+        for (&(category, stack_id), series) in &self.series {
+            let Some(&allocated) = self.allocated.get(&(category, stack_id)) else { continue };
+            if !category.collected() || allocated == 0 {
+                continue;
+            }
+            let site = site_key(&symbolizer.stack_frames(stack_id, &mut stack));
+            let entry = sites.entry(site).or_default();
+            entry.0 += allocated;
+            entry.1 += series.last().unwrap_or(0.0).max(0.0);
         }
-        let kept = last.1 / allocated.max(1) as f64;
-        (kept >= MIN_RETAINED_SHARE).then(|| site.slope())
+        sites
+            .into_iter()
+            .filter(|(_, (allocated, held))| {
+                *allocated >= MIN_CHURN_BYTES && *held < MIN_RETAINED_SHARE * *allocated as f64
+            })
+            .map(|(site, _)| site)
+            .collect()
     }
 
     /// Gives a stack seen for the first time a zero at each of `times` (the samples before it),
@@ -268,9 +300,8 @@ mod tests {
         assert!((at_troughs(&leak) / mib - 1.0).abs() < 1e-6);
         // What an array holds is live whatever the GC ran: its slope.
         assert_eq!(tracker.growth(Category::External, Source::Holds, &churn, 0), Some(churn.slope()));
-        // A site read over one GC only (an opening burst) has no trend to read: it is judged by
-        // its slope only when it kept most of what it allocated (a leak), not when it freed
-        // most (churn whose garbage awaits the GC).
+        // A site read over one GC only (an opening burst) has no trend of troughs: its slope,
+        // when it kept most of what it allocated (a leak); churn, which freed most, is none.
         let burst: Series = {
             let mut s = Series::default();
             (0..=6).for_each(|i| s.push(8.5 + i as f64 * 0.5, i as f64 * mib));
@@ -282,6 +313,7 @@ mod tests {
             tracker.growth(Category::External, Source::Allocations, &burst, six_mib),
             Some(burst.slope())
         );
+        assert_eq!(tracker.growth(Category::External, Source::Allocations, &churn, 100 << 20), None);
         // Native memory is not the GC's: its slope.
         assert_eq!(
             tracker.growth(Category::Native, Source::Allocations, &burst, 10 * six_mib),

@@ -58,8 +58,9 @@ impl Session {
                     candidates.extend(holding);
                 }
                 let native_exact = self.native.is_some();
+                let churning = self.suspects.churning(|id| maps.frames(false, id), &mut self.symbolizer);
                 let (suspects, verdict) =
-                    verdict::judge(candidates, categories, self.alloc_stacks, native_exact);
+                    verdict::judge(candidates, categories, &churning, self.alloc_stacks, native_exact);
                 (suspects, verdict, gc_touched)
             }
         };
