@@ -35,6 +35,10 @@ enum Expect {
     Healthy,
 }
 
+/// The functions of tests/fixtures/suite/service.js whose allocations all die young or within a
+/// session's 1.5 s: never a suspect.
+const CHURN: [&str; 5] = ["makeRequest", "renderResponse", "scratch", "openSession", "expireSessions"];
+
 /// The window a user would watch.
 const WINDOW: &str = "20s";
 /// The least growth (MiB/s, least-squares slope over the window) a leak must show in node's own
@@ -99,6 +103,18 @@ fn check(fixture: &str, node_bin: &Path, expect: Expect) {
                  growth of {leak_mib_per_s:.2} MiB/s; {}",
                 summary(&report)
             );
+            // No false suspect: none is a line of the service's churn, all of which the GC frees.
+            for s in suspects {
+                let innermost = innermost_user_frame(s);
+                assert!(
+                    !innermost
+                        .as_ref()
+                        .is_some_and(|(file, name)| file.ends_with("suite/service.js")
+                            && CHURN.contains(&name.as_str())),
+                    "{fixture} on {node_bin}: the churn's {innermost:?} is a suspect; {}",
+                    summary(&report)
+                );
+            }
         }
         Expect::Healthy => {
             // What survives the GC stays flat: the lowest value of the last third of the window

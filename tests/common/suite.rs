@@ -102,3 +102,12 @@ pub fn summary(report: &Value) -> String {
         report["heap"]["containers"]
     )
 }
+
+/// The (file, function) of `suspect`'s innermost JavaScript frame outside node's own code.
+pub fn innermost_user_frame(suspect: &Value) -> Option<(String, String)> {
+    suspect["frames"].as_array()?.iter().find_map(|f| {
+        let file = f["file"].as_str()?;
+        (f["kind"] == "js" && !file.starts_with("node:"))
+            .then(|| (file.to_string(), f["name"].as_str().unwrap_or("").to_string()))
+    })
+}
