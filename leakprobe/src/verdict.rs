@@ -46,8 +46,9 @@ pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 pub const MIN_GROWTH_FRACTION: f64 = 0.10;
 /// Least share of its category's growth a suspect must explain to be listed: below it, a site
 /// that touched a few pages while the category grew (node's own connection setup beside a
-/// leak) is noise, not a lead.
-pub const MIN_EXPLAINED_SHARE: f64 = 0.02;
+/// leak, 0-1%; a service's session churn beside a slow leak, 5%) is noise, not a lead, and the
+/// category's next step says what to run instead.
+pub const MIN_EXPLAINED_SHARE: f64 = 0.1;
 /// Share of a category's growth its suspects must explain before no advice is given.
 pub const EXPLAINED_ENOUGH: f64 = 0.5;
 /// `report.verdict[]`: one memory category's growth and how much of it the suspects explain.
