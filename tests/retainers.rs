@@ -433,7 +433,7 @@ fn growing<'a>(census: &'a Value, field: &str, value: &str) -> &'a Value {
 }
 
 /// The censuses' CPU budget the session tests give (a percentage of the target's CPU since
-/// attach): the default (3%) is for a service watched for minutes, and a debug build's census
+/// attach): the default (1%, 3% of the first minute) is for a service watched for minutes, and a debug build's census
 /// of these heaps takes 0.4 s, so a 20 s window would get one census, and no growth.
 const CENSUS_BUDGET: &str = "50";
 

@@ -160,7 +160,8 @@ struct Args {
     #[arg(long)]
     no_census: bool,
     /// The heap censuses' CPU budget, as a percentage of the CPU time the target used since
-    /// attach: a census is taken at a mark-compact only when it fits.
+    /// attach (three times as much of its first minute's): a census is taken at a mark-compact
+    /// only when it fits.
     #[arg(long, value_name = "PERCENT", default_value_t = 100.0 * leakprobe::memory::census::DEFAULT_BUDGET, value_parser = parse_percent)]
     census_budget: f64,
 }

@@ -334,6 +334,25 @@ mod tests {
         }
     }
 
+    /// Samples over 20 s whose external troughs (every 2 s) rise 2 MiB/s.
+    fn external_growing_2_mib_per_s() -> Vec<Sample> {
+        let mib = 1u64 << 20;
+        (0..=40)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                sample(t, (i % 4 == 0).then_some(i as u32), 100 * mib, 100 * mib + (t * 2.0) as u64 * mib)
+            })
+            .collect()
+    }
+
+    /// An external site from `source` growing `mib_per_s`.
+    fn external_site(name: &str, source: Source, mib_per_s: f64) -> Suspect {
+        Suspect {
+            growth_bytes_per_s: mib_per_s * (1u64 << 20) as f64,
+            ..Suspect::site(Category::External, source, name.into())
+        }
+    }
+
     #[test]
     fn growth_is_read_at_troughs_so_lazily_freed_churn_is_not_growth() {
         let mib = 1u64 << 20;
@@ -535,18 +554,8 @@ mod tests {
 
     #[test]
     fn shares_within_a_category_add_up_to_at_most_the_whole() {
-        let mib = 1u64 << 20;
-        // External troughs rise 2 MiB/s.
-        let samples: Vec<Sample> = (0..=40)
-            .map(|i| {
-                let t = i as f64 * 0.5;
-                sample(t, (i % 4 == 0).then_some(i as u32), 100 * mib, 100 * mib + (t * 2.0) as u64 * mib)
-            })
-            .collect();
-        let site = |name: &str, rate: f64| Suspect {
-            growth_bytes_per_s: rate * mib as f64,
-            ..Suspect::site(Category::External, Source::Allocations, name.into())
-        };
+        let samples = external_growing_2_mib_per_s();
+        let site = |name: &str, rate: f64| external_site(name, Source::Allocations, rate);
         // Read over spans of their own, three sites claim 3 MiB/s of 2.
         let candidates = vec![site("a", 1.5), site("b", 1.0), site("c", 0.5)];
         let (suspects, verdicts) = judge(candidates, categories(&samples), &HashSet::new(), true, false);
@@ -590,17 +599,8 @@ mod tests {
 
     #[test]
     fn the_pages_a_churning_site_first_touched_are_no_lead() {
-        let mib = 1u64 << 20;
-        let samples: Vec<Sample> = (0..=40)
-            .map(|i| {
-                let t = i as f64 * 0.5;
-                sample(t, (i % 4 == 0).then_some(i as u32), 100 * mib, 100 * mib + (t * 2.0) as u64 * mib)
-            })
-            .collect();
-        let touched = |name: &str| Suspect {
-            growth_bytes_per_s: 1.5 * mib as f64,
-            ..Suspect::site(Category::External, Source::PageFaults, name.into())
-        };
+        let samples = external_growing_2_mib_per_s();
+        let touched = |name: &str| external_site(name, Source::PageFaults, 1.5);
         let candidates = vec![touched("scratch ← serve"), touched("cacheFragment ← serve")];
         let churning = HashSet::from(["scratch ← serve".to_string()]);
         let (suspects, _) = judge(candidates, categories(&samples), &churning, false, false);

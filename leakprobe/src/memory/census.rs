@@ -29,10 +29,16 @@ pub const LIMITS: Limits = Limits { max_bytes: 2 << 30, max_time: Duration::from
 /// Shortest time between two censuses.
 const MIN_SPACING_S: f64 = 5.0;
 /// The censuses' CPU budget by default: this share of the CPU time the target used since
-/// attach (`--census-budget`). A census is due at a mark-compact only when what the censuses
-/// took so far, plus what the next is expected to take, fits in it: from the first second,
-/// whatever the window's length, and in proportion to the work the target does.
-pub const DEFAULT_BUDGET: f64 = 0.03;
+/// attach (`--census-budget`), [`FIRST_MINUTE_FACTOR`] times as much of what it used in the
+/// first minute. A census is due at a mark-compact only when what the censuses took so far,
+/// plus what the next is expected to take, fits in it: from the first second, whatever the
+/// window's length, and in proportion to the work the target does.
+pub const DEFAULT_BUDGET: f64 = 0.01;
+/// How much larger the budget's share of the target's first minute is: growth needs two
+/// censuses, and an incident is often a 60 s window.
+pub const FIRST_MINUTE_FACTOR: f64 = 3.0;
+/// The first minute, in seconds.
+const FIRST_MINUTE_S: f64 = 60.0;
 /// What the first census is expected to take, per byte of the V8 heap (a release build read a
 /// 106 MiB heap in 0.18 s of CPU: about 1.7 s per GiB).
 const FIRST_CPU_S_PER_BYTE: f64 = 1.7 / (1u64 << 30) as f64;
@@ -132,7 +138,8 @@ pub struct CensusCost {
     pub last_retainers_ms: f64,
     /// CPU time of the latest request (its census and retainer search).
     pub last_cpu_s: f64,
-    /// The budget: this share of the target's CPU time since attach.
+    /// The budget: this share of the target's CPU time since attach, [`FIRST_MINUTE_FACTOR`]
+    /// times as much of its first minute's.
     pub budget_share: f64,
     /// The target's CPU time since attach, at the latest mark-compact.
     pub target_cpu_s: f64,
@@ -153,9 +160,10 @@ pub struct CensusWatch {
     requests: mpsc::Sender<f64>,
     shared: Arc<Mutex<Shared>>,
     last_request: Option<f64>,
-    /// The target, and its CPU time when the census was started.
+    /// The target, and its CPU time when the census was started (and when).
     pid: u32,
     target_cpu_at_start: f64,
+    started: std::time::Instant,
 }
 
 impl CensusWatch {
@@ -178,7 +186,8 @@ impl CensusWatch {
             .spawn(move || run(probe, rx, state))
             .map_err(|e| anyhow::anyhow!("starting the census thread: {e}"))?;
         let target_cpu_at_start = process_cpu_s(pid).unwrap_or(0.0);
-        Ok(Self { requests, shared, last_request: None, pid, target_cpu_at_start })
+        let started = std::time::Instant::now();
+        Ok(Self { requests, shared, last_request: None, pid, target_cpu_at_start, started })
     }
 
     /// Called when a thread of the target ended a mark-compact, `t` seconds into the window,
@@ -208,12 +217,14 @@ impl CensusWatch {
             0 => heap_bytes.unwrap_or(0) as f64 * FIRST_CPU_S_PER_BYTE,
             _ => cost.last_cpu_s,
         };
-        if !fits(cost.cpu_s, next, cost.budget_share, cost.target_cpu_s) {
+        let budget = budget_s(cost.budget_share, cost.target_cpu_s, self.started.elapsed().as_secs_f64());
+        if cost.cpu_s + next > budget {
             cost.over_budget_gcs += u32::from(main_thread);
             if report.censuses == 0 {
                 report.status = format!(
-                    "waiting for its CPU budget ({:.0}% of the target's CPU time since attach)",
-                    100.0 * cost.budget_share
+                    "waiting for its CPU budget ({:.0}% of the target's CPU time since attach, {:.0}% of its first minute's)",
+                    100.0 * cost.budget_share,
+                    100.0 * (FIRST_MINUTE_FACTOR * cost.budget_share).min(1.0)
                 );
             }
             return;
@@ -338,10 +349,12 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
     }
 }
 
-/// Whether a census expected to take `next` CPU seconds fits, when the censuses took `spent`
-/// and the target used `target_cpu_s` since attach, of which they may take `share`.
-fn fits(spent: f64, next: f64, share: f64, target_cpu_s: f64) -> bool {
-    spent + next <= share * target_cpu_s
+/// The censuses' budget (CPU seconds) when the target used `target_cpu_s` in the `elapsed_s`
+/// since attach: `share` of it, and [`FIRST_MINUTE_FACTOR`] times as much of the part used in
+/// the first minute (taken as used evenly).
+fn budget_s(share: f64, target_cpu_s: f64, elapsed_s: f64) -> f64 {
+    let first = target_cpu_s * (FIRST_MINUTE_S / elapsed_s.max(FIRST_MINUTE_S));
+    (FIRST_MINUTE_FACTOR * share).min(1.0) * first + share * (target_cpu_s - first)
 }
 
 /// CPU time (user + system, all threads) process `pid` used, from `/proc/PID/stat`.
@@ -424,19 +437,22 @@ fn growing(growth: &[Growth], found: Option<&RetainerSearch>, seconds: f64) -> V
 mod tests {
     use super::*;
 
-    /// A census fits when the censuses' CPU time, the next one's included, stays within the
-    /// budget's share of what the target used since attach: on a target busy on one core, a
-    /// 0.2 s census every 7 s at 3%; on a target that is mostly idle, rarely.
+    /// The censuses' budget is a share of what the target used since attach, three times as
+    /// large in the first minute: on a target busy on one core, 1.8 s in its first minute at
+    /// the default 1% (a census and retainer search of a 100 MiB heap take about 0.6 s), then
+    /// 0.6 s a minute; on a target that is mostly idle, little.
     #[test]
     fn a_census_takes_a_bounded_share_of_the_targets_cpu_since_attach() {
-        // At 3%, the first census of a 100 MiB heap, expected to take about 0.17 s, waits
-        // until the target has used 5.6 s of CPU.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(budget_s(DEFAULT_BUDGET, 30.0, 30.0), 0.9));
+        assert!(close(budget_s(DEFAULT_BUDGET, 60.0, 60.0), 1.8));
+        assert!(close(budget_s(DEFAULT_BUDGET, 120.0, 120.0), 2.4));
+        assert!(close(budget_s(DEFAULT_BUDGET, 6.0, 60.0), 0.18), "a target 10% busy");
+        // A budget of half the target's CPU is at most all of it in the first minute.
+        assert!(close(budget_s(0.5, 60.0, 60.0), 60.0));
+        // The first census of a 100 MiB heap is expected to take about 0.17 s.
         let first = 100.0 * (1u64 << 20) as f64 * FIRST_CPU_S_PER_BYTE;
-        assert!(!fits(0.0, first, 0.03, 5.0));
-        assert!(fits(0.0, first, 0.03, 5.6));
-        // The next, after one took 0.2 s: at 13.4 s of the target's CPU.
-        assert!(!fits(0.2, 0.2, 0.03, 13.0));
-        assert!(fits(0.2, 0.2, 0.03, 13.4));
+        assert!((0.16..0.17).contains(&first), "{first}");
         assert!(process_cpu_s(std::process::id()).is_some_and(|s| s >= 0.0));
         assert_eq!(process_cpu_s(u32::MAX), None);
     }
