@@ -74,20 +74,14 @@ impl Tracker {
         self.troughs.push(t);
     }
 
-    /// A site's growth (bytes per second), from its series and the bytes its stacks allocated
-    /// since attach (0: not counted). For a category whose garbage waits for the GC: none when
-    /// it kept less than [`MIN_RETAINED_SHARE`] of what it allocated (churn frees most of it,
-    /// while between full GCs its garbage piles up as a leak's Buffers do); else the trend of
-    /// what it held at the GC troughs within its series, or its slope where fewer than
-    /// [`MIN_SITE_TROUGHS`] came (an opening burst between full GCs). For others (and for what
-    /// arrays hold, live whatever the GC has run), the slope of its series.
-    fn growth(&self, category: Category, source: Source, site: &Series, allocated: u64) -> Option<f64> {
+    /// A site's growth (bytes per second): for a category whose garbage waits for the GC, the
+    /// trend of what its allocations held at the GC troughs within its series, or its slope
+    /// where fewer than [`MIN_SITE_TROUGHS`] came (an opening burst between full GCs); for
+    /// others (and for what arrays hold, live whatever the GC has run), its slope.
+    fn growth(&self, category: Category, source: Source, site: &Series) -> f64 {
+        let (Some(first), Some(last)) = (site.points().first(), site.points().last()) else { return 0.0 };
         if !at_troughs(category, source) {
-            return Some(site.slope());
-        }
-        let (Some(first), Some(last)) = (site.points().first(), site.points().last()) else { return None };
-        if allocated > 0 && last.1 < MIN_RETAINED_SHARE * allocated as f64 {
-            return None;
+            return site.slope();
         }
         let held: Vec<(f64, f64)> = self
             .troughs
@@ -95,22 +89,35 @@ impl Tracker {
             .filter(|t| (first.0..=last.0).contains(*t))
             .filter_map(|&t| Some((t, site.at(t)?)))
             .collect();
-        Some(match held.len() >= MIN_SITE_TROUGHS {
+        match held.len() >= MIN_SITE_TROUGHS {
             true => median_slope(&held),
             false => site.slope(),
-        })
+        }
+    }
+
+    /// Whether stack `stack_id` of `category` still holds at least [`MIN_RETAINED_SHARE`] of what
+    /// it allocated since attach (true where allocations are not counted): a leaking path keeps
+    /// what it allocates, a churning one frees most of it (while between full GCs its garbage
+    /// piles up as a leak's Buffers do).
+    fn keeps(&self, category: Category, stack_id: i64, series: &Series) -> bool {
+        match self.allocated.get(&(category, stack_id)) {
+            Some(&allocated) if allocated > 0 => {
+                series.last().unwrap_or(0.0) >= MIN_RETAINED_SHARE * allocated as f64
+            }
+            _ => true,
+        }
     }
 
     /// The logical sites (by [`site_key`]) whose allocations of a collected category were
-    /// followed to their frees and that freed most of what they allocated: at least
-    /// [`MIN_CHURN_BYTES`] allocated since attach, less than [`MIN_RETAINED_SHARE`] of it still
-    /// held. Churn: the memory such a site first touches is garbage the GC frees, not a leak.
+    /// followed to their frees and that churn: at least [`MIN_CHURN_BYTES`] allocated since
+    /// attach, and none of their stacks still holding [`MIN_RETAINED_SHARE`] of what it
+    /// allocated. The memory such a site first touches is garbage the GC frees, not a leak.
     pub fn churning(
         &self,
         mut stack: impl FnMut(i64) -> Vec<RawFrame>,
         symbolizer: &mut Symbolizer,
     ) -> HashSet<String> {
-        let mut sites: HashMap<String, (u64, f64)> = HashMap::new();
+        let mut sites: HashMap<String, (u64, bool)> = HashMap::new();
         for (&(category, stack_id), series) in &self.series {
             let Some(&allocated) = self.allocated.get(&(category, stack_id)) else { continue };
             if !category.collected() || allocated == 0 {
@@ -119,13 +126,11 @@ impl Tracker {
             let site = site_key(&symbolizer.stack_frames(stack_id, &mut stack));
             let entry = sites.entry(site).or_default();
             entry.0 += allocated;
-            entry.1 += series.last().unwrap_or(0.0).max(0.0);
+            entry.1 |= series.last().unwrap_or(0.0) > 0.0 && self.keeps(category, stack_id, series);
         }
         sites
             .into_iter()
-            .filter(|(_, (allocated, held))| {
-                *allocated >= MIN_CHURN_BYTES && *held < MIN_RETAINED_SHARE * *allocated as f64
-            })
+            .filter(|(_, (allocated, keeping))| *allocated >= MIN_CHURN_BYTES && !keeping)
             .map(|(site, _)| site)
             .collect()
     }
@@ -192,19 +197,22 @@ impl Tracker {
         symbolizer: &mut Symbolizer,
         source: Source,
     ) -> Vec<Suspect> {
-        let mut groups: HashMap<(Category, String), (Suspect, Vec<&Series>, u64)> = HashMap::new();
+        let mut groups: HashMap<(Category, String), (Suspect, Vec<&Series>)> = HashMap::new();
         for (&(category, stack_id), series) in &self.series {
-            // A stack that never held anything adds nothing to its site.
-            if series.points().iter().all(|p| p.1 <= 0.0) {
+            // A stack that never held anything adds nothing to its site, nor does one that
+            // churns where garbage waits for the GC (a function that caches one Buffer and
+            // writes others is one site: its leaking path, not its writes).
+            if series.points().iter().all(|p| p.1 <= 0.0)
+                || (at_troughs(category, source) && !self.keeps(category, stack_id, series))
+            {
                 continue;
             }
             let frames = symbolizer.stack_frames(stack_id, &mut stack);
             let site = site_key(&frames);
-            let (group, parts, allocated) = groups
+            let (group, parts) = groups
                 .entry((category, site.clone()))
-                .or_insert_with(|| (Suspect::site(category, source, site), Vec::new(), 0));
+                .or_insert_with(|| (Suspect::site(category, source, site), Vec::new()));
             parts.push(series);
-            *allocated += self.allocated.get(&(category, stack_id)).copied().unwrap_or(0);
             // A stack that holds nothing now is no variant to show (its past still counts in
             // the site's series).
             if series.last().unwrap_or(0.0) > 0.0 || series.floor_growth() > 0.0 {
@@ -221,12 +229,12 @@ impl Tracker {
         // one drop and one start.
         let mut found: Vec<Suspect> = groups
             .into_values()
-            .filter(|(group, _, _)| !group.variants.is_empty())
-            .filter_map(|(mut group, parts, allocated)| {
+            .filter(|(group, _)| !group.variants.is_empty())
+            .map(|(mut group, parts)| {
                 let site = Series::sum(parts);
-                group.growth_bytes_per_s = self.growth(group.category, source, &site, allocated)?;
+                group.growth_bytes_per_s = self.growth(group.category, source, &site);
                 group.floor_growth_bytes = site.floor_growth();
-                Some(group)
+                group
             })
             .filter(|s| qualifies(s.floor_growth_bytes, s.outstanding_bytes as f64))
             // What the GC left of it must grow.
@@ -295,29 +303,22 @@ mod tests {
         }
         let churn = series(|t| mib + (t % 2.0) * 4.0 * mib);
         let leak = series(|t| t * mib);
-        let at_troughs = |s: &Series| tracker.growth(Category::External, Source::Allocations, s, 0).unwrap();
+        let at_troughs = |s: &Series| tracker.growth(Category::External, Source::Allocations, s);
         assert!(at_troughs(&churn).abs() < 1e-6, "{}", at_troughs(&churn));
         assert!((at_troughs(&leak) / mib - 1.0).abs() < 1e-6);
         // What an array holds is live whatever the GC ran: its slope.
-        assert_eq!(tracker.growth(Category::External, Source::Holds, &churn, 0), Some(churn.slope()));
-        // A site read over one GC only (an opening burst) has no trend of troughs: its slope,
-        // when it kept most of what it allocated (a leak); churn, which freed most, is none.
+        assert_eq!(tracker.growth(Category::External, Source::Holds, &churn), churn.slope());
+        // A site read over one GC only (an opening burst) has no trend of troughs: its slope.
         let burst: Series = {
             let mut s = Series::default();
             (0..=6).for_each(|i| s.push(8.5 + i as f64 * 0.5, i as f64 * mib));
             s
         };
-        let six_mib = 6 << 20;
-        assert_eq!(tracker.growth(Category::External, Source::Allocations, &burst, 10 * six_mib), None);
-        assert_eq!(
-            tracker.growth(Category::External, Source::Allocations, &burst, six_mib),
-            Some(burst.slope())
-        );
-        assert_eq!(tracker.growth(Category::External, Source::Allocations, &churn, 100 << 20), None);
-        // Native memory is not the GC's: its slope.
-        assert_eq!(
-            tracker.growth(Category::Native, Source::Allocations, &burst, 10 * six_mib),
-            Some(burst.slope())
-        );
+        assert_eq!(tracker.growth(Category::External, Source::Allocations, &burst), burst.slope());
+        // A stack that freed most of what it allocated churns; one that kept it leaks.
+        tracker.allocated(Category::External, [(1, 60 << 20), (2, 6 << 20)]);
+        assert!(!tracker.keeps(Category::External, 1, &burst));
+        assert!(tracker.keeps(Category::External, 2, &burst));
+        assert!(tracker.keeps(Category::External, 3, &burst), "allocations not counted");
     }
 }
