@@ -1,0 +1,284 @@
+//! The verdict's rules, each on the samples or candidates that show it.
+
+use super::*;
+use crate::memory::rss::Rss;
+
+fn sample(t: f64, trough: Option<u32>, heap: u64, external: u64) -> Sample {
+    Sample {
+        trough,
+        t_s: t,
+        rss: Rss { rss_anon_bytes: heap + external + (50 << 20), ..Rss::default() },
+        v8_heap_bytes: Some(heap),
+        v8_old_generation_bytes: None,
+        external_bytes: Some(external),
+        native_bytes: None,
+    }
+}
+
+/// Samples over 20 s whose external troughs (every 2 s) rise 2 MiB/s.
+fn external_growing_2_mib_per_s() -> Vec<Sample> {
+    let mib = 1u64 << 20;
+    (0..=40)
+        .map(|i| {
+            let t = i as f64 * 0.5;
+            sample(t, (i % 4 == 0).then_some(i as u32), 100 * mib, 100 * mib + (t * 2.0) as u64 * mib)
+        })
+        .collect()
+}
+
+/// An external site from `source` growing `mib_per_s`.
+fn external_site(name: &str, source: Source, mib_per_s: f64) -> Suspect {
+    Suspect {
+        growth_bytes_per_s: mib_per_s * (1u64 << 20) as f64,
+        ..Suspect::site(Category::External, source, name.into())
+    }
+}
+
+#[test]
+fn growth_is_read_at_troughs_so_lazily_freed_churn_is_not_growth() {
+    let mib = 1u64 << 20;
+    // External: a sawtooth whose peaks rise (garbage freed lazily) but whose troughs are
+    // flat; the heap's troughs rise 2 MiB/s.
+    let samples: Vec<Sample> = (0..=40)
+        .map(|i| {
+            let t = i as f64 * 0.5;
+            let trough = (i % 4 == 0).then_some(i as u32 / 4);
+            let external = if trough.is_some() { 100 * mib } else { 100 * mib + i as u64 * mib };
+            sample(t, trough, 50 * mib + (t * 2.0) as u64 * mib, external)
+        })
+        .collect();
+    let verdicts = categories(&samples);
+    let of = |c| verdicts.iter().find(|v| v.category == c).unwrap();
+    assert_eq!(of(Category::External).method, "troughs");
+    assert!(!of(Category::External).growing, "{:?}", of(Category::External));
+    assert!(of(Category::V8Heap).growing, "{:?}", of(Category::V8Heap));
+    let rate = of(Category::V8Heap).growth_bytes_per_s / mib as f64;
+    assert!((1.5..2.5).contains(&rate), "{rate}");
+}
+
+#[test]
+fn troughs_that_climb_back_to_the_first_thirds_are_not_growth() {
+    let mib = 1u64 << 20;
+    // A bounded cache's external troughs (MiB, as read on node 24): they dip in the middle
+    // and climb for the later two thirds, back to below where they started.
+    let swing = [22.9, 22.4, 17.7, 21.4, 22.0, 17.4, 18.0, 19.3, 19.5, 21.0, 21.3, 21.7];
+    let at = |values: &[f64]| -> Vec<Sample> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let t = 0.6 + 1.6 * i as f64;
+                sample(t, Some(i as u32), 40 * mib, (v * mib as f64) as u64)
+            })
+            .collect()
+    };
+    let verdicts = categories(&at(&swing));
+    let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+    assert!(external.growth_bytes_per_s > 0.0, "{external:?}");
+    assert!(!external.growing, "{external:?}");
+    // The same climb from a lower start is a new high: growth.
+    let climb: Vec<f64> = swing.iter().enumerate().map(|(i, v)| if i < 3 { 12.0 } else { *v }).collect();
+    let verdicts = categories(&at(&climb));
+    let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+    assert!(external.growing, "{external:?}");
+}
+
+#[test]
+fn the_young_generation_growing_is_not_heap_growth() {
+    let mib = 1u64 << 20;
+    // Committed heap troughs as read on node 20 under a bounded cache's churn (MiB): a 17 MiB
+    // step when V8 grew its semi-spaces, then flat. The old generation stayed at 15 MiB.
+    let committed = [22.8, 22.8, 23.3, 40.3, 40.1, 39.8];
+    let at = |old: &dyn Fn(usize) -> f64| -> Vec<Sample> {
+        committed
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Sample {
+                v8_old_generation_bytes: Some((old(i) * mib as f64) as u64),
+                ..sample(1.7 + 3.1 * i as f64, Some(i as u32), (v * mib as f64) as u64, 20 * mib)
+            })
+            .collect()
+    };
+    let heap = |samples: &[Sample]| {
+        categories(samples).into_iter().find(|v| v.category == Category::V8Heap).unwrap()
+    };
+    let flat = heap(&at(&|_| 15.0));
+    assert!(!flat.growing && flat.growth_bytes_per_s == 0.0, "{flat:?}");
+    assert_eq!(flat.bytes, Some(15 * mib));
+    // Without the old generation's reading (its probe missing), the committed heap is read.
+    let committed_only: Vec<Sample> =
+        at(&|_| 15.0).into_iter().map(|s| Sample { v8_old_generation_bytes: None, ..s }).collect();
+    assert!(heap(&committed_only).growing);
+    // The old generation growing is growth, whatever the young generation does.
+    let leak = heap(&at(&|i| 15.0 + 3.0 * i as f64));
+    assert!(leak.growing, "{leak:?}");
+}
+
+#[test]
+fn one_late_trough_does_not_make_a_flat_trend_grow() {
+    let mib = (1u64 << 20) as f64;
+    let flat =
+        [(1.3, 23.8), (5.8, 20.1), (10.2, 19.0), (14.4, 18.5), (18.5, 44.3)].map(|(t, v)| (t, v * mib));
+    assert!(median_slope(&flat) <= 0.0, "{}", median_slope(&flat) / mib);
+    let leak: Vec<(f64, f64)> = (0..6).map(|i| (i as f64 * 3.0, (40.0 + 9.0 * i as f64) * mib)).collect();
+    assert!((median_slope(&leak) / mib - 3.0).abs() < 1e-9);
+    assert_eq!(median_slope(&[]), 0.0);
+}
+
+#[test]
+fn a_trough_is_the_lowest_sample_after_its_gc_and_too_few_troughs_are_not_judged() {
+    let mib = 1u64 << 20;
+    // Garbage piles up between two GCs; after each, the sweeper frees over a few samples.
+    let mut samples = Vec::new();
+    for i in 0..=40u64 {
+        let t = i as f64 * 0.5;
+        let (trough, external) = match i {
+            30 => (Some(1), 150 * mib),
+            31 => (Some(1), 120 * mib),
+            32 => (Some(1), 125 * mib),
+            _ => (None, 100 * mib + (i % 10) * 5 * mib),
+        };
+        samples.push(sample(t, trough, 200 * mib, external));
+    }
+    let verdicts = categories(&samples);
+    let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+    // One trough (three samples after one GC) is not a trend: not judged, and the summary
+    // says to watch about two more GCs' worth (one in the later 13 s here).
+    assert_eq!((external.troughs, external.method, external.growing), (1, NOT_JUDGED, false));
+    assert_eq!(external.watch_s, Some(27.0));
+    // Without a full GC, the V8 heap and external memory are not judged either.
+    let no_gc: Vec<Sample> = samples.iter().map(|s| Sample { trough: None, ..*s }).collect();
+    let (_, verdicts) = judge(Vec::new(), categories(&no_gc), &HashSet::new(), false, false);
+    for v in verdicts.iter().filter(|v| v.category != Category::Native) {
+        assert_eq!((v.method, v.growing), (NOT_JUDGED, false), "{v:?}");
+        let next = v.next_step.as_deref().unwrap();
+        assert!(next.contains("(0 of 3 in the later two thirds): watch 40 s more"), "{next}");
+    }
+}
+
+#[test]
+fn a_rebuilt_table_is_a_saw_tooth_not_growth() {
+    let mib = 1u64 << 20;
+    // A lookup table rebuilt every 6 s and swapped in (the old one freed at the next full
+    // GC): the troughs rise for a few GCs and fall back at each swap.
+    let table = |t: f64| (t % 6.0) * 8.0;
+    let at = |gc_every: f64| -> Vec<Sample> {
+        (0..=80)
+            .map(|i| {
+                let t = i as f64 * 0.25;
+                let gc = (t % gc_every == 0.0).then_some((t / gc_every) as u32);
+                sample(t, gc, ((60.0 + table(t)) * mib as f64) as u64, 10 * mib)
+            })
+            .collect()
+    };
+    let heap = |samples: &[Sample]| {
+        categories(samples).into_iter().find(|v| v.category == Category::V8Heap).unwrap()
+    };
+    // Two late troughs, both high in the tooth: the old reading called it growth.
+    let two = heap(&at(7.0));
+    assert_eq!((two.troughs, two.method, two.growing), (2, NOT_JUDGED, false), "{two:?}");
+    // Many troughs: their trend is flat.
+    let many = heap(&at(1.25));
+    assert_eq!(many.method, "troughs");
+    assert!(!many.growing, "{many:?}");
+}
+
+#[test]
+fn a_growing_category_that_no_site_explains_says_what_to_run() {
+    let mib = 1u64 << 20;
+    let samples: Vec<Sample> = (0..=40)
+        .map(|i| sample(i as f64 * 0.5, (i % 4 == 0).then_some(i as u32), 200 * mib, 100 * mib + i * 4 * mib))
+        .collect();
+    let (suspects, verdicts) = judge(Vec::new(), categories(&samples), &HashSet::new(), false, false);
+    assert!(suspects.is_empty());
+    let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+    assert!(external.growing && external.explained_share == 0.0, "{external:?}");
+    assert!(external.next_step.as_deref().unwrap().contains("--alloc-stacks"), "{external:?}");
+}
+
+#[test]
+fn without_a_full_gc_only_a_growing_array_is_a_heap_suspect_and_a_site_is_listed_once() {
+    let mib = 1u64 << 20;
+    // The heap grows, but no mark-compact ran: not judged.
+    let samples: Vec<Sample> =
+        (0..=40).map(|i| sample(i as f64 * 0.5, None, 100 * mib + i * 2 * mib, 10 * mib)).collect();
+    let heap = |c: &[CategoryVerdict]| c.iter().find(|v| v.category == Category::V8Heap).cloned().unwrap();
+    assert_eq!(heap(&categories(&samples)).method, NOT_JUDGED);
+    let site = |source, rate: f64| Suspect {
+        growth_bytes_per_s: rate,
+        ..Suspect::site(Category::V8Heap, source, "push ← app.js:3".into())
+    };
+    let other = Suspect { site: "render ← app.js:9".into(), ..site(Source::PageFaults, 4e6) };
+    let candidates = vec![site(Source::PageFaults, 1e5), site(Source::Holds, 3e6), other];
+    let (suspects, verdicts) = judge(candidates, categories(&samples), &HashSet::new(), false, false);
+    assert_eq!(suspects.len(), 1, "{suspects:?}");
+    assert_eq!(suspects[0].source, Source::Holds);
+    assert_eq!(suspects[0].evidence.as_ref().unwrap().method, NOT_JUDGED);
+    assert!(heap(&verdicts).next_step.unwrap().contains("watch "));
+
+    // With troughs that show the growth, both sources are judged, and the site is listed
+    // once, by the source that explains more.
+    let samples: Vec<Sample> = (0..=40)
+        .map(|i| sample(i as f64 * 0.5, (i % 4 == 0).then_some(i as u32), 100 * mib + i * 2 * mib, 10 * mib))
+        .collect();
+    let candidates = vec![site(Source::PageFaults, 1e5), site(Source::Holds, 3e6)];
+    let (suspects, _) = judge(candidates, categories(&samples), &HashSet::new(), false, false);
+    assert_eq!(suspects.len(), 1, "{suspects:?}");
+    assert_eq!(suspects[0].source, Source::Holds);
+    assert!(suspects[0].evidence.as_ref().unwrap().explained_share > 0.5, "{suspects:?}");
+}
+
+#[test]
+fn shares_within_a_category_add_up_to_at_most_the_whole() {
+    let samples = external_growing_2_mib_per_s();
+    let site = |name: &str, rate: f64| external_site(name, Source::Allocations, rate);
+    // Read over spans of their own, three sites claim 3 MiB/s of 2.
+    let candidates = vec![site("a", 1.5), site("b", 1.0), site("c", 0.5)];
+    let (suspects, verdicts) = judge(candidates, categories(&samples), &HashSet::new(), true, false);
+    let shares: Vec<f64> = suspects.iter().map(|s| s.evidence.as_ref().unwrap().explained_share).collect();
+    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{shares:?}");
+    assert!(shares.windows(2).all(|w| w[0] > w[1]), "still ranked by what each explains: {shares:?}");
+    let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
+    assert!((external.explained_share - 1.0).abs() < 1e-9, "{external:?}");
+    // Sites that explain less than all keep their shares; one that explains 1% is noise.
+    let candidates = vec![site("a", 0.5), site("b", 0.5), site("d", 0.02)];
+    let (suspects, _) = judge(candidates, categories(&samples), &HashSet::new(), true, false);
+    assert_eq!(suspects.len(), 2, "{suspects:?}");
+    for s in &suspects {
+        assert!((s.evidence.as_ref().unwrap().explained_share - 0.25).abs() < 0.05, "{s:?}");
+    }
+}
+
+#[test]
+fn a_cache_that_filled_and_levelled_off_is_not_growing() {
+    let mib = 1u64 << 20;
+    // Heap troughs every 2 s over 60 s: a cache fills at 1 MiB/s until 40 s, then stays.
+    let at = |level_at: f64| -> Vec<Sample> {
+        (0..=120)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                let heap = 50.0 + t.min(level_at);
+                sample(t, (i % 4 == 0).then_some(i as u32), (heap * mib as f64) as u64, 10 * mib)
+            })
+            .collect()
+    };
+    let heap = |samples: &[Sample]| {
+        categories(samples).into_iter().find(|v| v.category == Category::V8Heap).unwrap()
+    };
+    let filled = heap(&at(40.0));
+    assert!(filled.growth_bytes_per_s > 0.0 && filled.levelled_off && !filled.growing, "{filled:?}");
+    // A leak is still growing at the end.
+    let leak = heap(&at(f64::INFINITY));
+    assert!(leak.growing && !leak.levelled_off, "{leak:?}");
+}
+
+#[test]
+fn the_pages_a_churning_site_first_touched_are_no_lead() {
+    let samples = external_growing_2_mib_per_s();
+    let touched = |name: &str| external_site(name, Source::PageFaults, 1.5);
+    let candidates = vec![touched("scratch ← serve"), touched("cacheFragment ← serve")];
+    let churning = HashSet::from(["scratch ← serve".to_string()]);
+    let (suspects, _) = judge(candidates, categories(&samples), &churning, false, false);
+    let sites: Vec<&str> = suspects.iter().map(|s| s.site.as_str()).collect();
+    assert_eq!(sites, ["cacheFragment ← serve"]);
+}
