@@ -27,6 +27,8 @@
 //!    leakprobe; and the events per second the collector kept up with, with its drop counters.
 //! 3. The agent's own memory over a run with processes coming and going.
 //! 4. The first minute apart from steady state, on a fixed amount of work (`first_minute`).
+//! 5. One hour attached: leakprobe's own memory and CPU over an hour (`hour`; only with `--hour`,
+//!    as it takes the hour).
 //!
 //! Its parts: `modes` (what each mode attaches), `http` (the rounds) and `http_report` (their
 //! tables and the verdicts), `load` (the open-loop generator), `tracer` (attaching and stopping
@@ -39,6 +41,7 @@ mod alloc_loop;
 mod bpf_stats;
 mod census;
 mod first_minute;
+mod hour;
 mod http;
 mod http_report;
 mod load;
@@ -62,14 +65,19 @@ use self::{
 use crate::{sh, target_dir};
 
 /// Runs the benchmarks and prints the tables. With `modes` (`NAME=ARGS`), only the HTTP rounds
-/// run, with the baseline and those modes, and no targets are judged; with `first_minute_only`,
-/// only the fixed-work slots (4.).
-pub fn run(modes: &[String], first_minute_only: bool) -> anyhow::Result<()> {
+/// run, with the baseline and those modes, and no targets are judged; with `first_minute_only`
+/// or `hour_only`, only the fixed-work slots (4.) or the hour attached (5.).
+pub fn run(modes: &[String], first_minute_only: bool, hour_only: bool) -> anyhow::Result<()> {
     sh(Command::new("cargo").args(["build", "--release", "--package", "leakprobe"]))?;
     let leakprobe = target_dir().join("release/leakprobe");
     println!("\nleakprobe bench; machine load before: {}", load_average());
-    if first_minute_only {
-        first_minute::first_minute(&leakprobe)?;
+    if first_minute_only || hour_only {
+        if first_minute_only {
+            first_minute::first_minute(&leakprobe)?;
+        }
+        if hour_only {
+            hour::hour(&leakprobe)?;
+        }
         println!("\nmachine load after: {}", load_average());
         return Ok(());
     }

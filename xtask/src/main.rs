@@ -79,6 +79,10 @@ enum Task {
         /// minutes).
         #[arg(long)]
         first_minute: bool,
+        /// Run only the hour attached to a healthy service: leakprobe's own memory and CPU,
+        /// minute by minute (about 62 minutes).
+        #[arg(long)]
+        hour: bool,
     },
     /// Setup, then profile the bundled leaky node service under load for a while.
     Demo {
@@ -119,9 +123,9 @@ fn main() -> anyhow::Result<()> {
                     .env("LEAKPROBE_NODE_CACHE", setup::node_cache()),
             )
         }
-        Task::Bench { modes, first_minute } => {
+        Task::Bench { modes, first_minute, hour } => {
             setup::run()?;
-            bench::run(&modes, first_minute)
+            bench::run(&modes, first_minute, hour)
         }
         Task::Demo { duration } => {
             setup::run()?;
