@@ -33,7 +33,8 @@
 //! Its parts: `modes` (what each mode attaches), `http` (the rounds) and `http_report` (their
 //! tables and the verdicts), `load` (the open-loop generator), `tracer` (attaching and stopping
 //! leakprobe and the reference tracer), `bpf_stats` (the programs' run statistics), `procfs`
-//! (CPU seconds, RSS, the load average), `stats` (median and spread), `alloc_loop` (2.),
+//! (CPU seconds, RSS, the load average), `stats` (median and spread), `suite_service` (a suite
+//! service started and warmed up for 4. and 5.), `alloc_loop` (2.),
 //! `census` (the heap census's cost) and `agent_memory` (3.).
 
 mod agent_memory;
@@ -48,6 +49,7 @@ mod load;
 mod modes;
 mod procfs;
 mod stats;
+mod suite_service;
 mod tracer;
 
 use std::{fs, process::Command};

@@ -15,18 +15,15 @@
 //! the baselines', as a share of the baselines' CPU for the same requests.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
-    process::{Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 
-use super::{procfs::cpu_seconds, tracer::Leakprobe};
-use crate::root;
+use super::{procfs::cpu_seconds, suite_service::SuiteService, tracer::Leakprobe};
 
 /// Seconds watched per slot.
 const SLOT_S: u64 = 120;
@@ -102,84 +99,59 @@ pub(super) fn first_minute(leakprobe: &Path) -> anyhow::Result<()> {
 
 /// One slot: a fresh service, warmed up, watched for [`SLOT_S`] s with `kind` attached.
 fn slot(leakprobe: &Path, kind: Kind) -> anyhow::Result<Slot> {
-    let mut node = Command::new("node")
-        .arg(root().join("tests/fixtures/suite/buffer-cache.js"))
-        .env("REQUESTS_PER_TICK", REQUESTS_PER_TICK)
-        .env("WARMUP_SECONDS", "5")
-        .env("SUITE_SECONDS", (SLOT_S + 15).to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the fixed-work service")?;
-    let result = (|| {
-        let stdout = node.stdout.take().context("service stdout")?;
-        let (tx, rx) = mpsc::channel::<String>();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+    let node = SuiteService::start(
+        "buffer-cache.js",
+        &[
+            ("REQUESTS_PER_TICK", REQUESTS_PER_TICK.to_string()),
+            ("WARMUP_SECONDS", "5".to_string()),
+            ("SUITE_SECONDS", (SLOT_S + 15).to_string()),
+        ],
+    )?;
+    let rx = &node.lines;
+    let pid = node.pid();
+    let attached = match kind {
+        Kind::Default => Some(Leakprobe::attach_from_start(leakprobe, pid, &[] as &[&str])?),
+        Kind::Baseline | Kind::Control => None,
+    };
+    // The requests served so far, from the service's latest `MEM` line.
+    let mut requests = 0.0;
+    let mut latest = |rx: &mpsc::Receiver<String>| {
+        for line in rx.try_iter() {
+            if let Some(v) =
+                line.strip_prefix("MEM ").and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            {
+                requests = v["requests"].as_f64().unwrap_or(requests);
             }
-        });
-        let wait_for = |what: &str| -> anyhow::Result<()> {
-            loop {
-                match rx.recv_timeout(Duration::from_secs(30)) {
-                    Ok(line) if line.starts_with(what) => return Ok(()),
-                    Ok(_) => {}
-                    Err(_) => bail!("the fixed-work service did not print {what}"),
-                }
-            }
-        };
-        wait_for("READY")?;
-        use std::io::Write as _;
-        node.stdin.as_mut().context("service stdin")?.write_all(b"go\n")?;
-        wait_for("WARM")?;
-        let pid = node.id();
-        let attached = match kind {
-            Kind::Default => Some(Leakprobe::attach_from_start(leakprobe, pid, &[] as &[&str])?),
-            Kind::Baseline | Kind::Control => None,
-        };
-        // The requests served so far, from the service's latest `MEM` line.
-        let mut requests = 0.0;
-        let mut latest = |rx: &mpsc::Receiver<String>| {
-            for line in rx.try_iter() {
-                if let Some(v) =
-                    line.strip_prefix("MEM ").and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
-                {
-                    requests = v["requests"].as_f64().unwrap_or(requests);
-                }
-            }
-            requests
-        };
-        // leakprobe's from its start: loading its programs and reading the target's symbols are
-        // part of what the first minute costs.
-        let own = |attached: &Option<Leakprobe>, mark: u64| match (attached, mark) {
-            (Some(l), m) if m > 0 => cpu_seconds(l.pid()),
-            _ => Ok(0.0),
-        };
-        let start = Instant::now();
-        let marks = [0, FIRST_S, SLOT_S];
-        let mut readings = Vec::new();
-        for mark in marks {
-            thread::sleep(Duration::from_secs(mark).saturating_sub(start.elapsed()));
-            // The MEM lines come once a second: wait for the one after the mark.
-            thread::sleep(Duration::from_millis(1050));
-            readings.push((cpu_seconds(pid)?, latest(&rx), own(&attached, mark)?));
         }
-        if let Some(l) = attached {
-            l.stop()?;
-        }
-        let mut slot = Slot::default();
-        for part in 0..2 {
-            let (a, b) = (readings[part], readings[part + 1]);
-            slot.target_cpu[part] = b.0 - a.0;
-            slot.requests[part] = b.1 - a.1;
-            slot.leakprobe_cpu[part] = b.2 - a.2;
-        }
-        if kind == Kind::Default && slot.leakprobe_cpu[0] == 0.0 {
-            bail!("leakprobe's CPU time could not be read");
-        }
-        Ok(slot)
-    })();
-    let _ = node.kill();
-    let _ = node.wait();
-    result
+        requests
+    };
+    // leakprobe's from its start: loading its programs and reading the target's symbols are
+    // part of what the first minute costs.
+    let own = |attached: &Option<Leakprobe>, mark: u64| match (attached, mark) {
+        (Some(l), m) if m > 0 => cpu_seconds(l.pid()),
+        _ => Ok(0.0),
+    };
+    let start = Instant::now();
+    let marks = [0, FIRST_S, SLOT_S];
+    let mut readings = Vec::new();
+    for mark in marks {
+        thread::sleep(Duration::from_secs(mark).saturating_sub(start.elapsed()));
+        // The MEM lines come once a second: wait for the one after the mark.
+        thread::sleep(Duration::from_millis(1050));
+        readings.push((cpu_seconds(pid)?, latest(rx), own(&attached, mark)?));
+    }
+    if let Some(l) = attached {
+        l.stop()?;
+    }
+    let mut slot = Slot::default();
+    for part in 0..2 {
+        let (a, b) = (readings[part], readings[part + 1]);
+        slot.target_cpu[part] = b.0 - a.0;
+        slot.requests[part] = b.1 - a.1;
+        slot.leakprobe_cpu[part] = b.2 - a.2;
+    }
+    if kind == Kind::Default && slot.leakprobe_cpu[0] == 0.0 {
+        bail!("leakprobe's CPU time could not be read");
+    }
+    Ok(slot)
 }

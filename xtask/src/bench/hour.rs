@@ -9,20 +9,18 @@
 //! measures).
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
     path::Path,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
 use super::{
     procfs::{cpu_seconds, rss_kib},
+    suite_service::SuiteService,
     tracer::Leakprobe,
 };
-use crate::root;
 
 /// Minutes attached.
 const MINUTES: u64 = 60;
@@ -39,49 +37,26 @@ struct Minute {
 /// Runs the hour and prints its table.
 pub(super) fn hour(leakprobe: &Path) -> anyhow::Result<()> {
     println!("\nOne hour attached (the suite's high-churn service, default mode, {MINUTES} min):");
-    let mut node = Command::new("node")
-        .arg(root().join("tests/fixtures/suite/high-churn.js"))
-        .env("WARMUP_SECONDS", "5")
-        .env("SUITE_SECONDS", (MINUTES * 60 + 120).to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the high-churn service")?;
-    let result = (|| {
-        let mut lines = BufReader::new(node.stdout.take().context("service stdout")?).lines();
-        let mut wait_for = |what: &str| -> anyhow::Result<()> {
-            for line in lines.by_ref() {
-                if line?.starts_with(what) {
-                    return Ok(());
-                }
-            }
-            bail!("the service ended before printing {what}")
-        };
-        wait_for("READY")?;
-        node.stdin.as_mut().context("service stdin")?.write_all(b"go\n")?;
-        wait_for("WARM")?;
-        // Its MEM lines go on: keep reading them, or the service blocks on a full pipe.
-        thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        let pid = node.id();
-        let attached =
-            Leakprobe::attach_from_start(leakprobe, pid, &["--duration", &format!("{}m", MINUTES + 1)])?;
-        let start = Instant::now();
-        let mut minutes = Vec::new();
-        let (mut own, mut target) = (cpu_seconds(attached.pid())?, cpu_seconds(pid)?);
-        for m in 1..=MINUTES {
-            thread::sleep(Duration::from_secs(60 * m).saturating_sub(start.elapsed()));
-            let (own_now, target_now) = (cpu_seconds(attached.pid())?, cpu_seconds(pid)?);
-            let rss_kib = rss_kib(attached.pid(), "VmRSS:").context("leakprobe's RSS")?;
-            minutes.push(Minute { rss_kib, own_cpu_s: own_now - own, target_cpu_s: target_now - target });
-            (own, target) = (own_now, target_now);
-        }
-        attached.stop()?;
-        print_hour(&minutes);
-        Ok(())
-    })();
-    let _ = node.kill();
-    let _ = node.wait();
-    result
+    let node = SuiteService::start(
+        "high-churn.js",
+        &[("WARMUP_SECONDS", "5".to_string()), ("SUITE_SECONDS", (MINUTES * 60 + 120).to_string())],
+    )?;
+    let pid = node.pid();
+    let attached =
+        Leakprobe::attach_from_start(leakprobe, pid, &["--duration", &format!("{}m", MINUTES + 1)])?;
+    let start = Instant::now();
+    let mut minutes = Vec::new();
+    let (mut own, mut target) = (cpu_seconds(attached.pid())?, cpu_seconds(pid)?);
+    for m in 1..=MINUTES {
+        thread::sleep(Duration::from_secs(60 * m).saturating_sub(start.elapsed()));
+        let (own_now, target_now) = (cpu_seconds(attached.pid())?, cpu_seconds(pid)?);
+        let rss_kib = rss_kib(attached.pid(), "VmRSS:").context("leakprobe's RSS")?;
+        minutes.push(Minute { rss_kib, own_cpu_s: own_now - own, target_cpu_s: target_now - target });
+        (own, target) = (own_now, target_now);
+    }
+    attached.stop()?;
+    print_hour(&minutes);
+    Ok(())
 }
 
 /// Every tenth minute's row, and the last ten minutes against minutes 2 to 11.
