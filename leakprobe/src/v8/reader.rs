@@ -332,6 +332,7 @@ pub(crate) mod tests {
 
     /// Memory made of arbitrary bytes at arbitrary addresses.
     /// Memory made of `.0`, starting at address `.1`.
+    #[derive(Clone)]
     pub(crate) struct Garbage(pub(crate) Vec<u8>, pub(crate) u64);
 
     impl Memory for Garbage {

@@ -83,6 +83,9 @@ pub struct RetainerSearch {
     /// (strings, byte arrays, free space: not references), or in V8's code and feedback
     /// (optimized code's constants, inline caches: not what the program keeps): left out.
     pub rejected_hits: u64,
+    /// References found to an address that held another object by the end of the pass (the
+    /// object found died and its address was reused while the target ran): left out.
+    pub moved_hits: u64,
     /// Bytes read from the target.
     pub bytes_read: u64,
     /// Wall time spent.

@@ -95,6 +95,9 @@ pub(super) struct Node {
     /// Tagged address.
     pub(super) addr: u64,
     pub(super) info: Option<MapInfo>,
+    /// The map word it started with when found: a reference to it found later counts only if
+    /// it still starts with it (an address the target freed and reused is another object).
+    pub(super) map: u64,
     /// Who refers to it: (node, byte offset of the reference in that node).
     pub(super) holders: Vec<(usize, u64)>,
     pub(super) depth: usize,
@@ -111,6 +114,8 @@ pub(super) struct Node {
 pub(super) struct Hit {
     pub(super) node: usize,
     pub(super) holder: u64,
+    /// The holder's map word.
+    pub(super) map: u64,
     pub(super) info: MapInfo,
     pub(super) offset: u64,
 }
@@ -139,6 +144,7 @@ pub fn retainers<M: Memory>(
         objects: HashMap::new(),
         bytes_read: pages.len() as u64 * 96,
         rejected: HashSet::new(),
+        moved_hits: 0,
     };
     // The samples, checked: the object still starts with the map it had.
     let mut roots: Vec<(usize, Vec<usize>, u32)> = Vec::new();
@@ -150,7 +156,7 @@ pub fn retainers<M: Memory>(
             let now = search.w.reader.word(addr.wrapping_sub(search.w.reader.layout.heap_tag)).ok();
             let info = search.w.map_info(map);
             match (now == Some(map), info) {
-                (true, Some(info)) => alive.push(search.node(addr, Some(info), 0)),
+                (true, Some(info)) => alive.push(search.node(addr, map, Some(info), 0)),
                 _ => stale += 1,
             }
         }
@@ -202,7 +208,7 @@ pub fn retainers<M: Memory>(
         for &i in frontier.values() {
             search.nodes[i].searched = true;
         }
-        for hit in hits {
+        for hit in search.still_there(hits) {
             search.add(hit);
         }
     }
@@ -261,6 +267,7 @@ pub fn retainers<M: Memory>(
         types,
         passes,
         rejected_hits: search.rejected.len() as u64,
+        moved_hits: search.moved_hits,
         bytes_read: search.bytes_read,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
         stopped_early: stopped,
@@ -277,11 +284,13 @@ pub struct Search<'r, M: Memory> {
     pub(super) bytes_read: u64,
     /// Where the rejected hits were (once each, however many passes saw them).
     pub(super) rejected: HashSet<u64>,
+    /// Hits left out because their referent's address held another object by the pass's end.
+    pub(super) moved_hits: u64,
 }
 
 impl<M: Memory> Search<'_, M> {
     /// The node of `addr`, new or not.
-    pub(super) fn node(&mut self, addr: u64, info: Option<MapInfo>, depth: usize) -> usize {
+    pub(super) fn node(&mut self, addr: u64, map: u64, info: Option<MapInfo>, depth: usize) -> usize {
         if let Some(i) = self.index.get(&addr) {
             return *i;
         }
@@ -289,6 +298,7 @@ impl<M: Memory> Search<'_, M> {
         self.nodes.push(Node {
             addr,
             info,
+            map,
             holders: Vec::new(),
             depth,
             searched: false,
@@ -379,6 +389,29 @@ impl<M: Memory> Search<'_, M> {
             || hl.bytecode.is_some_and(|(b, _)| b == ty))
     }
 
+    /// The hits whose referent still starts with the map it had when found, read after the
+    /// pass. The target runs while a pass reads its pages: an object that died meanwhile
+    /// (a sample the sweeper had not freed yet, a holder a mark-compact moved) may have its
+    /// address reused by a new object, and a reference to that new object is no reference to
+    /// the one found. Those hits are counted ([`RetainerSearch::moved_hits`]), not followed.
+    pub(super) fn still_there(&mut self, hits: Vec<Hit>) -> Vec<Hit> {
+        let tag = self.w.reader.layout.heap_tag;
+        let mut checked: HashMap<usize, bool> = HashMap::new();
+        let mut kept = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let n = &self.nodes[hit.node];
+            let same = *checked.entry(hit.node).or_insert_with(|| {
+                self.bytes_read += 8;
+                self.w.reader.word(n.addr.wrapping_sub(tag)).ok() == Some(n.map)
+            });
+            match same {
+                true => kept.push(hit),
+                false => self.moved_hits += 1,
+            }
+        }
+        kept
+    }
+
     /// Records a hit: a new holder of its node (at most [`MAX_HOLDERS`]).
     pub(super) fn add(&mut self, hit: Hit) {
         let child = &self.nodes[hit.node];
@@ -407,7 +440,7 @@ impl<M: Memory> Search<'_, M> {
         if self.nodes.len() >= MAX_NODES && !self.index.contains_key(&hit.holder) {
             return;
         }
-        let holder = self.node(hit.holder, Some(hit.info), depth);
+        let holder = self.node(hit.holder, hit.map, Some(hit.info), depth);
         if leaf {
             self.nodes[holder].leaf = true;
         }
@@ -459,6 +492,7 @@ impl<M: Memory> Search<'_, M> {
                     Some(&(start, info, _)) if at > start && self.holds_pointers(info) => hits.push(Hit {
                         node,
                         holder: (page.area_start + start) | heap_tag,
+                        map: u64::from_le_bytes(buf[start as usize..start as usize + 8].try_into().unwrap_or_default()),
                         info,
                         offset: at - start,
                     }),
@@ -505,6 +539,7 @@ impl<M: Memory> Search<'_, M> {
                     hits.push(Hit {
                         node,
                         holder: page.area_start | heap_tag,
+                        map: u64::from_le_bytes(head),
                         info,
                         offset: at + k as u64 * 8,
                     });

@@ -165,6 +165,67 @@ fn retainers_keep_references_the_layout_allows() {
     assert!(!t.chains[0].complete);
 }
 
+/// Memory whose word at `at` reads as `word` once the test page's object area was read
+/// `after` times: an object that died while a retainer search read the heap, its address
+/// reused by another.
+struct Reused {
+    mem: Garbage,
+    at: u64,
+    word: u64,
+    after: u32,
+    page_reads: std::cell::Cell<u32>,
+}
+
+impl crate::v8::memory::Memory for Reused {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if addr == CHUNK + HEADER && buf.len() > 64 {
+            self.page_reads.set(self.page_reads.get() + 1);
+        }
+        let ok = self.mem.read(addr, buf);
+        if ok && addr == self.at && buf.len() == 8 && self.page_reads.get() >= self.after {
+            buf.copy_from_slice(&self.word.to_le_bytes());
+        }
+        ok
+    }
+}
+
+/// A sampled object that dies while the search reads the heap, its address reused by an
+/// object of another type that an array holds: the array holds the new object, not the
+/// sample, so no chain is said (the sample is unexplained) and the hit is counted as moved.
+#[test]
+fn a_reference_to_a_reused_address_is_no_holder() {
+    let Some((l, hl)) = layouts() else { return };
+    let smi = |v: u64| v << 32;
+    let object = CHUNK + HEADER + 1;
+    let fixed_map = CHUNK + HEADER + 8 * 6;
+    let mut objects = vec![OBJECT_MAP + 1, 0, 0];
+    objects.extend_from_slice(&[fixed_map + 1, smi(1), object]);
+    let mut raw = [0u8; 80];
+    raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
+    raw[l.instance_type as usize..][..2].copy_from_slice(&(l.fixed_array_type as u16).to_le_bytes());
+    objects.extend(raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
+    let (mem, _) = page(&l, &hl, 1, hl.first_js_type, 3, &objects);
+    let ranges = [(CHUNK, CHUNK + PAGE)];
+    let js_name = hl.type_names[&hl.first_js_type].clone();
+    let key = ("0x77000000".to_string(), Kind::Object, js_name);
+    // Read as it is throughout, the array holds the sample.
+    let mut reader = Reader::new(l.clone(), mem.clone());
+    let got = census(&mut reader, &hl, &ranges, limits());
+    let found = retainers(&mut reader, &hl, &|| ranges.to_vec(), &got, std::slice::from_ref(&key), limits());
+    assert_eq!(found.types[0].chains.len(), 1, "{found:#?}");
+    assert_eq!(found.moved_hits, 0, "{found:#?}");
+    // The census reads the objects once, the search's first pass once more: from then on
+    // the sample's address starts with the array's map.
+    let reused = Reused { mem, at: object - 1, word: fixed_map + 1, after: 2, page_reads: 0.into() };
+    let mut reader = Reader::new(l.clone(), reused);
+    let got = census(&mut reader, &hl, &ranges, limits());
+    let found = retainers(&mut reader, &hl, &|| ranges.to_vec(), &got, std::slice::from_ref(&key), limits());
+    let t = &found.types[0];
+    assert_eq!((t.sampled, t.unexplained), (1, 1), "{found:#?}");
+    assert!(t.chains.is_empty(), "{found:#?}");
+    assert!(found.moved_hits >= 1, "{found:#?}");
+}
+
 /// Young pages are not walked; a cap stops the walk and says so.
 #[test]
 fn young_pages_and_caps() {
