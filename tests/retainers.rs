@@ -9,7 +9,7 @@ mod common;
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::*;
@@ -497,8 +497,12 @@ fn a_session_says_who_keeps_the_growing_buffers() {
     let buffers = growing(census, "kind", "array_buffer");
     assert_eq!(buffers["retained_by"][0]["holder"], "blobs", "{buffers}");
     let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
-    let external =
-        summary.find("\n  external  ").unwrap_or_else(|| panic!("external does not grow:\n{summary}"));
+    // The verdict's line for external (the memory table above has one too).
+    let grows = summary.find("\nWhat grows").unwrap_or_else(|| panic!("no verdict:\n{summary}"));
+    let external = grows
+        + summary[grows..]
+            .find("\n  external  ")
+            .unwrap_or_else(|| panic!("external does not grow:\n{summary}"));
     let suspects = summary.find("\nLeak suspects").unwrap_or(summary.len());
     let holder = "Retained by: Uint8Array ← blobs (Map, ";
     assert!(summary[external..suspects].contains(holder), "{summary}");
@@ -568,6 +572,65 @@ fn a_census_never_pauses_the_target() {
         "{max_during} ms against {max_without} ms"
     );
     assert!(max_during < took / 4.0, "a gap of {max_during} ms in a census of {took} ms");
+}
+
+/// A leak inside a worker thread, in the default mode, with no full GC on the main thread:
+/// the worker's heap is judged at the worker's own full GCs, and grows about as fast as the
+/// worker's own `v8.getHeapStatistics()` says (its committed heap, read by the fixture at the
+/// window's start and end); the census's growing `WorkerRecord`s (in that heap) and their
+/// holder are said under the worker, and so is the array the worker grows. The main isolate,
+/// which only churns, has no suspect.
+#[test]
+fn a_leak_in_a_worker_is_judged_at_the_workers_own_gcs() {
+    let mut fixture = Node::start(&system_node(), &["--expose-gc"], "census-worker-leak.js");
+    let heap = |fixture: &mut Node| -> f64 {
+        fixture.send("heap");
+        let line = fixture.stdout.wait_for("HEAP ", Duration::from_secs(10));
+        line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap()
+    };
+    let mut leakprobe = Leakprobe::attach(
+        fixture.pid(),
+        &["--duration", "45s", "--interval", "500ms", "--census-budget", CENSUS_BUDGET],
+    );
+    fixture.go();
+    let started = (Instant::now(), heap(&mut fixture));
+    // Long enough for three of the worker's full GCs in the later two thirds (they come
+    // further apart as its heap grows: 4-5 in 45 s).
+    std::thread::sleep(Duration::from_secs(41));
+    let oracle = (heap(&mut fixture) - started.1) / started.0.elapsed().as_secs_f64();
+    let report = leakprobe.report();
+    let verdicts = report["verdict"].as_array().unwrap();
+    let summary = std::fs::read_to_string(leakprobe.out.join("summary.txt")).unwrap();
+    let worker = verdicts
+        .iter()
+        .find(|v| v["worker"].is_object())
+        .unwrap_or_else(|| panic!("no verdict of the worker's heap:\n{summary}"));
+    assert_eq!(worker["growing"], true, "{worker}\n{summary}");
+    let tid = worker["worker"]["tid"].as_u64().unwrap();
+    assert!(tid != fixture.pid() as u64, "{worker}");
+    assert!(Path::new(&format!("/proc/{}/task/{tid}", fixture.pid())).exists(), "{worker}");
+    let rate = worker["growth_bytes_per_s"].as_f64().unwrap();
+    eprintln!("worker heap +{rate:.0} B/s at its full GCs, its own statistics +{oracle:.0} B/s");
+    assert!(
+        (0.5..=2.0).contains(&(rate / oracle)),
+        "worker heap +{rate:.0} B/s, its own statistics +{oracle:.0} B/s"
+    );
+    // The worker's heap, as the census names isolates, is where the WorkerRecords grow.
+    let records = growing(&report["heap"]["census"], "label", "WorkerRecord");
+    assert_eq!(worker["worker"]["heap"], records["heap"], "{worker}\n{records}");
+    let line = format!("v8 heap of worker thread {tid} (");
+    let under = summary.find(&line).unwrap_or_else(|| panic!("{summary}"));
+    let next = summary[under + 1..].find("\n  v8 heap ").map_or(summary.len(), |i| under + 1 + i);
+    let section = &summary[under..next.min(summary.find("\nLeak suspects").unwrap_or(summary.len()))];
+    assert!(
+        section.contains("WorkerRecord") && section.contains("Retained by: records (Array, "),
+        "{summary}"
+    );
+    let suspects = report["suspects"].as_array().unwrap();
+    assert!(!suspects.is_empty(), "{summary}");
+    for s in suspects {
+        assert_eq!(s["evidence"]["worker"], tid, "a suspect of the main isolate: {s}\n{summary}");
+    }
 }
 
 /// A leak inside a worker thread, in a profiling session: the RSS split's V8 heap counts the

@@ -82,6 +82,59 @@ pub struct CategoryVerdict {
     pub explained_share: f64,
     /// When it grows and suspects explain less than half: what to run next.
     pub next_step: Option<String>,
+    /// The worker thread's isolate whose V8 heap this is (absent: the main isolate's, or a
+    /// category of the whole process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerIsolate>,
+}
+
+/// A worker thread's isolate, as its verdict names it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkerIsolate {
+    /// The thread's id.
+    pub tid: u32,
+    /// The thread's name.
+    pub name: String,
+    /// Its `Heap`'s address, as the heap census names isolates (read from the header of a page
+    /// the thread allocated); absent where that page could not be read.
+    pub heap: Option<String>,
+}
+
+/// Each worker isolate's V8 heap, judged as the main isolate's is, over the same window:
+/// its troughs are its old generation at the first reading after each of its own
+/// mark-compacts (`baseline`). A worker's heap grows and is collected on its own thread: the
+/// main thread's GCs say nothing of it.
+pub fn worker_verdicts<'a>(
+    window: (f64, f64),
+    workers: impl IntoIterator<Item = (WorkerIsolate, &'a [(f64, f64)])>,
+) -> Vec<CategoryVerdict> {
+    let sample = |t_s: f64, trough: Option<u32>, bytes: Option<u64>| Sample {
+        trough,
+        t_s,
+        rss: Default::default(),
+        v8_heap_bytes: bytes,
+        v8_old_generation_bytes: bytes,
+        v8_worker_heaps_bytes: None,
+        external_bytes: None,
+        native_bytes: None,
+    };
+    workers
+        .into_iter()
+        .map(|(worker, baseline)| {
+            let inside = baseline.iter().filter(|(t, _)| (window.0..=window.1).contains(t));
+            let mut samples = vec![sample(window.0, None, None)];
+            samples.extend(inside.enumerate().map(|(i, &(t, v))| sample(t, Some(i as u32), Some(v as u64))));
+            let last = samples.last().and_then(|s| s.v8_old_generation_bytes);
+            samples.push(sample(window.1, None, last));
+            let mut verdict =
+                category_verdict(Category::V8Heap, true, &samples, &|s| s.v8_old_generation_bytes);
+            if verdict.method == NOT_JUDGED {
+                verdict.next_step = Some(not_judged_step(&verdict));
+            }
+            verdict.worker = Some(worker);
+            verdict
+        })
+        .collect()
 }
 
 /// Reads one category's bytes from a sample.
@@ -90,7 +143,9 @@ type Reading<'a> = dyn Fn(&Sample) -> Option<u64> + 'a;
 /// Each category's growth over the later two thirds of the window, at GC troughs.
 pub fn categories(samples: &[Sample]) -> Vec<CategoryVerdict> {
     let native = |s: &Sample| {
-        let other = s.v8_heap_bytes.unwrap_or(0) + s.external_bytes.unwrap_or(0);
+        let other = s.v8_heap_bytes.unwrap_or(0)
+            + s.v8_worker_heaps_bytes.unwrap_or(0)
+            + s.external_bytes.unwrap_or(0);
         Some(s.rss.rss_anon_bytes.saturating_sub(other))
     };
     // The GC's categories wait for it to free their garbage; native memory (malloc) does not.
@@ -144,6 +199,7 @@ fn category_verdict(
         levelled_off: false,
         explained_share: 0.0,
         next_step: None,
+        worker: None,
     };
     let Some((_, one, two, last)) = thirds(samples) else { return verdict };
     let late: Vec<(f64, f64)> =
@@ -225,6 +281,8 @@ pub fn judge(
     alloc_stacks: bool,
     native_exact: bool,
 ) -> (Vec<Suspect>, Vec<CategoryVerdict>) {
+    let workers: HashSet<String> =
+        categories.iter().filter_map(|c| c.worker.as_ref()?.heap.clone()).collect();
     let mut found: Vec<Suspect> = candidates
         .into_iter()
         .filter(|s| !(s.source == Source::PageFaults && churning.contains(&s.site)))
@@ -233,8 +291,10 @@ pub fn judge(
             // one is a suspect even where the heap could not be judged (too few full GCs), with no
             // share of a growth that was not read.
             let not_judged = |c: &&CategoryVerdict| c.method == NOT_JUDGED && s.source == Source::Holds;
-            let verdict =
-                categories.iter().find(|c| c.category == s.category && (c.growing || not_judged(c)))?;
+            let heap = s.holds.as_ref().and_then(|h| h.heap.as_deref());
+            let verdict = categories.iter().find(|c| {
+                c.category == s.category && of_isolate(c, heap, &workers) && (c.growing || not_judged(c))
+            })?;
             let rate = s.growth_bytes_per_s;
             s.evidence = Some(Evidence {
                 troughs: verdict.troughs,
@@ -244,6 +304,7 @@ pub fn judge(
                     true => rate / verdict.growth_bytes_per_s,
                     false => 0.0,
                 },
+                worker: verdict.worker.as_ref().map(|w| w.tid),
             });
             Some(s)
         })
@@ -270,10 +331,9 @@ pub fn judge(
     // Sites read over different spans (an opening burst, the whole window) can each claim
     // most of their category's growth: their shares are scaled to add up to at most all of it.
     for c in categories.iter().filter(|c| c.growing) {
-        let claimed: f64 = found.iter().filter(|s| s.category == c.category).map(|s| share(s).max(0.0)).sum();
+        let claimed: f64 = found.iter().filter(|s| judged_under(s, c)).map(|s| share(s).max(0.0)).sum();
         if claimed > 1.0 {
-            for e in found.iter_mut().filter(|s| s.category == c.category).filter_map(|s| s.evidence.as_mut())
-            {
+            for e in found.iter_mut().filter(|s| judged_under(s, c)).filter_map(|s| s.evidence.as_mut()) {
                 e.explained_share /= claimed;
             }
         }
@@ -285,20 +345,42 @@ pub fn judge(
     found.sort_by(rank);
     found.truncate(MAX_SUSPECTS);
     for c in categories.iter_mut().filter(|c| c.method == NOT_JUDGED) {
-        c.next_step = Some(format!(
-            "not enough full GCs to judge yet ({} of {MIN_TROUGHS} in the later two thirds): watch {:.0} s more",
-            c.troughs,
-            c.watch_s.unwrap_or_default()
-        ));
+        c.next_step = Some(not_judged_step(c));
     }
     for c in categories.iter_mut().filter(|c| c.growing) {
-        let explained: f64 = found.iter().filter(|s| s.category == c.category).map(share).sum();
+        let explained: f64 = found.iter().filter(|s| judged_under(s, c)).map(share).sum();
         c.explained_share = explained.clamp(0.0, 1.0);
         if c.explained_share < EXPLAINED_ENOUGH {
             c.next_step = next_step(c.category, alloc_stacks, native_exact);
         }
     }
     (found, categories)
+}
+
+/// Whether a suspect whose container lives in isolate heap `heap` (none: not a container, or
+/// its heap unknown) is judged under verdict `c`: a worker's verdict takes the containers of
+/// its heap, the others take the rest (`workers`: the heaps of the workers' verdicts).
+fn of_isolate(c: &CategoryVerdict, heap: Option<&str>, workers: &HashSet<String>) -> bool {
+    match (&c.worker, heap) {
+        (Some(w), Some(heap)) => w.heap.as_deref() == Some(heap),
+        (Some(_), None) => false,
+        (None, Some(heap)) => !workers.contains(heap),
+        (None, None) => true,
+    }
+}
+
+/// Whether suspect `s` was judged under verdict `c` (its category, and the same isolate).
+fn judged_under(s: &Suspect, c: &CategoryVerdict) -> bool {
+    s.category == c.category && s.evidence.as_ref().and_then(|e| e.worker) == c.worker.as_ref().map(|w| w.tid)
+}
+
+/// What is said of a category not judged yet: how long to watch for enough full GCs.
+fn not_judged_step(c: &CategoryVerdict) -> String {
+    format!(
+        "not enough full GCs to judge yet ({} of {MIN_TROUGHS} in the later two thirds): watch {:.0} s more",
+        c.troughs,
+        c.watch_s.unwrap_or_default()
+    )
 }
 
 /// What to run when a growing category is not explained.

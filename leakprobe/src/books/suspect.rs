@@ -73,6 +73,10 @@ pub struct Evidence {
     /// The site's growth rate over the last third, as a share of the category's growth
     /// (can pass 1 for first touches: memory touched and freed again counts too).
     pub explained_share: f64,
+    /// The worker thread whose isolate's verdict it was judged under (absent: the main
+    /// isolate's, or a category of the whole process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<u32>,
 }
 
 /// One suspect in `report.json`.
@@ -154,4 +158,7 @@ pub struct Held {
     pub elements: u64,
     /// Estimated bytes an element keeps on its own.
     pub bytes_per_element: f64,
+    /// The isolate's heap the container lives in (its page's header says), as the heap census
+    /// names isolates: a worker's array is judged with that worker's heap.
+    pub heap: Option<String>,
 }

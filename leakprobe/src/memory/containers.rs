@@ -101,27 +101,33 @@ impl Containers {
         pages.truncate(MAX_READ);
         // Versions of one container (a grown store and the old one the GC has not freed yet)
         // share their first element: each container counts once, as its largest version.
-        let mut containers: HashMap<u64, (i64, crate::v8::heap::contents::Contents)> = HashMap::new();
+        let mut containers: HashMap<u64, (i64, crate::v8::heap::contents::Contents, Option<u64>)> =
+            HashMap::new();
         for (page, alloc) in pages {
             let Some(c) = probe.contents(page) else { continue };
+            let heap = probe.heap_of(page);
             log::debug!("large array at {page:#x} (stack {}): {c:?}", alloc.stack_id);
             self.report.reads += 1;
             self.report.bytes_read += c.bytes_read;
             match containers.get(&c.first) {
-                Some((_, kept)) if kept.used >= c.used => {}
+                Some((_, kept, _)) if kept.used >= c.used => {}
                 _ => {
-                    containers.insert(c.first, (alloc.stack_id, c));
+                    containers.insert(c.first, (alloc.stack_id, c, heap));
                 }
             }
         }
         // A container no longer seen (freed, or its first element gone) holds nothing now.
         let mut by_stack: HashMap<i64, f64> = self.latest.keys().map(|id| (*id, 0.0)).collect();
-        for (first, (stack, c)) in containers {
+        for (first, (stack, c, heap)) in containers {
             // One series per container, under the stack of its first store seen: a grown store
             // allocated by another stack (other JIT addresses) continues the same series.
             let stack = *self.canonical.entry(first).or_insert(stack);
             *by_stack.entry(stack).or_default() += c.used as f64 * c.bytes_per_element;
-            let held = Held { elements: c.used, bytes_per_element: c.bytes_per_element };
+            let held = Held {
+                elements: c.used,
+                bytes_per_element: c.bytes_per_element,
+                heap: heap.map(|h| format!("{h:#x}")),
+            };
             match self.latest.get(&stack) {
                 Some(h) if h.elements > held.elements => {}
                 _ => {

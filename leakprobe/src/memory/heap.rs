@@ -2,11 +2,13 @@
 //! allocated and freed since the latest one, and the post-GC baseline.
 //!
 //! Readings come from `Heap::CommittedMemory()`, which V8 calls at every GC; until the first
-//! GC after attach the committed heap is unknown (null). Only the main thread's readings are
-//! used: with worker_threads, the estimate is the main isolate's heap plus pages other isolates
-//! allocated or freed since its last GC (a per-isolate split is not done).
+//! GC after attach the committed heap is unknown (null). The estimate is the main thread's:
+//! with worker_threads, the main isolate's heap plus pages other isolates allocated or freed
+//! since its last GC. Each worker thread's own readings are kept apart ([`WorkerHeap`]): its
+//! isolate's old generation after each of its mark-compacts, which the verdict judges as it
+//! judges the main heap's troughs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aya::maps::{MapData, PerCpuHashMap};
 use leakprobe_ebpf::{
@@ -22,6 +24,19 @@ use crate::{
 
 /// V8's regular page size in node 18–24 (large pages carry their own size).
 pub const REGULAR_PAGE: u64 = 256 * 1024;
+
+/// One worker thread's isolate, from the readings V8 takes on that thread.
+#[derive(Debug, Default)]
+pub struct WorkerHeap {
+    awaiting_baseline: bool,
+    /// Its old generation (committed; all of it where the reading was not split) at the first
+    /// reading after each of its mark-compacts.
+    pub baseline: Series,
+    /// Its latest reading (committed, young generation included).
+    pub latest: Option<u64>,
+    /// The latest page it allocated: its header names the isolate's heap.
+    pub page: Option<u64>,
+}
 
 /// The books of one process's V8 heap.
 pub struct HeapBooks {
@@ -39,6 +54,11 @@ pub struct HeapBooks {
     awaiting_baseline: bool,
     /// Committed heap right after each main-thread mark-compact.
     pub baseline: Series,
+    /// Each thread other than the main one that ran a mark-compact (a worker's isolate), by
+    /// thread id.
+    pub workers: BTreeMap<u32, WorkerHeap>,
+    /// The latest page each thread other than the main one allocated.
+    pages_by_thread: HashMap<u32, u64>,
     /// Large objects by allocation stack (absent in unit tests).
     large_objects: Option<Tracked>,
     /// Slow-path allocation samples by stack (absent in unit tests).
@@ -118,11 +138,21 @@ impl HeapBooks {
             unknown_frees: 0,
             awaiting_baseline: false,
             baseline: Series::default(),
+            workers: BTreeMap::new(),
+            pages_by_thread: HashMap::new(),
         }
     }
 
     /// Applies one event, seen `t` seconds into the session.
     pub fn apply(&mut self, e: &HeapEvent, t: f64) {
+        if matches!(e.op, op::PAGE_ALLOC | op::LARGE_ALLOC) && e.tid != self.pid {
+            match self.workers.get_mut(&e.tid) {
+                Some(w) => w.page = Some(e.ptr),
+                None => {
+                    self.pages_by_thread.insert(e.tid, e.ptr);
+                }
+            }
+        }
         match e.op {
             op::PAGE_ALLOC => self.allocated(e.ptr, REGULAR_PAGE),
             op::ALIGNED_SIZE => {
@@ -154,6 +184,15 @@ impl HeapBooks {
                     self.baseline.push(t, e.size as f64);
                 }
             }
+            op::READING => {
+                if let Some(w) = self.workers.get_mut(&e.tid) {
+                    w.latest = Some(e.size);
+                    if std::mem::take(&mut w.awaiting_baseline) {
+                        let old = if e.ptr > 0 && e.ptr <= e.size { e.ptr } else { e.size };
+                        w.baseline.push(t, old as f64);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -165,9 +204,26 @@ impl HeapBooks {
 
     /// Notes a GC pause: after a main-thread mark-compact, the next reading is the baseline.
     pub fn on_gc(&mut self, kind: GcKind, tid: u32) {
-        if kind == GcKind::MarkCompact && tid == self.pid {
-            self.awaiting_baseline = true;
+        if kind != GcKind::MarkCompact {
+            return;
         }
+        match tid == self.pid {
+            true => self.awaiting_baseline = true,
+            false => {
+                let page = self.pages_by_thread.remove(&tid);
+                let w = self.workers.entry(tid).or_default();
+                w.awaiting_baseline = true;
+                w.page = w.page.or(page);
+            }
+        }
+    }
+
+    /// The worker threads' isolates, committed at each one's latest reading (absent without
+    /// workers). The main isolate's reading plus the pages allocated since
+    /// ([`Self::bytes`]) counts a worker's pages only until the main thread's next reading.
+    pub fn worker_bytes(&self) -> Option<u64> {
+        let readings: Vec<u64> = self.workers.values().filter_map(|w| w.latest).collect();
+        (!readings.is_empty()).then(|| readings.iter().sum())
     }
 
     /// The pages allocated since attach and not freed: start → size.
@@ -276,5 +332,26 @@ mod tests {
         h.apply(&ev(op::READING, 100, 0, 7 << 20), 3.0);
         h.apply(&ev(op::READING, 100, 0, 9 << 20), 3.5);
         assert_eq!(h.baseline.points(), &[(3.0, (7u64 << 20) as f64)]);
+    }
+
+    /// A worker thread's isolate has its own baseline: the old generation at its first reading
+    /// after each of its mark-compacts; the page it allocated names its heap.
+    #[test]
+    fn a_workers_isolate_has_its_own_baseline() {
+        let mut h = HeapBooks::new(100, None, None);
+        h.apply(&ev(op::PAGE_ALLOC, 101, 0x40_0000, 0), 0.5);
+        h.apply(&ev(op::READING, 101, 3 << 20, 4 << 20), 0.6);
+        assert!(h.workers.is_empty(), "a thread is a worker's isolate once it runs a mark-compact");
+        h.on_gc(GcKind::MarkCompact, 101);
+        h.apply(&ev(op::READING, 101, 3 << 20, 4 << 20), 1.0);
+        h.apply(&ev(op::READING, 101, 3 << 20, 5 << 20), 1.5);
+        h.on_gc(GcKind::Scavenge, 101);
+        h.apply(&ev(op::READING, 101, 0, 6 << 20), 2.0);
+        h.on_gc(GcKind::MarkCompact, 101);
+        h.apply(&ev(op::READING, 101, 0, 6 << 20), 3.0);
+        let w = &h.workers[&101];
+        assert_eq!(w.baseline.points(), &[(1.0, (3u64 << 20) as f64), (3.0, (6u64 << 20) as f64)]);
+        assert_eq!((w.latest, w.page), (Some(6 << 20), Some(0x40_0000)));
+        assert!(h.baseline.points().is_empty() && h.bytes().is_none(), "the main heap is apart");
     }
 }

@@ -78,6 +78,9 @@ pub struct Sample {
     /// Of it, all but the young generation (which V8 resizes under churn), when known: what the
     /// verdict reads as the V8 heap.
     pub v8_old_generation_bytes: Option<u64>,
+    /// Worker threads' isolates, committed at each one's latest reading (absent without
+    /// workers): not in `v8_heap_bytes`, and not native memory either.
+    pub v8_worker_heaps_bytes: Option<u64>,
     /// External (Buffer/ArrayBuffer) bytes, when known.
     pub external_bytes: Option<u64>,
     /// Native bytes allocated since attach and held (estimated), with `--native`.
@@ -102,6 +105,7 @@ impl Sample {
             },
             v8_heap_bytes: min(self.v8_heap_bytes, other.v8_heap_bytes),
             v8_old_generation_bytes: min(self.v8_old_generation_bytes, other.v8_old_generation_bytes),
+            v8_worker_heaps_bytes: min(self.v8_worker_heaps_bytes, other.v8_worker_heaps_bytes),
             external_bytes: min(self.external_bytes, other.external_bytes),
             native_bytes: min(self.native_bytes, other.native_bytes),
         }
@@ -170,6 +174,7 @@ impl MemoryReport {
             rss: Rss::default(),
             v8_heap_bytes: None,
             v8_old_generation_bytes: None,
+            v8_worker_heaps_bytes: None,
             external_bytes: None,
             native_bytes: None,
         });

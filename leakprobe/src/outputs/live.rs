@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use crate::{
-    books::suspect::{Category, Source},
-    memory::census::GrowingType,
+    books::suspect::{Category, Source, Suspect},
+    memory::census::{CensusReport, GrowingType, RetainedBy},
     memory::gc::GcKind,
     outputs::census::retained_by,
     outputs::report::Report,
@@ -138,6 +138,7 @@ fn memory_split(out: &mut String, report: &Report) {
 }
 
 fn suspects(out: &mut String, report: &Report) {
+    let census = report.heap.census.as_ref();
     let growing: Vec<&CategoryVerdict> = report.verdict.iter().filter(|v| v.growing).collect();
     // Each growing type and each holder is said once, under the first category it explains.
     let mut said = Said::default();
@@ -151,7 +152,7 @@ fn suspects(out: &mut String, report: &Report) {
         let _ = writeln!(
             out,
             "  {:<9} grew {}/s, then levelled off over the last third (a cache that filled): not a leak",
-            category_name(v.category),
+            verdict_name(v),
             rate(v.growth_bytes_per_s).trim()
         );
     }
@@ -159,13 +160,13 @@ fn suspects(out: &mut String, report: &Report) {
         let _ = writeln!(
             out,
             "  {:<9} not judged: {}",
-            category_name(v.category),
+            verdict_name(v),
             v.next_step.as_deref().unwrap_or_default()
         );
         // The census counts objects, live or not yet collected, between two full GCs' aftermaths:
         // what it saw grow is said even where the heap's size could not be judged.
         if v.category == Category::V8Heap {
-            census_lines(out, report, &mut said, in_heap);
+            census_lines(out, census, &mut said, |g| in_heap(g) && of_isolate(v, census, g));
         }
     }
     for v in &growing {
@@ -173,23 +174,30 @@ fn suspects(out: &mut String, report: &Report) {
             "troughs" => format!("the trend of {} GC troughs", v.troughs),
             _ => "the floors of the last two thirds".into(),
         };
+        // A worker's suspects are not told from the main thread's: its heap census says what
+        // grows in it and who holds it.
+        let explained = match v.worker {
+            Some(_) => String::new(),
+            None => format!(", {:.0}% explained by the suspects below", 100.0 * v.explained_share.max(0.0)),
+        };
         let _ = writeln!(
             out,
-            "  {:<9} {}/s ({how}), {:.0}% explained by the suspects below",
-            category_name(v.category),
+            "  {:<9} {}/s ({how}{}){explained}",
+            verdict_name(v),
             rate(v.growth_bytes_per_s).trim(),
-            100.0 * v.explained_share.max(0.0)
+            if v.worker.is_some() { ", at its own full GCs" } else { "" },
         );
         if let Some(next) = &v.next_step {
             let _ = writeln!(out, "            not explained: {next}");
         }
         // The census says who keeps what grows: JavaScript objects in the heap, and the
-        // ArrayBuffers whose backing stores are external memory.
-        match v.category {
-            Category::V8Heap => census_lines(out, report, &mut said, in_heap),
-            Category::External => census_lines(out, report, &mut said, |g| g.kind == Kind::ArrayBuffer),
-            Category::Native | Category::Mapping => {}
-        }
+        // ArrayBuffers whose backing stores are external memory (said under external when it
+        // grows: their few bytes in the heap are not what grows).
+        let external_grows = growing.iter().any(|g| g.category == Category::External);
+        census_lines(out, census, &mut said, |g| {
+            said_under(v.category, external_grows, g)
+                && (v.category != Category::V8Heap || of_isolate(v, census, g))
+        });
     }
     if report.suspects.is_empty() {
         if !growing.is_empty() {
@@ -207,19 +215,15 @@ fn suspects(out: &mut String, report: &Report) {
         };
         let explained = s.evidence.as_ref().map_or(String::new(), |e| match e.method {
             crate::verdict::NOT_JUDGED => {
-                format!(" ({} not judged yet: not enough full GCs)", category_name(s.category))
+                format!(" ({} not judged yet: not enough full GCs)", suspect_category(s))
             }
-            _ => format!(
-                ", {:.0}% of {}'s growth",
-                100.0 * e.explained_share.min(1.0),
-                category_name(s.category)
-            ),
+            _ => format!(", {:.0}% of {}'s growth", 100.0 * e.explained_share.min(1.0), suspect_category(s)),
         });
         let _ = writeln!(
             out,
             "  #{} {}: {} MiB {what}, {}/s{explained}{}",
             i + 1,
-            category_name(s.category),
+            suspect_category(s),
             mib(s.outstanding_bytes.max(0) as u64),
             rate(s.growth_bytes_per_s).trim(),
             match s.variants.len() {
@@ -246,6 +250,18 @@ fn in_heap(g: &GrowingType) -> bool {
     matches!(g.kind, Kind::Object | Kind::Array | Kind::Closure | Kind::String | Kind::ArrayBuffer)
 }
 
+/// Whether the census's growing type `g` is said under `category`'s verdict: JavaScript
+/// objects under the V8 heap, ArrayBuffers (whose backing stores are external memory) under
+/// external when it grows (their few bytes in the heap are not what grows), else under the
+/// V8 heap.
+fn said_under(category: Category, external_grows: bool, g: &GrowingType) -> bool {
+    match category {
+        Category::V8Heap => in_heap(g) && !(external_grows && g.kind == Kind::ArrayBuffer),
+        Category::External => g.kind == Kind::ArrayBuffer,
+        Category::Native | Category::Mapping => false,
+    }
+}
+
 /// What the summary has said of the census: growing types (by heap and label) and holders
 /// (by chain text).
 #[derive(Default)]
@@ -259,8 +275,13 @@ struct Said {
 /// Growing types of the heap census that `wanted` picks and that were not said yet (at most
 /// three), each with its retainer chains not said yet ("Retained by" lines); when the census
 /// has no growth yet (fewer than two censuses), its status, once.
-fn census_lines(out: &mut String, report: &Report, said: &mut Said, wanted: impl Fn(&GrowingType) -> bool) {
-    let Some(census) = &report.heap.census else { return };
+fn census_lines(
+    out: &mut String,
+    census: Option<&CensusReport>,
+    said: &mut Said,
+    wanted: impl Fn(&GrowingType) -> bool,
+) {
+    let Some(census) = census else { return };
     if census.censuses < 2 && !std::mem::replace(&mut said.census_status, true) {
         let _ = writeln!(out, "            heap census: {}", census.status);
     }
@@ -287,8 +308,15 @@ fn census_lines(out: &mut String, report: &Report, said: &mut Said, wanted: impl
             g.count_delta,
             rate(g.bytes_per_s).trim()
         );
-        for r in
-            g.retained_by.iter().filter(|r| r.holder.is_some() && said.holders.insert(r.text.clone())).take(2)
+        // A chain one sample alone follows is not said here (census.txt lists it): the
+        // target ran while it was read. A holder is said once, whatever its counts.
+        let shown = |r: &&RetainedBy| r.holder.is_some() && (r.samples >= 2 || r.sampled < 2);
+        for r in g
+            .retained_by
+            .iter()
+            .filter(shown)
+            .filter(|r| said.holders.insert(r.text.replace(|c: char| c.is_ascii_digit() || c == ',', "")))
+            .take(2)
         {
             let _ = writeln!(
                 out,
@@ -296,6 +324,37 @@ fn census_lines(out: &mut String, report: &Report, said: &mut Said, wanted: impl
                 retained_by(&truncate(&r.text, 110), r.samples, r.sampled, "")
             );
         }
+    }
+}
+
+/// Whether the census's growing type `g` lives in the isolate verdict `v` is about: a
+/// worker's own heap (every worker's where its heap is not known), else the main isolate's
+/// (every isolate's where the census does not say which is main).
+fn of_isolate(v: &CategoryVerdict, census: Option<&CensusReport>, g: &GrowingType) -> bool {
+    let main = census.and_then(|c| c.isolates.iter().find(|i| i.main)).map(|i| i.heap.as_str());
+    match v.worker.as_ref() {
+        Some(w) => match &w.heap {
+            Some(heap) => g.heap == *heap,
+            None => main.is_some_and(|m| g.heap != m),
+        },
+        None => main.is_none_or(|m| g.heap == m),
+    }
+}
+
+/// A verdict as the summary names it: its category, and the worker thread it is about.
+fn verdict_name(v: &CategoryVerdict) -> String {
+    match &v.worker {
+        Some(w) if w.name.is_empty() => format!("v8 heap of worker thread {}", w.tid),
+        Some(w) => format!("v8 heap of worker thread {} ({})", w.tid, w.name),
+        None => category_name(v.category).into(),
+    }
+}
+
+/// A suspect's category as the summary names it, with the worker whose heap it was judged with.
+fn suspect_category(s: &Suspect) -> String {
+    match s.evidence.as_ref().and_then(|e| e.worker) {
+        Some(tid) => format!("v8 heap of worker thread {tid}"),
+        None => category_name(s.category).into(),
     }
 }
 
@@ -403,6 +462,69 @@ mod tests {
         let native: Vec<Frame> =
             (0..8).map(|i| frame(&format!("f{i}"), FrameKind::Native, None, None)).collect();
         assert_eq!(suspect_lines(&native), ["f0", "f1", "f2", "f3", "f4", "f5"]);
+    }
+
+    fn growing(kind: Kind, label: &str, chains: &[(&str, u32)]) -> GrowingType {
+        GrowingType {
+            heap: "0x1000".into(),
+            kind,
+            label: label.into(),
+            count: 30_000,
+            count_delta: 20_000,
+            bytes_delta: 1 << 20,
+            count_per_s: 1_000.0,
+            bytes_per_s: 50_000.0,
+            retained_by: chains
+                .iter()
+                .map(|&(text, samples)| RetainedBy {
+                    text: text.into(),
+                    holder: Some(text.split(' ').next().unwrap_or_default().into()),
+                    samples,
+                    sampled: 24,
+                    complete: true,
+                })
+                .collect(),
+        }
+    }
+
+    /// Buffers kept in a Map: the census's growing ArrayBuffers are said under external (what
+    /// grows), not under the V8 heap that also grows; a holder is said once, whatever its
+    /// counts, and a chain one sample alone follows is not said.
+    #[test]
+    fn the_holder_of_growing_buffers_is_said_under_external_once() {
+        let census = CensusReport {
+            censuses: 4,
+            first_t_s: Some(2.0),
+            last_t_s: Some(18.0),
+            growing: vec![
+                growing(
+                    Kind::ArrayBuffer,
+                    "ArrayBuffer",
+                    &[("Uint8Array ← blobs (Map, 28,569 entries)", 23)],
+                ),
+                growing(
+                    Kind::String,
+                    "(string)",
+                    &[("sku ← Object {sku, qty}", 3), ("Uint8Array ← blobs (Map, 28,575 entries)", 1)],
+                ),
+                growing(Kind::Object, "Uint8Array", &[("blobs (Map, 28,575 entries)", 24)]),
+            ],
+            ..Default::default()
+        };
+        let mut said = Said::default();
+        let (mut heap, mut external) = (String::new(), String::new());
+        census_lines(&mut heap, Some(&census), &mut said, |g| said_under(Category::V8Heap, true, g));
+        census_lines(&mut external, Some(&census), &mut said, |g| said_under(Category::External, true, g));
+        let holder = "Retained by: Uint8Array ← blobs (Map, ";
+        assert!(external.contains(holder) && !heap.contains(holder), "{heap}\n{external}");
+        assert!(heap.contains("Retained by: blobs (Map, 28,575 entries)"), "{heap}");
+        assert!(heap.contains("Retained by: sku ← Object {sku, qty}  [3 of 24 samples]"), "{heap}");
+        // With external flat, the ArrayBuffers are said under the V8 heap, their holder once.
+        let mut said = Said::default();
+        let mut heap = String::new();
+        census_lines(&mut heap, Some(&census), &mut said, |g| said_under(Category::V8Heap, false, g));
+        assert_eq!(heap.matches(holder).count(), 1, "{heap}");
+        assert!(heap.contains("[23 of 24 samples]") && !heap.contains("[1 of 24"), "{heap}");
     }
 
     #[test]

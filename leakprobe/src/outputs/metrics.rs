@@ -247,6 +247,7 @@ mod tests {
             rss: Rss { rss_bytes: rss, rss_anon_bytes: rss, rss_file_bytes: 0, rss_shmem_bytes: 0 },
             v8_heap_bytes: Some(rss / 2),
             v8_old_generation_bytes: None,
+            v8_worker_heaps_bytes: None,
             external_bytes: None,
             native_bytes: None,
         };

@@ -10,7 +10,8 @@ use crate::{
     books::suspect::Source,
     memory::{census::CensusWatch, containers::Containers, native::NativeState, rss},
     outputs::report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
-    verdict,
+    v8::{heap::pages::Page, ProcMem},
+    verdict::{self, WorkerIsolate},
 };
 
 impl Session {
@@ -35,11 +36,38 @@ impl Session {
             .collect()
     }
 
+    /// The worker threads' isolates the heap books saw run a mark-compact, each with its
+    /// thread's name and its heap (from the header of a page it allocated, unless that page
+    /// now belongs to the main isolate), and its baseline.
+    fn worker_isolates(&self) -> Vec<(WorkerIsolate, &[(f64, f64)])> {
+        let mem = ProcMem::open(self.target.pid).ok();
+        let census = self.census.as_ref().map(CensusWatch::report);
+        let main = census.as_ref().and_then(|c| c.isolates.iter().find(|i| i.main)).map(|i| i.heap.clone());
+        self.heap
+            .workers
+            .iter()
+            .map(|(&tid, w)| {
+                let heap = w
+                    .page
+                    .zip(mem.as_ref())
+                    .and_then(|(page, mem)| Page::read(mem, page))
+                    .map(|p| format!("{:#x}", p.heap))
+                    .filter(|h| Some(h) != main.as_ref());
+                let name = self.gc.threads.get(&tid).map_or_else(String::new, |t| t.name.clone());
+                (WorkerIsolate { tid, name, heap }, w.baseline.points())
+            })
+            .collect()
+    }
+
     pub(super) fn report(&mut self, stop_reason: StopReason, stacks_wanted: Stacks) -> Report {
         let all = stacks_wanted == Stacks::All;
         let maps = &self.stack_maps;
         let samples = self.memory.items();
-        let categories = verdict::categories(samples);
+        let mut categories = verdict::categories(samples);
+        // Each worker's heap, judged at its own full GCs: its containers' sites are its suspects.
+        if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
+            categories.extend(verdict::worker_verdicts((first.t_s, last.t_s), self.worker_isolates()));
+        }
         let (suspects, verdict, gc_touched) = match stacks_wanted {
             Stacks::Skipped => (Vec::new(), categories, 0),
             Stacks::All | Stacks::Suspects => {

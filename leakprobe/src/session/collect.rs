@@ -56,6 +56,7 @@ impl Session {
                 rss,
                 v8_heap_bytes: self.heap.bytes(),
                 v8_old_generation_bytes: self.heap.old_generation_bytes(),
+                v8_worker_heaps_bytes: self.heap.worker_bytes(),
                 external_bytes: self.external.read_bytes(),
                 native_bytes: self.native.as_ref().map(NativeState::bytes),
             };

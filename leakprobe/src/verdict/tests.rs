@@ -1,7 +1,7 @@
 //! The verdict's rules, each on the samples or candidates that show it.
 
 use super::*;
-use crate::memory::rss::Rss;
+use crate::{books::suspect::Held, memory::rss::Rss};
 
 fn sample(t: f64, trough: Option<u32>, heap: u64, external: u64) -> Sample {
     Sample {
@@ -10,6 +10,7 @@ fn sample(t: f64, trough: Option<u32>, heap: u64, external: u64) -> Sample {
         rss: Rss { rss_anon_bytes: heap + external + (50 << 20), ..Rss::default() },
         v8_heap_bytes: Some(heap),
         v8_old_generation_bytes: None,
+        v8_worker_heaps_bytes: None,
         external_bytes: Some(external),
         native_bytes: None,
     }
@@ -281,4 +282,65 @@ fn the_pages_a_churning_site_first_touched_are_no_lead() {
     let (suspects, _) = judge(candidates, categories(&samples), &churning, false, false);
     let sites: Vec<&str> = suspects.iter().map(|s| s.site.as_str()).collect();
     assert_eq!(sites, ["cacheFragment ← serve"]);
+}
+
+/// A worker's heap is judged at its own mark-compacts: one that keeps growing 2 MiB/s is
+/// growing, one whose troughs stay flat (it churns) is not, and one with a single full GC in
+/// the window is not judged yet, with how long to watch.
+#[test]
+fn each_workers_heap_is_judged_at_its_own_full_gcs() {
+    let mib = (1u64 << 20) as f64;
+    let worker = |tid: u32| WorkerIsolate { tid, name: "node".into(), heap: Some(format!("{tid:#x}")) };
+    let leaking: Vec<(f64, f64)> =
+        (0..8).map(|i| (1.0 + 2.5 * i as f64, 20.0 * mib + 2.0 * mib * 2.5 * i as f64)).collect();
+    let churning: Vec<(f64, f64)> =
+        (0..8).map(|i| (1.0 + 2.5 * i as f64, 20.0 * mib + (i % 2) as f64 * 0.5 * mib)).collect();
+    let one_gc = [(12.0, 30.0 * mib)];
+    let verdicts = worker_verdicts(
+        (0.0, 20.0),
+        [(worker(7), &leaking[..]), (worker(8), &churning[..]), (worker(9), &one_gc[..])],
+    );
+    let by_tid =
+        |tid: u32| verdicts.iter().find(|v| v.worker.as_ref().is_some_and(|w| w.tid == tid)).unwrap();
+    let leak = by_tid(7);
+    assert!(leak.growing && leak.method == "troughs", "{leak:?}");
+    assert!((leak.growth_bytes_per_s / mib - 2.0).abs() < 0.01, "{leak:?}");
+    assert_eq!(leak.category, Category::V8Heap);
+    assert!(!by_tid(8).growing, "{:?}", by_tid(8));
+    let unjudged = by_tid(9);
+    assert!(!unjudged.growing && unjudged.method == NOT_JUDGED, "{unjudged:?}");
+    assert!(unjudged.next_step.as_deref().is_some_and(|s| s.contains("watch")), "{unjudged:?}");
+}
+
+/// An array a worker grows is that worker's suspect: judged with the worker's heap (its share
+/// of the worker's growth), not with the main isolate's flat heap; an array of the main
+/// isolate is not credited with a worker's growth.
+#[test]
+fn a_workers_array_is_judged_with_the_workers_heap() {
+    let mib = (1u64 << 20) as f64;
+    // The main heap is flat at its troughs; the worker's grows 2 MiB/s.
+    let samples: Vec<Sample> = (0..=40)
+        .map(|i| sample(i as f64 * 0.5, (i % 4 == 0).then_some(i as u32 / 4), 50 << 20, 10 << 20))
+        .collect();
+    let baseline: Vec<(f64, f64)> =
+        (0..8).map(|i| (1.0 + 2.5 * i as f64, 20.0 * mib + 5.0 * mib * i as f64)).collect();
+    let worker = WorkerIsolate { tid: 7, name: "node".into(), heap: Some("0x7f00".into()) };
+    let mut verdicts = categories(&samples);
+    verdicts.extend(worker_verdicts((0.0, 20.0), [(worker, &baseline[..])]));
+    let array = |heap: &str, site: &str| Suspect {
+        growth_bytes_per_s: 1.8 * mib,
+        holds: Some(Held { elements: 100_000, bytes_per_element: 56.0, heap: Some(heap.into()) }),
+        ..Suspect::site(Category::V8Heap, Source::Holds, site.into())
+    };
+    let candidates = vec![array("0x7f00", "(anonymous) ← worker.js:24"), array("0x3500", "push ← app.js:3")];
+    let (suspects, verdicts) = judge(candidates, verdicts, &HashSet::new(), false, false);
+    assert_eq!(suspects.len(), 1, "{suspects:?}");
+    assert_eq!(suspects[0].site, "(anonymous) ← worker.js:24");
+    let evidence = suspects[0].evidence.as_ref().unwrap();
+    assert_eq!(evidence.worker, Some(7));
+    assert!((evidence.explained_share - 0.9).abs() < 0.01, "{evidence:?}");
+    let main = verdicts.iter().find(|v| v.category == Category::V8Heap && v.worker.is_none()).unwrap();
+    assert!(!main.growing && main.explained_share == 0.0, "{main:?}");
+    let of_worker = verdicts.iter().find(|v| v.worker.is_some()).unwrap();
+    assert!(of_worker.growing && (of_worker.explained_share - 0.9).abs() < 0.01, "{of_worker:?}");
 }

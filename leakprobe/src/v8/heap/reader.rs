@@ -62,6 +62,11 @@ impl HeapReader {
         Ok(census(&mut self.reader, &self.layout, &ranges, limits))
     }
 
+    /// The address of the `Heap` (the isolate) the page at `chunk` belongs to, from its header.
+    pub fn heap_of(&self, chunk: u64) -> Option<u64> {
+        super::pages::Page::read(&self.reader.mem, chunk).map(|p| p.heap)
+    }
+
     /// What the large container on the page at `chunk` holds ([`contents()`]).
     pub fn contents(&mut self, chunk: u64) -> Option<Contents> {
         contents(&mut self.reader, &self.layout, chunk)

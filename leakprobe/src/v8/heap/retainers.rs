@@ -492,7 +492,9 @@ impl<M: Memory> Search<'_, M> {
                     Some(&(start, info, _)) if at > start && self.holds_pointers(info) => hits.push(Hit {
                         node,
                         holder: (page.area_start + start) | heap_tag,
-                        map: u64::from_le_bytes(buf[start as usize..start as usize + 8].try_into().unwrap_or_default()),
+                        map: u64::from_le_bytes(
+                            buf[start as usize..start as usize + 8].try_into().unwrap_or_default(),
+                        ),
                         info,
                         offset: at - start,
                     }),
