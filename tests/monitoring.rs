@@ -232,6 +232,7 @@ fn real_exposition() -> Exposition {
         rss: Rss { rss_bytes: (200 + mib) << 20, rss_file_bytes: 40 << 20, ..Rss::default() },
         v8_heap_bytes: Some(mib << 20),
         v8_old_generation_bytes: None,
+        v8_worker_heaps_bytes: None,
         external_bytes: Some(10 << 20),
         native_bytes: Some(5 << 20),
     };
