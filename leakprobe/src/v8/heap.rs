@@ -12,6 +12,7 @@ pub mod layout;
 pub mod pages;
 pub mod reader;
 pub mod retainers;
+pub mod scan;
 pub mod take;
 pub mod walk;
 
