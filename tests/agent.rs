@@ -38,6 +38,11 @@ impl Fleet {
     fn pattern(&self) -> String {
         format!(r"{} .*fleet-member\.js", self.flag)
     }
+
+    /// Starts `fixture` in this fleet (with `--expose-gc`, which the leak fixtures need).
+    fn start(&self, fixture: &str) -> Node {
+        Node::start(&system_node(), &[&self.flag, "--expose-gc"], fixture)
+    }
 }
 
 /// A running agent and its metrics address.
@@ -51,9 +56,15 @@ impl Agent {
     /// Starts `leakprobe agent --metrics 127.0.0.1:0 --match <the fleet>` and waits until it
     /// serves.
     fn start(fleet: &Fleet) -> Agent {
+        Agent::start_with(&fleet.pattern(), &[])
+    }
+
+    /// Starts `leakprobe agent --metrics 127.0.0.1:0 --match <pattern> <extra>`.
+    fn start_with(pattern: &str, extra: &[&str]) -> Agent {
         let mut child = Command::new(LEAKPROBE)
-            .args(["agent", "--metrics", "127.0.0.1:0", &format!("--match={}", fleet.pattern())])
+            .args(["agent", "--metrics", "127.0.0.1:0", &format!("--match={pattern}")])
             .args(["--interval", "500ms", "--scan-every", "500ms"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -70,7 +81,12 @@ impl Agent {
 
     /// Polls `/metrics` until `ok` holds for it; returns that exposition.
     fn metrics_until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(45);
+        self.metrics_within(what, Duration::from_secs(45), ok)
+    }
+
+    /// Polls `/metrics` until `ok` holds for it, for at most `timeout`.
+    fn metrics_within(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
         loop {
             let text = self.get("/metrics");
             if ok(&text) {
@@ -156,6 +172,69 @@ fn agent_follows_processes_as_they_come_and_go() {
     assert!(status.success(), "{status}: {log:?}");
     assert!(log.iter().any(|l| l.contains(&format!("pid {gone_pid}")) && l.contains("exited")), "{log:?}");
     assert!(log.iter().any(|l| l.contains("detached from")), "{log:?}");
+}
+
+/// The line of `fixture`'s source that holds `text` (1-based).
+fn line_of(fixture: &str, text: &str) -> String {
+    let source = std::fs::read_to_string(fixture_path(fixture)).unwrap();
+    let i =
+        source.lines().position(|l| l.contains(text)).unwrap_or_else(|| panic!("{text:?} not in {fixture}"));
+    (i + 1).to_string()
+}
+
+/// The verdict series of `name` of `pid` in an exposition, as their label sets.
+fn verdict_series<'a>(text: &'a str, name: &str, pid: u32) -> Vec<&'a str> {
+    let pid = pid_label(pid);
+    text.lines().filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&pid)).collect()
+}
+
+/// The agent judges every process it watches, as a profiling session would: two services
+/// that leak beside their churn (LogEntry objects pushed onto a module-level array, 16 KiB
+/// Buffers kept in a module-level Map) and a healthy one whose array is emptied when full.
+/// Its metrics name each leak's line of code (the fixture's source says where the leak is)
+/// and the census's growing type with its holder (`requestLog`, `blobs`: the names the
+/// retainer tests check against heap snapshots), and nothing for the healthy service.
+#[test]
+fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() {
+    let fleet = Fleet::new(19305);
+    let mut array = fleet.start("retainer-leaks.js");
+    array.send("go array");
+    let mut buffers = fleet.start("retainer-leaks.js");
+    buffers.send("go buffers-map");
+    let healthy = fleet.start_member();
+    let agent =
+        Agent::start_with(&format!("{} ", fleet.flag), &["--judge-every", "3s", "--census-budget", "50"]);
+    let names = |text: &str, pid: u32, category: &str, line: &str, holder: &str| {
+        let suspect = verdict_series(text, "leakprobe_suspect_growth_bytes_per_second", pid);
+        let named = suspect.iter().any(|s| {
+            s.contains(&format!("category=\"{category}\""))
+                && s.contains("retainer-leaks.js\"")
+                && s.contains(&format!("line=\"{line}\""))
+        });
+        let held = verdict_series(text, "leakprobe_growing_objects_per_second", pid)
+            .iter()
+            .any(|s| s.contains(&format!("holder=\"{holder}\"")));
+        named && held
+    };
+    let (array_line, buffers_line) = (
+        line_of("retainer-leaks.js", "leak: (n) => requestLog.push("),
+        line_of("retainer-leaks.js", "leak: (n) => blobs.set("),
+    );
+    let text = agent.metrics_within("both leaks named with their holders", Duration::from_secs(90), |t| {
+        names(t, array.pid(), "v8_heap", &array_line, "requestLog")
+            && names(t, buffers.pid(), "external", &buffers_line, "blobs")
+    });
+    let growing = |pid: u32| verdict_series(&text, "leakprobe_growing_objects_per_second", pid).join("\n");
+    assert!(growing(array.pid()).contains("type=\"LogEntry\""), "{}", growing(array.pid()));
+    assert!(growing(buffers.pid()).contains("type=\"ArrayBuffer\""), "{}", growing(buffers.pid()));
+    // The healthy service, judged over the same time: no suspect, no growing type.
+    let pid = healthy.pid();
+    assert!(has_series(&text, pid), "{text}");
+    for name in ["leakprobe_suspect_growth_bytes_per_second", "leakprobe_growing_objects_per_second"] {
+        assert!(verdict_series(&text, name, pid).is_empty(), "{name} of the healthy service:\n{text}");
+    }
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{status}: {log:?}");
 }
 
 /// A free TCP port on loopback.

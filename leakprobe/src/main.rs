@@ -96,6 +96,17 @@ struct AgentArgs {
     /// Most processes watched at once (each costs the kernel its own maps, about 20 MiB).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_targets: u32,
+    /// How often each process is judged: what grows, the suspects, the heap census's growing
+    /// types and their holders, as metrics.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    judge_every: Duration,
+    /// Memory and GC metrics only: no verdict, no stacks named, no heap census.
+    #[arg(long)]
+    no_verdict: bool,
+    /// The heap censuses' CPU budget, as a percentage of the CPU time each process used since
+    /// the agent attached (three times as much of its first minute's).
+    #[arg(long, value_name = "PERCENT", default_value_t = 100.0 * leakprobe::memory::census::DEFAULT_BUDGET, value_parser = parse_percent)]
+    census_budget: f64,
 }
 
 /// `leakprobe --pid PID`: one process.
@@ -238,6 +249,8 @@ fn main() -> ExitCode {
             interval: a.interval,
             scan_every: a.scan_every,
             max_targets: a.max_targets as usize,
+            judge_every: (!a.no_verdict).then_some(a.judge_every),
+            census_budget: a.census_budget / 100.0,
         })),
         (Some(Command::Census(c)), _) => census::run(&CensusOptions {
             pid: c.pid,
@@ -283,6 +296,7 @@ fn options(pid: u32, args: Args) -> Options {
         alloc_stacks: args.alloc_stacks,
         v8_names: !args.no_v8_names,
         agent: false,
+        judge: true,
         fault_period: args.fault_period,
         burst: args.burst,
         census: !args.no_census,

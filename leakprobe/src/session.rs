@@ -227,20 +227,20 @@ impl Session {
             Ok(m) => HeapReader::new(&target, m).map_err(|e| format!("{e:#}")),
             Err(e) => Err(format!("reading V8's layouts from {}: {e}", target.module_display)),
         };
-        let (js, js_frames) = match (options.agent, options.v8_names) {
-            // Agent mode reports no stacks: keep the kernel's walk to return addresses.
-            (true, _) => (None, "unavailable: not used in agent mode".to_string()),
-            (false, false) => (None, "perf map only (--no-v8-names)".to_string()),
-            (false, true) => js_reader(&target, &metadata, &mut ebpf),
+        let (js, js_frames) = match (options.judge, options.v8_names) {
+            // Without the verdict no stack is reported: keep the kernel's walk to return addresses.
+            (false, _) => (None, "unavailable: not used without the verdict".to_string()),
+            (true, false) => (None, "perf map only (--no-v8-names)".to_string()),
+            (true, true) => js_reader(&target, &metadata, &mut ebpf),
         };
-        // Not in agent mode: the agent's memory and CPU stay bounded over days.
-        let census = match options.agent || !options.census {
+        // Only when judging: without the verdict, the agent's memory and CPU stay small over days.
+        let census = match !options.judge || !options.census {
             true => None,
             false => Some(CensusWatch::start(heap_probe(), target.pid, options.census_budget)?),
         };
-        let containers = (!options.agent).then(|| Containers::new(heap_probe(), heap_large_live));
+        let containers = options.judge.then(|| Containers::new(heap_probe(), heap_large_live));
         let mut symbolizer = Symbolizer::new(target.pid, js);
-        if !options.agent {
+        if options.judge {
             symbolizer.warm(&target.module_display);
         }
         let target_pid = target.pid;

@@ -3,6 +3,21 @@
 
 use crate::stacks::frame::{Frame, FrameKind, QUEUED_NAME};
 
+/// Whether `f` runs the user's own JavaScript (a script that is not node's).
+fn user(f: &Frame) -> bool {
+    f.kind == FrameKind::Js && !f.file.as_deref().is_some_and(|p| p.starts_with("node:"))
+}
+
+/// The frame a site is known by: the innermost of the user's own JavaScript, else the
+/// innermost JavaScript frame, else the first frame.
+pub fn site_frame(frames: &[Frame]) -> Option<&Frame> {
+    frames
+        .iter()
+        .find(|f| user(f))
+        .or_else(|| frames.iter().find(|f| f.kind == FrameKind::Js))
+        .or(frames.first())
+}
+
 /// User JavaScript frames (not node's own) a site key reads up to.
 pub const SITE_USER_FRAMES: usize = 4;
 /// Native frames a site key reads when the stack has no JavaScript.
@@ -19,8 +34,6 @@ pub fn site_key(frames: &[Frame]) -> String {
     if frames.is_empty() {
         return "[stack lost]".into();
     }
-    let user =
-        |f: &Frame| f.kind == FrameKind::Js && !f.file.as_deref().is_some_and(|p| p.starts_with("node:"));
     if let Some(innermost) = frames.iter().position(user) {
         let mut parts: Vec<String> = Vec::new();
         let mut seen = 0;

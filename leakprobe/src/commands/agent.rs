@@ -4,7 +4,10 @@
 //! One loop drives everything: a scan of `/proc` every few seconds attaches to new node
 //! processes and drops the sessions of those that exited (which detaches their probes and
 //! removes their series); each session's events are read every 100 ms and its memory sampled
-//! every interval. `/metrics` and `/healthz` are served beside it.
+//! every interval; every `--judge-every`, each process is judged as a profiling session
+//! judges it (what grows at GC troughs, the suspects, the heap census's growing types and
+//! their holders, all since the agent attached) and the verdict replaces its verdict series.
+//! `/metrics` and `/healthz` are served beside it.
 //!
 //! Nothing degrades silently: each target's probe families are a `leakprobe_probes_up` series,
 //! and `/healthz` answers 503 when node processes are there but none has its GC probes.
@@ -57,6 +60,10 @@ pub struct AgentOptions {
     pub scan_every: Duration,
     /// Most processes watched at once (beyond: logged, counted as attach errors).
     pub max_targets: usize,
+    /// How often each process is judged (`None`: `--no-verdict`, memory and GC metrics only).
+    pub judge_every: Option<Duration>,
+    /// The heap censuses' CPU budget, a share of each process's own CPU time since attach.
+    pub census_budget: f64,
 }
 
 /// How often each session's events are read.
@@ -89,7 +96,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut scan = tokio::time::interval(options.scan_every);
     let mut poll = tokio::time::interval(POLL_EVERY);
     let mut sample = tokio::time::interval(options.interval);
-    for t in [&mut scan, &mut poll, &mut sample] {
+    // Without the verdict, this never fires (an hour apart, and nothing is judged).
+    let mut judge = tokio::time::interval(options.judge_every.unwrap_or(Duration::from_secs(3600)));
+    for t in [&mut scan, &mut poll, &mut sample, &mut judge] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     let node_name = std::env::var("NODE_NAME").unwrap_or_default();
@@ -134,6 +143,12 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 for w in watched.values_mut() {
                     w.session.sample();
                     m.update(&w.labels, &w.session.memory(), w.session.events_read(), &w.session.drops());
+                }
+            }
+            _ = judge.tick(), if options.judge_every.is_some() => {
+                for w in watched.values_mut() {
+                    let report = w.session.judge();
+                    lock(&metrics).set_verdict(&w.labels, &report);
                 }
             }
             _ = sigint.recv() => break,
@@ -233,7 +248,11 @@ fn attach_new(
 
 fn attach(process: &Process, options: &AgentOptions) -> anyhow::Result<Session> {
     let target = Target::resolve(process.pid)?;
-    Session::attach(target, &Options::agent(process.pid, options.native, options.interval))
+    let judge = options.judge_every.is_some();
+    Session::attach(
+        target,
+        &Options::agent(process.pid, options.native, options.interval, judge, options.census_budget),
+    )
 }
 
 /// Each family the agent attaches, and whether it measures: every probe attached, and for

@@ -3,7 +3,10 @@
 //!
 //! Names follow Prometheus conventions: base units in the name (`_seconds`, `_bytes`),
 //! `_total` for counters. Label cardinality is bounded by the number of processes watched
-//! (the agent's `--max-targets`) times the fixed sets of `kind`, `area` and `reason` values.
+//! (the agent's `--max-targets`) times the fixed sets of `kind`, `area` and `reason` values;
+//! the verdict's series add, per process, one per category and worker isolate judged, and at
+//! most [`TOP_VERDICT`] suspects and [`TOP_VERDICT`] growing types (each verdict replaces the
+//! previous one's).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,34 @@ use prometheus::{
     Registry,
 };
 
-use crate::{memory::gc::GcKind, memory::rss::MemoryReport};
+use crate::{
+    books::{
+        site::site_frame,
+        suspect::{Category, Suspect},
+    },
+    memory::{census::CensusReport, gc::GcKind, rss::MemoryReport},
+    outputs::report::Report,
+    v8::heap::census::Kind,
+    verdict::{CategoryVerdict, NOT_JUDGED},
+};
+
+/// The verdict's metric families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VerdictFamily {
+    Category,
+    Suspect,
+    Growing,
+}
+
+/// A category as the metrics' `category` label says it.
+fn category_label(c: Category) -> &'static str {
+    match c {
+        Category::V8Heap => "v8_heap",
+        Category::External => "external",
+        Category::Native => "native",
+        Category::Mapping => "mappings",
+    }
+}
 use leakprobe_ebpf::drops::DropReason;
 
 /// Labels that identify a watched process.
@@ -24,6 +54,9 @@ pub const AREAS: [&str; 5] = ["rss", "v8_heap", "external", "native", "other"];
 
 /// The values of `leakprobe_probes_up`'s `family` label.
 pub const FAMILIES: [&str; 5] = ["gc", "heap", "external", "syscalls", "native"];
+
+/// Suspects and growing types exported per process.
+pub const TOP_VERDICT: usize = 3;
 
 /// One watched process's label values, in [`TARGET_LABELS`] order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +84,12 @@ pub struct Metrics {
     probes_up: IntGaugeVec,
     attach_errors: IntCounter,
     targets: IntGauge,
+    verdict_growth: prometheus::GaugeVec,
+    suspect_growth: prometheus::GaugeVec,
+    growing_objects: prometheus::GaugeVec,
+    /// The verdict series set per target (by its label values), removed when the next verdict
+    /// or the target's exit replaces them.
+    verdict_series: BTreeMap<Vec<String>, Vec<(VerdictFamily, Vec<String>)>>,
     /// Last cumulative values seen per target (counters only go up by the difference).
     last_events: BTreeMap<Vec<String>, u64>,
     last_drops: BTreeMap<(Vec<String>, &'static str), u64>,
@@ -110,6 +149,38 @@ impl Metrics {
             "Node processes the agent found but could not attach to (see its log).",
         )?;
         let targets = IntGauge::new("leakprobe_targets", "Node processes currently watched.")?;
+        let with_all = |extra: &[&'static str]| {
+            let mut labels = TARGET_LABELS.to_vec();
+            labels.extend_from_slice(extra);
+            labels
+        };
+        let verdict_growth = prometheus::GaugeVec::new(
+            Opts::new(
+                "leakprobe_verdict_growth_bytes_per_second",
+                "The verdict on a memory category (v8_heap, external, native) of a process, or a \
+                 worker isolate's V8 heap: its growth at GC troughs when it grows, 0 when judged \
+                 flat or levelled off; absent until enough full GCs were seen to judge it.",
+            ),
+            &with_all(&["category", "isolate"]),
+        )?;
+        let suspect_growth = prometheus::GaugeVec::new(
+            Opts::new(
+                "leakprobe_suspect_growth_bytes_per_second",
+                "A leak suspect: the line of code whose allocations keep growing in a growing \
+                 category (rank 1 explains most), named by the innermost frame of the program's \
+                 own JavaScript.",
+            ),
+            &with_all(&["rank", "category", "function", "file", "line"]),
+        )?;
+        let growing_objects = prometheus::GaugeVec::new(
+            Opts::new(
+                "leakprobe_growing_objects_per_second",
+                "A type the heap census found growing (objects gained per second) in a growing \
+                 category, and its nearest named holder (the variable or property of the chain \
+                 most samples share; empty when none was proven).",
+            ),
+            &with_all(&["rank", "type", "holder"]),
+        )?;
         for c in [
             Box::new(gc_pause.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(memory.clone()),
@@ -119,6 +190,9 @@ impl Metrics {
             Box::new(probes_up.clone()),
             Box::new(attach_errors.clone()),
             Box::new(targets.clone()),
+            Box::new(verdict_growth.clone()),
+            Box::new(suspect_growth.clone()),
+            Box::new(growing_objects.clone()),
         ] {
             registry.register(c).context("registering a metric")?;
         }
@@ -132,6 +206,10 @@ impl Metrics {
             probes_up,
             attach_errors,
             targets,
+            verdict_growth,
+            suspect_growth,
+            growing_objects,
+            verdict_series: BTreeMap::new(),
             last_events: BTreeMap::new(),
             last_drops: BTreeMap::new(),
         })
@@ -210,9 +288,85 @@ impl Metrics {
         for reason in DropReason::ALL {
             let _ = self.drops.remove_label_values(&labels.with(reason.name()));
         }
+        self.clear_verdict(labels);
         let key = labels.0.to_vec();
         self.last_events.remove(&key);
         self.last_drops.retain(|(k, _), _| *k != key);
+    }
+
+    /// Replaces one process's verdict series with what `report` judges: each judged
+    /// category's growth, its top suspects, and the census's top growing types (in a growing
+    /// category) with their holders.
+    pub fn set_verdict(&mut self, labels: &TargetLabels, report: &Report) {
+        self.set_judged(labels, &report.verdict, &report.suspects, report.heap.census.as_ref());
+    }
+
+    /// [`Self::set_verdict`] from the report's parts.
+    fn set_judged(
+        &mut self,
+        labels: &TargetLabels,
+        verdict: &[CategoryVerdict],
+        suspects: &[Suspect],
+        census: Option<&CensusReport>,
+    ) {
+        self.clear_verdict(labels);
+        let mut set: Vec<(VerdictFamily, Vec<String>, f64)> = Vec::new();
+        let target = || labels.0.to_vec();
+        for v in verdict.iter().filter(|v| v.method != NOT_JUDGED) {
+            let isolate = v.worker.as_ref().map_or("main".to_string(), |w| format!("worker-{}", w.tid));
+            let mut l = target();
+            l.extend([category_label(v.category).to_string(), isolate]);
+            set.push((VerdictFamily::Category, l, if v.growing { v.growth_bytes_per_s } else { 0.0 }));
+        }
+        for (rank, s) in suspects.iter().take(TOP_VERDICT).enumerate() {
+            let frame = site_frame(&s.frames);
+            let mut l = target();
+            l.extend([
+                (rank + 1).to_string(),
+                category_label(s.category).to_string(),
+                frame.map_or_else(String::new, |f| f.name.clone()),
+                frame.and_then(|f| f.file.clone()).unwrap_or_default(),
+                frame.and_then(|f| f.line).map_or_else(String::new, |l| l.to_string()),
+            ]);
+            set.push((VerdictFamily::Suspect, l, s.growth_bytes_per_s));
+        }
+        let grows = |c: Category| verdict.iter().any(|v| v.growing && v.category == c);
+        if let Some(census) = census {
+            let shown = census.growing.iter().filter(|g| match g.kind {
+                Kind::ArrayBuffer => grows(Category::External) || grows(Category::V8Heap),
+                Kind::System => false,
+                _ => grows(Category::V8Heap),
+            });
+            for (rank, g) in shown.take(TOP_VERDICT).enumerate() {
+                let holder = g.retained_by.iter().find(|r| r.complete).and_then(|r| r.holder.clone());
+                let mut l = target();
+                l.extend([(rank + 1).to_string(), g.label.clone(), holder.unwrap_or_default()]);
+                set.push((VerdictFamily::Growing, l, g.count_per_s));
+            }
+        }
+        let mut kept = Vec::new();
+        for (family, l, value) in set {
+            let values: Vec<&str> = l.iter().map(String::as_str).collect();
+            self.verdict_family(family).with_label_values(&values).set(value);
+            kept.push((family, l));
+        }
+        self.verdict_series.insert(labels.0.to_vec(), kept);
+    }
+
+    /// Removes one process's verdict series.
+    fn clear_verdict(&mut self, labels: &TargetLabels) {
+        for (family, l) in self.verdict_series.remove(labels.0.as_slice()).unwrap_or_default() {
+            let values: Vec<&str> = l.iter().map(String::as_str).collect();
+            let _ = self.verdict_family(family).remove_label_values(&values);
+        }
+    }
+
+    fn verdict_family(&self, family: VerdictFamily) -> &prometheus::GaugeVec {
+        match family {
+            VerdictFamily::Category => &self.verdict_growth,
+            VerdictFamily::Suspect => &self.suspect_growth,
+            VerdictFamily::Growing => &self.growing_objects,
+        }
     }
 
     /// Counts a process the agent could not attach to.
@@ -277,5 +431,111 @@ mod tests {
         m.remove(&a);
         let text = m.encode();
         assert!(!text.contains(r#"pid="1""#), "{text}");
+    }
+
+    fn verdict(category: Category, growing: bool, method: &'static str) -> CategoryVerdict {
+        CategoryVerdict {
+            category,
+            bytes: Some(100 << 20),
+            growth_bytes_per_s: 2e6,
+            troughs: 5,
+            method,
+            watch_s: None,
+            growing,
+            levelled_off: false,
+            explained_share: 0.9,
+            next_step: None,
+            worker: None,
+        }
+    }
+
+    fn suspect(function: &str, line: u32) -> Suspect {
+        use crate::stacks::frame::{Frame, FrameKind};
+        let frame = |name: &str, kind, file: Option<&str>, line| Frame {
+            name: name.into(),
+            kind,
+            addr: 0,
+            file: file.map(Into::into),
+            line,
+            note: None,
+        };
+        Suspect {
+            growth_bytes_per_s: 1.8e6,
+            frames: vec![
+                frame("v8::internal::Factory::NewFixedArray", FrameKind::Native, None, None),
+                frame("push", FrameKind::Js, Some("node:internal/fixed_queue"), Some(3)),
+                frame(function, FrameKind::Js, Some("/app/log.js"), Some(line)),
+            ],
+            ..Suspect::site(Category::V8Heap, crate::books::suspect::Source::Holds, function.into())
+        }
+    }
+
+    fn census(holder: &str) -> CensusReport {
+        use crate::memory::census::{GrowingType, RetainedBy};
+        let growing = |kind, label: &str| GrowingType {
+            heap: "0x1".into(),
+            kind,
+            label: label.into(),
+            count: 10_000,
+            count_delta: 5_000,
+            bytes_delta: 1 << 20,
+            count_per_s: 500.0,
+            bytes_per_s: 1e5,
+            retained_by: vec![RetainedBy {
+                text: format!("{holder} (Array, 10,000 elements) ← module scope of log.js"),
+                holder: Some(holder.into()),
+                samples: 20,
+                sampled: 24,
+                complete: true,
+            }],
+        };
+        CensusReport {
+            censuses: 3,
+            growing: vec![growing(Kind::Object, "LogEntry"), growing(Kind::ArrayBuffer, "ArrayBuffer")],
+            ..Default::default()
+        }
+    }
+
+    /// A verdict's series name the suspect by its innermost frame of the program's own
+    /// JavaScript, and the growing types of a growing category with their holders; the next
+    /// verdict replaces them, and a process that goes away loses them.
+    #[test]
+    fn verdict_series_are_replaced_by_the_next_verdict() {
+        let mut m = Metrics::new().unwrap();
+        let a = labels("1");
+        let judged =
+            [verdict(Category::V8Heap, true, "troughs"), verdict(Category::External, false, "troughs")];
+        m.set_judged(&a, &judged, &[suspect("record", 12)], Some(&census("requestLog")));
+        let text = m.encode();
+        let suspect_line = r#"leakprobe_suspect_growth_bytes_per_second{category="v8_heap",comm="node",container_id="",file="/app/log.js",function="record",line="12",node="n1",node_version="v20.1.0",pid="1",pod_uid="",rank="1"} 1800000"#;
+        assert!(text.contains(suspect_line), "{text}");
+        assert!(text.contains(r#"holder="requestLog",node="n1",node_version="v20.1.0",pid="1",pod_uid="",rank="1",type="LogEntry"} 500"#), "{text}");
+        assert!(text.contains(r#"leakprobe_verdict_growth_bytes_per_second{category="external""#), "{text}");
+        assert!(
+            text.contains(r#"isolate="main",node="n1",node_version="v20.1.0",pid="1",pod_uid=""} 0"#),
+            "{text}"
+        );
+        // The next verdict replaces the last: the heap judged flat, external not judged yet (no
+        // series at all), the native memory growing; the growing objects of a flat heap are
+        // not said.
+        let judged = [
+            verdict(Category::V8Heap, false, "troughs"),
+            verdict(Category::External, false, NOT_JUDGED),
+            verdict(Category::Native, true, "floors"),
+        ];
+        let native = Suspect { category: Category::Native, ..suspect("append", 30) };
+        m.set_judged(&a, &judged, &[native], Some(&census("auditLog")));
+        let text = m.encode();
+        assert!(!text.contains(r#"function="record""#), "{text}");
+        assert!(
+            text.contains(
+                r#"{category="native",comm="node",container_id="",file="/app/log.js",function="append""#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("leakprobe_growing_objects_per_second{"), "{text}");
+        assert!(!text.contains(r#"leakprobe_verdict_growth_bytes_per_second{category="external""#), "{text}");
+        m.remove(&a);
+        assert!(!m.encode().contains(r#"pid="1""#), "{}", m.encode());
     }
 }

@@ -26,6 +26,12 @@ impl Session {
         self.report(stop, Stacks::All)
     }
 
+    /// The verdict so far, with its suspects named: what the agent judges every few minutes
+    /// while the session goes on (nothing is reset).
+    pub fn judge(&mut self) -> Report {
+        self.report(StopReason::Duration, Stacks::Suspects)
+    }
+
     pub(super) fn drop_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
         DropReason::ALL
             .iter()

@@ -30,6 +30,10 @@ pub struct Options {
     /// Run for the host-wide agent: no GC timeline (memory stays bounded over days), and each
     /// pause is handed to [`crate::session::Session::take_pauses`] for the metrics instead.
     pub agent: bool,
+    /// Judge and name what grows: JavaScript frames named from V8's objects, the large arrays
+    /// read, heap censuses (with [`Self::census`]). Always for a profiling session; the
+    /// agent's `--no-verdict` turns it off.
+    pub judge: bool,
     /// Page faults per sample (the `faults` family).
     pub fault_period: u64,
     /// `--native` (or `--native-exact`): also name fs, dns and random thread-pool work.
@@ -57,8 +61,10 @@ impl Options {
     }
 
     /// The agent's options for one process: the default probe families (and native, if asked),
-    /// sampling every `interval`.
-    pub fn agent(pid: u32, native: bool, interval: Duration) -> Self {
+    /// sampling every `interval`; with `judge`, the verdict's evidence as in a profiling
+    /// session (named stacks, large arrays, heap censuses within `census_budget` of the
+    /// process's own CPU time, the opening burst of Buffer allocations).
+    pub fn agent(pid: u32, native: bool, interval: Duration, judge: bool, census_budget: f64) -> Self {
         Options {
             pid,
             duration: None,
@@ -69,14 +75,15 @@ impl Options {
             sample_rate: crate::memory::native::DEFAULT_SAMPLE_RATE,
             max_tracked: AGENT_MAX_TRACKED,
             alloc_stacks: false,
-            v8_names: false,
+            v8_names: judge,
             agent: true,
+            judge,
             fault_period: leakprobe_ebpf::faults::DEFAULT_PERIOD,
             native_view: false,
-            // The agent reports no stacks.
-            burst: Duration::ZERO,
-            census: false,
-            census_budget: crate::memory::census::DEFAULT_BUDGET,
+            // Without the verdict, the agent reports no stacks.
+            burst: if judge { AGENT_BURST } else { Duration::ZERO },
+            census: judge,
+            census_budget,
         }
     }
 }
@@ -92,6 +99,9 @@ pub fn agent_families(native: bool) -> Vec<Family> {
     }
     families
 }
+
+/// The agent's opening burst of Buffer allocations per process (as the command's default).
+pub const AGENT_BURST: Duration = Duration::from_secs(5);
 
 /// Live allocations tracked per family by the agent: each map is preallocated in the kernel
 /// for every process watched, so the agent keeps them smaller than the command does.
