@@ -233,8 +233,67 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
     for name in ["leakprobe_suspect_growth_bytes_per_second", "leakprobe_growing_objects_per_second"] {
         assert!(verdict_series(&text, name, pid).is_empty(), "{name} of the healthy service:\n{text}");
     }
+
+    // The on-call engineer's incident, over HTTP: the array leak's folder after 2 s more.
+    let dir = tempdir("agent-incident");
+    let archive = dir.join("incident.tar.gz");
+    let url = format!("http://{}/incident?pid={}&seconds=2", agent.addr, array.pid());
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "60", "-o"])
+        .arg(&archive)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    let untar = Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(&dir).status().unwrap();
+    assert!(untar.success(), "tar -xzf {}", archive.display());
+    let folder = dir.join(format!("incident-{}", array.pid()));
+    for file in ["report.json", "summary.txt", "outstanding.svg", "outstanding.pb.gz", "census.txt"] {
+        assert!(
+            folder.join(file).is_file(),
+            "{file} not in the incident: {:?}",
+            std::fs::read_dir(&folder).map(|d| d.count())
+        );
+    }
+    let summary = std::fs::read_to_string(folder.join("summary.txt")).unwrap();
+    assert!(summary.contains(&format!("retainer-leaks.js:{array_line})")), "{summary}");
+    assert!(summary.contains("Retained by: requestLog (Array, "), "{summary}");
+    let dom = chromium(&dir, &folder.join("outstanding.svg"), &["--window-size=1200,800", "--dump-dom"]);
+    assert!(dom.contains("<svg") && dom.contains("retainer-leaks.js"), "{dom}");
+    require("go", "version", "golang-go");
+    let top = Command::new("go")
+        .args(["tool", "pprof", "-top"])
+        .arg(folder.join("outstanding.pb.gz"))
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(top.status.success(), "go tool pprof -top: {}", String::from_utf8_lossy(&top.stderr));
+    assert!(
+        String::from_utf8_lossy(&top.stdout).contains("flat%"),
+        "{}",
+        String::from_utf8_lossy(&top.stdout)
+    );
+    // A process it does not watch, and a bad request: one line each, with the status.
+    let status_of = |query: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{}/incident{query}", agent.addr),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status_of("?pid=1&seconds=0"), "404");
+    assert_eq!(status_of("?seconds=5"), "400");
+    let _ = std::fs::remove_dir_all(&dir);
     let (status, log) = agent.stop();
     assert!(status.success(), "{status}: {log:?}");
+    assert!(log.iter().any(|l| l.contains(&format!("incident of pid {} served", array.pid()))), "{log:?}");
 }
 
 /// A free TCP port on loopback.

@@ -102,27 +102,6 @@ fn rendered(prefix: &str) -> PathBuf {
     dir
 }
 
-fn require(tool: &str, version_arg: &str, package: &str) {
-    let ok = Command::new(tool).arg(version_arg).output().is_ok_and(|o| o.status.success());
-    assert!(ok, "{tool} is missing (Debian package {package}): run `cargo xtask setup`");
-}
-
-/// Runs headless chromium on `file` with `args` (its own profile, at most 90 s).
-fn chromium(dir: &Path, file: &Path, args: &[&str]) -> String {
-    require("chromium", "--version", "chromium");
-    let profile = dir.join(format!("chromium-profile-{}", file.file_stem().unwrap().to_string_lossy()));
-    let out = Command::new("timeout")
-        .args(["90", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(format!("file://{}", file.display()))
-        .output()
-        .expect("running chromium");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "chromium failed ({}) on {}: {stderr}", out.status, file.display());
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The DOM of an SVG after the browser loaded it and ran its script.
 fn dom(dir: &Path, svg: &str) -> String {
     let dom = chromium(dir, &dir.join(svg), &["--window-size=1200,800", "--dump-dom"]);

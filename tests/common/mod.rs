@@ -478,3 +478,25 @@ fn sample(line: &str) -> Option<(&str, Vec<&str>, Option<f64>)> {
     }
     Some((name, labels, rest.split_whitespace().next().and_then(|v| v.parse().ok())))
 }
+
+/// Asserts `tool` runs (`tool version_arg`), else says which Debian package is missing.
+pub fn require(tool: &str, version_arg: &str, package: &str) {
+    let ok = Command::new(tool).arg(version_arg).output().is_ok_and(|o| o.status.success());
+    assert!(ok, "{tool} is missing (Debian package {package}): run `cargo xtask setup`");
+}
+
+/// Runs headless chromium on `file` with `args` (its own profile under `dir`, at most 90 s).
+pub fn chromium(dir: &Path, file: &Path, args: &[&str]) -> String {
+    require("chromium", "--version", "chromium");
+    let profile = dir.join(format!("chromium-profile-{}", file.file_stem().unwrap().to_string_lossy()));
+    let out = Command::new("timeout")
+        .args(["90", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .expect("running chromium");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed ({}) on {}: {stderr}", out.status, file.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

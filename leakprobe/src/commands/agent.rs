@@ -7,7 +7,7 @@
 //! every interval; every `--judge-every`, each process is judged as a profiling session
 //! judges it (what grows at GC troughs, the suspects, the heap census's growing types and
 //! their holders, all since the agent attached) and the verdict replaces its verdict series.
-//! `/metrics` and `/healthz` are served beside it.
+//! `/metrics`, `/healthz` and `/incident` ([`incident`]) are served beside it.
 //!
 //! Nothing degrades silently: each target's probe families are a `leakprobe_probes_up` series,
 //! and `/healthz` answers 503 when node processes are there but none has its GC probes.
@@ -16,8 +16,11 @@ use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -28,9 +31,11 @@ use regex::Regex;
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot},
 };
 
 pub mod health;
+pub mod incident;
 
 use self::health::{Health, Tally};
 use crate::{
@@ -87,8 +92,15 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} for /metrics", options.metrics))?;
     let local = listener.local_addr().context("reading the metrics address")?;
+    let (incidents, mut asked) = mpsc::channel::<incident::Request>(incident::MAX_IN_FLIGHT);
+    let served = Served {
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        incidents,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    };
     // On the runtime's worker thread: the loop below blocks while it attaches.
-    tokio::spawn(serve(listener, Arc::clone(&metrics), Arc::clone(&health)));
+    tokio::spawn(serve(listener, served));
     status!("leakprobe agent: serving /metrics and /healthz on http://{local}");
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -107,10 +119,16 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let mut passed: HashSet<(u32, u64)> = HashSet::new();
     // Node processes (pid, start time) the agent could not attach to, and why: /healthz counts them.
     let mut failed: HashMap<(u32, u64), String> = HashMap::new();
+    // Incidents whose window is not over yet.
+    let mut pending: Vec<incident::Request> = Vec::new();
 
     loop {
         tokio::select! {
             _ = scan.tick() => {
+                // A process that exited answers its incidents with what was collected.
+                let exited: Vec<u32> =
+                    watched.iter().filter(|(_, w)| !w.process.alive()).map(|(pid, _)| *pid).collect();
+                answer_incidents(&mut pending, &mut watched, |r| exited.contains(&r.pid));
                 forget_exited(&mut watched, &metrics);
                 // Attaching takes a while (reading node's symbols, loading programs): the
                 // metrics stay served meanwhile, from their own thread.
@@ -137,6 +155,18 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                     w.session.poll();
                     m.observe_pauses(&w.labels, &w.session.take_pauses());
                 }
+                drop(m);
+                let now = Instant::now();
+                answer_incidents(&mut pending, &mut watched, |r| r.due <= now);
+            }
+            Some(request) = asked.recv() => {
+                match watched.contains_key(&request.pid) {
+                    true => pending.push(request),
+                    false => {
+                        let why = format!("pid {} is not watched by this agent (see its log)\n", request.pid);
+                        let _ = request.reply.send(Err((StatusCode::NOT_FOUND, why)));
+                    }
+                }
             }
             _ = sample.tick() => {
                 let mut m = lock(&metrics);
@@ -160,6 +190,28 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     drop(watched);
     status!("leakprobe agent: stopped; detached from {n} processes");
     Ok(())
+}
+
+/// Answers the pending incidents `due` picks: each process's incident folder, from what its
+/// session collected, as a `.tar.gz`.
+fn answer_incidents(
+    pending: &mut Vec<incident::Request>,
+    watched: &mut HashMap<u32, Watched>,
+    due: impl Fn(&incident::Request) -> bool,
+) {
+    let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(pending).into_iter().partition(|r| due(r));
+    *pending = waiting;
+    for request in ready {
+        let answer = match watched.get_mut(&request.pid) {
+            Some(w) => incident::archive(&w.session.incident(), request.pid)
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("building the incident: {e:#}\n"))),
+            None => Err((StatusCode::GONE, format!("pid {} is no longer watched\n", request.pid))),
+        };
+        if answer.is_ok() {
+            status!("leakprobe agent: incident of pid {} served", request.pid);
+        }
+        let _ = request.reply.send(answer);
+    }
 }
 
 /// Drops the sessions of processes that exited, and their series.
@@ -287,23 +339,94 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Serves `/metrics` and `/healthz` until the process ends.
-async fn serve(listener: TcpListener, metrics: Arc<Mutex<Metrics>>, health: Arc<Mutex<Health>>) {
+/// What the HTTP side shares with the agent's loop.
+#[derive(Clone)]
+struct Served {
+    metrics: Arc<Mutex<Metrics>>,
+    health: Arc<Mutex<Health>>,
+    /// Incidents asked for, to the loop (which owns the sessions).
+    incidents: mpsc::Sender<incident::Request>,
+    /// Incidents being built.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Serves `/metrics`, `/healthz`, `/livez` and `/incident` until the process ends.
+async fn serve(listener: TcpListener, served: Served) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let metrics = Arc::clone(&metrics);
-        let health = Arc::clone(&health);
+        let served = served.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = Arc::clone(&metrics);
-                let health = Arc::clone(&health);
-                async move { Ok::<_, Infallible>(respond(req.uri().path(), &metrics, &health)) }
+                let served = served.clone();
+                async move {
+                    let response = match req.uri().path() {
+                        "/incident" => incident_response(req.uri().query(), &served).await,
+                        path => respond(path, &served.metrics, &served.health),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
+}
+
+/// Counts one incident in flight for as long as it lives (also when its client goes away).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `/incident?pid=N&seconds=S`: the process's incident folder as a `.tar.gz` once its window is
+/// over; 400 for a bad request, 404 for a process not watched, 429 when
+/// [`incident::MAX_IN_FLIGHT`] are being built.
+async fn incident_response(query: Option<&str>, served: &Served) -> Response<Full<Bytes>> {
+    let (pid, window) = match incident::parse_query(query) {
+        Ok(asked) => asked,
+        Err(why) => return text(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
+    };
+    let _guard = InFlight(Arc::clone(&served.in_flight));
+    if served.in_flight.fetch_add(1, Ordering::SeqCst) >= incident::MAX_IN_FLIGHT {
+        let why = format!("{} incidents are being built already: try again later\n", incident::MAX_IN_FLIGHT);
+        return text(StatusCode::TOO_MANY_REQUESTS, "text/plain", why);
+    }
+    let (reply, answer) = oneshot::channel();
+    let request = incident::Request { pid, due: Instant::now() + window, reply };
+    let stopping = (StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping\n".to_string());
+    let answer = match served.incidents.send(request).await {
+        Ok(()) => answer.await.unwrap_or(Err(stopping)),
+        Err(_) => Err(stopping),
+    };
+    match answer {
+        Ok(archive) => {
+            let mut response = Response::new(Full::new(Bytes::from(archive)));
+            let headers = response.headers_mut();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/gzip"),
+            );
+            if let Ok(v) = format!("attachment; filename=\"leakprobe-incident-{pid}.tar.gz\"").parse() {
+                headers.insert(hyper::header::CONTENT_DISPOSITION, v);
+            }
+            response
+        }
+        Err((status, why)) => text(status, "text/plain", why),
+    }
+}
+
+/// A response of `body` with `status`.
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
 }
 
 /// `/healthz`: 200 `ok`, or 503 `degraded: why` (see [`Health::of`]); `/livez`: 200 while
@@ -321,13 +444,8 @@ fn respond(path: &str, metrics: &Mutex<Metrics>, health: &Mutex<Health>) -> Resp
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "leakprobe agent: try /metrics, /healthz or /livez\n".to_string(),
+            "leakprobe agent: try /metrics, /healthz, /livez or /incident?pid=N&seconds=60\n".to_string(),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    response
+    text(status, content_type, body)
 }

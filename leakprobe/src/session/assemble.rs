@@ -32,6 +32,14 @@ impl Session {
         self.report(StopReason::Duration, Stacks::Suspects)
     }
 
+    /// Everything collected so far, every stack named, as the final report would say it (the
+    /// agent's incidents); the session goes on.
+    pub fn incident(&mut self) -> Report {
+        self.drain();
+        self.sample();
+        self.report(StopReason::Duration, Stacks::All)
+    }
+
     pub(super) fn drop_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
         DropReason::ALL
             .iter()

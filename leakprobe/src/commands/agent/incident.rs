@@ -1,0 +1,118 @@
+//! Incidents on demand: `GET /incident?pid=N&seconds=S` answers, after `S` more seconds of
+//! watching, the incident folder `leakprobe --pid N --out DIR` would write (report.json,
+//! summary.txt, the flamegraph SVGs, the pprof profiles, census.txt) as a `.tar.gz`, built
+//! from everything the agent collected since it attached to the process.
+//!
+//! The HTTP side parses the request ([`parse_query`]) and hands it to the agent's loop, which
+//! owns the sessions; the loop answers when the window is over ([`archive`]). At most
+//! [`MAX_IN_FLIGHT`] incidents are built at once (more: 429).
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use hyper::StatusCode;
+use tokio::sync::oneshot;
+
+use crate::outputs::{live, report::Report};
+
+/// Incidents built at once, at most.
+pub const MAX_IN_FLIGHT: usize = 2;
+/// The window an incident watches when the request does not say.
+pub const DEFAULT_SECONDS: u64 = 60;
+/// The longest window an incident may ask for.
+pub const MAX_SECONDS: u64 = 600;
+
+/// What an incident request answers: the archive, or a status and one line saying why not.
+pub type Answer = Result<Vec<u8>, (StatusCode, String)>;
+
+/// One incident asked for, on its way from the HTTP side to the agent's loop.
+pub struct Request {
+    /// The process.
+    pub pid: u32,
+    /// When its window ends.
+    pub due: Instant,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// Reads `pid=N` and `seconds=S` (default [`DEFAULT_SECONDS`], 0 to [`MAX_SECONDS`]) from a
+/// query string; the error is the line a 400 answers.
+pub fn parse_query(query: Option<&str>) -> Result<(u32, Duration), String> {
+    let mut pid = None;
+    let mut seconds = DEFAULT_SECONDS;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "pid" => {
+                pid = Some(value.parse::<u32>().map_err(|_| format!("pid={value:?} is not a process id"))?)
+            }
+            "seconds" => {
+                seconds =
+                    value.parse().map_err(|_| format!("seconds={value:?} is not a number of seconds"))?;
+                if seconds > MAX_SECONDS {
+                    return Err(format!("seconds={seconds} is more than {MAX_SECONDS}"));
+                }
+            }
+            _ => return Err(format!("unknown parameter {key:?} (try pid=N&seconds=S)")),
+        }
+    }
+    let pid = pid.ok_or("which process? try /incident?pid=N&seconds=60")?;
+    Ok((pid, Duration::from_secs(seconds)))
+}
+
+/// The incident folder of `report` as a `.tar.gz` (one directory, `incident-<pid>/`), written
+/// through a temporary directory that is removed afterwards.
+pub fn archive(report: &Report, pid: u32) -> anyhow::Result<Vec<u8>> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("leakprobe-incident-{pid}-{nanos}"));
+    let result = write_and_pack(report, pid, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn write_and_pack(report: &Report, pid: u32, dir: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    report.write_to(dir, &live::summary(report))?;
+    pack(dir, &format!("incident-{pid}"))
+}
+
+/// `dir`'s files as a `.tar.gz` under `name/`.
+fn pack(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all(name, dir).with_context(|| format!("archiving {}", dir.display()))?;
+    let mut gz = tar.into_inner().context("finishing the archive")?;
+    gz.flush().context("compressing the archive")?;
+    gz.finish().context("compressing the archive")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_says_which_process_and_how_long() {
+        assert_eq!(parse_query(Some("pid=42&seconds=30")), Ok((42, Duration::from_secs(30))));
+        assert_eq!(parse_query(Some("pid=42")), Ok((42, Duration::from_secs(DEFAULT_SECONDS))));
+        assert!(parse_query(None).unwrap_err().contains("which process"));
+        assert!(parse_query(Some("pid=x")).unwrap_err().contains("not a process id"));
+        assert!(parse_query(Some("pid=1&seconds=9999")).unwrap_err().contains("more than 600"));
+        assert!(parse_query(Some("pod=a")).unwrap_err().contains("unknown parameter"));
+    }
+
+    #[test]
+    fn a_folder_packs_under_its_name() {
+        let dir = std::env::temp_dir().join(format!("leakprobe-pack-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("summary.txt"), "hello\n").unwrap();
+        let bytes = pack(&dir, "incident-7").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let names: Vec<String> =
+            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        assert!(names.contains(&"incident-7/summary.txt".to_string()), "{names:?}");
+    }
+}
