@@ -29,6 +29,8 @@
 //! 4. The first minute apart from steady state, on a fixed amount of work (`first_minute`).
 //! 5. One hour attached: leakprobe's own memory and CPU over an hour (`hour`; only with `--hour`,
 //!    as it takes the hour).
+//! 6. The agent at 1, 10 and 100 idle node processes: attach time, its CPU, RSS and kernel
+//!    memory (`agent_scale`; only with `--agent-scale`).
 //!
 //! Its parts: `modes` (what each mode attaches), `http` (the rounds) and `http_report` (their
 //! tables and the verdicts), `load` (the open-loop generator), `tracer` (attaching and stopping
@@ -38,6 +40,7 @@
 //! `census` (the heap census's cost) and `agent_memory` (3.).
 
 mod agent_memory;
+mod agent_scale;
 mod alloc_loop;
 mod bpf_stats;
 mod census;
@@ -66,19 +69,31 @@ use self::{
 };
 use crate::{sh, target_dir};
 
+/// A section run on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Only {
+    /// The fixed-work slots (4.).
+    FirstMinute,
+    /// The hour attached (5.).
+    Hour,
+    /// The agent at scale (6.).
+    AgentScale,
+}
+
 /// Runs the benchmarks and prints the tables. With `modes` (`NAME=ARGS`), only the HTTP rounds
-/// run, with the baseline and those modes, and no targets are judged; with `first_minute_only`
-/// or `hour_only`, only the fixed-work slots (4.) or the hour attached (5.).
-pub fn run(modes: &[String], first_minute_only: bool, hour_only: bool) -> anyhow::Result<()> {
+/// run, with the baseline and those modes, and no targets are judged; with `only`, only those
+/// sections.
+pub fn run(modes: &[String], only: &[Only]) -> anyhow::Result<()> {
     sh(Command::new("cargo").args(["build", "--release", "--package", "leakprobe"]))?;
     let leakprobe = target_dir().join("release/leakprobe");
     println!("\nleakprobe bench; machine load before: {}", load_average());
-    if first_minute_only || hour_only {
-        if first_minute_only {
-            first_minute::first_minute(&leakprobe)?;
-        }
-        if hour_only {
-            hour::hour(&leakprobe)?;
+    if !only.is_empty() {
+        for section in only {
+            match section {
+                Only::FirstMinute => first_minute::first_minute(&leakprobe)?,
+                Only::Hour => hour::hour(&leakprobe)?,
+                Only::AgentScale => agent_scale::agent_scale(&leakprobe)?,
+            }
         }
         println!("\nmachine load after: {}", load_average());
         return Ok(());

@@ -83,6 +83,10 @@ enum Task {
         /// minute by minute (about 62 minutes).
         #[arg(long)]
         hour: bool,
+        /// Run only the agent at 1, 10 and 100 idle node processes: attach time, its CPU, RSS
+        /// and kernel memory (about 8 minutes).
+        #[arg(long)]
+        agent_scale: bool,
     },
     /// Setup, then profile the bundled leaky node service under load for a while.
     Demo {
@@ -123,9 +127,14 @@ fn main() -> anyhow::Result<()> {
                     .env("LEAKPROBE_NODE_CACHE", setup::node_cache()),
             )
         }
-        Task::Bench { modes, first_minute, hour } => {
+        Task::Bench { modes, first_minute, hour, agent_scale } => {
             setup::run()?;
-            bench::run(&modes, first_minute, hour)
+            let only = [
+                (first_minute, bench::Only::FirstMinute),
+                (hour, bench::Only::Hour),
+                (agent_scale, bench::Only::AgentScale),
+            ];
+            bench::run(&modes, &only.iter().filter(|(on, _)| *on).map(|(_, o)| *o).collect::<Vec<_>>())
         }
         Task::Demo { duration } => {
             setup::run()?;
