@@ -273,6 +273,22 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
         "{}",
         String::from_utf8_lossy(&top.stdout)
     );
+    // What Parca and Pyroscope scrape: one profile of every watched process, each sample
+    // labelled with its process.
+    let profile = dir.join("outstanding.pb.gz");
+    let url = format!("http://{}/pprof/outstanding", agent.addr);
+    let out = Command::new("curl").args(["-sS", "--fail", "--max-time", "60", "-o"]).arg(&profile).arg(&url).output().unwrap();
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    let tags = Command::new("go")
+        .args(["tool", "pprof", "-tags"])
+        .arg(&profile)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let tags = String::from_utf8_lossy(&tags.stdout).into_owned();
+    for pid in [array.pid(), buffers.pid()] {
+        assert!(tags.contains(&format!(" {pid} ")) || tags.contains(&format!(" {pid}\n")), "pid {pid} not among the samples' tags:\n{tags}");
+    }
     // A process it does not watch, and a bad request: one line each, with the status.
     let status_of = |query: &str| {
         let out = Command::new("curl")
@@ -290,6 +306,11 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
     };
     assert_eq!(status_of("?pid=1&seconds=0"), "404");
     assert_eq!(status_of("?seconds=5"), "400");
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/pprof/cpu", agent.addr)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
     let _ = std::fs::remove_dir_all(&dir);
     let (status, log) = agent.stop();
     assert!(status.success(), "{status}: {log:?}");

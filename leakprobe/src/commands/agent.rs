@@ -37,13 +37,15 @@ use tokio::{
 pub mod health;
 pub mod incident;
 
+use self::incident::Want;
+
 use self::health::{Health, Tally};
 use crate::{
     error::Error,
     kernel::privilege,
     kernel::status,
     kernel::table::Family,
-    outputs::metrics::{Metrics, TargetLabels},
+    outputs::metrics::{Metrics, TargetLabels, TARGET_LABELS},
     process::cgroup,
     process::discover::{self, Process},
     process::target::Target,
@@ -128,7 +130,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 // A process that exited answers its incidents with what was collected.
                 let exited: Vec<u32> =
                     watched.iter().filter(|(_, w)| !w.process.alive()).map(|(pid, _)| *pid).collect();
-                answer_incidents(&mut pending, &mut watched, |r| exited.contains(&r.pid));
+                answer_incidents(&mut pending, &mut watched, |r| r.pid().is_some_and(|p| exited.contains(&p)));
                 forget_exited(&mut watched, &metrics);
                 // Attaching takes a while (reading node's symbols, loading programs): the
                 // metrics stay served meanwhile, from their own thread.
@@ -160,10 +162,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 answer_incidents(&mut pending, &mut watched, |r| r.due <= now);
             }
             Some(request) = asked.recv() => {
-                match watched.contains_key(&request.pid) {
-                    true => pending.push(request),
-                    false => {
-                        let why = format!("pid {} is not watched by this agent (see its log)\n", request.pid);
+                match request.pid().filter(|pid| !watched.contains_key(pid)) {
+                    None => pending.push(request),
+                    Some(pid) => {
+                        let why = format!("pid {pid} is not watched by this agent (see its log)\n");
                         let _ = request.reply.send(Err((StatusCode::NOT_FOUND, why)));
                     }
                 }
@@ -202,14 +204,37 @@ fn answer_incidents(
     let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(pending).into_iter().partition(|r| due(r));
     *pending = waiting;
     for request in ready {
-        let answer = match watched.get_mut(&request.pid) {
-            Some(w) => incident::archive(&w.session.incident(), request.pid)
-                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("building the incident: {e:#}\n"))),
-            None => Err((StatusCode::GONE, format!("pid {} is no longer watched\n", request.pid))),
+        let failed = |what: &str, e: anyhow::Error| {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("building {what}: {e:#}\n"))
         };
-        if answer.is_ok() {
-            status!("leakprobe agent: incident of pid {} served", request.pid);
-        }
+        let answer = match request.want {
+            Want::Incident(pid) => match watched.get_mut(&pid) {
+                Some(w) => {
+                    let answer =
+                        incident::archive(&w.session.incident(), pid).map_err(|e| failed("the incident", e));
+                    if answer.is_ok() {
+                        status!("leakprobe agent: incident of pid {pid} served");
+                    }
+                    answer
+                }
+                None => Err((StatusCode::GONE, format!("pid {pid} is no longer watched\n"))),
+            },
+            Want::Profile(kind, pid) => {
+                let reports: Vec<(Vec<(&str, &str)>, _)> = watched
+                    .values_mut()
+                    .filter(|w| pid.is_none_or(|p| p == w.process.pid))
+                    .map(|w| {
+                        let labels = TARGET_LABELS.iter().copied().zip(w.labels.0.iter().map(String::as_str));
+                        (labels.filter(|(_, v)| !v.is_empty()).collect(), w.session.incident())
+                    })
+                    .collect();
+                match incident::profile(kind, &reports) {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err((StatusCode::NOT_FOUND, format!("no {} samples yet\n", kind.name))),
+                    Err(e) => Err(failed("the profile", e)),
+                }
+            }
+        };
         let _ = request.reply.send(answer);
     }
 }
@@ -361,9 +386,18 @@ async fn serve(listener: TcpListener, served: Served) {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let served = served.clone();
                 async move {
-                    let response = match req.uri().path() {
-                        "/incident" => incident_response(req.uri().query(), &served).await,
-                        path => respond(path, &served.metrics, &served.health),
+                    let (path, query) = (req.uri().path(), req.uri().query());
+                    let response = match path.strip_prefix("/pprof/") {
+                        _ if path == "/incident" => match incident::parse_query(query) {
+                            Ok((pid, window)) => ask(&served, Want::Incident(pid), window).await,
+                            Err(why) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
+                        },
+                        Some(name) => match (incident::profile_kind(name), profile_pid(query)) {
+                            (Some(kind), Ok(pid)) => ask(&served, Want::Profile(kind, pid), Duration::ZERO).await,
+                            (None, _) => text(StatusCode::NOT_FOUND, "text/plain", format!("no profile {name:?}: try allocated, outstanding, gc-triggers or heap-samples\n")),
+                            (_, Err(why)) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
+                        },
+                        None => respond(path, &served.metrics, &served.health),
                     };
                     Ok::<_, Infallible>(response)
                 }
@@ -382,13 +416,21 @@ impl Drop for InFlight {
     }
 }
 
-/// `/incident?pid=N&seconds=S`: the process's incident folder as a `.tar.gz` once its window is
-/// over; 400 for a bad request, 404 for a process not watched, 429 when
-/// [`incident::MAX_IN_FLIGHT`] are being built.
-async fn incident_response(query: Option<&str>, served: &Served) -> Response<Full<Bytes>> {
-    let (pid, window) = match incident::parse_query(query) {
-        Ok(asked) => asked,
-        Err(why) => return text(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
+/// `/pprof/<name>`'s optional `pid=N`.
+fn profile_pid(query: Option<&str>) -> Result<Option<u32>, String> {
+    match query.unwrap_or_default().split('&').find_map(|p| p.strip_prefix("pid=")) {
+        Some(v) => v.parse().map(Some).map_err(|_| format!("pid={v:?} is not a process id")),
+        None => Ok(None),
+    }
+}
+
+/// Hands `want` to the agent's loop and answers what it built once `window` is over: the
+/// incident folder as a `.tar.gz`, or a gzipped pprof profile; 404 for a process not watched,
+/// 429 when [`incident::MAX_IN_FLIGHT`] are being built.
+async fn ask(served: &Served, want: Want, window: Duration) -> Response<Full<Bytes>> {
+    let pid = match want {
+        Want::Incident(pid) => Some(pid),
+        Want::Profile(..) => None,
     };
     let _guard = InFlight(Arc::clone(&served.in_flight));
     if served.in_flight.fetch_add(1, Ordering::SeqCst) >= incident::MAX_IN_FLIGHT {
@@ -396,21 +438,22 @@ async fn incident_response(query: Option<&str>, served: &Served) -> Response<Ful
         return text(StatusCode::TOO_MANY_REQUESTS, "text/plain", why);
     }
     let (reply, answer) = oneshot::channel();
-    let request = incident::Request { pid, due: Instant::now() + window, reply };
+    let request = incident::Request { want, due: Instant::now() + window, reply };
     let stopping = (StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping\n".to_string());
     let answer = match served.incidents.send(request).await {
         Ok(()) => answer.await.unwrap_or(Err(stopping)),
         Err(_) => Err(stopping),
     };
     match answer {
-        Ok(archive) => {
-            let mut response = Response::new(Full::new(Bytes::from(archive)));
+        Ok(bytes) => {
+            let mut response = Response::new(Full::new(Bytes::from(bytes)));
             let headers = response.headers_mut();
             headers.insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/gzip"),
             );
-            if let Ok(v) = format!("attachment; filename=\"leakprobe-incident-{pid}.tar.gz\"").parse() {
+            let name = pid.map(|pid| format!("attachment; filename=\"leakprobe-incident-{pid}.tar.gz\""));
+            if let Some(v) = name.and_then(|n| n.parse().ok()) {
                 headers.insert(hyper::header::CONTENT_DISPOSITION, v);
             }
             response

@@ -280,6 +280,12 @@ impl Builder {
 
     /// Adds one stack (innermost frame first) with its value.
     pub fn add(&mut self, stack: &StackValue<'_>) {
+        self.add_labelled(stack, &[]);
+    }
+
+    /// Adds one stack with its value and `labels` (key, value) on its sample besides its
+    /// category.
+    pub fn add_labelled(&mut self, stack: &StackValue<'_>, labels: &[(&str, &str)]) {
         let mut ids = Vec::with_capacity(stack.frames.len() + 1);
         for frame in &stack.frames {
             let function = self.function(frame.name, frame.file);
@@ -296,6 +302,9 @@ impl Builder {
                 num: 0,
                 num_unit: 0,
             });
+        }
+        for (key, value) in labels {
+            label.push(Label { key: self.intern(key), str: self.intern(value), num: 0, num_unit: 0 });
         }
         let value = vec![i64::try_from(stack.value).unwrap_or(i64::MAX)];
         self.profile.sample.push(Sample { location_id: ids, value, label });
@@ -366,39 +375,73 @@ pub fn encode_gz(profile: &Profile) -> io::Result<Vec<u8>> {
     gz.finish()
 }
 
+/// One of the profiles a report makes.
+pub struct ProfileKind {
+    /// Its name (`outstanding`): the file is `<name>.pb.gz`, the agent's path `/pprof/<name>`.
+    pub name: &'static str,
+    /// Where its stacks are in the report, and the field of each that is its value.
+    stacks: (&'static str, &'static str),
+    /// Its sample type and unit.
+    sample_type: (&'static str, &'static str),
+    /// What it shows, for its title.
+    what: &'static str,
+}
+
+/// The profiles a report makes.
+pub const PROFILES: [ProfileKind; 4] = [
+    ProfileKind {
+        name: "allocated",
+        stacks: ("/stacks", "allocated_bytes"),
+        sample_type: ("space", "bytes"),
+        what: "Bytes allocated since attach by stack",
+    },
+    ProfileKind {
+        name: "outstanding",
+        stacks: ("/stacks", "outstanding_bytes"),
+        sample_type: ("space", "bytes"),
+        what: "Bytes outstanding by allocation stack",
+    },
+    ProfileKind {
+        name: "gc-triggers",
+        stacks: ("/gc/trigger_stacks", "pauses"),
+        sample_type: ("pauses", "count"),
+        what: "GC pauses by triggering stack",
+    },
+    ProfileKind {
+        name: "heap-samples",
+        stacks: ("/heap/allocation_samples", "samples"),
+        sample_type: ("samples", "count"),
+        what: "JS heap allocation samples by stack",
+    },
+];
+
+/// One profile of several processes' reports, each sample labelled with its process's
+/// `labels` (`pid`, `pod_uid`, ...): what the agent serves on `/pprof/<name>`. `None` when no
+/// report has a sample.
+pub fn merged(kind: &ProfileKind, reports: &[(Vec<(&str, &str)>, &Value)]) -> Option<Profile> {
+    let first = reports.first()?.1;
+    let mut b = Builder::new(kind.sample_type.0, kind.sample_type.1);
+    b.target(first);
+    b.comment(&format!("{} ({} processes)", kind.what, reports.len()));
+    b.comment(concat!("written by leakprobe ", env!("CARGO_PKG_VERSION")));
+    let mut any = false;
+    for (labels, report) in reports {
+        for stack in stack_values(report, kind.stacks.0, kind.stacks.1) {
+            b.add_labelled(&stack, labels);
+            any = true;
+        }
+    }
+    any.then(|| b.finish())
+}
+
 /// Writes every profile of `report` into `dir` (which must exist) and returns the files
 /// written. Profiles without samples write nothing (and remove a stale file of that name).
 pub fn write_all(report: &Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let profiles = [
-        (
-            "allocated.pb.gz",
-            stack_values(report, "/stacks", "allocated_bytes"),
-            ("space", "bytes"),
-            "Bytes allocated since attach by stack",
-        ),
-        (
-            "outstanding.pb.gz",
-            stack_values(report, "/stacks", "outstanding_bytes"),
-            ("space", "bytes"),
-            "Bytes outstanding by allocation stack",
-        ),
-        (
-            "gc-triggers.pb.gz",
-            stack_values(report, "/gc/trigger_stacks", "pauses"),
-            ("pauses", "count"),
-            "GC pauses by triggering stack",
-        ),
-        (
-            "heap-samples.pb.gz",
-            stack_values(report, "/heap/allocation_samples", "samples"),
-            ("samples", "count"),
-            "JS heap allocation samples by stack",
-        ),
-    ];
     let mut written = Vec::new();
-    for (file, stacks, sample_type, what) in &profiles {
-        let path = dir.join(file);
-        match build(report, stacks, *sample_type, what) {
+    for kind in &PROFILES {
+        let path = dir.join(format!("{}.pb.gz", kind.name));
+        let stacks = stack_values(report, kind.stacks.0, kind.stacks.1);
+        match build(report, &stacks, kind.sample_type, kind.what) {
             Some(profile) => {
                 let bytes = encode_gz(&profile).context("compressing a profile")?;
                 fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -510,6 +553,22 @@ mod tests {
         let label = &p.sample[0].label[0];
         assert_eq!((p.string(label.key), p.string(label.str)), ("category", "external"));
         assert!(p.comment.iter().any(|&c| p.string(c).contains("pid 42, node v22.1.0")));
+    }
+
+    #[test]
+    fn several_processes_make_one_profile_whose_samples_say_which() {
+        let one = report();
+        let two = report();
+        let kind = PROFILES.iter().find(|k| k.name == "outstanding").unwrap();
+        let p = merged(kind, &[(vec![("pid", "11")], &one), (vec![("pid", "22")], &two)]).unwrap();
+        let pids: Vec<&str> = p
+            .sample
+            .iter()
+            .flat_map(|s| s.label.iter().filter(|l| p.string(l.key) == "pid").map(|l| p.string(l.str)))
+            .collect();
+        assert!(pids.contains(&"11") && pids.contains(&"22"), "{pids:?}");
+        assert_eq!(pids.len(), p.sample.len(), "every sample says its process");
+        assert!(merged(kind, &[]).is_none());
     }
 
     #[test]

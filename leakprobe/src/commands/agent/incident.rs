@@ -1,15 +1,21 @@
-//! Incidents on demand: `GET /incident?pid=N&seconds=S` answers, after `S` more seconds of
-//! watching, the incident folder `leakprobe --pid N --out DIR` would write (report.json,
-//! summary.txt, the flamegraph SVGs, the pprof profiles, census.txt) as a `.tar.gz`, built
-//! from everything the agent collected since it attached to the process.
+//! Incidents and profiles on demand.
+//!
+//! - `GET /incident?pid=N&seconds=S` answers, after `S` more seconds of watching, the incident
+//!   folder `leakprobe --pid N --out DIR` would write (report.json, summary.txt, the flamegraph
+//!   SVGs, the pprof profiles, census.txt) as a `.tar.gz`, built from everything the agent
+//!   collected since it attached to the process.
+//! - `GET /pprof/<profile>[?pid=N]` answers one pprof profile (`allocated`, `outstanding`,
+//!   `gc-triggers`, `heap-samples`) of every watched process (or of one), each sample labelled
+//!   with its process's `pid`, `comm`, `pod_uid`, `container_id`: what Parca and Pyroscope
+//!   scrape.
 //!
 //! The HTTP side parses the request ([`parse_query`]) and hands it to the agent's loop, which
-//! owns the sessions; the loop answers when the window is over ([`archive`]). At most
-//! [`MAX_IN_FLIGHT`] incidents are built at once (more: 429).
+//! owns the sessions; the loop answers when the window is over ([`archive`], [`profile`]). At
+//! most [`MAX_IN_FLIGHT`] are built at once (more: 429).
 
 use std::{
     io::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -17,7 +23,11 @@ use anyhow::Context as _;
 use hyper::StatusCode;
 use tokio::sync::oneshot;
 
-use crate::outputs::{live, report::Report};
+use crate::outputs::{
+    live,
+    pprof::{self, ProfileKind, PROFILES},
+    report::Report,
+};
 
 /// Incidents built at once, at most.
 pub const MAX_IN_FLIGHT: usize = 2;
@@ -29,14 +39,53 @@ pub const MAX_SECONDS: u64 = 600;
 /// What an incident request answers: the archive, or a status and one line saying why not.
 pub type Answer = Result<Vec<u8>, (StatusCode, String)>;
 
-/// One incident asked for, on its way from the HTTP side to the agent's loop.
+/// What a request wants.
+pub enum Want {
+    /// The incident folder of one process.
+    Incident(u32),
+    /// A profile of every watched process, or of one.
+    Profile(&'static ProfileKind, Option<u32>),
+}
+
+/// One request, on its way from the HTTP side to the agent's loop.
 pub struct Request {
-    /// The process.
-    pub pid: u32,
+    /// What it wants.
+    pub want: Want,
     /// When its window ends.
     pub due: Instant,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Answer>,
+}
+
+impl Request {
+    /// The one process it is about, if one.
+    pub fn pid(&self) -> Option<u32> {
+        match self.want {
+            Want::Incident(pid) => Some(pid),
+            Want::Profile(_, pid) => pid,
+        }
+    }
+}
+
+/// The profile `/pprof/<name>` serves, if there is one of that name.
+pub fn profile_kind(name: &str) -> Option<&'static ProfileKind> {
+    PROFILES.iter().find(|k| k.name == name)
+}
+
+/// One profile of `reports` (each with its process's labels), protobuf-encoded and gzipped;
+/// `None` when no process has a sample in it yet.
+pub fn profile(
+    kind: &ProfileKind,
+    reports: &[(Vec<(&str, &str)>, Report)],
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let values: Vec<(Vec<(&str, &str)>, serde_json::Value)> = reports
+        .iter()
+        .map(|(labels, r)| Ok((labels.clone(), serde_json::to_value(r)?)))
+        .collect::<Result<_, serde_json::Error>>()
+        .context("serializing a report")?;
+    let refs: Vec<(Vec<(&str, &str)>, &serde_json::Value)> =
+        values.iter().map(|(l, v)| (l.clone(), v)).collect();
+    pprof::merged(kind, &refs).map(|p| pprof::encode_gz(&p).context("compressing the profile")).transpose()
 }
 
 /// Reads `pid=N` and `seconds=S` (default [`DEFAULT_SECONDS`], 0 to [`MAX_SECONDS`]) from a
@@ -74,7 +123,7 @@ pub fn archive(report: &Report, pid: u32) -> anyhow::Result<Vec<u8>> {
     result
 }
 
-fn write_and_pack(report: &Report, pid: u32, dir: &PathBuf) -> anyhow::Result<Vec<u8>> {
+fn write_and_pack(report: &Report, pid: u32, dir: &Path) -> anyhow::Result<Vec<u8>> {
     report.write_to(dir, &live::summary(report))?;
     pack(dir, &format!("incident-{pid}"))
 }
