@@ -174,6 +174,30 @@ fn agent_follows_processes_as_they_come_and_go() {
     assert!(log.iter().any(|l| l.contains("detached from")), "{log:?}");
 }
 
+/// GET `url` into `file` with curl; fails the test on an HTTP error.
+fn download(url: &str, file: &std::path::Path) {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "60", "-o"])
+        .arg(file)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `go tool pprof <report> profile`'s output (`-top`, `-tags`), asserting it read the profile.
+fn pprof(report: &str, profile: &std::path::Path) -> String {
+    require("go", "version", "golang-go");
+    let out = Command::new("go")
+        .args(["tool", "pprof", report])
+        .arg(profile)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "go tool pprof {report}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The line of `fixture`'s source that holds `text` (1-based).
 fn line_of(fixture: &str, text: &str) -> String {
     let source = std::fs::read_to_string(fixture_path(fixture)).unwrap();
@@ -237,14 +261,7 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
     // The on-call engineer's incident, over HTTP: the array leak's folder after 2 s more.
     let dir = tempdir("agent-incident");
     let archive = dir.join("incident.tar.gz");
-    let url = format!("http://{}/incident?pid={}&seconds=2", agent.addr, array.pid());
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "60", "-o"])
-        .arg(&archive)
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
+    download(&format!("http://{}/incident?pid={}&seconds=2", agent.addr, array.pid()), &archive);
     let untar = Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(&dir).status().unwrap();
     assert!(untar.success(), "tar -xzf {}", archive.display());
     let folder = dir.join(format!("incident-{}", array.pid()));
@@ -260,34 +277,18 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
     assert!(summary.contains("Retained by: requestLog (Array, "), "{summary}");
     let dom = chromium(&dir, &folder.join("outstanding.svg"), &["--window-size=1200,800", "--dump-dom"]);
     assert!(dom.contains("<svg") && dom.contains("retainer-leaks.js"), "{dom}");
-    require("go", "version", "golang-go");
-    let top = Command::new("go")
-        .args(["tool", "pprof", "-top"])
-        .arg(folder.join("outstanding.pb.gz"))
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .unwrap();
-    assert!(top.status.success(), "go tool pprof -top: {}", String::from_utf8_lossy(&top.stderr));
-    assert!(
-        String::from_utf8_lossy(&top.stdout).contains("flat%"),
-        "{}",
-        String::from_utf8_lossy(&top.stdout)
-    );
+    let top = pprof("-top", &folder.join("outstanding.pb.gz"));
+    assert!(top.contains("flat%"), "{top}");
     // What Parca and Pyroscope scrape: one profile of every watched process, each sample
     // labelled with its process.
     let profile = dir.join("outstanding.pb.gz");
-    let url = format!("http://{}/pprof/outstanding", agent.addr);
-    let out = Command::new("curl").args(["-sS", "--fail", "--max-time", "60", "-o"]).arg(&profile).arg(&url).output().unwrap();
-    assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
-    let tags = Command::new("go")
-        .args(["tool", "pprof", "-tags"])
-        .arg(&profile)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .unwrap();
-    let tags = String::from_utf8_lossy(&tags.stdout).into_owned();
+    download(&format!("http://{}/pprof/outstanding", agent.addr), &profile);
+    let tags = pprof("-tags", &profile);
     for pid in [array.pid(), buffers.pid()] {
-        assert!(tags.contains(&format!(" {pid} ")) || tags.contains(&format!(" {pid}\n")), "pid {pid} not among the samples' tags:\n{tags}");
+        assert!(
+            tags.contains(&format!(" {pid} ")) || tags.contains(&format!(" {pid}\n")),
+            "pid {pid} not among the samples' tags:\n{tags}"
+        );
     }
     // A process it does not watch, and a bad request: one line each, with the status.
     let status_of = |query: &str| {

@@ -387,33 +387,26 @@ pub struct ProfileKind {
     what: &'static str,
 }
 
-/// The profiles a report makes.
+/// The profiles a report makes: name, where its stacks are and the field of each that is its
+/// value, its sample type and unit, what it shows.
+#[rustfmt::skip]
 pub const PROFILES: [ProfileKind; 4] = [
-    ProfileKind {
-        name: "allocated",
-        stacks: ("/stacks", "allocated_bytes"),
-        sample_type: ("space", "bytes"),
-        what: "Bytes allocated since attach by stack",
-    },
-    ProfileKind {
-        name: "outstanding",
-        stacks: ("/stacks", "outstanding_bytes"),
-        sample_type: ("space", "bytes"),
-        what: "Bytes outstanding by allocation stack",
-    },
-    ProfileKind {
-        name: "gc-triggers",
-        stacks: ("/gc/trigger_stacks", "pauses"),
-        sample_type: ("pauses", "count"),
-        what: "GC pauses by triggering stack",
-    },
-    ProfileKind {
-        name: "heap-samples",
-        stacks: ("/heap/allocation_samples", "samples"),
-        sample_type: ("samples", "count"),
-        what: "JS heap allocation samples by stack",
-    },
+    kind("allocated", "/stacks", "allocated_bytes", "space", "bytes", "Bytes allocated since attach by stack"),
+    kind("outstanding", "/stacks", "outstanding_bytes", "space", "bytes", "Bytes outstanding by allocation stack"),
+    kind("gc-triggers", "/gc/trigger_stacks", "pauses", "pauses", "count", "GC pauses by triggering stack"),
+    kind("heap-samples", "/heap/allocation_samples", "samples", "samples", "count", "JS heap allocation samples by stack"),
 ];
+
+const fn kind(
+    name: &'static str,
+    stacks: &'static str,
+    field: &'static str,
+    sample_type: &'static str,
+    unit: &'static str,
+    what: &'static str,
+) -> ProfileKind {
+    ProfileKind { name, stacks: (stacks, field), sample_type: (sample_type, unit), what }
+}
 
 /// One profile of several processes' reports, each sample labelled with its process's
 /// `labels` (`pid`, `pod_uid`, ...): what the agent serves on `/pprof/<name>`. `None` when no
