@@ -64,10 +64,10 @@ enum Stacks {
 /// GC-triggering stacks listed in the report.
 const TRIGGER_STACKS: usize = 50;
 
-/// Readings of each GC trough, [`TROUGH_EVERY`] apart: the ArrayBuffer sweeper frees what the
-/// GC released over the first hundred milliseconds or so, while the program allocates again;
-/// the lowest reading is the trough.
-const TROUGH_READINGS: u8 = 16;
+/// How long each GC trough is read, [`TROUGH_EVERY`] apart (or as often as the agent polls):
+/// the ArrayBuffer sweeper frees what the GC released over the first hundred milliseconds or
+/// so, while the program allocates again; the lowest reading is the trough.
+const TROUGH_SPAN: Duration = Duration::from_millis(400);
 
 /// How often a GC trough is read.
 const TROUGH_EVERY: Duration = Duration::from_millis(25);
@@ -76,8 +76,8 @@ const TROUGH_EVERY: Duration = Duration::from_millis(25);
 struct Trough {
     /// The GC's sequence number.
     seq: u32,
-    /// Readings still to take.
-    readings_left: u8,
+    /// When its last reading is due.
+    until: Instant,
     /// Each figure's lowest reading so far (taken at the first).
     low: Option<rss::Sample>,
 }

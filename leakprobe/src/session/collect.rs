@@ -12,7 +12,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
-use super::{options::Options, watch, Session, Stacks, Trough, DRAIN_EVERY, TROUGH_EVERY, TROUGH_READINGS};
+use super::{options::Options, watch, Session, Stacks, Trough, DRAIN_EVERY, TROUGH_EVERY, TROUGH_SPAN};
 use crate::{
     kernel::attach,
     memory::{native::NativeState, rss},
@@ -31,9 +31,14 @@ impl Session {
         }
         self.detach_when_found();
         if let Some(seq) = self.trough_due.take() {
+            // A full GC that came before the last one's trough was read ends that trough.
+            if self.trough.is_some() {
+                self.finish_trough();
+            }
             // Each stack's series gets a point where its floor is, too.
             self.sample();
-            self.trough = Some(Trough { seq, readings_left: TROUGH_READINGS, low: None });
+            let until = std::time::Instant::now() + TROUGH_SPAN;
+            self.trough = Some(Trough { seq, until, low: None });
         }
         self.read_trough();
     }
@@ -44,7 +49,7 @@ impl Session {
     }
 
     /// One reading of the trough being read: RSS, external and the V8 heap, each kept at its
-    /// lowest; after the last, the trough joins the memory samples, and what each stack's
+    /// lowest; once its span is over, the trough joins the memory samples, and what each stack's
     /// allocations still hold is sampled as the GC left it (the point a site's growth is read
     /// at, [`crate::books::tracker::Tracker::trough`]).
     pub(super) fn read_trough(&mut self) {
@@ -62,17 +67,22 @@ impl Session {
             };
             trough.low = Some(trough.low.map_or(reading, |low| low.lowest(&reading)));
         }
-        trough.readings_left = trough.readings_left.saturating_sub(1);
-        if trough.readings_left == 0 {
-            if let Some(low) = trough.low {
-                self.memory.push(low);
-            }
-            self.trough = None;
-            let t = self.started.elapsed().as_secs_f64();
-            self.external.sample_stacks(t, &mut self.suspects);
-            self.heap.sample(t, &mut self.suspects);
-            self.suspects.trough(t);
+        if std::time::Instant::now() >= trough.until {
+            self.finish_trough();
         }
+    }
+
+    /// Ends the trough being read: its lowest readings join the memory samples, and each
+    /// stack's allocations are sampled as the GC left them.
+    fn finish_trough(&mut self) {
+        let Some(trough) = self.trough.take() else { return };
+        if let Some(low) = trough.low {
+            self.memory.push(low);
+        }
+        let t = self.started.elapsed().as_secs_f64();
+        self.external.sample_stacks(t, &mut self.suspects);
+        self.heap.sample(t, &mut self.suspects);
+        self.suspects.trough(t);
     }
 
     /// Detaches the per-allocation probes as soon as node's allocator is known (checked every
