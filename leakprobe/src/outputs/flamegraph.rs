@@ -99,8 +99,11 @@ fn palette(kinds: &BTreeMap<String, FrameKind>) -> PaletteMap {
     map
 }
 
+/// One output file in memory: its name, and its contents (`None`: nothing to show, no file).
+pub type OutputFile = (String, Option<Vec<u8>>);
+
 /// Writes `bytes` to `dir/file`, or removes a stale `dir/file` when `bytes` is `None`.
-fn put(dir: &Path, file: &str, bytes: Option<Vec<u8>>) -> anyhow::Result<Option<PathBuf>> {
+pub(crate) fn put(dir: &Path, file: &str, bytes: Option<Vec<u8>>) -> anyhow::Result<Option<PathBuf>> {
     let path = dir.join(file);
     match bytes {
         Some(bytes) => {
@@ -176,6 +179,15 @@ pub fn render_diff_svg(
 /// written. Empty profiles write nothing (and remove a stale file of that name).
 pub fn render_all(report: &Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
+    for (file, svg) in svgs(report)? {
+        written.extend(put(dir, &file, svg)?);
+    }
+    Ok(written)
+}
+
+/// Every flamegraph of `report` in memory, by file name (`None`: empty, no graph).
+pub fn svgs(report: &Value) -> anyhow::Result<Vec<OutputFile>> {
+    let mut svgs = Vec::new();
 
     let graphs = [
         (
@@ -217,7 +229,7 @@ pub fn render_all(report: &Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     ];
     for (graph, folded) in &graphs {
         let svg = render_svg(folded, &graph.title, graph.subtitle, graph.count_name)?;
-        written.extend(put(dir, graph.file, svg)?);
+        svgs.push((graph.file.to_string(), svg));
     }
 
     let before = fold(&stack_values(report, "/stacks", "outstanding_mid_bytes"));
@@ -229,8 +241,8 @@ pub fn render_all(report: &Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         Some("width: held at the end of the window; red: grew since mid-window, blue: shrank"),
         "bytes",
     )?;
-    written.extend(put(dir, "growth.svg", svg)?);
-    Ok(written)
+    svgs.push(("growth.svg".to_string(), svg));
+    Ok(svgs)
 }
 
 #[cfg(test)]

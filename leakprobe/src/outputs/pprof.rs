@@ -17,7 +17,6 @@
 
 use std::{
     collections::HashMap,
-    fs,
     io::{self, Write as _},
     path::{Path, PathBuf},
 };
@@ -27,7 +26,10 @@ use flate2::{write::GzEncoder, Compression};
 use prost::Message as _;
 use serde_json::Value;
 
-use crate::outputs::folded::{category_label, stack_values, title, StackValue};
+use crate::outputs::{
+    flamegraph::{put, OutputFile},
+    folded::{category_label, stack_values, title, StackValue},
+};
 
 /// `perftools.profiles.Profile` (fields 1–14).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -431,29 +433,29 @@ pub fn merged(kind: &ProfileKind, reports: &[(Vec<(&str, &str)>, &Value)]) -> Op
 /// written. Profiles without samples write nothing (and remove a stale file of that name).
 pub fn write_all(report: &Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    for kind in &PROFILES {
-        let path = dir.join(format!("{}.pb.gz", kind.name));
-        let stacks = stack_values(report, kind.stacks.0, kind.stacks.1);
-        match build(report, &stacks, kind.sample_type, kind.what) {
-            Some(profile) => {
-                let bytes = encode_gz(&profile).context("compressing a profile")?;
-                fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-                written.push(path);
-            }
-            None => match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing stale {}", path.display()));
-                }
-                _ => {}
-            },
-        }
+    for (file, bytes) in profiles_gz(report)? {
+        written.extend(put(dir, &file, bytes)?);
     }
     Ok(written)
 }
 
+/// Every profile of `report` in memory, gzipped, by file name (`None`: no samples, no file).
+pub fn profiles_gz(report: &Value) -> anyhow::Result<Vec<OutputFile>> {
+    let mut files = Vec::new();
+    for kind in &PROFILES {
+        let stacks = stack_values(report, kind.stacks.0, kind.stacks.1);
+        let bytes = match build(report, &stacks, kind.sample_type, kind.what) {
+            Some(profile) => Some(encode_gz(&profile).context("compressing a profile")?),
+            None => None,
+        };
+        files.push((format!("{}.pb.gz", kind.name), bytes));
+    }
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::io::Read as _;
+    use std::{fs, io::Read as _};
 
     use flate2::read::GzDecoder;
     use serde_json::json;

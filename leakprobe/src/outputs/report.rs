@@ -213,8 +213,8 @@ impl Report {
 }
 
 /// Writes the flamegraph SVGs ([`crate::outputs::flamegraph`]) and pprof profiles ([`crate::outputs::pprof`]) of
-/// a report into `dir` (which must exist), and returns the files written. Both are attempted;
-/// the first error is returned.
+/// a report into `dir` (which must exist), and `census.txt`; returns the files written. Both
+/// are attempted; the first error is returned.
 pub fn write_outputs(report: &serde_json::Value, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let svgs = crate::outputs::flamegraph::render_all(report, dir).context("rendering flamegraphs");
     let profiles = crate::outputs::pprof::write_all(report, dir).context("writing pprof profiles");
@@ -226,6 +226,23 @@ pub fn write_outputs(report: &serde_json::Value, dir: &Path) -> anyhow::Result<V
         written.push(path);
     }
     Ok(written)
+}
+
+/// The incident folder of `report` in memory, file by file as [`Report::write_to`] writes it:
+/// report.json, summary.txt (`summary`), the flamegraphs, the pprof profiles, census.txt (the
+/// agent's incidents, built where no file may be written).
+pub fn incident_files(report: &Report, summary: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let json = serde_json::to_string_pretty(report).context("serializing the report")? + "\n";
+    let value = serde_json::to_value(report).context("serializing the report")?;
+    let mut files =
+        vec![("report.json".to_string(), json.into_bytes()), ("summary.txt".into(), summary.into())];
+    let svgs = crate::outputs::flamegraph::svgs(&value).context("rendering flamegraphs")?;
+    let profiles = crate::outputs::pprof::profiles_gz(&value).context("writing pprof profiles")?;
+    files.extend(svgs.into_iter().chain(profiles).filter_map(|(name, bytes)| Some((name, bytes?))));
+    if let Some(table) = crate::outputs::census::table(&value) {
+        files.push(("census.txt".into(), table.into_bytes()));
+    }
+    Ok(files)
 }
 
 /// `leakprobe render DIR`: reads `DIR/report.json` and (re)writes its flamegraphs and pprof

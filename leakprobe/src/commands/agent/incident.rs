@@ -15,7 +15,6 @@
 
 use std::{
     io::Write as _,
-    path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -26,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::outputs::{
     live,
     pprof::{self, ProfileKind, PROFILES},
-    report::Report,
+    report::{incident_files, Report},
 };
 
 /// Incidents built at once, at most.
@@ -113,26 +112,27 @@ pub fn parse_query(query: Option<&str>) -> Result<(u32, Duration), String> {
     Ok((pid, Duration::from_secs(seconds)))
 }
 
-/// The incident folder of `report` as a `.tar.gz` (one directory, `incident-<pid>/`), written
-/// through a temporary directory that is removed afterwards.
+/// The incident folder of `report` as a `.tar.gz` (one directory, `incident-<pid>/`), built in
+/// memory: the agent's container has a read-only root filesystem.
 pub fn archive(report: &Report, pid: u32) -> anyhow::Result<Vec<u8>> {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("leakprobe-incident-{pid}-{nanos}"));
-    let result = write_and_pack(report, pid, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let files = incident_files(report, &live::summary(report))?;
+    pack(&format!("incident-{pid}"), &files)
 }
 
-fn write_and_pack(report: &Report, pid: u32, dir: &Path) -> anyhow::Result<Vec<u8>> {
-    report.write_to(dir, &live::summary(report))?;
-    pack(dir, &format!("incident-{pid}"))
-}
-
-/// `dir`'s files as a `.tar.gz` under `name/`.
-fn pack(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+/// `files` (name, contents) as a `.tar.gz` under `dir/`.
+fn pack(dir: &str, files: &[(String, Vec<u8>)]) -> anyhow::Result<Vec<u8>> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
-    tar.append_dir_all(name, dir).with_context(|| format!("archiving {}", dir.display()))?;
+    let mtime = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(mtime);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("{dir}/{name}"), &bytes[..])
+            .with_context(|| format!("archiving {name}"))?;
+    }
     let mut gz = tar.into_inner().context("finishing the archive")?;
     gz.flush().context("compressing the archive")?;
     gz.finish().context("compressing the archive")
@@ -154,14 +154,10 @@ mod tests {
 
     #[test]
     fn a_folder_packs_under_its_name() {
-        let dir = std::env::temp_dir().join(format!("leakprobe-pack-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("summary.txt"), "hello\n").unwrap();
-        let bytes = pack(&dir, "incident-7").unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        let bytes = pack("incident-7", &[("summary.txt".into(), b"hello\n".to_vec())]).unwrap();
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
         let names: Vec<String> =
             archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
-        assert!(names.contains(&"incident-7/summary.txt".to_string()), "{names:?}");
+        assert_eq!(names, ["incident-7/summary.txt"]);
     }
 }
