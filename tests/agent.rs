@@ -307,6 +307,7 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
     };
     assert_eq!(status_of("?pid=1&seconds=0"), "404");
     assert_eq!(status_of("?seconds=5"), "400");
+    assert_eq!(status_of("?pod=no-such-pod&seconds=0"), "404");
     let out = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/pprof/cpu", agent.addr)])
         .output()

@@ -37,7 +37,7 @@ use tokio::{
 pub mod health;
 pub mod incident;
 
-use self::incident::Want;
+use self::incident::{Want, Which};
 
 use self::health::{Health, Tally};
 use crate::{
@@ -161,7 +161,21 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 let now = Instant::now();
                 answer_incidents(&mut pending, &mut watched, |r| r.due <= now);
             }
-            Some(request) = asked.recv() => {
+            Some(mut request) = asked.recv() => {
+                // An incident's process, found by pid, pod or container, is a pid from here on.
+                if let Want::Incident(which) = &request.want {
+                    let candidates: Vec<(u32, &str, &str)> = watched
+                        .iter()
+                        .map(|(pid, w)| (*pid, w.labels.pod_uid(), w.labels.container_id()))
+                        .collect();
+                    match incident::resolve(which, &candidates) {
+                        Ok(pid) => request.want = Want::Incident(Which::Pid(pid)),
+                        Err(why) => {
+                            let _ = request.reply.send(Err(why));
+                            continue;
+                        }
+                    }
+                }
                 match request.pid().filter(|pid| !watched.contains_key(pid)) {
                     None => pending.push(request),
                     Some(pid) => {
@@ -208,7 +222,10 @@ fn answer_incidents(
             (StatusCode::INTERNAL_SERVER_ERROR, format!("building {what}: {e:#}\n"))
         };
         let answer = match request.want {
-            Want::Incident(pid) => match watched.get_mut(&pid) {
+            Want::Incident(Which::Pod(_) | Which::Container(_)) => {
+                Err((StatusCode::INTERNAL_SERVER_ERROR, "an incident's process was not resolved\n".into()))
+            }
+            Want::Incident(Which::Pid(pid)) => match watched.get_mut(&pid) {
                 Some(w) => {
                     let answer =
                         incident::archive(&w.session.incident(), pid).map_err(|e| failed("the incident", e));
@@ -389,7 +406,7 @@ async fn serve(listener: TcpListener, served: Served) {
                     let (path, query) = (req.uri().path(), req.uri().query());
                     let response = match path.strip_prefix("/pprof/") {
                         _ if path == "/incident" => match incident::parse_query(query) {
-                            Ok((pid, window)) => ask(&served, Want::Incident(pid), window).await,
+                            Ok((which, window)) => ask(&served, Want::Incident(which), window).await,
                             Err(why) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
                         },
                         Some(name) => match (incident::profile_kind(name), profile_pid(query)) {
@@ -429,8 +446,8 @@ fn profile_pid(query: Option<&str>) -> Result<Option<u32>, String> {
 /// 429 when [`incident::MAX_IN_FLIGHT`] are being built.
 async fn ask(served: &Served, want: Want, window: Duration) -> Response<Full<Bytes>> {
     let pid = match want {
-        Want::Incident(pid) => Some(pid),
-        Want::Profile(..) => None,
+        Want::Incident(Which::Pid(pid)) => Some(pid),
+        _ => None,
     };
     let _guard = InFlight(Arc::clone(&served.in_flight));
     if served.in_flight.fetch_add(1, Ordering::SeqCst) >= incident::MAX_IN_FLIGHT {

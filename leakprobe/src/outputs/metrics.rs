@@ -63,6 +63,16 @@ pub const TOP_VERDICT: usize = 3;
 pub struct TargetLabels(pub [String; 6]);
 
 impl TargetLabels {
+    /// The pod's uid (empty outside a pod).
+    pub fn pod_uid(&self) -> &str {
+        &self.0[3]
+    }
+
+    /// The container's id (empty outside a container).
+    pub fn container_id(&self) -> &str {
+        &self.0[4]
+    }
+
     fn with<'a>(&'a self, extra: &'a str) -> Vec<&'a str> {
         self.0.iter().map(String::as_str).chain([extra]).collect()
     }

@@ -1,6 +1,7 @@
 //! Incidents and profiles on demand.
 //!
-//! - `GET /incident?pid=N&seconds=S` answers, after `S` more seconds of watching, the incident
+//! - `GET /incident?pid=N&seconds=S` (or `pod=UID`, `container=ID` for a pod's or container's
+//!   one node process) answers, after `S` more seconds of watching, the incident
 //!   folder `leakprobe --pid N --out DIR` would write (report.json, summary.txt, the flamegraph
 //!   SVGs, the pprof profiles, census.txt) as a `.tar.gz`, built from everything the agent
 //!   collected since it attached to the process.
@@ -38,10 +39,46 @@ pub const MAX_SECONDS: u64 = 600;
 /// What an incident request answers: the archive, or a status and one line saying why not.
 pub type Answer = Result<Vec<u8>, (StatusCode, String)>;
 
+/// Which process an incident is about: by pid, or by the pod or container it runs in (as
+/// the metrics' `pod_uid` and `container_id` say; a container id may be cut short).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Which {
+    Pid(u32),
+    Pod(String),
+    Container(String),
+}
+
+/// The pid `which` names among the `watched` processes (pid, pod uid, container id): exactly
+/// one, or why not (404: none; 409: a pod or container with several node processes).
+pub fn resolve(which: &Which, watched: &[(u32, &str, &str)]) -> Result<u32, (StatusCode, String)> {
+    let found: Vec<u32> = watched
+        .iter()
+        .filter(|(pid, pod, container)| match which {
+            Which::Pid(p) => pid == p,
+            Which::Pod(uid) => !pod.is_empty() && pod == uid,
+            Which::Container(id) => !container.is_empty() && container.starts_with(id.as_str()),
+        })
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let what = match which {
+        Which::Pid(pid) => format!("pid {pid}"),
+        Which::Pod(uid) => format!("pod {uid}"),
+        Which::Container(id) => format!("container {id}"),
+    };
+    match found[..] {
+        [pid] => Ok(pid),
+        [] => Err((StatusCode::NOT_FOUND, format!("{what} is not watched by this agent (see its log)\n"))),
+        _ => Err((
+            StatusCode::CONFLICT,
+            format!("{what} has {} node processes ({found:?}): ask by pid\n", found.len()),
+        )),
+    }
+}
+
 /// What a request wants.
 pub enum Want {
     /// The incident folder of one process.
-    Incident(u32),
+    Incident(Which),
     /// A profile of every watched process, or of one.
     Profile(&'static ProfileKind, Option<u32>),
 }
@@ -60,7 +97,8 @@ impl Request {
     /// The one process it is about, if one.
     pub fn pid(&self) -> Option<u32> {
         match self.want {
-            Want::Incident(pid) => Some(pid),
+            Want::Incident(Which::Pid(pid)) => Some(pid),
+            Want::Incident(_) => None,
             Want::Profile(_, pid) => pid,
         }
     }
@@ -87,17 +125,21 @@ pub fn profile(
     pprof::merged(kind, &refs).map(|p| pprof::encode_gz(&p).context("compressing the profile")).transpose()
 }
 
-/// Reads `pid=N` and `seconds=S` (default [`DEFAULT_SECONDS`], 0 to [`MAX_SECONDS`]) from a
-/// query string; the error is the line a 400 answers.
-pub fn parse_query(query: Option<&str>) -> Result<(u32, Duration), String> {
-    let mut pid = None;
+/// Reads `pid=N` (or `pod=UID`, `container=ID`) and `seconds=S` (default [`DEFAULT_SECONDS`],
+/// 0 to [`MAX_SECONDS`]) from a query string; the error is the line a 400 answers.
+pub fn parse_query(query: Option<&str>) -> Result<(Which, Duration), String> {
+    let mut which = None;
     let mut seconds = DEFAULT_SECONDS;
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "pid" => {
-                pid = Some(value.parse::<u32>().map_err(|_| format!("pid={value:?} is not a process id"))?)
+                let pid = value.parse::<u32>().map_err(|_| format!("pid={value:?} is not a process id"))?;
+                which = Some(Which::Pid(pid));
             }
+            "pod" | "container" if value.is_empty() => return Err(format!("{key}= names nothing")),
+            "pod" => which = Some(Which::Pod(value.to_string())),
+            "container" => which = Some(Which::Container(value.to_string())),
             "seconds" => {
                 seconds =
                     value.parse().map_err(|_| format!("seconds={value:?} is not a number of seconds"))?;
@@ -105,11 +147,15 @@ pub fn parse_query(query: Option<&str>) -> Result<(u32, Duration), String> {
                     return Err(format!("seconds={seconds} is more than {MAX_SECONDS}"));
                 }
             }
-            _ => return Err(format!("unknown parameter {key:?} (try pid=N&seconds=S)")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {key:?} (try pid=N&seconds=S, or pod=UID, container=ID)"
+                ))
+            }
         }
     }
-    let pid = pid.ok_or("which process? try /incident?pid=N&seconds=60")?;
-    Ok((pid, Duration::from_secs(seconds)))
+    let which = which.ok_or("which process? try /incident?pid=N&seconds=60 (or pod=UID, container=ID)")?;
+    Ok((which, Duration::from_secs(seconds)))
 }
 
 /// The incident folder of `report` as a `.tar.gz` (one directory, `incident-<pid>/`), built in
@@ -144,12 +190,33 @@ mod tests {
 
     #[test]
     fn a_request_says_which_process_and_how_long() {
-        assert_eq!(parse_query(Some("pid=42&seconds=30")), Ok((42, Duration::from_secs(30))));
-        assert_eq!(parse_query(Some("pid=42")), Ok((42, Duration::from_secs(DEFAULT_SECONDS))));
+        assert_eq!(parse_query(Some("pid=42&seconds=30")), Ok((Which::Pid(42), Duration::from_secs(30))));
+        assert_eq!(parse_query(Some("pid=42")), Ok((Which::Pid(42), Duration::from_secs(DEFAULT_SECONDS))));
+        assert_eq!(
+            parse_query(Some("pod=9f1c&seconds=5")),
+            Ok((Which::Pod("9f1c".into()), Duration::from_secs(5)))
+        );
+        assert!(parse_query(Some("container=")).unwrap_err().contains("names nothing"));
         assert!(parse_query(None).unwrap_err().contains("which process"));
         assert!(parse_query(Some("pid=x")).unwrap_err().contains("not a process id"));
         assert!(parse_query(Some("pid=1&seconds=9999")).unwrap_err().contains("more than 600"));
-        assert!(parse_query(Some("pod=a")).unwrap_err().contains("unknown parameter"));
+        assert!(parse_query(Some("node=a")).unwrap_err().contains("unknown parameter"));
+    }
+
+    /// A pod or container names its one node process; one with two is ambiguous, one the agent
+    /// does not watch is not found, and a container id may be cut short.
+    #[test]
+    fn a_pod_or_container_names_its_one_process() {
+        let watched =
+            [(10, "pod-a", "c0ffee11"), (11, "pod-b", "deadbeef"), (12, "pod-b", "feedface"), (13, "", "")];
+        assert_eq!(resolve(&Which::Pod("pod-a".into()), &watched), Ok(10));
+        assert_eq!(resolve(&Which::Container("deadb".into()), &watched), Ok(11));
+        assert_eq!(resolve(&Which::Pid(13), &watched), Ok(13));
+        let (status, why) = resolve(&Which::Pod("pod-b".into()), &watched).unwrap_err();
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(why.contains("2 node processes ([11, 12])"), "{why}");
+        assert_eq!(resolve(&Which::Pod("".into()), &watched).unwrap_err().0, StatusCode::NOT_FOUND);
+        assert_eq!(resolve(&Which::Pid(99), &watched).unwrap_err().0, StatusCode::NOT_FOUND);
     }
 
     #[test]
