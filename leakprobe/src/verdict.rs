@@ -40,6 +40,10 @@ pub const NOT_JUDGED: &str = "not enough GCs";
 /// Share of a category's growth its troughs must still show over the window's last third (when
 /// that third has [`MIN_TROUGHS`] of them): a cache that filled and levelled off has stopped.
 pub const STILL_GROWING_SHARE: f64 = 0.25;
+/// Share of a collected category's growth over the later two thirds by which its last third's
+/// troughs must top its first third's: a bounded LRU's external troughs swung 18.5-21.5 MiB
+/// and their trend read +4.2 MiB, with the last third's peak 0.09 MiB above the first's.
+pub const NEW_HIGH_SHARE: f64 = 0.25;
 /// Smallest growth over the later two thirds of the window that makes a category grow.
 pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 /// Smallest growth, as a fraction of the category's size, that makes a category grow.
@@ -246,7 +250,7 @@ fn category_verdict(
     let grown = verdict.growth_bytes_per_s * (last - one);
     verdict.growing = grown >= MIN_GROWTH_BYTES
         && grown >= MIN_GROWTH_FRACTION * bytes.unwrap_or(0) as f64
-        && (!collected || new_high(samples, one, two, read));
+        && (!collected || new_high(samples, one, two, read, NEW_HIGH_SHARE * grown));
     // Still growing at the end: where the last third has troughs enough for a trend of its own.
     let ending: Vec<(f64, f64)> = troughs.iter().copied().filter(|p| p.0 >= two).collect();
     if verdict.growing && verdict.method == "troughs" && ending.len() >= MIN_TROUGHS {
@@ -257,16 +261,17 @@ fn category_verdict(
 }
 
 /// Whether the troughs of the window's last third (or its latest trough) rise above every
-/// trough of its first third. A leak makes new highs; a bounded cache whose troughs swing
-/// (evictions freed lazily, a sweeper that lags) can climb for the later two thirds, back to
-/// where the first third already was, and has not grown. True when the first third has no
-/// trough (nothing to compare with).
-fn new_high(samples: &[Sample], one: f64, two: f64, read: &Reading<'_>) -> bool {
+/// trough of its first third by `margin` bytes. A leak makes new highs, about as far above the
+/// first third as it grew; a bounded cache whose troughs swing (evictions freed lazily, a
+/// sweeper that lags) can climb for the later two thirds, back to where the first third
+/// already was, or a hair above it, and has not grown. True when the first third has no trough
+/// (nothing to compare with).
+fn new_high(samples: &[Sample], one: f64, two: f64, read: &Reading<'_>, margin: f64) -> bool {
     let all = troughs(samples, f64::NEG_INFINITY, read);
     let peak = |points: &mut dyn Iterator<Item = &(f64, f64)>| points.map(|p| p.1).reduce(f64::max);
     let Some(early) = peak(&mut all.iter().filter(|p| p.0 < one)) else { return true };
     let late = peak(&mut all.iter().filter(|p| p.0 >= two)).or(all.last().map(|p| p.1));
-    late.is_some_and(|late| late > early)
+    late.is_some_and(|late| late > early + margin)
 }
 
 /// The suspects: the candidates whose category grows, each with its evidence, by growth rate
