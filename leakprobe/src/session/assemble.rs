@@ -8,7 +8,12 @@ use leakprobe_ebpf::drops::DropReason;
 use super::{Session, Stacks, TRIGGER_STACKS};
 use crate::{
     books::suspect::Source,
-    memory::{census::CensusWatch, containers::Containers, native::NativeState, rss},
+    memory::{
+        census::{CensusReport, CensusWatch},
+        containers::Containers,
+        native::NativeState,
+        rss,
+    },
     outputs::report::{GcReport, Report, StopReason, TargetInfo, TriggerStack, Window, SCHEMA_VERSION},
     v8::{heap::pages::Page, ProcMem},
     verdict::{self, WorkerIsolate},
@@ -53,10 +58,12 @@ impl Session {
     /// The worker threads' isolates the heap books saw run a mark-compact, each with its
     /// thread's name and its heap (from the header of a page it allocated, unless that page
     /// now belongs to the main isolate), and its baseline.
-    fn worker_isolates(&self) -> Vec<(WorkerIsolate, &[(f64, f64)])> {
+    fn worker_isolates(&self, census: Option<&CensusReport>) -> Vec<(WorkerIsolate, &[(f64, f64)])> {
+        if self.heap.workers.is_empty() {
+            return Vec::new();
+        }
         let mem = ProcMem::open(self.target.pid).ok();
-        let census = self.census.as_ref().map(CensusWatch::report);
-        let main = census.as_ref().and_then(|c| c.isolates.iter().find(|i| i.main)).map(|i| i.heap.clone());
+        let main = census.and_then(|c| c.isolates.iter().find(|i| i.main)).map(|i| i.heap.clone());
         self.heap
             .workers
             .iter()
@@ -77,10 +84,15 @@ impl Session {
         let all = stacks_wanted == Stacks::All;
         let maps = &self.stack_maps;
         let samples = self.memory.items();
+        // The census's latest state, read once (a copy, taken under its lock).
+        let census = self.census.as_ref().map(CensusWatch::report);
         let mut categories = verdict::categories(samples);
         // Each worker's heap, judged at its own full GCs: its containers' sites are its suspects.
         if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
-            categories.extend(verdict::worker_verdicts((first.t_s, last.t_s), self.worker_isolates()));
+            categories.extend(verdict::worker_verdicts(
+                (first.t_s, last.t_s),
+                self.worker_isolates(census.as_ref()),
+            ));
         }
         let (suspects, verdict, gc_touched) = match stacks_wanted {
             Stacks::Skipped => (Vec::new(), categories, 0),
@@ -147,8 +159,8 @@ impl Session {
             },
             memory: {
                 let mut memory = rss::MemoryReport::new(self.memory.items());
-                if let Some(census) = &self.census {
-                    memory.split_isolates(&census.report());
+                if let Some(census) = &census {
+                    memory.split_isolates(census);
                 }
                 memory
             },
@@ -157,7 +169,7 @@ impl Session {
                     true => self.symbolizer.stack_frames(id, |id| maps.frames(true, id)),
                     false => Vec::new(),
                 });
-                heap.census = self.census.as_ref().map(CensusWatch::report);
+                heap.census = census;
                 heap.containers = self.containers.as_ref().map(Containers::report);
                 heap
             },
