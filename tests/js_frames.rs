@@ -64,6 +64,35 @@ on_nodes!(names_the_allocating_function;
     node24_names_the_allocating_function: 24,
 );
 
+/// A service is usually busy when leakprobe attaches: the stacks taken from the first probe
+/// hit on name their JavaScript as later ones do. (The kernel's walk keeps each JS frame's
+/// function only once it has V8's frame layout; stacks taken before had unnamed JIT frames,
+/// and a growing array's first large store, whose stack names its series, is often one.)
+#[test]
+fn a_service_busy_at_attach_has_its_first_stacks_named() {
+    let mut fixture = Node::start(&system_node(), &[], "invoice-leak.js");
+    fixture.go();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut leakprobe = Leakprobe::attach(fixture.pid(), &["--interval", "200ms", "--alloc-stacks"]);
+    assert!(fixture.wait(std::time::Duration::from_secs(120)).success());
+    let report = leakprobe.report();
+    assert_eq!(report["target"]["js_frames"], "v8 metadata", "{}", report["target"]);
+    // Every stack that runs the fixture's JIT code, named or not, and those that name it.
+    let external: Vec<&Value> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["category"] == "external")
+        .filter(|s| s["frames"].as_array().unwrap().iter().any(|f| f["kind"] == "js" || f["kind"] == "jit"))
+        .collect();
+    let named = external
+        .iter()
+        .filter(|s| s["frames"].as_array().unwrap().iter().any(|f| is_js(f, "invoice-leak.js", RENDER)))
+        .count();
+    assert!(!external.is_empty(), "{report}");
+    assert_eq!(named, external.len(), "stacks not naming {}: {external:#?}", RENDER.0);
+}
+
 /// In V8's interpreter every function runs in the same bytecode handlers, so return addresses
 /// alone would give every interpreted function one stack. With `--jitless` (everything
 /// interpreted), the stacks still tell the functions apart and name node's own library

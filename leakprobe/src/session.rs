@@ -203,6 +203,23 @@ impl Session {
         };
         let mut target_config: Array<MapData, u32> = take_map(&mut ebpf, "TARGET_CONFIG")?;
         target_config.set(CONFIG_TGID, target.pid, 0)?;
+        // V8's layouts, read from the binary once: for naming JavaScript frames, and for the
+        // heap readers (the census thread's and the containers'), opened here so that the
+        // collection loop never stops to read the binary.
+        let metadata = Metadata::from_elf(target.elf.bytes());
+        let heap_probe = || match &metadata {
+            Ok(m) => HeapReader::new(&target, m).map_err(|e| format!("{e:#}")),
+            Err(e) => Err(format!("reading V8's layouts from {}: {e}", target.module_display)),
+        };
+        // The kernel's walk gets the layout of JavaScript frames before any probe is attached:
+        // a stack taken without it has no function in its JavaScript frames, and the stack of a
+        // growing array's first large store, taken in the first second, names its series.
+        let (js, js_frames) = match (options.judge, options.v8_names) {
+            // Without the verdict no stack is reported: keep the kernel's walk to return addresses.
+            (false, _) => (None, "unavailable: not used without the verdict".to_string()),
+            (true, false) => (None, "perf map only (--no-v8-names)".to_string()),
+            (true, true) => js_reader(&target, &metadata, &mut ebpf),
+        };
         let (probes, lookup, found_links) =
             attach::attach_all(&mut ebpf, &target, families, &options.attach_options())?;
         // What each faulting address is, from V8's page headers in the target's memory.
@@ -219,20 +236,6 @@ impl Session {
         let heap_large_objects = take_map(&mut ebpf, "HEAP_LO_BY_STACK")?;
         let heap_large_live = take_map(&mut ebpf, "HEAP_LO_LIVE")?;
         let heap_samples = take_map(&mut ebpf, "HEAP_SAMPLES")?;
-        // V8's layouts, read from the binary once: for naming JavaScript frames, and for the
-        // heap readers (the census thread's and the containers'), opened here so that the
-        // collection loop never stops to read the binary.
-        let metadata = Metadata::from_elf(target.elf.bytes());
-        let heap_probe = || match &metadata {
-            Ok(m) => HeapReader::new(&target, m).map_err(|e| format!("{e:#}")),
-            Err(e) => Err(format!("reading V8's layouts from {}: {e}", target.module_display)),
-        };
-        let (js, js_frames) = match (options.judge, options.v8_names) {
-            // Without the verdict no stack is reported: keep the kernel's walk to return addresses.
-            (false, _) => (None, "unavailable: not used without the verdict".to_string()),
-            (true, false) => (None, "perf map only (--no-v8-names)".to_string()),
-            (true, true) => js_reader(&target, &metadata, &mut ebpf),
-        };
         // Only when judging: without the verdict, the agent's memory and CPU stay small over days.
         let census = match !options.judge || !options.census {
             true => None,
