@@ -212,6 +212,21 @@ fn verdict_series<'a>(text: &'a str, name: &str, pid: u32) -> Vec<&'a str> {
     text.lines().filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&pid)).collect()
 }
 
+/// Whether the verdict metrics of `pid` name a suspect of `category` at `line` of
+/// retainer-leaks.js and a growing type held by `holder`.
+fn names(text: &str, pid: u32, category: &str, line: &str, holder: &str) -> bool {
+    let suspect = verdict_series(text, "leakprobe_suspect_growth_bytes_per_second", pid);
+    let named = suspect.iter().any(|s| {
+        s.contains(&format!("category=\"{category}\""))
+            && s.contains("retainer-leaks.js\"")
+            && s.contains(&format!("line=\"{line}\""))
+    });
+    let held = verdict_series(text, "leakprobe_growing_objects_per_second", pid)
+        .iter()
+        .any(|s| s.contains(&format!("holder=\"{holder}\"")));
+    named && held
+}
+
 /// The agent judges every process it watches, as a profiling session would: two services
 /// that leak beside their churn (LogEntry objects pushed onto a module-level array, 16 KiB
 /// Buffers kept in a module-level Map) and a healthy one whose array is emptied when full.
@@ -228,18 +243,6 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
     let healthy = fleet.start_member();
     let agent =
         Agent::start_with(&format!("{} ", fleet.flag), &["--judge-every", "3s", "--census-budget", "50"]);
-    let names = |text: &str, pid: u32, category: &str, line: &str, holder: &str| {
-        let suspect = verdict_series(text, "leakprobe_suspect_growth_bytes_per_second", pid);
-        let named = suspect.iter().any(|s| {
-            s.contains(&format!("category=\"{category}\""))
-                && s.contains("retainer-leaks.js\"")
-                && s.contains(&format!("line=\"{line}\""))
-        });
-        let held = verdict_series(text, "leakprobe_growing_objects_per_second", pid)
-            .iter()
-            .any(|s| s.contains(&format!("holder=\"{holder}\"")));
-        named && held
-    };
     let (array_line, buffers_line) = (
         line_of("retainer-leaks.js", "leak: (n) => requestLog.push("),
         line_of("retainer-leaks.js", "leak: (n) => blobs.set("),
@@ -317,6 +320,49 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
     let (status, log) = agent.stop();
     assert!(status.success(), "{status}: {log:?}");
     assert!(log.iter().any(|l| l.contains(&format!("incident of pid {} served", array.pid()))), "{log:?}");
+}
+
+/// The agent judges each process on its last `--window` (here 30 s): a service that served
+/// without leaking for longer than that, then leaks, is named once the leak fills the window, with
+/// its line and holder; its incident's report says the verdict read only the window.
+#[test]
+fn the_agent_judges_each_process_on_its_recent_window() {
+    let fleet = Fleet::new(19306);
+    let mut service = fleet.start("retainer-leaks.js");
+    service.send("go array");
+    service.send("pause");
+    service.stdout.wait_for("PAUSED", Duration::from_secs(30));
+    let agent = Agent::start_with(
+        &format!("{} ", fleet.flag),
+        &["--judge-every", "3s", "--window", "30s", "--census-budget", "50"],
+    );
+    let pid = service.pid();
+    let judged = |t: &str| !verdict_series(t, "leakprobe_verdict_growth_bytes_per_second", pid).is_empty();
+    agent.metrics_within("the service judged", Duration::from_secs(60), judged);
+    thread::sleep(Duration::from_secs(40));
+    let text = agent.get("/metrics");
+    assert!(judged(&text), "{text}");
+    let suspects = verdict_series(&text, "leakprobe_suspect_growth_bytes_per_second", pid);
+    assert!(suspects.is_empty(), "suspects of the service before it leaks: {suspects:?}");
+
+    service.send("resume");
+    let line = line_of("retainer-leaks.js", "leak: (n) => requestLog.push(");
+    agent.metrics_within("the leak named", Duration::from_secs(90), |t| {
+        names(t, pid, "v8_heap", &line, "requestLog")
+    });
+    let dir = tempdir("agent-window");
+    let archive = dir.join("incident.tar.gz");
+    download(&format!("http://{}/incident?pid={pid}&seconds=1", agent.addr), &archive);
+    let untar = Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(&dir).status().unwrap();
+    assert!(untar.success(), "tar -xzf {}", archive.display());
+    let report = read_report(&dir.join(format!("incident-{pid}")));
+    let window = &report["window"];
+    let (from, duration) =
+        (window["judged_from_s"].as_f64().unwrap(), window["duration_s"].as_f64().unwrap());
+    assert!(from > 0.0 && duration - from < 30.0 + 3.0 + 5.0, "{window}");
+    let first_sample = report["memory"]["samples"][0]["t_s"].as_f64();
+    assert!(first_sample.is_none_or(|t| t >= from), "{first_sample:?} before {from}: {window}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A free TCP port on loopback.

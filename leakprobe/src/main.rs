@@ -100,6 +100,11 @@ struct AgentArgs {
     /// types and their holders, as metrics.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     judge_every: Duration,
+    /// The verdict's window: each process is judged on about its last WINDOW (what it did
+    /// earlier is forgotten, so that days of history do not blunt what grows now). The heap
+    /// census reads growth over half a window to one and a half.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    window: Duration,
     /// Memory and GC metrics only: no verdict, no stacks named, no heap census.
     #[arg(long)]
     no_verdict: bool,
@@ -251,6 +256,7 @@ fn main() -> ExitCode {
             max_targets: a.max_targets as usize,
             judge_every: (!a.no_verdict).then_some(a.judge_every),
             census_budget: a.census_budget / 100.0,
+            window: a.window,
         })),
         (Some(Command::Census(c)), _) => census::run(&CensusOptions {
             pid: c.pid,
@@ -301,6 +307,7 @@ fn options(pid: u32, args: Args) -> Options {
         burst: args.burst,
         census: !args.no_census,
         census_budget: args.census_budget / 100.0,
+        window: None,
     }
 }
 

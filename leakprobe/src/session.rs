@@ -142,10 +142,15 @@ pub struct Session {
     events_read: u64,
     /// The kernel programs' diagnostics, when `RUST_LOG` asks for them.
     kernel_log: Option<KernelLog>,
-    /// Heap censuses after main-thread mark-compacts (`None` in agent mode).
+    /// Heap censuses after main-thread mark-compacts (`None` without the verdict).
     census: Option<CensusWatch>,
-    /// The large arrays allocated since attach and what they hold (`None` in agent mode).
+    /// The large arrays allocated since attach and what they hold (`None` without the verdict).
     containers: Option<Containers>,
+    /// The verdict's rolling window (seconds; the agent's `--window`), if any.
+    window: Option<f64>,
+    /// Where the verdict's books start now (seconds since attach): 0, or the rolling window's
+    /// start.
+    judged_from: f64,
 }
 
 impl Session {
@@ -214,14 +219,20 @@ impl Session {
         // The kernel's walk gets the layout of JavaScript frames before any probe is attached:
         // a stack taken without it has no function in its JavaScript frames, and the stack of a
         // growing array's first large store, taken in the first second, names its series.
-        let (js, js_frames) = match (options.judge, options.v8_names) {
-            // Without the verdict no stack is reported: keep the kernel's walk to return addresses.
-            (false, _) => (None, "unavailable: not used without the verdict".to_string()),
-            (true, false) => (None, "perf map only (--no-v8-names)".to_string()),
-            (true, true) => js_reader(&target, &metadata, &mut ebpf),
-        };
+        let js = (options.judge && options.v8_names).then(|| js_reader(&target, &metadata, &mut ebpf));
         let (probes, lookup, found_links) =
             attach::attach_all(&mut ebpf, &target, families, &options.attach_options())?;
+        // Said once attached: a process that is not node gets its one-line error alone.
+        let (js, js_frames) = match js {
+            Some(Ok(reader)) => (Some(reader), "v8 metadata".to_string()),
+            Some(Err(why)) => {
+                eprintln!("leakprobe: JavaScript frames will not be named: {why}");
+                (None, format!("unavailable: {why}"))
+            }
+            // Without the verdict no stack is reported: the kernel's walk keeps return addresses.
+            None if !options.judge => (None, "unavailable: not used without the verdict".to_string()),
+            None => (None, "perf map only (--no-v8-names)".to_string()),
+        };
         // What each faulting address is, from V8's page headers in the target's memory.
         let page_kinds = PageKinds::new(ProcMem::open(target.pid).ok());
         let faults_attached = probes.iter().any(|p| p.family == Family::Faults && p.attached);
@@ -239,7 +250,9 @@ impl Session {
         // Only when judging: without the verdict, the agent's memory and CPU stay small over days.
         let census = match !options.judge || !options.census {
             true => None,
-            false => Some(CensusWatch::start(heap_probe(), target.pid, options.census_budget)?),
+            false => {
+                Some(CensusWatch::start(heap_probe(), target.pid, options.census_budget, options.window)?)
+            }
         };
         let containers = options.judge.then(|| Containers::new(heap_probe(), heap_large_live));
         let mut symbolizer = Symbolizer::new(target.pid, js);
@@ -282,6 +295,8 @@ impl Session {
             kernel_log,
             census,
             containers,
+            window: options.window,
+            judged_from: 0.0,
         };
         session.gc.skip_timeline = options.agent;
         session.sample();
@@ -321,14 +336,14 @@ impl Session {
 }
 
 /// Gives the kernel's stack walk the layout of JavaScript frames from the binary's V8
-/// metadata, and returns the reader that names them with `report.target.js_frames`; without
-/// usable metadata, JavaScript frames are not named (said on stderr once).
+/// metadata, and returns the reader that names them, or why JavaScript frames will not be
+/// named (no usable metadata).
 fn js_reader(
     target: &Target,
     metadata: &Result<Metadata, MetadataError>,
     ebpf: &mut Ebpf,
-) -> (Option<Reader<ProcMem>>, String) {
-    let reader = metadata
+) -> Result<Reader<ProcMem>, String> {
+    metadata
         .as_ref()
         .map_err(Clone::clone)
         .and_then(|m| v8::Layout::new(m, target.node_major()))
@@ -340,14 +355,7 @@ fn js_reader(
             let mem =
                 ProcMem::open(target.pid).map_err(|e| format!("opening /proc/{}/mem: {e}", target.pid))?;
             Ok(Reader::new(layout, mem))
-        });
-    match reader {
-        Ok(reader) => (Some(reader), "v8 metadata".into()),
-        Err(why) => {
-            eprintln!("leakprobe: JavaScript frames will not be named: {why}");
-            (None, format!("unavailable: {why}"))
-        }
-    }
+        })
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.

@@ -31,6 +31,23 @@ impl<T> Thinned<T> {
     pub fn items(&self) -> &[T] {
         &self.items
     }
+
+    /// Keeps the samples `keep` accepts.
+    pub fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
+        self.items.retain(keep);
+    }
+
+    /// Replaces the `n` oldest samples with `first`, if any.
+    fn replace_oldest(&mut self, n: usize, first: Option<T>) {
+        self.items.splice(..n, first);
+    }
+}
+
+/// Books that forget what they saw before a time: the agent's rolling window, so that what a
+/// process did days ago does not blunt what it does now.
+pub trait Forget {
+    /// Forgets what was seen before `t` (seconds since attach).
+    fn forget_before(&mut self, t: f64);
 }
 
 /// A bounded series of (seconds since start, value) points.
@@ -104,6 +121,25 @@ impl Series {
     pub fn at(&self, t: f64) -> Option<f64> {
         let points = self.points();
         points.iter().take_while(|p| p.0 <= t).last().or(points.first()).map(|p| p.1)
+    }
+
+    /// Drops the points before `t` (a series of readings taken at events, such as the heap
+    /// after each mark-compact: nothing was read at `t` itself).
+    pub fn drop_before(&mut self, t: f64) {
+        self.points.retain(|p| p.0 >= t);
+    }
+
+    /// Starts the series at `t`: the points before it are dropped, and the value it had at `t`
+    /// (its last earlier point's) becomes a point at `t`. A series of what a stack holds at
+    /// each sample is a step: the sum of a site's stacks still counts each from `t`.
+    pub fn start_at(&mut self, t: f64) {
+        let points = self.points();
+        let later = points.partition_point(|p| p.0 < t);
+        if later == 0 {
+            return;
+        }
+        let carried = points.get(later).is_none_or(|p| p.0 > t).then(|| (t, points[later - 1].1));
+        self.points.replace_oldest(later, carried);
     }
 
     /// The latest value.
@@ -210,6 +246,25 @@ mod tests {
         let apart = first.floor_growth() + second.floor_growth();
         assert!(apart / mb < 3.5, "{}", apart / mb);
         assert_eq!(Series::sum([]).points().len(), 0);
+    }
+
+    #[test]
+    fn a_series_started_later_keeps_its_value_there() {
+        let mut s = Series::default();
+        for t in [0.0, 10.0, 20.0, 30.0] {
+            s.push(t, t * 2.0);
+        }
+        let mut readings = s.clone();
+        s.start_at(15.0);
+        assert_eq!(s.points(), &[(15.0, 20.0), (20.0, 40.0), (30.0, 60.0)]);
+        s.start_at(20.0);
+        assert_eq!(s.points(), &[(20.0, 40.0), (30.0, 60.0)], "a point at the start needs no other");
+        s.start_at(40.0);
+        assert_eq!(s.points(), &[(40.0, 60.0)], "a step goes on after its last point");
+        s.start_at(5.0);
+        assert_eq!(s.points(), &[(40.0, 60.0)]);
+        readings.drop_before(15.0);
+        assert_eq!(readings.points(), &[(20.0, 40.0), (30.0, 60.0)], "readings are not moved");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use leakprobe_ebpf::alloc::NO_STACK;
 
 use crate::{
     books::{
-        series::{median_slope, Series},
+        series::{median_slope, Forget, Series},
         site::site_key,
         suspect::{Category, Source, StackProfile, Suspect, Variant, MAX_SUSPECTS},
     },
@@ -56,6 +56,23 @@ const MAX_TROUGHS: usize = 4096;
 pub const MIN_SITE_TROUGHS: usize = 3;
 /// Bytes a site must have allocated since attach to be told churn by what it freed.
 pub const MIN_CHURN_BYTES: u64 = 1 << 20;
+
+impl Forget for Tracker {
+    /// Each stack's series starts at `t` (what it held then), and the troughs before `t` are
+    /// forgotten. The bytes allocated since attach stay whole: a stack that freed most of what
+    /// it allocated is still churn.
+    fn forget_before(&mut self, t: f64) {
+        let Some((first, last)) = self.window else { return };
+        if first >= t {
+            return;
+        }
+        for series in self.series.values_mut() {
+            series.start_at(t);
+        }
+        self.troughs.retain(|&trough| trough >= t);
+        self.window = Some((t.min(last), last));
+    }
+}
 
 impl Tracker {
     /// Adds one sample of a category's outstanding bytes by stack.
@@ -288,6 +305,31 @@ mod tests {
         );
         assert!(!is_suspect(&series(|t| t * 1024.0)), "1 KiB/s is below the threshold");
         assert!(!is_suspect(&series(|t| 500.0 * mb + t * 2048.0)), "tiny relative to what it holds");
+    }
+
+    #[test]
+    fn a_window_forgets_growth_that_ended_before_it() {
+        let mib = 1024.0 * 1024.0;
+        let mut tracker = Tracker::default();
+        // Grows 1 MiB/s for 30 s, then holds what it has; a full GC every 2 s.
+        for i in 0..=120 {
+            let t = i as f64 * 0.5;
+            tracker.sample(Category::External, t, [(7, (t.min(30.0) * mib) as i64)]);
+            if i % 4 == 0 {
+                tracker.trough(t);
+            }
+        }
+        let growth = |tracker: &Tracker| {
+            let site = &tracker.series[&(Category::External, 7)];
+            tracker.growth(Category::External, Source::Allocations, site)
+        };
+        assert!(growth(&tracker) > 0.1 * mib, "since attach: {}", growth(&tracker) / mib);
+        tracker.forget_before(35.25);
+        assert_eq!(growth(&tracker), 0.0);
+        let site = &tracker.series[&(Category::External, 7)];
+        assert_eq!(site.points()[0], (35.25, 30.0 * mib), "what it held at the window's start");
+        assert!(tracker.troughs.iter().all(|&t| t >= 35.25), "{:?}", tracker.troughs);
+        assert_eq!(tracker.window, Some((35.25, 60.0)));
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct AgentOptions {
     pub judge_every: Option<Duration>,
     /// The heap censuses' CPU budget, a share of each process's own CPU time since attach.
     pub census_budget: f64,
+    /// The verdict's rolling window ([`Options::window`]).
+    pub window: Duration,
 }
 
 /// How often each session's events are read.
@@ -345,7 +347,14 @@ fn attach(process: &Process, options: &AgentOptions) -> anyhow::Result<Session> 
     let judge = options.judge_every.is_some();
     Session::attach(
         target,
-        &Options::agent(process.pid, options.native, options.interval, judge, options.census_budget),
+        &Options::agent(
+            process.pid,
+            options.native,
+            options.interval,
+            judge,
+            options.census_budget,
+            options.window,
+        ),
     )
 }
 

@@ -151,7 +151,14 @@ pub struct CensusCost {
 #[derive(Default)]
 struct Shared {
     report: CensusReport,
+    /// The census growth is read from, and when.
     first: Option<(f64, Census)>,
+    /// With a window (the agent's), the census that becomes `first` once `first` is older
+    /// than the window: one taken at least half a window after it.
+    next_first: Option<(f64, Census)>,
+    /// The rolling window (seconds), if any: growth is read over at least half of it and at
+    /// most one and a half.
+    window: Option<f64>,
     busy: bool,
 }
 
@@ -169,8 +176,14 @@ pub struct CensusWatch {
 impl CensusWatch {
     /// Starts the census thread for process `pid`, reading with `probe` (or, when the process
     /// could not be opened for censuses, saying why at the first census), within `budget_share`
-    /// of the target's CPU time from now.
-    pub fn start(probe: Result<HeapReader, String>, pid: u32, budget_share: f64) -> anyhow::Result<Self> {
+    /// of the target's CPU time from now; with a `window` (seconds), growth is read over about
+    /// the last window instead of since the first census.
+    pub fn start(
+        probe: Result<HeapReader, String>,
+        pid: u32,
+        budget_share: f64,
+        window: Option<f64>,
+    ) -> anyhow::Result<Self> {
         let (requests, rx) = mpsc::channel::<f64>();
         let shared = Arc::new(Mutex::new(Shared {
             report: CensusReport {
@@ -178,6 +191,7 @@ impl CensusWatch {
                 cost: CensusCost { budget_share, ..Default::default() },
                 ..Default::default()
             },
+            window,
             ..Default::default()
         }));
         let state = shared.clone();
@@ -315,6 +329,13 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
             if s.first.is_some() {
                 r.status = format!("census {} read; growth and retainers under way", r.censuses);
             }
+            // The window rolls: growth is read from a later census once the first is too old.
+            if let (Some(window), Some((t0, _))) = (s.window, &s.first) {
+                if t - t0 > window && s.next_first.is_some() {
+                    s.first = s.next_first.take();
+                    r.first_t_s = s.first.as_ref().map(|f| f.0);
+                }
+            }
             s.first.as_ref().map(|(t0, first)| (*t0, growth(first, &census, t - *t0)))
         };
         let Some((t0, growth)) = first else {
@@ -335,6 +356,12 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
             }
         }
         let found = p.retainers(&census, &wanted, LIMITS).ok();
+        {
+            let mut s = lock(&shared);
+            if s.window.is_some_and(|w| t - t0 >= w / 2.0) && s.next_first.is_none() {
+                s.next_first = Some((t, census));
+            }
+        }
         finish(&shared, cpu, |r| {
             r.status = "done".into();
             r.last_t_s = Some(t);

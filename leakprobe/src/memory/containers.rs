@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::{
     books::{
+        series::Forget,
         suspect::{Category, Held},
         tracker::Tracker,
     },
@@ -60,6 +61,14 @@ pub struct Containers {
     /// The times of the samples so far.
     times: Vec<f64>,
     report: ContainersReport,
+}
+
+impl Forget for Containers {
+    /// Each stack's series of what its containers hold starts at `t`.
+    fn forget_before(&mut self, t: f64) {
+        self.tracker.forget_before(t);
+        self.times.retain(|&s| s >= t);
+    }
 }
 
 impl Containers {

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     books::{
-        series::Series,
+        series::{Forget, Series},
         site::site_key,
         suspect::{Category, Source, Suspect, Variant},
     },
@@ -109,6 +109,15 @@ pub struct FaultReport {
     pub v8_own_touched_bytes: u64,
     /// Stacks seen.
     pub stacks: usize,
+}
+
+impl Forget for FaultBooks {
+    /// Each (stack, kind)'s series of bytes first touched starts at `t`.
+    fn forget_before(&mut self, t: f64) {
+        for series in self.series.values_mut() {
+            series.start_at(t);
+        }
+    }
 }
 
 impl FaultBooks {

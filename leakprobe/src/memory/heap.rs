@@ -18,8 +18,12 @@ use leakprobe_ebpf::{
 use serde::Serialize;
 
 use crate::{
-    books::series::Series, books::suspect::Category, books::tracker::Tracker, memory::alloc::Tracked,
-    memory::gc::GcKind, stacks::frame::Frame,
+    books::series::{Forget, Series},
+    books::suspect::Category,
+    books::tracker::Tracker,
+    memory::alloc::Tracked,
+    memory::gc::GcKind,
+    stacks::frame::Frame,
 };
 
 /// V8's regular page size in node 18–24 (large pages carry their own size).
@@ -115,6 +119,17 @@ pub struct HeapReport {
     /// sessions only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub containers: Option<crate::memory::containers::ContainersReport>,
+}
+
+impl Forget for HeapBooks {
+    /// Forgets the readings after mark-compacts (the main isolate's and each worker's) before
+    /// `t`.
+    fn forget_before(&mut self, t: f64) {
+        self.baseline.drop_before(t);
+        for w in self.workers.values_mut() {
+            w.baseline.drop_before(t);
+        }
+    }
 }
 
 impl HeapBooks {

@@ -105,6 +105,10 @@ pub struct Window {
     pub start_unix_s: f64,
     /// Length of the window in seconds.
     pub duration_s: f64,
+    /// Where the verdict's data starts, in seconds into the window: 0, or the start of the
+    /// agent's rolling window (`--window`), before which its books forgot what they saw (GC
+    /// pauses and totals since attach stay whole).
+    pub judged_from_s: f64,
     /// Why it ended.
     pub stop_reason: StopReason,
 }

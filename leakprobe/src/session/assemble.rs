@@ -7,7 +7,7 @@ use leakprobe_ebpf::drops::DropReason;
 
 use super::{Session, Stacks, TRIGGER_STACKS};
 use crate::{
-    books::suspect::Source,
+    books::{series::Forget, suspect::Source},
     memory::{
         census::{CensusReport, CensusWatch},
         containers::Containers,
@@ -32,9 +32,36 @@ impl Session {
     }
 
     /// The verdict so far, with its suspects named: what the agent judges every few minutes
-    /// while the session goes on (nothing is reset).
+    /// while the session goes on. With a rolling window, the books first forget what came
+    /// before it.
     pub fn judge(&mut self) -> Report {
+        if let Some(window) = self.window {
+            let start = self.started.elapsed().as_secs_f64() - window;
+            if start > self.judged_from {
+                self.forget_before(start);
+            }
+        }
         self.report(StopReason::Duration, Stacks::Suspects)
+    }
+
+    /// Forgets what the verdict's books saw before `t` (seconds since attach): memory samples
+    /// and their GC troughs, what each stack held, the readings after mark-compacts. What is
+    /// counted since attach (GC pauses, bytes allocated, events) stays whole; the heap census
+    /// rolls its own window.
+    fn forget_before(&mut self, t: f64) {
+        self.memory.retain(|s| s.t_s >= t);
+        for books in [
+            &mut self.suspects as &mut dyn Forget,
+            &mut self.mapping_growth,
+            &mut self.faults,
+            &mut self.heap,
+        ] {
+            books.forget_before(t);
+        }
+        if let Some(containers) = &mut self.containers {
+            containers.forget_before(t);
+        }
+        self.judged_from = t;
     }
 
     /// Everything collected so far, every stack named, as the final report would say it (the
@@ -139,6 +166,7 @@ impl Session {
             window: Window {
                 start_unix_s: self.started_wall.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
                 duration_s: self.started.elapsed().as_secs_f64(),
+                judged_from_s: self.judged_from,
                 stop_reason,
             },
             probes: self.probes.clone(),

@@ -43,6 +43,10 @@ pub struct Options {
     /// The censuses' CPU budget: a share of the target's CPU time since attach
     /// (`--census-budget`, [`crate::memory::census::DEFAULT_BUDGET`]).
     pub census_budget: f64,
+    /// The verdict's rolling window in seconds (the agent's `--window`): before each verdict,
+    /// what came before the last `window` seconds is forgotten. `None`: everything since
+    /// attach (a profiling session).
+    pub window: Option<f64>,
     /// How long the default mode traces every Buffer/ArrayBuffer allocation after attaching
     /// (the opening burst; zero: not at all): long enough for several GCs, so that the sites
     /// whose Buffers survive them stand apart from the churn. Then the per-allocation probes
@@ -64,7 +68,14 @@ impl Options {
     /// sampling every `interval`; with `judge`, the verdict's evidence as in a profiling
     /// session (named stacks, large arrays, heap censuses within `census_budget` of the
     /// process's own CPU time, the opening burst of Buffer allocations).
-    pub fn agent(pid: u32, native: bool, interval: Duration, judge: bool, census_budget: f64) -> Self {
+    pub fn agent(
+        pid: u32,
+        native: bool,
+        interval: Duration,
+        judge: bool,
+        census_budget: f64,
+        window: Duration,
+    ) -> Self {
         Options {
             pid,
             duration: None,
@@ -84,6 +95,7 @@ impl Options {
             burst: if judge { AGENT_BURST } else { Duration::ZERO },
             census: judge,
             census_budget,
+            window: Some(window.as_secs_f64()),
         }
     }
 }
