@@ -92,6 +92,19 @@ pub struct CategoryVerdict {
     pub worker: Option<WorkerIsolate>,
 }
 
+impl CategoryVerdict {
+    /// Whether what lives in isolate heap `heap` (a container, a census's growing type; `None`:
+    /// not known) is judged under this verdict: a worker's verdict takes what lives in its own
+    /// heap (nothing, where its heap is not known), the others take the rest, told apart by
+    /// `worker_heap`.
+    pub fn takes(&self, heap: Option<&str>, worker_heap: impl Fn(&str) -> bool) -> bool {
+        match &self.worker {
+            Some(w) => heap.is_some() && w.heap.as_deref() == heap,
+            None => heap.is_none_or(|h| !worker_heap(h)),
+        }
+    }
+}
+
 /// A worker thread's isolate, as its verdict names it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WorkerIsolate {
@@ -298,7 +311,9 @@ pub fn judge(
             let not_judged = |c: &&CategoryVerdict| c.method == NOT_JUDGED && s.source == Source::Holds;
             let heap = s.holds.as_ref().and_then(|h| h.heap.as_deref());
             let verdict = categories.iter().find(|c| {
-                c.category == s.category && of_isolate(c, heap, &workers) && (c.growing || not_judged(c))
+                c.category == s.category
+                    && c.takes(heap, |h| workers.contains(h))
+                    && (c.growing || not_judged(c))
             })?;
             let rate = s.growth_bytes_per_s;
             s.evidence = Some(Evidence {
@@ -360,18 +375,6 @@ pub fn judge(
         }
     }
     (found, categories)
-}
-
-/// Whether a suspect whose container lives in isolate heap `heap` (none: not a container, or
-/// its heap unknown) is judged under verdict `c`: a worker's verdict takes the containers of
-/// its heap, the others take the rest (`workers`: the heaps of the workers' verdicts).
-fn of_isolate(c: &CategoryVerdict, heap: Option<&str>, workers: &HashSet<String>) -> bool {
-    match (&c.worker, heap) {
-        (Some(w), Some(heap)) => w.heap.as_deref() == Some(heap),
-        (Some(_), None) => false,
-        (None, Some(heap)) => !workers.contains(heap),
-        (None, None) => true,
-    }
 }
 
 /// Whether suspect `s` was judged under verdict `c` (its category, and the same isolate).

@@ -327,18 +327,12 @@ fn census_lines(
     }
 }
 
-/// Whether the census's growing type `g` lives in the isolate verdict `v` is about: a
-/// worker's own heap (every worker's where its heap is not known), else the main isolate's
-/// (every isolate's where the census does not say which is main).
+/// Whether the census's growing type `g` lives in the isolate verdict `v` is about
+/// ([`CategoryVerdict::takes`]): every isolate but the main one is a worker's (all are the main
+/// one's where the census does not say which is main).
 fn of_isolate(v: &CategoryVerdict, census: Option<&CensusReport>, g: &GrowingType) -> bool {
     let main = census.and_then(|c| c.isolates.iter().find(|i| i.main)).map(|i| i.heap.as_str());
-    match v.worker.as_ref() {
-        Some(w) => match &w.heap {
-            Some(heap) => g.heap == *heap,
-            None => main.is_some_and(|m| g.heap != m),
-        },
-        None => main.is_none_or(|m| g.heap == m),
-    }
+    v.takes(Some(&g.heap), |h| main.is_some_and(|m| h != m))
 }
 
 /// A verdict as the summary names it: its category, and the worker thread it is about.
