@@ -286,6 +286,11 @@ fn the_agent_names_each_leak_and_its_holder_and_nothing_for_a_healthy_service() 
     // labelled with its process.
     let profile = dir.join("outstanding.pb.gz");
     download(&format!("http://{}/pprof/outstanding", agent.addr), &profile);
+    // Asked again within 30 s (the next profile of a scrape, or a second scraper): served from
+    // the reports already built, not rebuilt while the leaks go on.
+    let again = dir.join("again.pb.gz");
+    download(&format!("http://{}/pprof/outstanding", agent.addr), &again);
+    assert!(std::fs::read(&profile).unwrap() == std::fs::read(&again).unwrap(), "the profile was rebuilt");
     let tags = pprof("-tags", &profile);
     for pid in [array.pid(), buffers.pid()] {
         assert!(

@@ -85,7 +85,14 @@ struct Watched {
     session: Session,
     /// Whether its GC probes are attached.
     has_gc: bool,
+    /// Its latest full report, as JSON, and when it was built: what `/pprof/<profile>` reads
+    /// for [`PROFILE_FRESH`] (a scraper asks for each profile in turn, and Parca and
+    /// Pyroscope may both scrape), instead of naming every stack of every process per request.
+    profiled: Option<(Instant, serde_json::Value)>,
 }
+
+/// How long a process's report serves `/pprof/<profile>` requests.
+const PROFILE_FRESH: Duration = Duration::from_secs(30);
 
 /// Runs until SIGTERM or SIGINT, then detaches from everything and returns.
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
@@ -191,6 +198,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                 for w in watched.values_mut() {
                     w.session.sample();
                     m.update(&w.labels, &w.session.memory(), w.session.events_read(), &w.session.drops());
+                    // A report no scrape will read again is not kept.
+                    if w.profiled.as_ref().is_some_and(|(at, _)| at.elapsed() >= PROFILE_FRESH) {
+                        w.profiled = None;
+                    }
                 }
             }
             _ = judge.tick(), if options.judge_every.is_some() => {
@@ -239,14 +250,20 @@ fn answer_incidents(
                 None => Err((StatusCode::GONE, format!("pid {pid} is no longer watched\n"))),
             },
             Want::Profile(kind, pid) => {
-                let reports: Vec<(Vec<(&str, &str)>, _)> = watched
-                    .values_mut()
-                    .filter(|w| pid.is_none_or(|p| p == w.process.pid))
-                    .map(|w| {
-                        let labels = TARGET_LABELS.iter().copied().zip(w.labels.0.iter().map(String::as_str));
-                        (labels.filter(|(_, v)| !v.is_empty()).collect(), w.session.incident())
-                    })
-                    .collect();
+                let mut reports: Vec<(Vec<(&str, &str)>, &serde_json::Value)> = Vec::new();
+                for w in watched.values_mut().filter(|w| pid.is_none_or(|p| p == w.process.pid)) {
+                    if w.profiled.as_ref().is_none_or(|(at, _)| at.elapsed() >= PROFILE_FRESH) {
+                        match serde_json::to_value(w.session.incident()) {
+                            Ok(report) => w.profiled = Some((Instant::now(), report)),
+                            Err(e) => {
+                                status!("leakprobe agent: serializing pid {}'s report: {e}", w.process.pid)
+                            }
+                        }
+                    }
+                    let Some((_, report)) = &w.profiled else { continue };
+                    let labels = TARGET_LABELS.iter().copied().zip(w.labels.0.iter().map(String::as_str));
+                    reports.push((labels.filter(|(_, v)| !v.is_empty()).collect(), report));
+                }
                 match incident::profile(kind, &reports) {
                     Ok(Some(bytes)) => Ok(bytes),
                     Ok(None) => Err((StatusCode::NOT_FOUND, format!("no {} samples yet\n", kind.name))),
@@ -327,7 +344,7 @@ fn attach_new(
                         None => String::new(),
                     }
                 );
-                watched.insert(process.pid, Watched { process, labels, session, has_gc });
+                watched.insert(process.pid, Watched { process, labels, session, has_gc, profiled: None });
             }
             Err(e) => {
                 lock(metrics).attach_error();

@@ -109,20 +109,13 @@ pub fn profile_kind(name: &str) -> Option<&'static ProfileKind> {
     PROFILES.iter().find(|k| k.name == name)
 }
 
-/// One profile of `reports` (each with its process's labels), protobuf-encoded and gzipped;
-/// `None` when no process has a sample in it yet.
+/// One profile of `reports` (each a report as JSON, with its process's labels),
+/// protobuf-encoded and gzipped; `None` when no process has a sample in it yet.
 pub fn profile(
     kind: &ProfileKind,
-    reports: &[(Vec<(&str, &str)>, Report)],
+    reports: &[(Vec<(&str, &str)>, &serde_json::Value)],
 ) -> anyhow::Result<Option<Vec<u8>>> {
-    let values: Vec<(Vec<(&str, &str)>, serde_json::Value)> = reports
-        .iter()
-        .map(|(labels, r)| Ok((labels.clone(), serde_json::to_value(r)?)))
-        .collect::<Result<_, serde_json::Error>>()
-        .context("serializing a report")?;
-    let refs: Vec<(Vec<(&str, &str)>, &serde_json::Value)> =
-        values.iter().map(|(l, v)| (l.clone(), v)).collect();
-    pprof::merged(kind, &refs).map(|p| pprof::encode_gz(&p).context("compressing the profile")).transpose()
+    pprof::merged(kind, reports).map(|p| pprof::encode_gz(&p).context("compressing the profile")).transpose()
 }
 
 /// Reads `pid=N` (or `pod=UID`, `container=ID`) and `seconds=S` (default [`DEFAULT_SECONDS`],
