@@ -630,6 +630,14 @@ fn a_leak_in_a_worker_is_judged_at_the_workers_own_gcs() {
         section.contains("WorkerRecord") && section.contains("Retained by: records (Array, "),
         "{summary}"
     );
+    // The worker is told by the scripts its isolate compiled (read from its heap): the
+    // fixture's own file, which the worker runs.
+    let scripts = worker["worker"]["scripts"].as_array().unwrap();
+    let file = fixture_path("census-worker-leak.js");
+    assert!(scripts.iter().any(|s| s.as_str().map(Path::new) == Some(&file)), "{worker}");
+    assert!(scripts.iter().all(|s| !s.as_str().unwrap().starts_with("node:")), "{worker}");
+    let first = section.lines().next().unwrap();
+    assert!(first.contains(" running ") && first.contains("census-worker-leak.js"), "{summary}");
     let main = verdicts.iter().find(|v| v["category"] == "v8_heap" && v["worker"].is_null()).unwrap();
     assert_eq!(main["growing"], false, "the main isolate only churns: {main}\n{summary}");
     let suspects = report["suspects"].as_array().unwrap();

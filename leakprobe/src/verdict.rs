@@ -115,6 +115,9 @@ pub struct WorkerIsolate {
     /// Its `Heap`'s address, as the heap census names isolates (read from the header of a page
     /// the thread allocated); absent where that page could not be read.
     pub heap: Option<String>,
+    /// The user's scripts its isolate compiled, as the heap census found them (empty before a
+    /// census, or where its heap is not known).
+    pub scripts: Vec<String>,
 }
 
 /// Each worker isolate's V8 heap, judged as the main isolate's is, over the same window:

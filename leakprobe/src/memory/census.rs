@@ -88,6 +88,8 @@ pub struct IsolateHeap {
     /// Live objects counted in the old generation, and their bytes.
     pub objects: u64,
     pub object_bytes: u64,
+    /// The user's scripts it compiled (not node's own), by name: what a worker's isolate runs.
+    pub scripts: Vec<String>,
 }
 
 /// A type that grew between two censuses, with who holds it.
@@ -417,6 +419,7 @@ fn isolates(census: &Census) -> Vec<IsolateHeap> {
             committed_bytes: i.committed_bytes,
             objects: i.objects,
             object_bytes: i.object_bytes,
+            scripts: i.scripts.clone(),
         })
         .collect()
 }

@@ -67,6 +67,9 @@ pub fn render(target: &Target, census: &Census, top: usize) -> String {
             mib(iso.young_bytes),
             mib(iso.free_bytes)
         );
+        if !iso.scripts.is_empty() {
+            out += &format!("  its scripts: {}\n", iso.scripts.join(", "));
+        }
         out += &format!("  {:>10}  {:>10}  {:>10}  type\n", "count", "MiB", "external");
         for t in iso.types.iter().take(top) {
             let external = match t.external_bytes {

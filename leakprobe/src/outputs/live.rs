@@ -9,8 +9,8 @@ use crate::{
     outputs::census::retained_by,
     outputs::report::Report,
     stacks::frame::{Frame, FrameKind},
-    v8::heap::{census::Kind, chain::thousands},
-    verdict::CategoryVerdict,
+    v8::heap::{census::Kind, chain::thousands, walk::short_file},
+    verdict::{CategoryVerdict, WorkerIsolate},
 };
 
 /// ANSI: cursor home, clear screen.
@@ -338,10 +338,29 @@ fn of_isolate(v: &CategoryVerdict, census: Option<&CensusReport>, g: &GrowingTyp
 /// A verdict as the summary names it: its category, and the worker thread it is about.
 fn verdict_name(v: &CategoryVerdict) -> String {
     match &v.worker {
-        Some(w) if w.name.is_empty() => format!("v8 heap of worker thread {}", w.tid),
-        Some(w) => format!("v8 heap of worker thread {} ({})", w.tid, w.name),
+        Some(w) => worker_heap_name(w),
         None => category_name(v.category).into(),
     }
+}
+
+/// A worker's heap as the summary names it: its thread (id and name) and the scripts its
+/// isolate compiled (file names, the first two).
+fn worker_heap_name(w: &WorkerIsolate) -> String {
+    let mut name = format!("v8 heap of worker thread {}", w.tid);
+    if !w.name.is_empty() {
+        let _ = write!(name, " ({})", w.name);
+    }
+    let files: Vec<&str> = w.scripts.iter().map(|s| short_file(s)).collect();
+    match files.len() {
+        0 => {}
+        1 | 2 => {
+            let _ = write!(name, " running {}", files.join(", "));
+        }
+        n => {
+            let _ = write!(name, " running {}, {} and {} more", files[0], files[1], n - 2);
+        }
+    }
+    name
 }
 
 /// A suspect's category as the summary names it, with the worker whose heap it was judged with.
@@ -479,6 +498,25 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_worker_is_named_by_its_thread_and_the_files_it_runs() {
+        let worker = |name: &str, scripts: &[&str]| WorkerIsolate {
+            tid: 416,
+            name: name.into(),
+            heap: Some("0x7f00".into()),
+            scripts: scripts.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(worker_heap_name(&worker("", &[])), "v8 heap of worker thread 416");
+        assert_eq!(
+            worker_heap_name(&worker("node", &["/srv/app/jobs.js"])),
+            "v8 heap of worker thread 416 (node) running jobs.js"
+        );
+        assert_eq!(
+            worker_heap_name(&worker("node", &["/srv/a.js", "/srv/lib/b.js", "/srv/c.js", "/srv/d.js"])),
+            "v8 heap of worker thread 416 (node) running a.js, b.js and 2 more"
+        );
     }
 
     /// Buffers kept in a Map: the census's growing ArrayBuffers are said under external (what

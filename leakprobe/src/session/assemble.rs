@@ -102,7 +102,11 @@ impl Session {
                     .map(|p| format!("{:#x}", p.heap))
                     .filter(|h| Some(h) != main.as_ref());
                 let name = self.gc.threads.get(&tid).map_or_else(String::new, |t| t.name.clone());
-                (WorkerIsolate { tid, name, heap }, w.baseline.points())
+                let scripts = census
+                    .and_then(|c| c.isolates.iter().find(|i| Some(&i.heap) == heap.as_ref()))
+                    .map(|i| i.scripts.clone())
+                    .unwrap_or_default();
+                (WorkerIsolate { tid, name, heap, scripts }, w.baseline.points())
             })
             .collect()
     }

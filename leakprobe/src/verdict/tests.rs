@@ -290,7 +290,12 @@ fn the_pages_a_churning_site_first_touched_are_no_lead() {
 #[test]
 fn each_workers_heap_is_judged_at_its_own_full_gcs() {
     let mib = (1u64 << 20) as f64;
-    let worker = |tid: u32| WorkerIsolate { tid, name: "node".into(), heap: Some(format!("{tid:#x}")) };
+    let worker = |tid: u32| WorkerIsolate {
+        tid,
+        name: "node".into(),
+        heap: Some(format!("{tid:#x}")),
+        scripts: vec!["/srv/app/jobs.js".into()],
+    };
     let leaking: Vec<(f64, f64)> =
         (0..8).map(|i| (1.0 + 2.5 * i as f64, 20.0 * mib + 2.0 * mib * 2.5 * i as f64)).collect();
     let churning: Vec<(f64, f64)> =
@@ -324,7 +329,8 @@ fn a_workers_array_is_judged_with_the_workers_heap() {
         .collect();
     let baseline: Vec<(f64, f64)> =
         (0..8).map(|i| (1.0 + 2.5 * i as f64, 20.0 * mib + 5.0 * mib * i as f64)).collect();
-    let worker = WorkerIsolate { tid: 7, name: "node".into(), heap: Some("0x7f00".into()) };
+    let worker =
+        WorkerIsolate { tid: 7, name: "node".into(), heap: Some("0x7f00".into()), scripts: Vec::new() };
     let mut verdicts = categories(&samples);
     verdicts.extend(worker_verdicts((0.0, 20.0), [(worker, &baseline[..])]));
     let array = |heap: &str, site: &str| Suspect {

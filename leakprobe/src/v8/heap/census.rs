@@ -66,6 +66,9 @@ pub struct IsolateCensus {
     pub free_bytes: u64,
     /// By type, most bytes first.
     pub types: Vec<TypeCount>,
+    /// The user's scripts it compiled (not node's own), by name, at most 16: a worker's isolate
+    /// is told by the file it runs.
+    pub scripts: Vec<String>,
 }
 
 /// Bounds of one census.

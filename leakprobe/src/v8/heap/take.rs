@@ -62,6 +62,7 @@ pub fn census<M: Memory>(
             objects: 0,
             free_bytes: 0,
             types: Vec::new(),
+            scripts: Vec::new(),
         });
         iso.committed_bytes += page.size;
         if page.young() {
@@ -121,6 +122,7 @@ pub fn census<M: Memory>(
             iso.object_bytes = types.iter().map(|t| t.bytes).sum();
             iso.free_bytes = walker.free.get(&heap).copied().unwrap_or(0);
             iso.types = types;
+            iso.scripts = walker.scripts.get(&heap).map(|s| s.iter().cloned().collect()).unwrap_or_default();
             iso
         })
         .collect();

@@ -251,6 +251,7 @@ fn census_of(types: &[(&str, u64, u64)]) -> Census {
             object_bytes: 0,
             objects: 0,
             free_bytes: 0,
+            scripts: Vec::new(),
             types: types
                 .iter()
                 .map(|(label, count, bytes)| TypeCount {

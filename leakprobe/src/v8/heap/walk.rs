@@ -71,7 +71,13 @@ pub struct Walker<'r, M: Memory> {
     pub(super) sized_by_lookahead: u64,
     /// The pages' addresses (maps are looked for only there).
     pub(super) chunks: std::collections::HashSet<u64>,
+    /// Per heap, the names of the user's scripts it compiled (not node's own `node:` ones), at
+    /// most [`MAX_SCRIPTS`]: what a worker's isolate runs.
+    pub(super) scripts: HashMap<u64, std::collections::BTreeSet<String>>,
 }
+
+/// Script names kept per heap.
+pub(super) const MAX_SCRIPTS: usize = 16;
 
 /// The word at byte offset `at` of `buf`, if inside.
 pub fn word_at(buf: &[u8], at: u64) -> Option<u64> {
@@ -103,6 +109,7 @@ impl<'r, M: Memory> Walker<'r, M> {
             stuck: HashMap::new(),
             sized_by_lookahead: 0,
             chunks: pages.iter().map(|p| p.chunk).collect(),
+            scripts: HashMap::new(),
         }
     }
 
@@ -286,6 +293,10 @@ impl<'r, M: Memory> Walker<'r, M> {
             *self.free.entry(page.heap).or_default() += size;
             return;
         }
+        if info.ty == self.reader.layout.script_type {
+            let name = word_at(buf, at + self.reader.layout.script_name);
+            self.script(page.heap, name);
+        }
         let l = &self.reader.layout;
         let label = match info.label {
             Some(label) => label,
@@ -313,6 +324,20 @@ impl<'r, M: Memory> Walker<'r, M> {
             entry.samples.push((tagged, map));
         } else if let Some(slot) = usize::try_from(draw % entry.count).ok().filter(|k| *k < SAMPLES) {
             entry.samples[slot] = (tagged, map);
+        }
+    }
+
+    /// Keeps the name of a script of `heap` (the tagged string `name`), if it is the user's.
+    fn script(&mut self, heap: u64, name: Option<u64>) {
+        let scripts = self.scripts.entry(heap).or_default();
+        if scripts.len() >= MAX_SCRIPTS {
+            return;
+        }
+        let Some(name) = name.and_then(|n| self.reader.string(n).ok()) else { return };
+        // V8's own extensions (`v8/gc` with --expose-gc) are not the user's either.
+        if !name.is_empty() && !name.starts_with("node:") && !name.starts_with("v8/") && !name.contains('\0')
+        {
+            scripts.insert(name);
         }
     }
 
