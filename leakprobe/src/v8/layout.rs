@@ -82,6 +82,12 @@ pub(super) struct StringLayout {
     pub(super) thin_actual: u64,
 }
 
+/// JSFunction's instance types after JS_FUNCTION_TYPE before V8 12 (node 18 and 20), whose
+/// metadata has no `LastJSFunctionType`: JS_CLASS_CONSTRUCTOR, JS_PROMISE_CONSTRUCTOR,
+/// JS_REG_EXP_CONSTRUCTOR, JS_ARRAY_CONSTRUCTOR and the 11 typed-array constructors (node 22's
+/// and 24's metadata give 16: V8 12 added Float16Array's).
+const PRE_V8_12_FUNCTION_SUBTYPES: i64 = 15;
+
 impl Layout {
     /// The layout described by `m`, for a binary of node major version `node_major`.
     pub fn new(m: &Metadata, node_major: Option<u32>) -> Result<Self, MetadataError> {
@@ -101,10 +107,15 @@ impl Layout {
             fp_function: m.get("off_fp_function")?,
             fp_context_or_type: m.get("off_fp_context_or_frame_type")?,
             function_shared: u(m.field("class_JSFunction__shared__")?),
-            // Before V8 12 the range is not in the metadata; JSFunction's instance types are
-            // the last ones, starting at JS_FUNCTION_TYPE.
+            // Before V8 12 the range is not in the metadata: JSFunction's instance types are
+            // JS_FUNCTION_TYPE and the 15 after it (the class, Promise, RegExp and Array
+            // constructors and the 11 typed arrays'). Arrays, Maps, Sets, Dates, Errors follow:
+            // they are no functions.
             first_function_type: u(m.any(&["FirstJSFunctionType", "type_JSFunction__JS_FUNCTION_TYPE"])?),
-            last_function_type: u(m.get("LastJSFunctionType").unwrap_or(u16::MAX as i64)),
+            last_function_type: match m.get("LastJSFunctionType") {
+                Ok(last) => u(last),
+                Err(_) => u(m.get("type_JSFunction__JS_FUNCTION_TYPE")? + PRE_V8_12_FUNCTION_SUBTYPES),
+            },
             sfi_type: u(m.get("type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE")?),
             script_type: u(m.get("type_Script__SCRIPT_TYPE")?),
             scope_info_type: u(m.get("type_ScopeInfo__SCOPE_INFO_TYPE")?),

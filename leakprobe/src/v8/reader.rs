@@ -373,6 +373,38 @@ pub(crate) mod tests {
         META.get_or_init(|| Metadata::from_elf(&std::fs::read("/usr/bin/node").ok()?).ok()).clone()
     }
 
+    /// A JSFunction's instance types and no other: node 18's and 20's metadata has no end to
+    /// the range (it was taken as every type from JS_FUNCTION_TYPE on, and the census counted
+    /// Arrays, Maps and Sets as closures). Every type the metadata names inside it is
+    /// JSFunction's (its subtypes, the constructors, have no class of their own).
+    #[test]
+    fn the_function_types_are_only_functions() {
+        let mut seen = 0;
+        for major in [18, 20, 22, 24] {
+            let Ok(bytes) = std::fs::read(format!("/var/cache/leakprobe/node/{major}/node")) else {
+                continue;
+            };
+            seen += 1;
+            let m = Metadata::from_elf(&bytes).unwrap();
+            let l = Layout::new(&m, Some(major)).unwrap();
+            let functions = l.first_function_type..=l.last_function_type;
+            assert!(
+                (15..=16).contains(&(l.last_function_type - l.first_function_type)),
+                "node {major}: {functions:?}"
+            );
+            let inside: Vec<&String> =
+                m.0.iter()
+                    .filter(|(k, v)| k.starts_with("type_") && functions.contains(&(**v as u64)))
+                    .map(|(k, _)| k)
+                    .collect();
+            assert_eq!(inside, ["type_JSFunction__JS_FUNCTION_TYPE"], "node {major}");
+            for t in ["type_JSArray__JS_ARRAY_TYPE", "type_JSMap__JS_MAP_TYPE", "type_JSSet__JS_SET_TYPE"] {
+                assert!(!functions.contains(&(m.get(t).unwrap() as u64)), "node {major}: {t}");
+            }
+        }
+        assert!(seen > 0 || std::env::var_os("CI").is_none(), "no cached node binary");
+    }
+
     #[test]
     fn every_cached_node_binary_has_the_metadata_we_need() {
         let mut seen = 0;

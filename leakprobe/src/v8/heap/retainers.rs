@@ -222,6 +222,16 @@ pub fn retainers<M: Memory>(
         for &root in &alive {
             match search.best_path(root) {
                 Some((path, complete)) => {
+                    if log::log_enabled!(log::Level::Trace) {
+                        let steps: Vec<String> = path
+                            .iter()
+                            .map(|&(n, off)| {
+                                let node = &search.nodes[n];
+                                format!("{:#x} type {:?} +{off}", node.addr, node.info.map(|i| i.ty))
+                            })
+                            .collect();
+                        log::trace!("path of {:#x}: {}", search.nodes[root].addr, steps.join(" <- "));
+                    }
                     let links = search.links(&path);
                     if links.is_empty() {
                         unexplained += 1;
