@@ -378,7 +378,19 @@ fn name(
     // growing file.
     process.perf_map = false;
     let src = Source::Process(process);
-    let symbolized = blazesym.symbolize(&src, Input::AbsAddr(addrs)).unwrap_or_default();
+    // A batch fails whole (a mapping gone between reading the process's maps and opening its
+    // file, in a process that maps and unmaps fast): tried again once; if it fails again its
+    // addresses are not named now, nor kept as unnamed (a later stack tries them again).
+    let symbolized = match blazesym.symbolize(&src, Input::AbsAddr(addrs)) {
+        Ok(s) => s,
+        Err(first) => match blazesym.symbolize(&src, Input::AbsAddr(addrs)) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("naming {} addresses of pid {pid}: {first}; again: {e}", addrs.len());
+                return Vec::new();
+            }
+        },
+    };
     addrs
         .iter()
         .enumerate()
