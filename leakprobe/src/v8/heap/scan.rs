@@ -101,7 +101,14 @@ impl<M: Memory> Search<'_, M> {
                         info,
                         offset: at - start,
                     }),
+                    // The object's map word: how V8 types it, no reference of the program's.
+                    Some(&(start, _, _)) if at == start => {}
                     _ => {
+                        log::trace!(
+                            "rejected: {:#x} refers to node {node} ({:#x}), no holder parsed around it",
+                            page.area_start + at,
+                            self.nodes[node].addr
+                        );
                         self.rejected.insert(page.area_start + at);
                     }
                 }
