@@ -373,23 +373,24 @@ fn name(
     addrs: &[u64],
     jit: &[(u64, u64)],
 ) -> Vec<(u64, Frame)> {
-    let mut process = Process::new(Pid::from(pid));
-    // Read by `PerfMap` instead: blazesym would keep a parsed copy of each version of the
-    // growing file.
-    process.perf_map = false;
-    let src = Source::Process(process);
-    // A batch fails whole (a mapping gone between reading the process's maps and opening its
-    // file, in a process that maps and unmaps fast): tried again once; if it fails again its
-    // addresses are not named now, nor kept as unnamed (a later stack tries them again).
-    let symbolized = match blazesym.symbolize(&src, Input::AbsAddr(addrs)) {
+    let symbolize = |map_files: bool| {
+        let mut process = Process::new(Pid::from(pid));
+        // Read by `PerfMap` instead: blazesym would keep a parsed copy of each version of the
+        // growing file.
+        process.perf_map = false;
+        process.map_files = map_files;
+        blazesym.symbolize(&Source::Process(process), Input::AbsAddr(addrs))
+    };
+    // A batch fails whole. Opening a module through `/proc/PID/map_files` needs CAP_SYS_ADMIN
+    // (without it no native frame was ever named), and a mapping can go between reading the
+    // maps and opening it: the maps' paths are tried next. If that fails too, the addresses
+    // are not named now, nor kept as unnamed (a later stack tries them again).
+    let symbolized = match symbolize(true).or_else(|first| symbolize(false).map_err(|e| (first, e))) {
         Ok(s) => s,
-        Err(first) => match blazesym.symbolize(&src, Input::AbsAddr(addrs)) {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("naming {} addresses of pid {pid}: {first}; again: {e}", addrs.len());
-                return Vec::new();
-            }
-        },
+        Err((first, e)) => {
+            log::debug!("naming {} addresses of pid {pid}: {first}; by the maps' paths: {e}", addrs.len());
+            return Vec::new();
+        }
     };
     addrs
         .iter()
