@@ -515,7 +515,7 @@ fn a_session_says_who_keeps_the_growing_buffers() {
 /// shorter than the census: a process stopped for the census would show one gap as long.
 #[test]
 fn a_census_never_pauses_the_target() {
-    let mut fixture = Node::start(&system_node(), &[], "ticker-heap.js");
+    let mut fixture = Node::start(&system_node(), &["--expose-gc"], "ticker-heap.js");
     let gaps = |lines: &[String], within: Option<(u128, u128)>| -> Vec<f64> {
         lines
             .iter()
