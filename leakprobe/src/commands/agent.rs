@@ -94,6 +94,13 @@ struct Watched {
 /// How long a process's report serves `/pprof/<profile>` requests.
 const PROFILE_FRESH: Duration = Duration::from_secs(30);
 
+impl Watched {
+    /// Whether its report for `/pprof` is missing or older than [`PROFILE_FRESH`].
+    fn profile_stale(&self) -> bool {
+        self.profiled.as_ref().is_none_or(|(at, _)| at.elapsed() >= PROFILE_FRESH)
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, then detaches from everything and returns.
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     privilege::check()?;
@@ -199,7 +206,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
                     w.session.sample();
                     m.update(&w.labels, &w.session.memory(), w.session.events_read(), &w.session.drops());
                     // A report no scrape will read again is not kept.
-                    if w.profiled.as_ref().is_some_and(|(at, _)| at.elapsed() >= PROFILE_FRESH) {
+                    if w.profile_stale() {
                         w.profiled = None;
                     }
                 }
@@ -252,7 +259,7 @@ fn answer_incidents(
             Want::Profile(kind, pid) => {
                 let mut reports: Vec<(Vec<(&str, &str)>, &serde_json::Value)> = Vec::new();
                 for w in watched.values_mut().filter(|w| pid.is_none_or(|p| p == w.process.pid)) {
-                    if w.profiled.as_ref().is_none_or(|(at, _)| at.elapsed() >= PROFILE_FRESH) {
+                    if w.profile_stale() {
                         match serde_json::to_value(w.session.incident()) {
                             Ok(report) => w.profiled = Some((Instant::now(), report)),
                             Err(e) => {

@@ -246,6 +246,9 @@ struct Namer {
     blazesym: Blazesym,
     js: Option<Reader<ProcMem>>,
     perf_map: PerfMap,
+    /// Whether modules are opened through `/proc/PID/map_files` (false once that was denied:
+    /// no CAP_SYS_ADMIN), else by the paths in the process's maps.
+    map_files: bool,
     native: HashMap<u64, Frame>,
     functions: HashMap<u64, Option<JsFunction>>,
     stacks: Arc<Mutex<HashMap<i64, Vec<Frame>>>>,
@@ -259,6 +262,7 @@ impl Namer {
             blazesym,
             js,
             perf_map: PerfMap::default(),
+            map_files: true,
             native: HashMap::new(),
             functions: HashMap::new(),
             stacks,
@@ -280,7 +284,14 @@ impl Namer {
             fields.get(1).is_some_and(|p| p.contains('x')) && fields.get(5) == Some(&module)
         });
         if let Some(addr) = text.and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok()) {
-            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &[addr], &[]));
+            self.native.extend(name(
+                &self.blazesym,
+                &self.perf_map,
+                &mut self.map_files,
+                self.pid,
+                &[addr],
+                &[],
+            ));
         }
     }
 
@@ -293,7 +304,14 @@ impl Namer {
         addrs.retain(|a| !self.native.contains_key(a) && *a != RawFrame::QUEUED.pc && *a != SKIPPED_PC);
         if !addrs.is_empty() {
             self.perf_map.refresh(self.pid);
-            self.native.extend(name(&self.blazesym, &self.perf_map, self.pid, &addrs, jit));
+            self.native.extend(name(
+                &self.blazesym,
+                &self.perf_map,
+                &mut self.map_files,
+                self.pid,
+                &addrs,
+                jit,
+            ));
         }
         for (id, raw) in stacks {
             let mut frames = Vec::with_capacity(raw.len());
@@ -365,10 +383,12 @@ fn js_function(
     functions.entry(sfi).or_insert_with(|| reader.function(sfi).ok()).clone()
 }
 
-/// Frames for the addresses of `pid`, whose JIT code lies in `jit`.
+/// Frames for the addresses of `pid`, whose JIT code lies in `jit`; modules are opened
+/// through `/proc/PID/map_files` while `map_files` holds (cleared once that is denied).
 fn name(
     blazesym: &Blazesym,
     perf_map: &PerfMap,
+    map_files: &mut bool,
     pid: u32,
     addrs: &[u64],
     jit: &[(u64, u64)],
@@ -383,12 +403,24 @@ fn name(
     };
     // A batch fails whole. Opening a module through `/proc/PID/map_files` needs CAP_SYS_ADMIN
     // (without it no native frame was ever named), and a mapping can go between reading the
-    // maps and opening it: the maps' paths are tried next. If that fails too, the addresses
-    // are not named now, nor kept as unnamed (a later stack tries them again).
-    let symbolized = match symbolize(true).or_else(|first| symbolize(false).map_err(|e| (first, e))) {
+    // maps and opening it: the maps' paths are tried next, and used from then on when
+    // map_files was denied. If that fails too, the addresses are not named now, nor kept as
+    // unnamed (a later stack tries them again).
+    let symbolized = match symbolize(*map_files) {
+        Ok(s) => Ok(s),
+        Err(first) if *map_files => {
+            let by_paths = symbolize(false);
+            if by_paths.is_ok() && first.kind() == blazesym::ErrorKind::PermissionDenied {
+                *map_files = false;
+            }
+            by_paths.map_err(|e| format!("{first}; by the maps' paths: {e}"))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let symbolized = match symbolized {
         Ok(s) => s,
-        Err((first, e)) => {
-            log::debug!("naming {} addresses of pid {pid}: {first}; by the maps' paths: {e}", addrs.len());
+        Err(why) => {
+            log::debug!("naming {} addresses of pid {pid}: {why}", addrs.len());
             return Vec::new();
         }
     };
