@@ -406,23 +406,17 @@ fn name(
     // maps and opening it: the maps' paths are tried next, and used from then on when
     // map_files was denied. If that fails too, the addresses are not named now, nor kept as
     // unnamed (a later stack tries them again).
-    let symbolized = match symbolize(*map_files) {
-        Ok(s) => Ok(s),
-        Err(first) if *map_files => {
-            let by_paths = symbolize(false);
-            if by_paths.is_ok() && first.kind() == blazesym::ErrorKind::PermissionDenied {
-                *map_files = false;
-            }
-            by_paths.map_err(|e| format!("{first}; by the maps' paths: {e}"))
-        }
-        Err(e) => Err(e.to_string()),
-    };
-    let symbolized = match symbolized {
-        Ok(s) => s,
-        Err(why) => {
-            log::debug!("naming {} addresses of pid {pid}: {why}", addrs.len());
-            return Vec::new();
-        }
+    let mut result = symbolize(*map_files);
+    if let (true, Err(first)) = (*map_files, &result) {
+        log::debug!("naming {} addresses of pid {pid} through map_files: {first}", addrs.len());
+        let denied = first.kind() == blazesym::ErrorKind::PermissionDenied;
+        result = symbolize(false);
+        *map_files = !(denied && result.is_ok());
+    }
+    let Ok(symbolized) =
+        result.inspect_err(|e| log::debug!("naming {} addresses of pid {pid}: {e}", addrs.len()))
+    else {
+        return Vec::new();
     };
     addrs
         .iter()
