@@ -348,13 +348,15 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
             lock(&shared).first = Some((t, census));
             continue;
         };
-        // The fastest-growing types, and the ArrayBuffers that grew most (external memory's
-        // holders), searched for retainers.
+        // The fastest-growing types; and the ArrayBuffers and the native handles that grew
+        // most (what keeps external and native memory), searched for retainers.
         let mut wanted = growing_types(&growth, RETAINED);
-        if let Some(g) = growth.iter().find(|g| g.kind == Kind::ArrayBuffer && g.count_delta > 0) {
-            let key = (g.heap.clone(), g.kind, g.label.clone());
-            if !wanted.contains(&key) {
-                wanted.push(key);
+        for kind in [Kind::ArrayBuffer, Kind::Handle] {
+            if let Some(g) = growth.iter().find(|g| g.kind == kind && g.count_delta > 0) {
+                let key = (g.heap.clone(), g.kind, g.label.clone());
+                if !wanted.contains(&key) {
+                    wanted.push(key);
+                }
             }
         }
         let found = p.retainers(&census, &wanted, LIMITS).ok();
@@ -424,17 +426,21 @@ fn isolates(census: &Census) -> Vec<IsolateHeap> {
         .collect()
 }
 
-/// The growing JavaScript types (not V8's internal ones), with their chains where searched.
+/// The growing JavaScript types (not V8's internal ones): the first [`LISTED`], and any other
+/// that was searched (the ArrayBuffers and handles that grew most), with their chains where
+/// searched.
 fn growing(growth: &[Growth], found: Option<&RetainerSearch>, seconds: f64) -> Vec<GrowingType> {
+    let searched = |g: &Growth| {
+        found
+            .and_then(|f| f.types.iter().find(|t| t.heap == g.heap && t.kind == g.kind && t.label == g.label))
+    };
     growth
         .iter()
         .filter(|g| g.count_delta > 0 && g.kind != Kind::System)
-        .take(LISTED)
-        .map(|g| {
-            let retained_by = found
-                .and_then(|f| {
-                    f.types.iter().find(|t| t.heap == g.heap && t.kind == g.kind && t.label == g.label)
-                })
+        .enumerate()
+        .filter(|(i, g)| *i < LISTED || searched(g).is_some())
+        .map(|(_, g)| {
+            let retained_by = searched(g)
                 .map(|t| {
                     t.chains
                         .iter()

@@ -344,6 +344,7 @@ impl Metrics {
         if let Some(census) = census {
             let shown = census.growing.iter().filter(|g| match g.kind {
                 Kind::ArrayBuffer => grows(Category::External) || grows(Category::V8Heap),
+                Kind::Handle => grows(Category::Native) || grows(Category::V8Heap),
                 Kind::System => false,
                 _ => grows(Category::V8Heap),
             });

@@ -21,6 +21,10 @@ pub enum Kind {
     String,
     /// An ArrayBuffer (its backing store is outside the heap: `external_bytes`).
     ArrayBuffer,
+    /// A JavaScript object that wraps a native (C++) object, made from one of the embedder's
+    /// API templates (node's handles: a zlib stream's `Zlib`, a cipher's `CipherBase`, a
+    /// socket's `TCP`): what it keeps is mostly native memory, outside the heap.
+    Handle,
     /// A scope's context (closure variables).
     Context,
     /// One of V8's internal objects (code, arrays, maps, ...), named by its type.
@@ -212,8 +216,8 @@ pub fn growth(before: &Census, after: &Census, seconds: f64) -> Vec<Growth> {
 pub const SAMPLES: usize = 24;
 
 /// The types whose retainers are worth a search: the `top` growing types of the program's
-/// values (objects, among them Promises and Timeouts, arrays, closures, strings, ArrayBuffers;
-/// not V8's internal ones), taken in turn by objects gained and by bytes gained, so that a few
+/// values (objects, among them Promises and Timeouts, arrays, closures, strings, ArrayBuffers,
+/// native handles; not V8's internal ones), taken in turn by objects gained and by bytes gained, so that a few
 /// large objects growing are searched beside many small ones.
 pub fn growing_types(growth: &[Growth], top: usize) -> Vec<(String, Kind, String)> {
     let values: Vec<&Growth> = growth
@@ -222,7 +226,12 @@ pub fn growing_types(growth: &[Growth], top: usize) -> Vec<(String, Kind, String
             g.count_delta > 0
                 && matches!(
                     g.kind,
-                    Kind::Object | Kind::Array | Kind::Closure | Kind::String | Kind::ArrayBuffer
+                    Kind::Object
+                        | Kind::Array
+                        | Kind::Closure
+                        | Kind::String
+                        | Kind::ArrayBuffer
+                        | Kind::Handle
                 )
         })
         .collect();

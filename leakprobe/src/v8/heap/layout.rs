@@ -39,6 +39,12 @@ pub const UNSEEN_HOLDERS: &[&str] = &[
     "WeakFixedArray",
 ];
 
+/// Types whose size this reader does not compute and whose second word is no length (a
+/// `ScopeInfo`'s flags, a `FeedbackVector`'s two 32-bit counts): the shapes a walk tries for
+/// other unknown types would take that word for one, and could swallow the objects after it
+/// (a module's scope was lost so). They end where the next run of objects starts.
+pub const UNSIZED: &[&str] = &["ScopeInfo", "FeedbackVector"];
+
 /// The offsets and types the census needs beyond [`crate::v8::Layout`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeapLayout {
@@ -56,6 +62,10 @@ pub struct HeapLayout {
     pub(super) array_buffer_type: u64,
     pub(super) array_buffer_byte_length: u64,
     pub(super) js_array_type: u64,
+    /// The instance types V8 leaves to its embedder for objects made from API templates (node's
+    /// handles: zlib streams, ciphers, sockets, ...): after `JS_OBJECT_TYPE`, up to the next
+    /// type V8 itself uses (`0x422..=0x80A` in V8 10 to 13, as `v8-internal.h` says).
+    pub(super) handle_types: std::ops::RangeInclusive<u64>,
     pub(super) first_js_type: u64,
     pub(super) first_context_type: u64,
     pub(super) last_context_type: u64,
@@ -72,6 +82,8 @@ pub struct HeapLayout {
     pub(super) type_names: HashMap<u64, String>,
     /// Instance types of [`UNSEEN_HOLDERS`].
     pub(super) unseen_holders: Vec<u64>,
+    /// Instance types of [`UNSIZED`].
+    pub(super) unsized_types: Vec<u64>,
     /// `PromiseReaction`'s type where the metadata names it: a reaction a pending Promise keeps
     /// (in a linked list, not followed by the retainer search).
     pub(super) promise_reaction_type: Option<u64>,
@@ -165,8 +177,19 @@ impl HeapLayout {
             .filter(|(_, name)| UNSEEN_HOLDERS.contains(&name.as_str()))
             .map(|(ty, _)| *ty)
             .collect();
+        let unsized_types = type_names
+            .iter()
+            .filter(|(_, name)| UNSIZED.contains(&name.as_str()))
+            .map(|(ty, _)| *ty)
+            .collect();
         let promise_reaction_type =
             type_names.iter().find(|(_, name)| name.as_str() == "PromiseReaction").map(|(ty, _)| *ty);
+        let js_object_type = u(m.get("type_JSObject__JS_OBJECT_TYPE")?);
+        let next_type = type_names.keys().filter(|&&t| t > js_object_type).min().copied();
+        let handle_types = match next_type {
+            Some(next) => js_object_type + 1..=next - 1,
+            None => return Err(MetadataError::Missing("a type after JS_OBJECT_TYPE")),
+        };
         Ok(Self {
             map_type: u(m.get("type_Map__MAP_TYPE")?),
             instance_size_words: u(m.field("class_Map__instance_size_in_words__")?),
@@ -185,6 +208,7 @@ impl HeapLayout {
             array_buffer_type: u(m.get("type_JSArrayBuffer__JS_ARRAY_BUFFER_TYPE")?),
             array_buffer_byte_length: u(m.field("class_JSArrayBuffer__byte_length__")?),
             js_array_type: u(m.get("type_JSArray__JS_ARRAY_TYPE")?),
+            handle_types,
             first_js_type: first_js.ok_or(MetadataError::Missing("type_JS*"))?,
             first_context_type: u(m.get("FirstContextType")?),
             last_context_type: u(m.get("LastContextType")?),
@@ -202,6 +226,7 @@ impl HeapLayout {
             gap_types,
             type_names,
             unseen_holders,
+            unsized_types,
             promise_reaction_type,
             refs: RefLayout::new(m)?,
         })

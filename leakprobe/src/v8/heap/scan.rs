@@ -104,10 +104,13 @@ impl<M: Memory> Search<'_, M> {
                     // The object's map word: how V8 types it, no reference of the program's.
                     Some(&(start, _, _)) if at == start => {}
                     _ => {
+                        let near = |k: usize| objects.get(k).map(|(s, i, n)| (page.area_start + s, i.ty, *n));
                         log::trace!(
-                            "rejected: {:#x} refers to node {node} ({:#x}), no holder parsed around it",
+                            "rejected: {:#x} refers to node {node} ({:#x}), no holder parsed around it (objects before and after: {:x?} {:x?})",
                             page.area_start + at,
-                            self.nodes[node].addr
+                            self.nodes[node].addr,
+                            k.checked_sub(1).and_then(near),
+                            near(k),
                         );
                         self.rejected.insert(page.area_start + at);
                     }

@@ -479,3 +479,28 @@ fn descriptions_and_context_headers_are_never_holders() {
     }
     assert!(seen > 0 || !std::path::Path::new("/var/cache/leakprobe/node").exists());
 }
+
+/// The embedder's object types (node's handles) are the range `v8-internal.h` gives on every
+/// node (`kFirstJSApiObjectType` 0x422 to `kLastJSApiObjectType` 0x80A), found from the metadata
+/// alone: what V8 leaves between `JS_OBJECT_TYPE` and its next own type. Arrays, typed arrays
+/// and ArrayBuffers are outside it.
+#[test]
+fn node_handles_are_the_embedders_object_types() {
+    let mut seen = 0;
+    for major in [18, 20, 22, 24] {
+        let Ok(bytes) = std::fs::read(format!("/var/cache/leakprobe/node/{major}/node")) else { continue };
+        let m = Metadata::from_elf(&bytes).unwrap();
+        let hl = HeapLayout::new(&m).unwrap();
+        assert_eq!(hl.handle_types, 0x422..=0x80a, "node {major}");
+        for t in [
+            "type_JSObject__JS_OBJECT_TYPE",
+            "type_JSArray__JS_ARRAY_TYPE",
+            "type_JSArrayBuffer__JS_ARRAY_BUFFER_TYPE",
+            "type_JSTypedArray__JS_TYPED_ARRAY_TYPE",
+        ] {
+            assert!(!hl.handle_types.contains(&(m.get(t).unwrap() as u64)), "node {major}: {t}");
+        }
+        seen += 1;
+    }
+    assert!(seen > 0 || !std::path::Path::new("/var/cache/leakprobe/node").exists());
+}

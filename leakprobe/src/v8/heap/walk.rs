@@ -23,6 +23,8 @@ pub(super) const MAX_BACK_POINTERS: u32 = 64;
 pub(super) const MAX_SHAPE_NAMES: u64 = 12;
 /// Most descriptors a map may claim (V8's limit is 1020).
 pub const MAX_DESCRIPTORS: u64 = 1020;
+/// The bits of a `PropertyArray`'s length-and-hash field that are its length (V8 6 to 13).
+pub(super) const PROPERTY_ARRAY_LENGTH: u64 = (1 << 10) - 1;
 /// Objects that must parse after a candidate position for the walk to resume there.
 pub(super) const RESYNC_CHAIN: u32 = 3;
 /// Largest part of a large-object page read (only its object's header is needed).
@@ -175,7 +177,11 @@ impl<'r, M: Memory> Walker<'r, M> {
         if let Some(size) = self.size_of(info, buf, at) {
             return (size >= 8 && at.checked_add(size)? <= len).then_some((info, size));
         }
-        // Unknown variable-sized type: the usual shapes, kept when the next object parses.
+        // Unknown variable-sized type: the usual shapes, kept when the next object parses
+        // (not for types known to have another shape: they are sized by lookahead).
+        if self.hl.unsized_types.contains(&info.ty) {
+            return None;
+        }
         let n = word_at(buf, at + 8)?;
         let smi = (n & self.reader.layout.tag_mask != self.reader.layout.heap_tag)
             .then(|| (n as i64) >> self.reader.layout.smi_shift)
@@ -229,6 +235,11 @@ impl<'r, M: Memory> Walker<'r, M> {
         }
         if ty == hl.fixed_double_array_type || ty == l.fixed_array_type {
             return Some(l.array_data + 8 * smi(l.array_length)?);
+        }
+        if ty == hl.refs.property_array_type {
+            // Its length shares the field with the owner's identity hash (V8's
+            // `PropertyArray::LengthField`, the low bits).
+            return Some(16 + 8 * (smi(8)? & PROPERTY_ARRAY_LENGTH));
         }
         if ty == hl.byte_array_type {
             return Some(align8(l.array_data + smi(l.array_length)?));
@@ -440,6 +451,7 @@ impl<'r, M: Memory> Walker<'r, M> {
         let kind = match ty {
             t if t == hl.array_buffer_type => Kind::ArrayBuffer,
             t if t == hl.js_array_type => Kind::Array,
+            t if hl.handle_types.contains(&t) => Kind::Handle,
             _ => Kind::Object,
         };
         let name = self.constructor_name(map).unwrap_or_else(|| match hl.type_names.get(&ty) {
