@@ -272,7 +272,8 @@ const TIMERS: Leak = Leak {
     name: "onExpiry",
     snapshot_type: "closure",
     holder: "_onTimeout",
-    chain_has: &["Timeout (in a timer list)"],
+    // As the fixture's setTimeout has it.
+    chain_has: &["_onTimeout ← Timeout (setTimeout, 3,600,000 ms, in a timer list)"],
 };
 const BUFFERS_MAP: Leak = Leak {
     fixture: "retainer-leaks.js",
@@ -316,7 +317,7 @@ const INTERVALS: Leak = Leak {
     snapshot_type: "object",
     holder: "conn",
     chain_has: &[
-        "conn ← scope of keepAlive (retainer-leaks.js) ← _onTimeout (closure heartbeat (retainer-leaks.js)) ← Timeout (in a timer list)",
+        "conn ← scope of keepAlive (retainer-leaks.js) ← _onTimeout (closure heartbeat (retainer-leaks.js)) ← Timeout (setInterval, every 3,600,000 ms, in a timer list)",
     ],
 };
 const PROMISES: Leak = Leak {

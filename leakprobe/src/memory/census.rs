@@ -345,7 +345,7 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
                 r.status = "one census (growth needs two)".into();
                 r.first_t_s = Some(t);
             });
-            lock(&shared).first = Some((t, census));
+            lock(&shared).first = Some((t, counts_only(census)));
             continue;
         };
         // The fastest-growing types; and the ArrayBuffers and the native handles that grew
@@ -363,7 +363,7 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
         {
             let mut s = lock(&shared);
             if s.window.is_some_and(|w| t - t0 >= w / 2.0) && s.next_first.is_none() {
-                s.next_first = Some((t, census));
+                s.next_first = Some((t, counts_only(census)));
             }
         }
         finish(&shared, cpu, |r| {
@@ -378,6 +378,12 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
             }
         });
     }
+}
+
+/// A census kept to read growth from: its counts, without the samples of each type's
+/// addresses (a retainer search reads the latest census's).
+fn counts_only(census: Census) -> Census {
+    Census { samples: Default::default(), ..census }
 }
 
 /// The censuses' budget (CPU seconds) when the target used `target_cpu_s` in the `elapsed_s`

@@ -17,6 +17,22 @@ const MAX_INLINE_LOCALS: i64 = 75;
 /// Longest name kept for a property or variable.
 pub(super) const MAX_NAME: usize = 80;
 
+/// A value read from the heap: a number (a Smi or a HeapNumber), an oddball (null, undefined,
+/// a boolean) or something else.
+enum Value {
+    Number(f64),
+    Oddball,
+    Other,
+}
+
+/// The fields a map describes: where its in-object fields start (in words), how many there are
+/// (the rest are in the property array), and each field's key (tagged) and index.
+struct Fields {
+    start: u64,
+    inobject: u64,
+    keys: Vec<(u64, u64)>,
+}
+
 impl<M: Memory> Search<'_, M> {
     /// The links of a path, backing stores folded into the object they belong to.
     pub(super) fn links(&mut self, path: &[(usize, u64)]) -> Vec<Link> {
@@ -53,12 +69,11 @@ impl<M: Memory> Search<'_, M> {
                     None => (LinkKind::Internal, None),
                 };
                 let holder = self.describe(h);
-                let timer = self.timer(info);
-                links.push(Link {
-                    kind,
-                    name,
-                    holder: if timer { format!("{holder} (in a timer list)") } else { holder },
-                });
+                let holder = match self.timer(info) {
+                    true => self.timer_holder(obj, &holder),
+                    false => holder,
+                };
+                links.push(Link { kind, name, holder });
                 i += 1;
                 continue;
             }
@@ -213,9 +228,77 @@ impl<M: Memory> Search<'_, M> {
         }
     }
 
-    /// The name of the property at byte offset `off` of the object at `obj` (in its
-    /// property array when `out_of_object`), from its map's descriptors.
+    /// The name of the property whose value is at byte offset `off` of the object at `obj` (an
+    /// address): an in-object field, or with `out_of_object`, a slot of its property array.
     pub(super) fn property(&self, obj: u64, off: u64, out_of_object: bool) -> Option<String> {
+        let fields = self.fields(obj)?;
+        if !off.is_multiple_of(8) {
+            return None;
+        }
+        let field = match out_of_object {
+            true => fields.inobject + off.checked_sub(16)? / 8,
+            false => (off / 8).checked_sub(fields.start).filter(|f| *f < fields.inobject)?,
+        };
+        let key = fields.keys.iter().find(|(_, index)| *index == field)?.0;
+        self.name(key)
+    }
+
+    /// The value (a tagged word) of the property `name` of the object at `obj` (an address),
+    /// where its map keeps it in a field: in the object, or in its property array.
+    pub(super) fn property_value(&self, obj: u64, name: &str) -> Option<u64> {
+        let fields = self.fields(obj)?;
+        let r = &self.w.reader;
+        let &(_, index) = fields.keys.iter().find(|(key, _)| self.name(*key).as_deref() == Some(name))?;
+        let at = match index < fields.inobject {
+            true => obj.checked_add(8 * (fields.start + index))?,
+            false => {
+                let properties = r.word(obj + 8).ok()?.wrapping_sub(r.layout.heap_tag);
+                properties.checked_add(16 + 8 * (index - fields.inobject))?
+            }
+        };
+        r.word(at).ok()
+    }
+
+    /// A timer as the program set it, from its `_idleTimeout` and `_repeat`:
+    /// `Timeout (setInterval, every 1,000 ms, in a timer list)`, `Timeout (setTimeout, 30,000
+    /// ms, in a timer list)`, or only `(in a timer list)` where they do not read as node sets them.
+    pub(super) fn timer_holder(&self, obj: u64, holder: &str) -> String {
+        let value = |name: &str| self.property_value(obj, name).map(|v| self.value(v));
+        let ms = |v: f64| match v.fract() == 0.0 {
+            true => thousands(v as u64),
+            false => format!("{v:.1}"),
+        };
+        let how = match (value("_idleTimeout"), value("_repeat")) {
+            (_, Some(Value::Number(every))) if every >= 0.0 => {
+                format!("setInterval, every {} ms, ", ms(every))
+            }
+            (Some(Value::Number(after)), Some(Value::Oddball)) if after >= 0.0 => {
+                format!("setTimeout, {} ms, ", ms(after))
+            }
+            _ => String::new(),
+        };
+        format!("{holder} ({how}in a timer list)")
+    }
+
+    /// What the tagged word `v` is, as far as a timer's fields go.
+    fn value(&self, v: u64) -> Value {
+        let r = &self.w.reader;
+        if let Some(n) = r.smi(v) {
+            return Value::Number(n as f64);
+        }
+        let Ok((obj, ty)) = r.type_of(v) else { return Value::Other };
+        if Some(ty) == self.w.hl.oddball_type {
+            return Value::Oddball;
+        }
+        match (Some(ty) == self.w.hl.heap_number_type).then(|| r.word(obj + 8).ok()).flatten() {
+            Some(bits) => Value::Number(f64::from_bits(bits)),
+            None => Value::Other,
+        }
+    }
+
+    /// The fields the map of the object at `obj` (an address) describes, unless it is a
+    /// dictionary-mode map.
+    fn fields(&self, obj: u64) -> Option<Fields> {
         let r = &self.w.reader;
         let hl = self.w.hl;
         let refs = &hl.refs;
@@ -227,13 +310,6 @@ impl<M: Memory> Search<'_, M> {
         r.bytes(map.checked_add(refs.inobject_start)?, &mut b).ok()?;
         let start = b[0] as u64;
         let inobject = size_words.checked_sub(start)?;
-        if !off.is_multiple_of(8) {
-            return None;
-        }
-        let field = match out_of_object {
-            true => inobject + off.checked_sub(16)? / 8,
-            false => (off / 8).checked_sub(start).filter(|f| *f < inobject)?,
-        };
         let mut raw = [0u8; 4];
         r.bytes(map.wrapping_add(hl.bit_field3), &mut raw).ok()?;
         let bits = u32::from_le_bytes(raw) as u64;
@@ -245,6 +321,7 @@ impl<M: Memory> Search<'_, M> {
         if !hl.descriptor_types.contains(&ty) {
             return None;
         }
+        let mut keys = Vec::new();
         for i in 0..own.min(MAX_DESCRIPTORS) {
             let entry = descriptors + hl.descriptor_header + i * hl.descriptor_entry;
             let Some(details) = r.word(entry + refs.descriptor_details).ok().and_then(|d| r.smi(d)) else {
@@ -252,12 +329,12 @@ impl<M: Memory> Search<'_, M> {
             };
             let details = details as u64;
             let location = (details & refs.location.0) >> refs.location.1;
-            let index = (details & refs.field_index.0) >> refs.field_index.1;
-            if location == refs.location_field && index == field {
-                return self.name(r.word(entry + hl.descriptor_key).ok()?);
+            if location == refs.location_field {
+                let Ok(key) = r.word(entry + hl.descriptor_key) else { continue };
+                keys.push((key, (details & refs.field_index.0) >> refs.field_index.1));
             }
         }
-        None
+        Some(Fields { start, inobject, keys })
     }
 
     /// The key of the `NameDictionary` at `obj` whose value is at byte offset `off`.

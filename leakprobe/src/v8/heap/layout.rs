@@ -84,6 +84,9 @@ pub struct HeapLayout {
     pub(super) unseen_holders: Vec<u64>,
     /// Instance types of [`UNSIZED`].
     pub(super) unsized_types: Vec<u64>,
+    /// `HeapNumber`'s and `Oddball`'s (null, undefined, booleans) types, where named.
+    pub(super) heap_number_type: Option<u64>,
+    pub(super) oddball_type: Option<u64>,
     /// `PromiseReaction`'s type where the metadata names it: a reaction a pending Promise keeps
     /// (in a linked list, not followed by the retainer search).
     pub(super) promise_reaction_type: Option<u64>,
@@ -182,6 +185,9 @@ impl HeapLayout {
             .filter(|(_, name)| UNSIZED.contains(&name.as_str()))
             .map(|(ty, _)| *ty)
             .collect();
+        let named =
+            |wanted: &str| type_names.iter().find(|(_, name)| name.as_str() == wanted).map(|(ty, _)| *ty);
+        let (heap_number_type, oddball_type) = (named("HeapNumber"), named("Oddball"));
         let promise_reaction_type =
             type_names.iter().find(|(_, name)| name.as_str() == "PromiseReaction").map(|(ty, _)| *ty);
         let js_object_type = u(m.get("type_JSObject__JS_OBJECT_TYPE")?);
@@ -227,6 +233,8 @@ impl HeapLayout {
             type_names,
             unseen_holders,
             unsized_types,
+            heap_number_type,
+            oddball_type,
             promise_reaction_type,
             refs: RefLayout::new(m)?,
         })

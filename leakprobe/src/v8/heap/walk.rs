@@ -196,11 +196,31 @@ impl<'r, M: Memory> Walker<'r, M> {
         let shapes = [16 + 8 * smi, align8(16 + smi), 24 + 8 * smi, free_space[0], free_space[1]];
         shapes.into_iter().find_map(|size| {
             let end = at.checked_add(size)?;
-            let fits = size >= 16
-                && size % 8 == 0
-                && (end == len || (end < len && word_at(buf, end).and_then(|w| self.map_info(w)).is_some()));
+            let fits = size >= 16 && size % 8 == 0 && end <= len && self.followed(buf, end);
             fits.then_some((info, size))
         })
+    }
+
+    /// Whether objects follow from `at`: [`RESYNC_CHAIN`] of them start with a map, each
+    /// where the one before ends (or the page ends first), up to the first whose size is not
+    /// known. One map word alone is no proof: about one word in five of a heap is one.
+    fn followed(&mut self, buf: &[u8], mut at: u64) -> bool {
+        let len = buf.len() as u64;
+        for _ in 0..RESYNC_CHAIN {
+            if at == len {
+                return true;
+            }
+            let Some(info) = word_at(buf, at).and_then(|w| self.map_info(w)) else { return false };
+            match self.size_of(info, buf, at) {
+                Some(size) if size >= 8 => at = at.saturating_add(size),
+                Some(_) => return false,
+                None => return true,
+            }
+            if at > len {
+                return false;
+            }
+        }
+        true
     }
 
     /// The size of the object at `at` when its type's size is known: fixed, or from its
