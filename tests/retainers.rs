@@ -141,7 +141,7 @@ struct Leak {
     go: &'static str,
     /// Objects the fixture holds after 3 s at least (it leaks each kind at its own rate).
     held_at_least: u64,
-    /// Census kind (`object`, `closure`, `array_buffer`, `handle`) and name.
+    /// Census kind (`object`, `closure`, `string`, `array_buffer`, `handle`) and name.
     kind: &'static str,
     name: &'static str,
     /// Node type in the snapshot.
@@ -353,6 +353,18 @@ const CIPHERS: Leak = Leak {
     holder: "<symbol kHandle>",
     chain_has: &["Symbol(kHandle) ← Cipheriv ← sessionsByKey (Map, "],
 };
+const STRINGS: Leak = Leak {
+    fixture: "retainer-leaks.js",
+    go: "go strings",
+    held_at_least: 1_000,
+    // The pages are template literals: concatenations of the request's body, a type of their
+    // own in the census as in DevTools, apart from the heap's other strings.
+    kind: "string",
+    name: "(concatenated string)",
+    snapshot_type: "concatenated string",
+    holder: "renderedPages",
+    chain_has: &["renderedPages (Map, "],
+};
 const SET: Leak = Leak {
     fixture: "census-set-leak.js",
     go: "go",
@@ -460,6 +472,14 @@ on_nodes!(|node| names_the_holder(node, &CIPHERS);
     node20_ciphers: 20,
     node22_ciphers: 22,
     node24_ciphers: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &STRINGS);
+    system_node_strings: system,
+    node18_strings: 18,
+    node20_strings: 20,
+    node22_strings: 22,
+    node24_strings: 24,
 );
 
 on_nodes!(|node| names_the_holder(node, &SET);

@@ -77,7 +77,8 @@ pub fn run(opts: &CensusOptions) -> anyhow::Result<()> {
     let growth = growth(&census, &second, seconds);
     let mut wanted = growing_types(&growth, RETAINED_TYPES);
     wanted.extend(opts.retainers_of.iter().flat_map(|n| named_types(&second, n)));
-    wanted.dedup();
+    let mut seen = std::collections::HashSet::new();
+    wanted.retain(|key| seen.insert(key.clone()));
     let found = probe.retainers(&second, &wanted, opts.limits).context("searching retainers")?;
     match opts.json {
         true => {

@@ -6,7 +6,7 @@
 use super::{
     chain::{thousands, Link, LinkKind},
     retainers::Search,
-    walk::{short_file, MapInfo, Walker, MAX_DESCRIPTORS},
+    walk::{short_file, string_label, MapInfo, Walker, MAX_DESCRIPTORS},
 };
 
 use crate::v8::memory::Memory;
@@ -42,6 +42,22 @@ impl<M: Memory> Search<'_, M> {
             let (h, off) = path[i];
             let Some(info) = self.nodes[h].info else { break };
             let obj = self.nodes[h].addr.wrapping_sub(self.w.reader.layout.heap_tag);
+            let strings = &self.w.reader.layout.strings;
+            if info.ty < strings.first_nonstring {
+                // A string holds only strings (a concatenation its parts, a slice the string it
+                // is cut from): what holds the outermost one holds the text the sample is part
+                // of. A slice is said, as it keeps all of a string that may be much longer.
+                let slice = string_label(strings, info.ty) == "(sliced string)";
+                if slice && links.last().is_none_or(|l: &Link| l.holder != "(sliced string)") {
+                    links.push(Link {
+                        kind: LinkKind::Internal,
+                        name: None,
+                        holder: "(sliced string)".into(),
+                    });
+                }
+                i += 1;
+                continue;
+            }
             if self.is_context(info) {
                 let holder = self.scope(h);
                 // An inner scope keeps its enclosing one; a scope's variable names what it holds.

@@ -27,6 +27,23 @@ impl<M: Memory> Search<'_, M> {
             || hl.bytecode.is_some_and(|(b, _)| b == ty))
     }
 
+    /// Whether an object of `info` holds a pointer of the program's at byte `offset`: any slot
+    /// of a type that [`Search::holds_pointers`], and of strings only the parts a string is
+    /// made of (a concatenation's first and second, a slice's parent, a thin string's actual
+    /// one), since the other strings' words are characters.
+    pub(super) fn holds_pointer_at(&self, info: MapInfo, offset: u64) -> bool {
+        let s = &self.w.reader.layout.strings;
+        if info.ty >= s.first_nonstring {
+            return self.holds_pointers(info);
+        }
+        match info.ty & s.representation_mask {
+            r if r == s.cons => offset == s.cons_first || offset == s.cons_second,
+            r if r == s.sliced => offset == s.sliced_parent,
+            r if r == s.thin => offset == s.thin_actual,
+            _ => false,
+        }
+    }
+
     /// The hits whose referent still starts with the map it had when found, read after the
     /// pass. The target runs while a pass reads its pages: an object that died meanwhile
     /// (a sample the sweeper had not freed yet, a holder a mark-compact moved) may have its
@@ -92,15 +109,16 @@ impl<M: Memory> Search<'_, M> {
                     .and_then(|k| objects.get(k))
                     .filter(|(start, _, size)| at < start + size);
                 match holder {
-                    Some(&(start, info, _)) if at > start && self.holds_pointers(info) => hits.push(Hit {
-                        node,
-                        holder: (page.area_start + start) | heap_tag,
-                        map: u64::from_le_bytes(
-                            buf[start as usize..start as usize + 8].try_into().unwrap_or_default(),
-                        ),
-                        info,
-                        offset: at - start,
-                    }),
+                    Some(&(start, info, _)) if at > start && self.holds_pointer_at(info, at - start) => hits
+                        .push(Hit {
+                            node,
+                            holder: (page.area_start + start) | heap_tag,
+                            map: u64::from_le_bytes(
+                                buf[start as usize..start as usize + 8].try_into().unwrap_or_default(),
+                            ),
+                            info,
+                            offset: at - start,
+                        }),
                     // The object's map word: how V8 types it, no reference of the program's.
                     Some(&(start, _, _)) if at == start => {}
                     _ => {

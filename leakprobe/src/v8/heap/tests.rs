@@ -165,6 +165,54 @@ fn retainers_keep_references_the_layout_allows() {
     assert!(!t.chains[0].complete);
 }
 
+/// A string that is the first and second part of a concatenation an array holds, and whose
+/// address another string's characters happen to spell: the census counts the concatenation
+/// as a type of its own (as DevTools does), and the search finds the array through the
+/// concatenation's parts (the other string's characters are no reference); the concatenation
+/// is not a link of the chain, as the sample is part of the text the array holds.
+#[test]
+fn a_string_is_held_through_the_concatenation_it_is_part_of() {
+    let Some((l, hl)) = layouts() else { return };
+    let s = &l.strings;
+    let smi = |v: u64| v << 32;
+    let hello = CHUNK + HEADER + 1;
+    let cons = hello + 8 * 3;
+    let fixed_map = CHUNK + HEADER + 8 * 13;
+    let (string_map, cons_map) = (fixed_map + 8 * 10, fixed_map + 8 * 20);
+    let mut objects = vec![string_map + 1, 5 << 32, u64::from_le_bytes(*b"hello\0\0\0")];
+    let mut concatenation = vec![cons_map + 1, 10 << 32, 0, 0];
+    concatenation[(s.cons_first / 8) as usize] = hello;
+    concatenation[(s.cons_second / 8) as usize] = hello;
+    objects.extend_from_slice(&concatenation);
+    objects.extend_from_slice(&[fixed_map + 1, smi(1), cons]);
+    objects.extend_from_slice(&[string_map + 1, 8 << 32, hello]);
+    // The not-internalized bit: a concatenation is never internalized.
+    let cons_ty = s.cons | s.one_byte | 0x20;
+    for (ty, words) in [(l.fixed_array_type, 0), (s.one_byte | s.seq, 0), (cons_ty, 4)] {
+        let mut raw = [0u8; 80];
+        raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
+        raw[l.instance_type as usize..][..2].copy_from_slice(&(ty as u16).to_le_bytes());
+        raw[hl.instance_size_words as usize] = words;
+        objects.extend(raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
+    }
+    let (mem, _) = page(&l, &hl, 1, hl.first_js_type, 3, &objects);
+    let mut reader = Reader::new(l.clone(), mem);
+    let ranges = [(CHUNK, CHUNK + PAGE)];
+    let got = census(&mut reader, &hl, &ranges, limits());
+    assert_eq!(got.unparsed_bytes, 0, "{got:#?}");
+    let count = |label: &str| got.isolates[0].types.iter().find(|t| t.label == label).map(|t| t.count);
+    assert_eq!((count("(string)"), count("(concatenated string)")), (Some(2), Some(1)), "{got:#?}");
+    let key = ("0x77000000".to_string(), Kind::String, "(string)".to_string());
+    let found = retainers(&mut reader, &hl, &|| ranges.to_vec(), &got, std::slice::from_ref(&key), limits());
+    let t = &found.types[0];
+    // Both strings are sampled: "hello" is held, the other (nothing refers to it) is not.
+    assert_eq!((t.sampled, t.unexplained), (2, 1), "{found:#?}");
+    assert_eq!(found.rejected_hits, 1, "{found:#?}");
+    let links = &t.chains[0].links;
+    assert_eq!(links.len(), 1, "{found:#?}");
+    assert_eq!((links[0].kind, links[0].holder.as_str()), (LinkKind::Internal, "(FixedArray)"));
+}
+
 /// Memory whose word at `at` reads as `word` once the test page's object area was read
 /// `after` times: an object that died while a retainer search read the heap, its address
 /// reused by another.

@@ -456,7 +456,7 @@ impl<'r, M: Memory> Walker<'r, M> {
         let l = &self.reader.layout;
         let system = |kind: Kind, name: String| (kind, name.clone(), name);
         if ty < l.strings.first_nonstring {
-            return system(Kind::String, "(string)".into());
+            return system(Kind::String, string_label(&l.strings, ty).into());
         }
         if (hl.first_context_type..=hl.last_context_type).contains(&ty) {
             return system(Kind::Context, "(context)".into());
@@ -548,4 +548,15 @@ impl<'r, M: Memory> Walker<'r, M> {
 /// A script's path without its directories (for labels).
 pub fn short_file(file: &str) -> &str {
     file.rsplit('/').next().unwrap_or(file)
+}
+
+/// How DevTools names a string of instance type `ty`: a concatenation (a `ConsString`, which
+/// holds its two parts) and a slice (a `SlicedString`, which holds the string it is cut from)
+/// are types of their own; every other string (sequential, external, thin) is `(string)`.
+pub(super) fn string_label(s: &crate::v8::layout::StringLayout, ty: u64) -> &'static str {
+    match ty & s.representation_mask {
+        r if r == s.cons => "(concatenated string)",
+        r if r == s.sliced => "(sliced string)",
+        _ => "(string)",
+    }
 }
