@@ -375,6 +375,16 @@ const SET: Leak = Leak {
     holder: "openSessions",
     chain_has: &["openSessions (Set, "],
 };
+const WORKER_JOBS: Leak = Leak {
+    fixture: "census-worker-leak.js",
+    go: "go jobs",
+    held_at_least: 1_000,
+    kind: "object",
+    name: "FinishedJob",
+    snapshot_type: "object",
+    holder: "finishedJobs",
+    chain_has: &["finishedJobs (Set, "],
+};
 const WORKER: Leak = Leak {
     fixture: "census-worker-leak.js",
     go: "go",
@@ -496,6 +506,14 @@ on_nodes!(|node| names_the_holder(node, &WORKER);
     node20_worker: 20,
     node22_worker: 22,
     node24_worker: 24,
+);
+
+on_nodes!(|node| names_the_holder(node, &WORKER_JOBS);
+    system_node_worker_jobs: system,
+    node18_worker_jobs: 18,
+    node20_worker_jobs: 20,
+    node22_worker_jobs: 22,
+    node24_worker_jobs: 24,
 );
 
 /// The growing type of a session's census (`report.heap.census`) whose `field` is `value`.
