@@ -57,8 +57,6 @@ enum Stacks {
     All,
     /// The leak suspects only: all the refreshing live view shows.
     Suspects,
-    /// None: the one-line view.
-    Skipped,
 }
 
 /// GC-triggering stacks listed in the report.
@@ -119,6 +117,8 @@ pub struct Session {
     _target_config: Array<MapData, u32>,
     external: ExternalState,
     memory: Thinned<rss::Sample>,
+    /// The target's `/proc/PID/status`, kept open.
+    rss: rss::RssReader,
     suspects: Tracker,
     symbolizer: Symbolizer,
     /// `report.target.js_frames`.
@@ -208,6 +208,7 @@ impl Session {
         };
         let mut target_config: Array<MapData, u32> = take_map(&mut ebpf, "TARGET_CONFIG")?;
         target_config.set(CONFIG_TGID, target.pid, 0)?;
+        let pid = target.pid;
         // V8's layouts, read from the binary once: for naming JavaScript frames, and for the
         // heap readers (the census thread's and the containers'), opened here so that the
         // collection loop never stops to read the binary.
@@ -280,6 +281,7 @@ impl Session {
             _target_config: target_config,
             external,
             memory: Thinned::new(MEMORY_SAMPLES),
+            rss: rss::RssReader::new(pid),
             suspects: Tracker::default(),
             symbolizer,
             js_frames,
@@ -307,7 +309,7 @@ impl Session {
     /// has exited, its last samples stand.
     pub fn sample(&mut self) {
         self.drain();
-        let Some(rss) = rss::read_rss(self.target.pid) else {
+        let Some(rss) = self.rss.read() else {
             return;
         };
         let t = self.started.elapsed().as_secs_f64();

@@ -33,11 +33,19 @@ pub fn usage_counter_offset(free_code: &[u8]) -> Option<u64> {
     })
 }
 
+/// How often the allocator objects the kernel half recorded are listed again: a new one comes
+/// with a new isolate (a worker), and listing a BPF hash map is two system calls per entry,
+/// which a GC trough's readings (every 25 ms) would otherwise repeat.
+const LIST_ALLOCATORS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Reads node's external-memory counters in the target.
 pub struct ExternalCounter {
     mem: File,
     offset: u64,
     allocators: BpfHashMap<MapData, u64, u64>,
+    /// The allocator objects as last listed, and when.
+    listed: Vec<u64>,
+    listed_at: Option<std::time::Instant>,
 }
 
 impl ExternalCounter {
@@ -57,13 +65,18 @@ impl ExternalCounter {
         let offset = usage_counter_offset(code)
             .context("the allocator's byte counter was not found in Free's code")?;
         let mem = File::open(format!("/proc/{}/mem", target.pid)).context("opening the target's memory")?;
-        Ok(Self { mem, offset, allocators })
+        Ok(Self { mem, offset, allocators, listed: Vec::new(), listed_at: None })
     }
 
     /// Sum of every known allocator's counter, or `None` before any allocator has been seen.
-    pub fn read(&self) -> Option<u64> {
+    pub fn read(&mut self) -> Option<u64> {
+        // Listed at every reading until the first allocator is seen.
+        if self.listed.is_empty() || self.listed_at.is_none_or(|at| at.elapsed() >= LIST_ALLOCATORS_EVERY) {
+            self.listed = self.allocators.keys().flatten().collect();
+            self.listed_at = Some(std::time::Instant::now());
+        }
         let mut total = None;
-        for ptr in self.allocators.keys().flatten() {
+        for &ptr in &self.listed {
             let mut buf = [0u8; 8];
             if self.mem.read_exact_at(&mut buf, ptr + self.offset).is_ok() {
                 *total.get_or_insert(0) += u64::from_ne_bytes(buf);
@@ -157,7 +170,7 @@ impl ExternalState {
 
     /// Reads node's counter now (and keeps it as the latest reading).
     pub fn read_bytes(&mut self) -> Option<u64> {
-        if let Ok(counter) = &self.counter {
+        if let Ok(counter) = &mut self.counter {
             self.bytes = counter.read().or(self.bytes);
         }
         self.bytes

@@ -150,6 +150,11 @@ impl PauseStats {
         self.hist.len()
     }
 
+    /// Their total length, in milliseconds.
+    pub fn total_ms(&self) -> f64 {
+        ms(self.total_ns)
+    }
+
     /// Summary statistics.
     pub fn summary(&self) -> PauseSummary {
         let quantile = |q| {
@@ -161,7 +166,7 @@ impl PauseStats {
         };
         PauseSummary {
             count: self.count(),
-            total_ms: ms(self.total_ns),
+            total_ms: self.total_ms(),
             p50_ms: quantile(0.5),
             p99_ms: quantile(0.99),
             max_ms: if self.count() == 0 { 0.0 } else { ms(self.hist.max()) },

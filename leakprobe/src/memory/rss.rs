@@ -24,6 +24,41 @@ pub fn read_rss(pid: u32) -> Option<Rss> {
     parse_status(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
+/// Reads one process's RSS again and again through one open `/proc/PID/status` (a GC trough
+/// reads it every 25 ms: opening the file each time cost as much as reading it).
+pub struct RssReader {
+    pid: u32,
+    file: Option<fs::File>,
+    buf: Vec<u8>,
+}
+
+impl RssReader {
+    /// A reader of `pid`'s RSS (the file is opened at the first reading).
+    pub fn new(pid: u32) -> Self {
+        Self { pid, file: None, buf: Vec::with_capacity(4096) }
+    }
+
+    /// The RSS now, or `None` when the process has exited.
+    pub fn read(&mut self) -> Option<Rss> {
+        use std::os::unix::fs::FileExt as _;
+        if self.file.is_none() {
+            self.file = fs::File::open(format!("/proc/{}/status", self.pid)).ok();
+        }
+        let file = self.file.as_ref()?;
+        // The kernel writes the whole text anew for each read from offset 0.
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = file.read_at(&mut chunk, self.buf.len() as u64).ok()?;
+            if n == 0 {
+                break;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        parse_status(std::str::from_utf8(&self.buf).ok()?)
+    }
+}
+
 /// Parses the RSS fields of a `/proc/PID/status` text (values in kB).
 pub fn parse_status(status: &str) -> Option<Rss> {
     let field = |name: &str| -> Option<u64> {
@@ -58,6 +93,18 @@ mod tests {
     fn reads_our_own_rss() {
         let rss = read_rss(std::process::id()).unwrap();
         assert!(rss.rss_bytes > 0 && rss.rss_bytes >= rss.rss_anon_bytes);
+    }
+
+    /// One open file read again sees the RSS as it is then, not as it was at the first read.
+    #[test]
+    fn an_open_status_file_reads_the_rss_anew() {
+        let mut reader = RssReader::new(std::process::id());
+        let before = reader.read().unwrap();
+        let grown: Vec<u8> = vec![1; 64 << 20];
+        let after = reader.read().unwrap();
+        assert!(after.rss_anon_bytes >= before.rss_anon_bytes + (60 << 20), "{before:?} {after:?}");
+        assert_eq!(grown.iter().map(|&b| b as u64).sum::<u64>(), 64 << 20);
+        assert_eq!(RssReader::new(u32::MAX).read(), None);
     }
 }
 

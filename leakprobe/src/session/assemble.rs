@@ -125,29 +125,26 @@ impl Session {
                 self.worker_isolates(census.as_ref()),
             ));
         }
-        let (suspects, verdict, gc_touched) = match stacks_wanted {
-            Stacks::Skipped => (Vec::new(), categories, 0),
-            Stacks::All | Stacks::Suspects => {
-                let symbolizer = &mut self.symbolizer;
-                let mut candidates =
-                    self.suspects.suspects(|id| maps.frames(false, id), symbolizer, Source::Allocations);
-                let (faulting, gc_touched) =
-                    self.faults.sites(samples, |id| symbolizer.stack_frames(id, |id| maps.frames(false, id)));
-                candidates.extend(faulting);
-                if let Some(containers) = &self.containers {
-                    let mut holding =
-                        containers.tracker.suspects(|id| maps.frames(false, id), symbolizer, Source::Holds);
-                    for s in &mut holding {
-                        s.holds = containers.held(s.variants.iter().map(|v| v.stack_id));
-                    }
-                    candidates.extend(holding);
+        let (suspects, verdict, gc_touched) = {
+            let symbolizer = &mut self.symbolizer;
+            let mut candidates =
+                self.suspects.suspects(|id| maps.frames(false, id), symbolizer, Source::Allocations);
+            let (faulting, gc_touched) =
+                self.faults.sites(samples, |id| symbolizer.stack_frames(id, |id| maps.frames(false, id)));
+            candidates.extend(faulting);
+            if let Some(containers) = &self.containers {
+                let mut holding =
+                    containers.tracker.suspects(|id| maps.frames(false, id), symbolizer, Source::Holds);
+                for s in &mut holding {
+                    s.holds = containers.held(s.variants.iter().map(|v| v.stack_id));
                 }
-                let native_exact = self.native.is_some();
-                let churning = self.suspects.churning(|id| maps.frames(false, id), &mut self.symbolizer);
-                let (suspects, verdict) =
-                    verdict::judge(candidates, categories, &churning, self.alloc_stacks, native_exact);
-                (suspects, verdict, gc_touched)
+                candidates.extend(holding);
             }
+            let native_exact = self.native.is_some();
+            let churning = self.suspects.churning(|id| maps.frames(false, id), &mut self.symbolizer);
+            let (suspects, verdict) =
+                verdict::judge(candidates, categories, &churning, self.alloc_stacks, native_exact);
+            (suspects, verdict, gc_touched)
         };
         let growing_mappings = match all {
             true => self.mapping_growth.suspects(

@@ -54,7 +54,7 @@ impl Session {
     /// at, [`crate::books::tracker::Tracker::trough`]).
     pub(super) fn read_trough(&mut self) {
         let Some(trough) = &mut self.trough else { return };
-        if let Some(rss) = rss::read_rss(self.target.pid) {
+        if let Some(rss) = self.rss.read() {
             let reading = rss::Sample {
                 trough: Some(trough.seq),
                 t_s: self.started.elapsed().as_secs_f64(),
@@ -169,7 +169,13 @@ impl Session {
             )
         } else {
             // The one-line view needs no stacks: skip judging and naming them every interval.
-            writeln!(stdout, "{}", live::line(&self.report(StopReason::Duration, Stacks::Skipped)))
+            let line = live::Line {
+                t_s: self.started.elapsed().as_secs_f64(),
+                pauses: &self.gc.pauses,
+                memory: self.memory.items().last(),
+                lost: self.drop_counts().values().sum(),
+            };
+            writeln!(stdout, "{}", live::line(&line))
         };
         let _ = stdout.flush();
     }

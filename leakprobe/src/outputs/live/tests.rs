@@ -181,3 +181,35 @@ fn a_thread_pool_suspect_reads_through_to_the_users_function() {
         ]
     );
 }
+
+/// The one-line view: pauses by kind, then the latest sample's memory, every isolate's V8 heap
+/// together (the workers' as V8 reported them), and the events lost.
+#[test]
+fn the_one_line_view_reads_the_latest_sample() {
+    use crate::memory::rss::{Rss, Sample};
+    let mib = |n: u64| n << 20;
+    let sample = Sample {
+        trough: None,
+        t_s: 12.0,
+        rss: Rss {
+            rss_bytes: mib(300),
+            rss_anon_bytes: mib(250),
+            rss_file_bytes: mib(50),
+            rss_shmem_bytes: 0,
+        },
+        v8_heap_bytes: Some(mib(120)),
+        v8_old_generation_bytes: Some(mib(100)),
+        v8_worker_heaps_bytes: Some(mib(30)),
+        external_bytes: Some(mib(40)),
+        native_bytes: None,
+    };
+    let pauses = crate::memory::gc::ByKind::default();
+    let line = line(&Line { t_s: 12.4, pauses: &pauses, memory: Some(&sample), lost: 3 });
+    assert_eq!(
+        line,
+        "t=12s scavenge=0 (0.0ms) minor_ms=0 (0.0ms) mark_compact=0 (0.0ms) rss=300.0MiB v8_heap=150.0MiB external=40.0MiB lost=3"
+    );
+    // Before the first sample, and before V8 or the allocator were read.
+    let none = super::line(&Line { t_s: 0.2, pauses: &pauses, memory: None, lost: 0 });
+    assert_eq!(none, "t=0s scavenge=0 (0.0ms) minor_ms=0 (0.0ms) mark_compact=0 (0.0ms) rss=0.0MiB lost=0");
+}

@@ -70,6 +70,16 @@ fn limits() -> Limits {
     Limits { max_bytes: 1 << 30, max_time: Duration::from_secs(5) }
 }
 
+/// A map planted among a test page's objects: 10 words whose map is the meta map, for objects
+/// of type `ty` and `words` words (0: sized by their type).
+fn planted_map(l: &Layout, hl: &HeapLayout, ty: u64, words: u8) -> Vec<u64> {
+    let mut raw = [0u8; 80];
+    raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
+    raw[l.instance_type as usize..][..2].copy_from_slice(&(ty as u16).to_le_bytes());
+    raw[hl.instance_size_words as usize] = words;
+    raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
 #[test]
 fn a_page_of_each_header_shape_is_found() {
     let Some((l, hl)) = layouts() else { return };
@@ -101,10 +111,7 @@ fn walks_a_page_object_by_object() {
     let hello = u64::from_le_bytes(*b"hello\0\0\0");
     objects.extend_from_slice(&[string_map + 1, 5 << 32, hello]);
     for ty in [l.fixed_array_type, l.strings.one_byte | l.strings.seq] {
-        let mut raw = [0u8; 80];
-        raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
-        raw[l.instance_type as usize..][..2].copy_from_slice(&(ty as u16).to_le_bytes());
-        objects.extend(raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
+        objects.extend(planted_map(&l, &hl, ty, 0));
     }
     let (mem, area) = page(&l, &hl, 1, hl.first_js_type, 3, &objects);
     let mut reader = Reader::new(l.clone(), mem);
@@ -138,10 +145,7 @@ fn retainers_keep_references_the_layout_allows() {
     objects.extend_from_slice(&[string_map + 1, 8 << 32, object]);
     objects.extend_from_slice(&[weak_list_map + 1, smi(1), smi(1), object]);
     for ty in [l.fixed_array_type, l.strings.one_byte | l.strings.seq, weak_list] {
-        let mut raw = [0u8; 80];
-        raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
-        raw[l.instance_type as usize..][..2].copy_from_slice(&(ty as u16).to_le_bytes());
-        objects.extend(raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
+        objects.extend(planted_map(&l, &hl, ty, 0));
     }
     let (mem, _) = page(&l, &hl, 1, hl.first_js_type, 3, &objects);
     let mut reader = Reader::new(l.clone(), mem);
@@ -189,11 +193,7 @@ fn a_string_is_held_through_the_concatenation_it_is_part_of() {
     // The not-internalized bit: a concatenation is never internalized.
     let cons_ty = s.cons | s.one_byte | 0x20;
     for (ty, words) in [(l.fixed_array_type, 0), (s.one_byte | s.seq, 0), (cons_ty, 4)] {
-        let mut raw = [0u8; 80];
-        raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
-        raw[l.instance_type as usize..][..2].copy_from_slice(&(ty as u16).to_le_bytes());
-        raw[hl.instance_size_words as usize] = words;
-        objects.extend(raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
+        objects.extend(planted_map(&l, &hl, ty, words));
     }
     let (mem, _) = page(&l, &hl, 1, hl.first_js_type, 3, &objects);
     let mut reader = Reader::new(l.clone(), mem);
@@ -248,10 +248,7 @@ fn a_reference_to_a_reused_address_is_no_holder() {
     let fixed_map = CHUNK + HEADER + 8 * 6;
     let mut objects = vec![OBJECT_MAP + 1, 0, 0];
     objects.extend_from_slice(&[fixed_map + 1, smi(1), object]);
-    let mut raw = [0u8; 80];
-    raw[..8].copy_from_slice(&(META_MAP + 1).to_le_bytes());
-    raw[l.instance_type as usize..][..2].copy_from_slice(&(l.fixed_array_type as u16).to_le_bytes());
-    objects.extend(raw.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
+    objects.extend(planted_map(&l, &hl, l.fixed_array_type, 0));
     let (mem, _) = page(&l, &hl, 1, hl.first_js_type, 3, &objects);
     let ranges = [(CHUNK, CHUNK + PAGE)];
     let js_name = hl.type_names[&hl.first_js_type].clone();
