@@ -42,10 +42,6 @@ const FIRST_MINUTE_S: f64 = 60.0;
 /// What the first census is expected to take, per byte of the V8 heap (a release build read a
 /// 106 MiB heap in 0.18 s of CPU: about 1.7 s per GiB).
 const FIRST_CPU_S_PER_BYTE: f64 = 1.7 / (1u64 << 30) as f64;
-/// How much more CPU the second census is expected to take than the first: it is the first
-/// followed by a retainer search, which reads the heap again once per level of the chains
-/// (a 54 MiB heap: census 0.25 s, census and search 0.93 s).
-const FIRST_SEARCH_FACTOR: f64 = 4.0;
 /// Wait after a mark-compact before reading, so that the concurrent sweeper is done.
 const AFTER_GC: Duration = Duration::from_millis(150);
 /// Growing types listed (and searched for retainers: the first [`RETAINED`]).
@@ -114,6 +110,19 @@ pub struct GrowingType {
     pub bytes_per_s: f64,
     /// Its retainer chains, most samples first (searched for the first few types only).
     pub retained_by: Vec<RetainedBy>,
+    /// How its samples fared, where it was searched.
+    pub searched: Option<Searched>,
+}
+
+/// The samples of a growing type a retainer search looked for.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Searched {
+    /// Samples searched.
+    pub sampled: u32,
+    /// Samples that had moved or died since the census (not searched).
+    pub stale: u32,
+    /// Samples for which no holder was found.
+    pub unexplained: u32,
 }
 
 /// One retainer chain of a growing type.
@@ -233,7 +242,10 @@ impl CensusWatch {
         if let Some(now) = process_cpu_s(self.pid) {
             cost.target_cpu_s = (now - self.target_cpu_at_start).max(0.0);
         }
-        let next = next_cost_s(report.censuses, heap_bytes, cost.last_cpu_s);
+        let next = match report.censuses {
+            0 => heap_bytes.unwrap_or(0) as f64 * FIRST_CPU_S_PER_BYTE,
+            _ => cost.last_cpu_s,
+        };
         let budget = budget_s(cost.budget_share, cost.target_cpu_s, self.started.elapsed().as_secs_f64());
         if cost.cpu_s + next > budget {
             cost.over_budget_gcs += u32::from(main_thread);
@@ -395,17 +407,6 @@ fn budget_s(share: f64, target_cpu_s: f64, elapsed_s: f64) -> f64 {
     (FIRST_MINUTE_FACTOR * share).min(1.0) * first + share * (target_cpu_s - first)
 }
 
-/// What the next census is expected to take (CPU seconds), after `censuses` of which the last
-/// took `last_cpu_s`: the first from the heap's size; the second, the first's with a retainer
-/// search after it; the others, what the last took (each has its search).
-fn next_cost_s(censuses: u32, heap_bytes: Option<u64>, last_cpu_s: f64) -> f64 {
-    match censuses {
-        0 => heap_bytes.unwrap_or(0) as f64 * FIRST_CPU_S_PER_BYTE,
-        1 => last_cpu_s * FIRST_SEARCH_FACTOR,
-        _ => last_cpu_s,
-    }
-}
-
 /// CPU time (user + system, all threads) process `pid` used, from `/proc/PID/stat`.
 fn process_cpu_s(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -482,6 +483,11 @@ fn growing(growth: &[Growth], found: Option<&RetainerSearch>, seconds: f64) -> V
                 count_per_s: g.count_per_s,
                 bytes_per_s: if seconds > 0.0 { g.bytes_delta as f64 / seconds } else { 0.0 },
                 retained_by,
+                searched: searched(g).map(|t| Searched {
+                    sampled: t.sampled,
+                    stale: t.stale,
+                    unexplained: t.unexplained,
+                }),
             }
         })
         .collect()
@@ -507,11 +513,6 @@ mod tests {
         // The first census of a 100 MiB heap is expected to take about 0.17 s.
         let first = 100.0 * (1u64 << 20) as f64 * FIRST_CPU_S_PER_BYTE;
         assert!((0.16..0.17).contains(&first), "{first}");
-        // The second census is the first with a retainer search after it; later ones are
-        // expected to take what the last did.
-        assert!(close(next_cost_s(1, Some(1 << 30), 0.25), 1.0));
-        assert!(close(next_cost_s(2, Some(1 << 30), 0.9), 0.9));
-        assert!(close(next_cost_s(0, Some(1 << 30), 0.0), 1.7));
         assert!(process_cpu_s(std::process::id()).is_some_and(|s| s >= 0.0));
         assert_eq!(process_cpu_s(u32::MAX), None);
     }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     books::suspect::{Category, Source, Suspect},
-    memory::census::{CensusReport, GrowingType, RetainedBy},
+    memory::census::{CensusReport, GrowingType, RetainedBy, Searched},
     memory::gc::{ByKind, GcKind},
     memory::rss::Sample,
     outputs::census::retained_by,
@@ -332,20 +332,40 @@ fn census_lines(
         );
         // A chain one sample alone follows is not said here (census.txt lists it): the
         // target ran while it was read. A holder is said once, whatever its counts.
-        let shown = |r: &&RetainedBy| r.holder.is_some() && (r.samples >= 2 || r.sampled < 2);
-        for r in g
+        let shown: Vec<&RetainedBy> = g
             .retained_by
             .iter()
-            .filter(shown)
+            .filter(|r| r.holder.is_some() && (r.samples >= 2 || r.sampled < 2))
+            .collect();
+        for r in shown
+            .iter()
             .filter(|r| said.holders.insert(r.text.replace(|c: char| c.is_ascii_digit() || c == ',', "")))
             .take(2)
         {
+            let note = if r.complete { "" } else { ", chain cut short" };
             let _ = writeln!(
                 out,
                 "                {}",
-                retained_by(&truncate(&r.text, 110), r.samples, r.sampled, "")
+                retained_by(&truncate(&r.text, 110), r.samples, r.sampled, note)
             );
         }
+        // A type searched with nothing to show says so, with its counts: never a guess.
+        if let Some(s) = g.searched.filter(|_| shown.is_empty()) {
+            let _ = writeln!(out, "                {}", no_holder(s));
+        }
+    }
+}
+
+/// What the summary says of a searched type no chain of two samples explains.
+fn no_holder(s: Searched) -> String {
+    match (s.sampled, s.unexplained) {
+        (0, _) => format!("Retained by: not searched ({} samples moved or died since the census)", s.stale),
+        (n, u) if u == n => format!(
+            "Retained by: no holder found for any of {n} samples (dead objects not collected yet, or holders in the young generation)"
+        ),
+        (n, u) => format!(
+            "Retained by: no holder two samples share ({u} of {n} samples had none; census.txt lists each chain)"
+        ),
     }
 }
 

@@ -499,6 +499,7 @@ mod tests {
                 sampled: 24,
                 complete: true,
             }],
+            searched: None,
         };
         CensusReport {
             censuses: 3,

@@ -65,6 +65,7 @@ fn growing(kind: Kind, label: &str, chains: &[(&str, u32)]) -> GrowingType {
                 complete: true,
             })
             .collect(),
+        searched: Some(Searched { sampled: 24, stale: 0, unexplained: 0 }),
     }
 }
 
@@ -212,4 +213,35 @@ fn the_one_line_view_reads_the_latest_sample() {
     // Before the first sample, and before V8 or the allocator were read.
     let none = super::line(&Line { t_s: 0.2, pauses: &pauses, memory: None, lost: 0 });
     assert_eq!(none, "t=0s scavenge=0 (0.0ms) minor_ms=0 (0.0ms) mark_compact=0 (0.0ms) rss=0.0MiB lost=0");
+}
+
+/// A growing type that was searched but whose samples no chain of two explains is said so,
+/// with its counts, and no holder is named; a chain cut short says so.
+#[test]
+fn a_searched_type_without_a_holder_says_so() {
+    let s = |sampled, stale, unexplained| Searched { sampled, stale, unexplained };
+    assert_eq!(
+        no_holder(s(24, 0, 24)),
+        "Retained by: no holder found for any of 24 samples (dead objects not collected yet, or holders in the young generation)"
+    );
+    assert_eq!(
+        no_holder(s(24, 0, 10)),
+        "Retained by: no holder two samples share (10 of 24 samples had none; census.txt lists each chain)"
+    );
+    assert_eq!(
+        no_holder(s(0, 24, 0)),
+        "Retained by: not searched (24 samples moved or died since the census)"
+    );
+    // One sample's chain alone is not said as a holder.
+    let mut lone = growing(
+        Kind::Object,
+        "Object {page, body, at}",
+        &[("cache (Map, 3 entries) ← module scope of a.js", 1)],
+    );
+    lone.searched = Some(s(24, 0, 23));
+    let census = CensusReport { censuses: 2, growing: vec![lone], ..Default::default() };
+    let mut out = String::new();
+    census_lines(&mut out, Some(&census), &mut Said::default(), |_| true);
+    assert!(out.contains("no holder two samples share (23 of 24"), "{out}");
+    assert!(!out.contains("cache (Map"), "{out}");
 }
