@@ -45,7 +45,7 @@ pub struct ExternalCounter {
     allocators: BpfHashMap<MapData, u64, u64>,
     /// The allocator objects as last listed, and when.
     listed: Vec<u64>,
-    listed_at: Option<std::time::Instant>,
+    listed_at: std::time::Instant,
 }
 
 impl ExternalCounter {
@@ -65,15 +65,15 @@ impl ExternalCounter {
         let offset = usage_counter_offset(code)
             .context("the allocator's byte counter was not found in Free's code")?;
         let mem = File::open(format!("/proc/{}/mem", target.pid)).context("opening the target's memory")?;
-        Ok(Self { mem, offset, allocators, listed: Vec::new(), listed_at: None })
+        Ok(Self { mem, offset, allocators, listed: Vec::new(), listed_at: std::time::Instant::now() })
     }
 
     /// Sum of every known allocator's counter, or `None` before any allocator has been seen.
     pub fn read(&mut self) -> Option<u64> {
         // Listed at every reading until the first allocator is seen.
-        if self.listed.is_empty() || self.listed_at.is_none_or(|at| at.elapsed() >= LIST_ALLOCATORS_EVERY) {
+        if self.listed.is_empty() || self.listed_at.elapsed() >= LIST_ALLOCATORS_EVERY {
             self.listed = self.allocators.keys().flatten().collect();
-            self.listed_at = Some(std::time::Instant::now());
+            self.listed_at = std::time::Instant::now();
         }
         let mut total = None;
         for &ptr in &self.listed {

@@ -19,11 +19,6 @@ pub struct Rss {
     pub rss_shmem_bytes: u64,
 }
 
-/// Reads the RSS of `pid`, or `None` when it has exited.
-pub fn read_rss(pid: u32) -> Option<Rss> {
-    parse_status(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
-}
-
 /// Reads one process's RSS again and again through one open `/proc/PID/status` (a GC trough
 /// reads it every 25 ms: opening the file each time cost as much as reading it).
 pub struct RssReader {
@@ -91,7 +86,7 @@ mod tests {
 
     #[test]
     fn reads_our_own_rss() {
-        let rss = read_rss(std::process::id()).unwrap();
+        let rss = RssReader::new(std::process::id()).read().unwrap();
         assert!(rss.rss_bytes > 0 && rss.rss_bytes >= rss.rss_anon_bytes);
     }
 

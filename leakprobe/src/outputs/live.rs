@@ -81,7 +81,7 @@ pub fn summary(report: &Report) -> String {
 }
 
 /// What the one-line view shows, read from the session's books without building a report
-/// (a report each interval cost a watched service about 0.3% of its CPU).
+/// (building one each interval was 6% of the session thread's CPU time in a profile).
 pub struct Line<'a> {
     /// Seconds since attach.
     pub t_s: f64,
@@ -100,14 +100,15 @@ pub fn line(l: &Line) -> String {
         let s = l.pauses.get(kind);
         let _ = write!(out, " {}={} ({:.1}ms)", kind.name(), s.count(), s.total_ms());
     }
-    let m = l.memory;
-    let _ = write!(out, " rss={}MiB", mib(m.map_or(0, |m| m.rss.rss_bytes)));
-    // Every isolate's V8 heap: the main one's and the workers', as V8 last reported them.
-    if let Some(h) = m.and_then(|m| m.v8_heap_bytes) {
-        let _ = write!(out, " v8_heap={}MiB", mib(h + m.and_then(|m| m.v8_worker_heaps_bytes).unwrap_or(0)));
-    }
-    if let Some(e) = m.and_then(|m| m.external_bytes) {
-        let _ = write!(out, " external={}MiB", mib(e));
+    let _ = write!(out, " rss={}MiB", mib(l.memory.map_or(0, |m| m.rss.rss_bytes)));
+    if let Some(m) = l.memory {
+        // Every isolate's V8 heap: the main one's and the workers', as V8 last reported them.
+        if let Some(h) = m.v8_heap_bytes {
+            let _ = write!(out, " v8_heap={}MiB", mib(h + m.v8_worker_heaps_bytes.unwrap_or(0)));
+        }
+        if let Some(e) = m.external_bytes {
+            let _ = write!(out, " external={}MiB", mib(e));
+        }
     }
     let _ = write!(out, " lost={}", l.lost);
     out

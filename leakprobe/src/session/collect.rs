@@ -168,7 +168,7 @@ impl Session {
                 options.out.as_ref().map_or(String::new(), |d| format!(" and writes {}", d.display())),
             )
         } else {
-            // The one-line view needs no stacks: skip judging and naming them every interval.
+            // The one-line view is read from the books: no report is built, no stack judged.
             let line = live::Line {
                 t_s: self.started.elapsed().as_secs_f64(),
                 pauses: &self.gc.pauses,

@@ -47,13 +47,10 @@ impl<M: Memory> Search<'_, M> {
                 // A string holds only strings (a concatenation its parts, a slice the string it
                 // is cut from): what holds the outermost one holds the text the sample is part
                 // of. A slice is said, as it keeps all of a string that may be much longer.
-                let slice = string_label(strings, info.ty) == "(sliced string)";
-                if slice && links.last().is_none_or(|l: &Link| l.holder != "(sliced string)") {
-                    links.push(Link {
-                        kind: LinkKind::Internal,
-                        name: None,
-                        holder: "(sliced string)".into(),
-                    });
+                let label = string_label(strings, info.ty);
+                let slice = info.ty & strings.representation_mask == strings.sliced;
+                if slice && links.last().is_none_or(|l: &Link| l.holder != label) {
+                    links.push(Link { kind: LinkKind::Internal, name: None, holder: label.into() });
                 }
                 i += 1;
                 continue;
