@@ -1,7 +1,7 @@
 //! Maps shared by every probe family: the event ring buffer and the drop counters.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
@@ -10,6 +10,13 @@ use leakprobe_ebpf::{
     drops::DropReason,
     syscalls::{CONFIG_SLOTS, CONFIG_TGID},
 };
+
+/// The flags of every hash map: entries are allocated as they are inserted, not when the map is
+/// created. A preallocated map costs its full size in kernel memory from the first second
+/// (34.7 MiB for an idle process with these maps, each process watched by the agent); without
+/// it, what a process costs grows with what is tracked of it. (Allowed in every program type
+/// since Linux 6.1, whose hash maps allocate from per-CPU caches, NMI context included.)
+pub const GROW_AS_USED: u32 = BPF_F_NO_PREALLOC;
 
 /// The target's tgid (set by userspace): programs that fire for every process (syscall
 /// tracepoints, per-CPU perf events) keep only the target's events.

@@ -29,17 +29,17 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
-use crate::maps::{count_drop, emit_now};
+use crate::maps::{count_drop, emit_now, GROW_AS_USED};
 
 /// User stacks of allocations, shared by every family; ids are keys of the per-stack totals.
 #[map]
-pub static STACKS: HashMap<i64, RawStack> = HashMap::with_max_entries(MAX_STACKS, 0);
+pub static STACKS: HashMap<i64, RawStack> = HashMap::with_max_entries(MAX_STACKS, GROW_AS_USED);
 
 /// User stacks of the heap's allocation samples, kept apart from [`STACKS`]: JIT code gives
 /// the churn many distinct stacks, which must not crowd out (by filling the map) the stacks
 /// that leak suspects are named by.
 #[map]
-pub static SAMPLE_STACKS: HashMap<i64, RawStack> = HashMap::with_max_entries(MAX_STACKS, 0);
+pub static SAMPLE_STACKS: HashMap<i64, RawStack> = HashMap::with_max_entries(MAX_STACKS, GROW_AS_USED);
 
 /// Where JavaScript frames keep their function (set by userspace from the binary's metadata).
 #[map]
@@ -48,7 +48,7 @@ pub static JS_LAYOUT: Array<JsLayout> = Array::with_max_entries(1, 0);
 /// Pool threads running queued work: thread id → the stack that queued it (kept by the
 /// thread pool's probes, `probes/threadpool.rs`, through [`set_origin`]).
 #[map]
-static POOL_RUNNING: HashMap<u32, i64> = HashMap::with_max_entries(MAX_POOL_THREADS, 0);
+static POOL_RUNNING: HashMap<u32, i64> = HashMap::with_max_entries(MAX_POOL_THREADS, GROW_AS_USED);
 
 /// This thread now runs work queued from stack `origin` (`None`: from no known stack): the
 /// stacks it takes until its next work go on with that one.

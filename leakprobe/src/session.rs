@@ -196,7 +196,7 @@ impl Session {
 
     fn start(target: Target, options: &Options) -> anyhow::Result<Self> {
         let families = &options.families;
-        let (mut ebpf, kernel_log) = load::load(options.max_tracked)?;
+        let (mut ebpf, kernel_log) = load::load(families, options.max_tracked)?;
         // Configure before attaching, so the first native allocation is sampled at the right rate.
         let native = match families.contains(&Family::Native) {
             true => Some(NativeState::new(

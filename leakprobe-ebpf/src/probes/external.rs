@@ -15,19 +15,20 @@ use leakprobe_ebpf::{
 };
 
 use super::track::Tracker;
-use crate::maps::count_drop;
+use crate::maps::{count_drop, GROW_AS_USED};
 use leakprobe_ebpf::drops::DropReason;
 
 /// Threads inside an allocate call (the native family skips the mallocs made there).
 #[map]
-pub(crate) static EXT_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
+pub(crate) static EXT_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_PENDING, GROW_AS_USED);
 #[map]
-static EXT_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(MAX_LIVE, 0);
+static EXT_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(MAX_LIVE, GROW_AS_USED);
 #[map]
-static EXT_BY_STACK: PerCpuHashMap<i64, StackTotals> = PerCpuHashMap::with_max_entries(MAX_STACK_TOTALS, 0);
+static EXT_BY_STACK: PerCpuHashMap<i64, StackTotals> =
+    PerCpuHashMap::with_max_entries(MAX_STACK_TOTALS, GROW_AS_USED);
 /// Allocator objects seen (`this`), with the last time each was used.
 #[map]
-static EXT_ALLOCATORS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_ALLOCATORS, 0);
+static EXT_ALLOCATORS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_ALLOCATORS, GROW_AS_USED);
 
 static TRACKER: Tracker = Tracker { pending: &EXT_PENDING, live: &EXT_LIVE, by_stack: &EXT_BY_STACK };
 

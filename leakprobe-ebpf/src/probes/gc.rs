@@ -18,12 +18,12 @@ use leakprobe_ebpf::{
 
 use aya_log_ebpf::{debug, warn};
 
-use crate::maps::{count_drop, emit};
+use crate::maps::{count_drop, emit, GROW_AS_USED};
 use crate::stacks::user_stack;
 
 /// Pauses in flight, by thread id.
 #[map]
-static GC_INFLIGHT: HashMap<u32, GcInflight> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+static GC_INFLIGHT: HashMap<u32, GcInflight> = HashMap::with_max_entries(MAX_INFLIGHT, GROW_AS_USED);
 
 /// Entry of `Heap::PerformGarbageCollection`: remember when and which collector.
 #[uprobe]

@@ -23,22 +23,23 @@ use leakprobe_ebpf::{
 
 use super::track::Tracker;
 use crate::{
-    maps::{count_drop, emit},
+    maps::{count_drop, emit, GROW_AS_USED},
     stacks::sampled_user_stack,
 };
 
 /// Large-object pages by allocation stack (one JS object per page: a big array or string).
 #[map]
-static HEAP_LO_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
+static HEAP_LO_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_PENDING, GROW_AS_USED);
 #[map]
-static HEAP_LO_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(MAX_LIVE, 0);
+static HEAP_LO_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(MAX_LIVE, GROW_AS_USED);
 #[map]
 static HEAP_LO_BY_STACK: PerCpuHashMap<i64, StackTotals> =
-    PerCpuHashMap::with_max_entries(MAX_STACK_TOTALS, 0);
+    PerCpuHashMap::with_max_entries(MAX_STACK_TOTALS, GROW_AS_USED);
 
 /// Slow-path JS allocations (one per exhausted linear allocation buffer), by stack.
 #[map]
-static HEAP_SAMPLES: PerCpuHashMap<i64, u64> = PerCpuHashMap::with_max_entries(MAX_STACK_TOTALS, 0);
+static HEAP_SAMPLES: PerCpuHashMap<i64, u64> =
+    PerCpuHashMap::with_max_entries(MAX_STACK_TOTALS, GROW_AS_USED);
 
 static LARGE_OBJECTS: Tracker =
     Tracker { pending: &HEAP_LO_PENDING, live: &HEAP_LO_LIVE, by_stack: &HEAP_LO_BY_STACK };
@@ -46,7 +47,7 @@ static LARGE_OBJECTS: Tracker =
 /// Threads inside `Isolate::GetHeapStatistics`: readings there are the embedder asking (as
 /// `process.memoryUsage()` does), not V8's own GC bookkeeping, and are skipped.
 #[map]
-static HEAP_IN_STATS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static HEAP_IN_STATS: HashMap<u32, u8> = HashMap::with_max_entries(1024, GROW_AS_USED);
 
 #[inline(always)]
 fn send(op: u32, ptr: u64, size: u64) {

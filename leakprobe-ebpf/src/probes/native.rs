@@ -16,21 +16,21 @@ use leakprobe_ebpf::{
 };
 
 use super::{external::EXT_PENDING, track::Tracker};
-use crate::maps::count_drop;
+use crate::maps::{count_drop, GROW_AS_USED};
 use leakprobe_ebpf::drops::DropReason;
 
 #[map]
 static NATIVE_CONFIG: Array<u64> = Array::with_max_entries(CONFIG_SLOTS, 0);
 #[map]
-static NATIVE_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
+static NATIVE_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_PENDING, GROW_AS_USED);
 #[map]
-static NATIVE_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(MAX_LIVE, 0);
+static NATIVE_LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(MAX_LIVE, GROW_AS_USED);
 #[map]
 static NATIVE_BY_STACK: PerCpuHashMap<i64, StackTotals> =
-    PerCpuHashMap::with_max_entries(MAX_STACK_TOTALS, 0);
+    PerCpuHashMap::with_max_entries(MAX_STACK_TOTALS, GROW_AS_USED);
 /// `posix_memalign`'s out-pointer, by thread, from entry to return.
 #[map]
-static NATIVE_MEMPTR: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PENDING, 0);
+static NATIVE_MEMPTR: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PENDING, GROW_AS_USED);
 
 static NATIVE: Tracker = Tracker { pending: &NATIVE_PENDING, live: &NATIVE_LIVE, by_stack: &NATIVE_BY_STACK };
 

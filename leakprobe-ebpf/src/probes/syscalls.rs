@@ -13,12 +13,12 @@ use leakprobe_ebpf::{
     EventKind,
 };
 
-use crate::maps::{count_drop, emit, target_thread};
+use crate::maps::{count_drop, emit, target_thread, GROW_AS_USED};
 use crate::stacks::user_stack;
 use leakprobe_ebpf::drops::DropReason;
 
 #[map]
-static MAP_PENDING: HashMap<u32, MapPending> = HashMap::with_max_entries(MAX_PENDING, 0);
+static MAP_PENDING: HashMap<u32, MapPending> = HashMap::with_max_entries(MAX_PENDING, GROW_AS_USED);
 
 /// Offset of the first syscall argument (and of `ret` in exit records).
 const ARG0: usize = 16;

@@ -17,13 +17,13 @@ use leakprobe_ebpf::{
 };
 
 use crate::{
-    maps::count_drop,
+    maps::{count_drop, GROW_AS_USED},
     stacks::{set_origin, user_stack},
 };
 
 /// Work queued and not yet started: its `struct uv__work` → the stack that queued it.
 #[map]
-static POOL_QUEUED: HashMap<u64, i64> = HashMap::with_max_entries(MAX_QUEUED, 0);
+static POOL_QUEUED: HashMap<u64, i64> = HashMap::with_max_entries(MAX_QUEUED, GROW_AS_USED);
 
 #[inline(always)]
 fn queued(ctx: &ProbeContext, work: u64) {

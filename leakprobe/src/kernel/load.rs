@@ -4,22 +4,36 @@
 use anyhow::Context as _;
 use aya::{Ebpf, EbpfLoader};
 
+use crate::kernel::table::Family;
+
 /// The eBPF object built by build.rs from leakprobe-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakprobe"));
 
-/// The maps of live allocations, sized by [`load`]'s `max_tracked`.
-const LIVE_MAPS: [&str; 3] = ["EXT_LIVE", "HEAP_LO_LIVE", "NATIVE_LIVE"];
+/// The maps of live allocations, sized by [`load`]'s `max_tracked`, and the family that fills
+/// each.
+const LIVE_MAPS: [(&str, Family); 3] =
+    [("EXT_LIVE", Family::External), ("HEAP_LO_LIVE", Family::Heap), ("NATIVE_LIVE", Family::Native)];
+
+/// The other maps only the native family fills. Hash maps allocate entries as they are inserted, but
+/// their buckets when created (16 bytes an entry): a family that is off gets maps of one entry.
+const NATIVE_MAPS: [&str; 3] = ["NATIVE_PENDING", "NATIVE_BY_STACK", "NATIVE_MEMPTR"];
 
 /// The kernel programs' diagnostics (aya-log), when `RUST_LOG` asks for them.
 pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-/// Loads the eBPF object, its maps of live allocations sized for `max_tracked` allocations
-/// each; with the kernel programs' logger where `RUST_LOG` asks for their diagnostics.
-pub fn load(max_tracked: u32) -> anyhow::Result<(Ebpf, Option<KernelLog>)> {
+/// Loads the eBPF object for the probe `families` that will be attached, its maps of live
+/// allocations sized for `max_tracked` allocations each (one entry where the family is off);
+/// with the kernel programs' logger where `RUST_LOG` asks for their diagnostics.
+pub fn load(families: &[Family], max_tracked: u32) -> anyhow::Result<(Ebpf, Option<KernelLog>)> {
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
-    for map in LIVE_MAPS {
-        loader.map_max_entries(map, max_tracked);
+    for (map, family) in LIVE_MAPS {
+        loader.map_max_entries(map, if families.contains(&family) { max_tracked } else { 1 });
+    }
+    if !families.contains(&Family::Native) {
+        for map in NATIVE_MAPS {
+            loader.map_max_entries(map, 1);
+        }
     }
     // The kernel programs' diagnostics (aya-log) at the level RUST_LOG asks for; off by
     // default, where each log statement costs its programs one load and branch.
