@@ -1,11 +1,11 @@
 //! Reading V8 objects of one process: from a `SharedFunctionInfo`, the function's name, its
 //! script's name and the line it starts on ([`Reader::function`]).
 
-use std::collections::HashMap;
+use std::{cell::RefCell, collections::HashMap};
 
 use super::{
     layout::{Layout, ScopeInfoPositions},
-    memory::{words, Bad, Memory},
+    memory::{words, Bad, Memory, PageCache},
 };
 
 /// A JavaScript function, as named from its `SharedFunctionInfo`.
@@ -40,17 +40,27 @@ pub struct Reader<M: Memory> {
     /// The map of the objects whose headers JIT instructions follow, once one was found
     /// ([`Reader::compiled`]).
     pub(super) header_map: Option<u64>,
+    /// Pages read for small reads, while [`Reader::cache_small_reads`] is on.
+    small_reads: Option<RefCell<PageCache>>,
 }
 
 impl<M: Memory> Reader<M> {
     /// A reader of `mem` with `layout`.
     pub fn new(layout: Layout, mem: M) -> Self {
-        Self { layout, mem, scripts: HashMap::new(), header_map: None }
+        Self { layout, mem, scripts: HashMap::new(), header_map: None, small_reads: None }
     }
 
     /// Drops what was cached by address (after a mark-compact, objects may have moved).
     pub fn forget(&mut self) {
         self.scripts.clear();
+    }
+
+    /// Serves small reads from copies of the pages they fall in (one read a page), from now
+    /// until it is turned off; turning it on again starts over. For one pass over the heap,
+    /// where thousands of maps and functions are named: what it serves is as old as the first
+    /// read of its page.
+    pub fn cache_small_reads(&mut self, on: bool) {
+        self.small_reads = on.then(Default::default);
     }
 
     /// Names the function of the tagged `SharedFunctionInfo` pointer `sfi`.
@@ -297,7 +307,8 @@ impl<M: Memory> Reader<M> {
     }
 
     pub(super) fn bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), Bad> {
-        match self.mem.read(addr, buf) {
+        let cached = self.small_reads.as_ref().and_then(|c| c.borrow_mut().read(&self.mem, addr, buf));
+        match cached.unwrap_or_else(|| self.mem.read(addr, buf)) {
             true => Ok(()),
             false => Err(Bad::Unreadable(addr)),
         }

@@ -1,6 +1,6 @@
 //! The heap census's cost, for `cargo xtask bench`: the collector's CPU time and the bytes it
-//! reads per census and per GiB of heap, on a ticker holding 600,000 objects in a Map (a heap of
-//! some 60 MiB), for a census alone and for a census with a retainer search. The target's tick
+//! reads per census and per GiB of heap, on a ticker holding 1,500,000 objects in a Map (a heap of
+//! some 250 MiB), for a census alone and for a census with a retainer search. The target's tick
 //! gaps during a census are checked by `tests/retainers.rs` (`a_census_never_pauses_the_target`).
 
 use std::{
@@ -40,7 +40,7 @@ pub fn census_cost(leakprobe: &Path) -> anyhow::Result<()> {
         // (EPIPE) and it exits before the census.
         std::thread::spawn(move || stdout.lines().map_while(Result::ok).for_each(drop));
         let pid = node.id().to_string();
-        println!("\nHeap census cost (a 600,000-object Map, leakprobe census --json):");
+        println!("\nHeap census cost (a 1,500,000-object Map, leakprobe census --json):");
         println!(
             "{:<22} {:>9} {:>9} {:>9} {:>10} {:>14} {:>14}",
             "what", "heap MiB", "CPU s", "wall ms", "MiB read", "CPU s/GiB heap", "read/GiB heap"

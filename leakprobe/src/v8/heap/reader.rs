@@ -59,7 +59,10 @@ impl HeapReader {
     pub fn census(&mut self, limits: Limits) -> anyhow::Result<Census> {
         let ranges = self.ranges()?;
         self.reader.forget();
-        Ok(census(&mut self.reader, &self.layout, &ranges, limits))
+        self.reader.cache_small_reads(true);
+        let census = census(&mut self.reader, &self.layout, &ranges, limits);
+        self.reader.cache_small_reads(false);
+        Ok(census)
     }
 
     /// The address of the `Heap` (the isolate) the page at `chunk` belongs to, from its header.

@@ -204,6 +204,8 @@ pub fn retainers<M: Memory>(
             break;
         }
         passes += 1;
+        // Small reads (maps, checks that a holder is still there) from pages read this pass.
+        search.w.reader.cache_small_reads(true);
         let hits = search.scan(&pages, &frontier, limits.max_bytes);
         for &i in frontier.values() {
             search.nodes[i].searched = true;
@@ -212,6 +214,7 @@ pub fn retainers<M: Memory>(
             search.add(hit);
         }
     }
+    search.w.reader.cache_small_reads(false);
     let mut types = Vec::new();
     for (i, alive, stale) in roots {
         let (heap, kind, label) = wanted[i].clone();
