@@ -27,8 +27,8 @@ pub trait Memory {
 }
 
 /// A process's memory: read with `process_vm_readv`, which copies from the target's pages
-/// straight into ours (a third of the system time of reading `/proc/PID/mem`, which copies
-/// each page twice); through `/proc/PID/mem` where that call is refused. The file is opened in
+/// straight into ours (about a third less system time than reading `/proc/PID/mem`, which
+/// copies each page twice); through `/proc/PID/mem` where that call is refused. The file is opened in
 /// any case: opening it is the permission check, with a clear error (clones share it).
 #[derive(Clone)]
 pub struct ProcMem {
