@@ -157,8 +157,8 @@ struct Args {
     /// the perf map the target writes when started with --perf-basic-prof.
     #[arg(long)]
     no_v8_names: bool,
-    /// Live allocations each family tracks at once; more are counted as lost (`live_full`).
-    /// Each entry costs the kernel about 100 bytes.
+    /// Live allocations each family tracks at once (V8's large objects: at most 32,768); more
+    /// are counted as lost (`live_full`). Each entry in use costs the kernel about 100 bytes.
     #[arg(long, default_value_t = leakprobe_ebpf::alloc::MAX_LIVE, value_parser = clap::value_parser!(u32).range(1..))]
     max_tracked: u32,
     /// Sample one page fault in this many (the default mode's growth attribution: each

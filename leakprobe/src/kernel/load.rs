@@ -14,8 +14,16 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const LIVE_MAPS: [(&str, Family); 3] =
     [("EXT_LIVE", Family::External), ("HEAP_LO_LIVE", Family::Heap), ("NATIVE_LIVE", Family::Native)];
 
-/// The other maps only the native family fills. Hash maps allocate entries as they are inserted, but
-/// their buckets when created (16 bytes an entry): a family that is off gets maps of one entry.
+/// Most entries of the large objects' live map (`HEAP_LO_LIVE`): V8 gives an object a page of
+/// its own only past 128 KiB (half a regular page), so 32,768 of them fill a 4 GiB heap, V8's
+/// largest default. Userspace lists this map every second, and listing a hash map walks all of
+/// its buckets: the kernel walking the buckets of the maps listed was 15% of the main thread's
+/// samples, this map (at `--max-tracked`, 131,072 by default) the largest of them.
+const MAX_LARGE_OBJECTS: u32 = 32_768;
+
+/// The other maps only the native family fills. Hash maps allocate entries as they are
+/// inserted, but their buckets when created (16 bytes an entry): a family that is off gets maps
+/// of one entry.
 const NATIVE_MAPS: [&str; 3] = ["NATIVE_PENDING", "NATIVE_BY_STACK", "NATIVE_MEMPTR"];
 
 /// The kernel programs' diagnostics (aya-log), when `RUST_LOG` asks for them.
@@ -28,7 +36,12 @@ pub fn load(families: &[Family], max_tracked: u32) -> anyhow::Result<(Ebpf, Opti
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
     for (map, family) in LIVE_MAPS {
-        loader.map_max_entries(map, if families.contains(&family) { max_tracked } else { 1 });
+        let entries = match (families.contains(&family), map) {
+            (false, _) => 1,
+            (true, "HEAP_LO_LIVE") => max_tracked.min(MAX_LARGE_OBJECTS),
+            (true, _) => max_tracked,
+        };
+        loader.map_max_entries(map, entries);
     }
     if !families.contains(&Family::Native) {
         for map in NATIVE_MAPS {
