@@ -28,8 +28,9 @@ pub trait Memory {
 
 /// A process's memory: read with `process_vm_readv`, which copies from the target's pages
 /// straight into ours (about a third less system time than reading `/proc/PID/mem`, which
-/// copies each page twice); through `/proc/PID/mem` where that call is refused. The file is opened in
-/// any case: opening it is the permission check, with a clear error (clones share it).
+/// copies each page twice); through `/proc/PID/mem` where that call is refused. The file is
+/// opened in any case: opening it is the permission check, with a clear error (clones share
+/// it).
 #[derive(Clone)]
 pub struct ProcMem {
     file: Arc<File>,
@@ -91,13 +92,13 @@ const CACHED_READ: usize = 512;
 const CACHED_PAGES: usize = 1024;
 
 impl PageCache {
-    /// Fills `buf` from `addr` through the cache; `None` when the read is too long, crosses a
-    /// page, or its page could not be read whole (the caller reads it directly).
-    pub fn read(&mut self, mem: &impl Memory, addr: u64, buf: &mut [u8]) -> Option<bool> {
+    /// Fills `buf` from `addr` through the cache, if it can: not when the read is too long,
+    /// crosses a page, or its page could not be read whole (the caller then reads directly).
+    pub fn read(&mut self, mem: &impl Memory, addr: u64, buf: &mut [u8]) -> bool {
         let page = addr & !(CACHED_PAGE as u64 - 1);
         let at = (addr - page) as usize;
         if buf.len() > CACHED_READ || at + buf.len() > CACHED_PAGE {
-            return None;
+            return false;
         }
         if self.pages.len() >= CACHED_PAGES && !self.pages.contains_key(&page) {
             self.pages.clear();
@@ -106,9 +107,9 @@ impl PageCache {
             let mut bytes = Box::new([0u8; CACHED_PAGE]);
             mem.read(page, &mut bytes[..]).then_some(bytes)
         });
-        let bytes = bytes.as_ref()?;
+        let Some(bytes) = bytes else { return false };
         buf.copy_from_slice(&bytes[at..at + buf.len()]);
-        Some(true)
+        true
     }
 }
 
@@ -144,16 +145,16 @@ mod tests {
         let mut cache = PageCache::default();
         let mut word = [0u8; 8];
         for offset in [8u64, 16, 4000, 8] {
-            assert_eq!(cache.read(&mem, 0x10000 + offset, &mut word), Some(true));
+            assert!(cache.read(&mem, 0x10000 + offset, &mut word));
             assert_eq!(word.to_vec(), mem.bytes[offset as usize..offset as usize + 8].to_vec());
         }
         assert_eq!(mem.reads.get(), 1, "one page, one read");
         // Across a page boundary, or long: not served.
-        assert_eq!(cache.read(&mem, 0x10000 + 4092, &mut word), None);
-        assert_eq!(cache.read(&mem, 0x10000, &mut [0u8; 1024]), None);
+        assert!(!cache.read(&mem, 0x10000 + 4092, &mut word));
+        assert!(!cache.read(&mem, 0x10000, &mut [0u8; 1024]));
         // Past the memory: left to a direct read, and the page not tried again.
-        assert_eq!(cache.read(&mem, 0x10000 + 3 * 4096, &mut word), None);
-        assert_eq!(cache.read(&mem, 0x10000 + 3 * 4096 + 8, &mut word), None);
+        assert!(!cache.read(&mem, 0x10000 + 3 * 4096, &mut word));
+        assert!(!cache.read(&mem, 0x10000 + 3 * 4096 + 8, &mut word));
         assert_eq!(mem.reads.get(), 2);
     }
 }

@@ -307,8 +307,8 @@ impl<M: Memory> Reader<M> {
     }
 
     pub(super) fn bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), Bad> {
-        let cached = self.small_reads.as_ref().and_then(|c| c.borrow_mut().read(&self.mem, addr, buf));
-        match cached.unwrap_or_else(|| self.mem.read(addr, buf)) {
+        let cached = self.small_reads.as_ref().is_some_and(|c| c.borrow_mut().read(&self.mem, addr, buf));
+        match cached || self.mem.read(addr, buf) {
             true => Ok(()),
             false => Err(Bad::Unreadable(addr)),
         }
