@@ -9,10 +9,13 @@ use crate::kernel::table::Family;
 /// The eBPF object built by build.rs from leakprobe-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakprobe"));
 
-/// The maps of live allocations, sized by [`load`]'s `max_tracked`, and the family that fills
-/// each.
-const LIVE_MAPS: [(&str, Family); 3] =
-    [("EXT_LIVE", Family::External), ("HEAP_LO_LIVE", Family::Heap), ("NATIVE_LIVE", Family::Native)];
+/// The maps of live allocations: the family that fills each, and the most entries it may
+/// have, sized by [`load`]'s `max_tracked` up to that.
+const LIVE_MAPS: [(&str, Family, u32); 3] = [
+    ("EXT_LIVE", Family::External, u32::MAX),
+    ("HEAP_LO_LIVE", Family::Heap, MAX_LARGE_OBJECTS),
+    ("NATIVE_LIVE", Family::Native, u32::MAX),
+];
 
 /// Most entries of the large objects' live map (`HEAP_LO_LIVE`): V8 gives an object a page of
 /// its own only past 128 KiB (half a regular page), so 32,768 of them fill a 4 GiB heap, V8's
@@ -21,10 +24,14 @@ const LIVE_MAPS: [(&str, Family); 3] =
 /// samples, this map (at `--max-tracked`, 131,072 by default) the largest of them.
 const MAX_LARGE_OBJECTS: u32 = 32_768;
 
-/// The other maps only the native family fills. Hash maps allocate entries as they are
-/// inserted, but their buckets when created (16 bytes an entry): a family that is off gets maps
-/// of one entry.
-const NATIVE_MAPS: [&str; 3] = ["NATIVE_PENDING", "NATIVE_BY_STACK", "NATIVE_MEMPTR"];
+/// The other maps only one family fills. Hash maps allocate entries as they are inserted, but
+/// their buckets when created (16 bytes an entry): the maps of a family that is off (these and
+/// its live map) get one entry.
+const FAMILY_MAPS: [(&str, Family); 3] = [
+    ("NATIVE_PENDING", Family::Native),
+    ("NATIVE_BY_STACK", Family::Native),
+    ("NATIVE_MEMPTR", Family::Native),
+];
 
 /// The kernel programs' diagnostics (aya-log), when `RUST_LOG` asks for them.
 pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -35,18 +42,12 @@ pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 pub fn load(families: &[Family], max_tracked: u32) -> anyhow::Result<(Ebpf, Option<KernelLog>)> {
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
-    for (map, family) in LIVE_MAPS {
-        let entries = match (families.contains(&family), map) {
-            (false, _) => 1,
-            (true, "HEAP_LO_LIVE") => max_tracked.min(MAX_LARGE_OBJECTS),
-            (true, _) => max_tracked,
-        };
-        loader.map_max_entries(map, entries);
+    for (map, family, most) in LIVE_MAPS {
+        let on = families.contains(&family);
+        loader.map_max_entries(map, if on { max_tracked.min(most) } else { 1 });
     }
-    if !families.contains(&Family::Native) {
-        for map in NATIVE_MAPS {
-            loader.map_max_entries(map, 1);
-        }
+    for (map, _) in FAMILY_MAPS.into_iter().filter(|(_, family)| !families.contains(family)) {
+        loader.map_max_entries(map, 1);
     }
     // The kernel programs' diagnostics (aya-log) at the level RUST_LOG asks for; off by
     // default, where each log statement costs its programs one load and branch.
