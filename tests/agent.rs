@@ -92,7 +92,7 @@ impl Agent {
             if ok(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{text}");
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", without_buckets(&text));
             thread::sleep(Duration::from_millis(250));
         }
     }
@@ -118,6 +118,12 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An exposition without its histogram buckets and comments: what a failed wait shows, short
+/// enough that the verdict series it waited for are not cut from the log.
+fn without_buckets(text: &str) -> String {
+    text.lines().filter(|l| !l.starts_with('#') && !l.contains("_bucket{")).collect::<Vec<_>>().join("\n")
 }
 
 /// GET over HTTP with curl; the body.

@@ -93,7 +93,8 @@ struct AgentArgs {
     /// How often /proc is scanned for new node processes.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     scan_every: Duration,
-    /// Most processes watched at once (each costs the kernel its own maps, about 20 MiB).
+    /// Most processes watched at once (each costs the kernel its own programs and maps: about
+    /// 3.3 MiB while it idles, growing with what is tracked of it).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_targets: u32,
     /// How often each process is judged: what grows, the suspects, the heap census's growing

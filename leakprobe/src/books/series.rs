@@ -193,6 +193,34 @@ pub fn median_slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
+/// How far a trend stands out of its points' scatter: `slope` (their [`median_slope`]) over its
+/// standard error, read from the points' residuals about the Theil–Sen line through them (its
+/// intercept the median of `y - slope·t`), as a least-squares slope's t statistic is. A leak's
+/// GC troughs climb close to their line; a saw-tooth caught at random phases by a few GCs can
+/// trend as steeply, but its troughs swing about that line by more than the trend. `None` with
+/// fewer than three points (no scatter to read); infinite where every point is on the line.
+pub fn slope_t(points: &[(f64, f64)], slope: f64) -> Option<f64> {
+    let n = points.len();
+    if n < 3 {
+        return None;
+    }
+    let mut offsets: Vec<f64> = points.iter().map(|(t, y)| y - slope * t).collect();
+    offsets.sort_by(f64::total_cmp);
+    let intercept = match n % 2 {
+        1 => offsets[n / 2],
+        _ => (offsets[n / 2 - 1] + offsets[n / 2]) / 2.0,
+    };
+    let squares: f64 = points.iter().map(|(t, y)| (y - slope * t - intercept).powi(2)).sum();
+    let mean_t = points.iter().map(|p| p.0).sum::<f64>() / n as f64;
+    let spread: f64 = points.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
+    let error = (squares / (n - 2) as f64).sqrt() / spread.sqrt();
+    Some(match error > 0.0 {
+        true => slope / error,
+        false if slope == 0.0 => 0.0,
+        false => slope.signum() * f64::INFINITY,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,8 +183,16 @@ pub fn table(report: &serde_json::Value) -> Option<String> {
         );
         for r in g["retained_by"].as_array().into_iter().flatten() {
             let (samples, sampled) = (r["samples"].as_u64().unwrap_or(0), r["sampled"].as_u64().unwrap_or(0));
-            out +=
-                &format!("      {}\n", retained_by(r["text"].as_str().unwrap_or("?"), samples, sampled, ""));
+            // A true chain of a few of the type's objects that cannot hold its growth is listed,
+            // and said so: the summary and the metrics name no holder from it.
+            let note = match r["holds_growth"].as_bool() {
+                Some(false) => ", too few to hold the growth",
+                _ => "",
+            };
+            out += &format!(
+                "      {}\n",
+                retained_by(r["text"].as_str().unwrap_or("?"), samples, sampled, note)
+            );
         }
     }
     Some(out)

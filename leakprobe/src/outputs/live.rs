@@ -331,13 +331,11 @@ fn census_lines(
             g.count_delta,
             rate(g.bytes_per_s).trim()
         );
-        // A chain one sample alone follows is not said here (census.txt lists it): the
-        // target ran while it was read. A holder is said once, whatever its counts.
-        let shown: Vec<&RetainedBy> = g
-            .retained_by
-            .iter()
-            .filter(|r| r.holder.is_some() && (r.samples >= 2 || r.sampled < 2))
-            .collect();
+        // A chain too few samples follow to hold the growth is not said here (census.txt
+        // lists it): one sample alone may have been read while the target ran, a few may be
+        // older objects beside the growth. A holder is said once, whatever its counts.
+        let shown: Vec<&RetainedBy> =
+            g.retained_by.iter().filter(|r| r.holder.is_some() && r.holds_growth).collect();
         for r in shown
             .iter()
             .filter(|r| said.holders.insert(r.text.replace(|c: char| c.is_ascii_digit() || c == ',', "")))
@@ -357,7 +355,7 @@ fn census_lines(
     }
 }
 
-/// What the summary says of a searched type no chain of two samples explains.
+/// What the summary says of a searched type no chain holds enough samples of ([`RetainedBy::holds_growth`]).
 fn no_holder(s: Searched) -> String {
     match (s.sampled, s.unexplained) {
         (0, _) => format!("Retained by: not searched ({} samples moved or died since the census)", s.stale),
@@ -365,7 +363,8 @@ fn no_holder(s: Searched) -> String {
             "Retained by: no holder found for any of {n} samples (dead objects not collected yet, or holders in the young generation)"
         ),
         (n, u) => format!(
-            "Retained by: no holder two samples share ({u} of {n} samples had none; census.txt lists each chain)"
+            "Retained by: no chain holds enough samples to hold the growth ({u} of {n} samples had none; \
+             census.txt lists each chain)"
         ),
     }
 }

@@ -187,7 +187,8 @@ impl Metrics {
                 "leakprobe_growing_objects_per_second",
                 "A type the heap census found growing (objects gained per second) in a growing \
                  category, and its nearest named holder (the variable or property of the chain \
-                 most samples share; empty when none was proven).",
+                 most samples share, where it holds enough samples to hold the growth; empty when \
+                 none was proven).",
             ),
             &with_all(&["rank", "type", "holder"]),
         )?;
@@ -349,7 +350,11 @@ impl Metrics {
                 _ => grows(Category::V8Heap),
             });
             for (rank, g) in shown.take(TOP_VERDICT).enumerate() {
-                let holder = g.retained_by.iter().find(|r| r.complete).and_then(|r| r.holder.clone());
+                let holder = g
+                    .retained_by
+                    .iter()
+                    .find(|r| r.complete && r.holds_growth)
+                    .and_then(|r| r.holder.clone());
                 let mut l = target();
                 l.extend([(rank + 1).to_string(), g.label.clone(), holder.unwrap_or_default()]);
                 set.push((VerdictFamily::Growing, l, g.count_per_s));
@@ -452,6 +457,7 @@ mod tests {
             troughs: 5,
             method,
             watch_s: None,
+            trend_t: None,
             growing,
             levelled_off: false,
             explained_share: 0.9,
@@ -498,6 +504,7 @@ mod tests {
                 samples: 20,
                 sampled: 24,
                 complete: true,
+                holds_growth: true,
             }],
             searched: None,
         };

@@ -77,8 +77,17 @@ fn troughs_that_climb_back_to_the_first_thirds_are_not_growth() {
     let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
     assert!(external.growth_bytes_per_s > 0.0, "{external:?}");
     assert!(!external.growing, "{external:?}");
-    // The same climb from a lower first third is a new high, well above it: growth.
-    let climb: Vec<f64> = swing.iter().enumerate().map(|(i, v)| if i < 4 { 12.0 } else { *v }).collect();
+    // The same climb (from its dip on) from a lower first third is a new high, well above it:
+    // growth.
+    let climb: Vec<f64> = swing
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match i {
+            0..4 => 12.0,
+            4 => 17.0,
+            _ => *v,
+        })
+        .collect();
     let verdicts = categories(&at(&climb));
     let external = verdicts.iter().find(|v| v.category == Category::External).unwrap();
     assert!(external.growing, "{external:?}");
@@ -109,7 +118,10 @@ fn the_young_generation_growing_is_not_heap_growth() {
     // Without the old generation's reading (its probe missing), the committed heap is read.
     let committed_only: Vec<Sample> =
         at(&|_| 15.0).into_iter().map(|s| Sample { v8_old_generation_bytes: None, ..s }).collect();
-    assert!(heap(&committed_only).growing);
+    // (Its 17 MiB step is read, though a step is no trend: t far below what growth needs.)
+    let committed_read = heap(&committed_only);
+    assert!(committed_read.growth_bytes_per_s > 0.0, "{committed_read:?}");
+    assert_eq!(committed_read.bytes, Some((39.8 * mib as f64) as u64));
     // The old generation growing is growth, whatever the young generation does.
     let leak = heap(&at(&|i| 15.0 + 3.0 * i as f64));
     assert!(leak.growing, "{leak:?}");
@@ -182,6 +194,91 @@ fn a_rebuilt_table_is_a_saw_tooth_not_growth() {
     let many = heap(&at(1.25));
     assert_eq!(many.method, "troughs");
     assert!(!many.growing, "{many:?}");
+}
+
+#[test]
+fn a_saw_tooth_caught_at_random_phases_is_no_evidence_until_its_trend_stands_out() {
+    let mib = 1u64 << 20;
+    // A healthy service that empties a 100,000-entry array when full, under a CPU load (the
+    // agent test's healthy fleet member, as leakprobe read it): its old generation after each
+    // mark-compact (MB), alternating low and high in the tooth.
+    let read = [
+        (2.31, 12.5),
+        (3.94, 11.5),
+        (5.54, 10.6),
+        (7.24, 7.5),
+        (8.54, 7.4),
+        (9.84, 7.4),
+        (11.04, 5.7),
+        (11.85, 12.7),
+        (13.66, 7.3),
+        (14.46, 13.7),
+        (16.26, 7.8),
+        (17.07, 14.5),
+    ];
+    let old = |t: f64, trough: Option<u32>, mb: f64| Sample {
+        v8_old_generation_bytes: Some((mb * 1e6) as u64),
+        ..sample(t, trough, 40 * mib, 0)
+    };
+    let at = |points: &[(f64, f64)]| -> Vec<Sample> {
+        let mut samples = vec![old(0.0, None, 12.5)];
+        samples.extend(points.iter().enumerate().map(|(i, &(t, mb))| old(t, Some(i as u32), mb)));
+        samples.push(old(18.4, None, points.last().map_or(0.0, |p| p.1)));
+        samples
+    };
+    let heap = |samples: &[Sample]| {
+        categories(samples).into_iter().find(|v| v.category == Category::V8Heap).unwrap()
+    };
+    let tooth = heap(&at(&read));
+    // Its trend would be growth by every other rule (+4.5 MiB over the later two thirds, a new
+    // high), but its troughs swing about it by more: not growing, and the summary says why and
+    // how long to watch.
+    assert_eq!(tooth.method, "troughs");
+    assert!(tooth.growth_bytes_per_s * 12.3 > MIN_GROWTH_BYTES, "{tooth:?}");
+    assert!(tooth.trend_t.is_some_and(|t| t < 2.0), "{tooth:?}");
+    assert!(!tooth.growing, "{tooth:?}");
+    let next = tooth.next_step.as_deref().unwrap_or_default();
+    assert!(next.starts_with("its troughs swing about their trend by more than it grows (t = 1."), "{next}");
+    assert!(tooth.watch_s.is_some_and(|s| s > 5.0), "{tooth:?}");
+    // A leak read by as few GCs over the same times, its troughs climbing 1 MB/s about as far
+    // off their line as GCs leave them (±0.3 MB): growing.
+    let climb: Vec<(f64, f64)> =
+        read.iter().enumerate().map(|(i, &(t, _))| (t, 10.0 + t + [0.3, -0.3, 0.0][i % 3])).collect();
+    let leak = heap(&at(&climb));
+    assert!(leak.growing, "{leak:?}");
+    assert!(leak.trend_t.is_some_and(|t| t > 10.0), "{leak:?}");
+    assert_eq!(leak.next_step, None);
+}
+
+#[test]
+fn native_memory_is_tested_on_every_sample_so_three_full_gcs_can_show_its_leak() {
+    let mib = 1u64 << 20;
+    // Unclosed zlib streams (native, 4 MiB/s) read every 0.5 s over 20 s, with only three
+    // mark-compacts in the later two thirds (as node 20 ran them); and the same samples of a
+    // buffer pool that malloc fills to 37.5 MiB and frees every 4 s, which those three
+    // mark-compacts happen to catch ever fuller (0, 10, 25 MiB).
+    let at = |native_mib: &dyn Fn(f64) -> f64| -> Vec<Sample> {
+        (0..=40)
+            .map(|i| {
+                let t = i as f64 * 0.5;
+                let trough = [4.0, 8.0, 13.0, 18.5].iter().position(|g| *g == t).map(|p| p as u32);
+                let mut s = sample(t, trough, 40 * mib, 10 * mib);
+                s.rss.rss_anon_bytes = ((50.0 + 40.0 + 10.0 + native_mib(t)) * mib as f64) as u64;
+                s
+            })
+            .collect()
+    };
+    let native = |samples: &[Sample]| {
+        categories(samples).into_iter().find(|v| v.category == Category::Native).unwrap()
+    };
+    let leak = native(&at(&|t| 4.0 * t + [0.0, 1.5, -1.0][(t * 2.0) as usize % 3]));
+    assert_eq!((leak.method, leak.troughs), ("troughs", 3), "{leak:?}");
+    assert!(leak.growing, "{leak:?}");
+    let pool = native(&at(&|t| 10.0 * (t % 4.0)));
+    // Its troughs trend up by 25 MiB in 10.5 s, but its samples swing far more.
+    assert!(pool.growth_bytes_per_s > 2.0 * mib as f64, "{pool:?}");
+    assert!(!pool.growing, "{pool:?}");
+    assert!(pool.next_step.as_deref().is_some_and(|s| s.starts_with("its samples swing")), "{pool:?}");
 }
 
 #[test]
