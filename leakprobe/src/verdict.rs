@@ -31,6 +31,7 @@ use crate::{
         series::{median_slope, slope_t},
         suspect::{Category, Evidence, Source, Suspect, MAX_SUSPECTS},
     },
+    memory::census::CensusReport,
     memory::rss::{thirds, Sample},
 };
 
@@ -57,6 +58,12 @@ pub const NEW_HIGH_SHARE: f64 = 0.25;
 /// not the only one. Native memory is tested on every sample of the later two thirds (malloc
 /// frees at once): unclosed zlib streams read t = 2.7 over 14 samples.
 pub const TREND_CONFIDENCE: f64 = 0.95;
+/// Share of a V8 heap's growth at troughs that the heap census's objects must show too, where
+/// the censuses span at least [`MIN_TROUGH_SPAN`] of the later two thirds of the window. The
+/// troughs read what V8 commits for its old generation; a young service's V8 grows that for a
+/// minute and more while its objects do not (a healthy one, on a loaded machine, committed
+/// 5 to 14 MiB over its first 40 s: its troughs' trend passed every test above).
+pub const CENSUS_AGREES_SHARE: f64 = 0.25;
 /// Smallest growth over the later two thirds of the window that makes a category grow.
 pub const MIN_GROWTH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
 /// Smallest growth, as a fraction of the category's size, that makes a category grow.
@@ -356,6 +363,44 @@ fn new_high(samples: &[Sample], one: f64, two: f64, read: &Reading<'_>, margin: 
     let Some(early) = peak(&mut all.iter().filter(|p| p.0 < one)) else { return true };
     let late = peak(&mut all.iter().filter(|p| p.0 >= two)).or(all.last().map(|p| p.1));
     late.is_some_and(|late| late > early + margin)
+}
+
+/// Weighs each growing V8 heap against the heap census of its isolate: where the censuses span
+/// at least [`MIN_TROUGH_SPAN`] of `later_s` (the later two thirds of the window) and its
+/// objects gained less than [`CENSUS_AGREES_SHARE`] of the heap's growth, V8 committed more
+/// pages, not more objects, and the heap is not growing (the summary says so).
+pub fn weigh_census(categories: &mut [CategoryVerdict], census: &CensusReport, later_s: f64) {
+    let span = match (census.first_t_s, census.last_t_s) {
+        (Some(a), Some(b)) => b - a,
+        _ => return,
+    };
+    if span < MIN_TROUGH_SPAN * later_s {
+        return;
+    }
+    for v in categories.iter_mut().filter(|v| v.growing && v.category == Category::V8Heap) {
+        let isolate = census.isolates.iter().find(|i| match &v.worker {
+            Some(w) => w.heap.as_deref() == Some(i.heap.as_str()),
+            None => i.main,
+        });
+        let Some(objects) = isolate.and_then(|i| i.object_bytes_per_s) else { continue };
+        if objects < CENSUS_AGREES_SHARE * v.growth_bytes_per_s {
+            v.growing = false;
+            v.next_step = Some(format!(
+                "its troughs rose {}/s, but the heap census's objects {}/s over {span:.0} s: V8 committed \
+                 more pages, not more objects",
+                rate(v.growth_bytes_per_s),
+                rate(objects),
+            ));
+        }
+    }
+}
+
+/// A rate of bytes, signed, in KiB/s or MiB/s.
+fn rate(bytes_per_s: f64) -> String {
+    match bytes_per_s.abs() < (1 << 20) as f64 {
+        true => format!("{:+.0} KiB", bytes_per_s / 1024.0),
+        false => format!("{:+.2} MiB", bytes_per_s / (1 << 20) as f64),
+    }
 }
 
 /// The suspects: the candidates whose category grows, each with its evidence, by growth rate

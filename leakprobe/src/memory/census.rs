@@ -88,6 +88,9 @@ pub struct IsolateHeap {
     /// Live objects counted in the old generation, and their bytes.
     pub objects: u64,
     pub object_bytes: u64,
+    /// Bytes of its objects gained per second from the first census to this one (absent
+    /// before two, or for an isolate the first did not see).
+    pub object_bytes_per_s: Option<f64>,
     /// The user's scripts it compiled (not node's own), by name: what a worker's isolate runs.
     pub scripts: Vec<String>,
 }
@@ -366,7 +369,16 @@ fn run(probe: Result<HeapReader, String>, requests: mpsc::Receiver<f64>, shared:
                     r.first_t_s = s.first.as_ref().map(|f| f.0);
                 }
             }
-            s.first.as_ref().map(|(t0, first)| (*t0, growth(first, &census, t - *t0)))
+            let first = s.first.as_ref().map(|(t0, first)| (*t0, growth(first, &census, t - *t0)));
+            if let Some((t0, before)) = &s.first {
+                for i in &mut r.isolates {
+                    let then = before.isolates.iter().find(|b| b.heap == i.heap);
+                    i.object_bytes_per_s = then
+                        .filter(|_| t > *t0)
+                        .map(|b| (i.object_bytes as f64 - b.object_bytes as f64) / (t - *t0));
+                }
+            }
+            first
         };
         let Some((t0, growth)) = first else {
             finish(&shared, cpu, |r| {
@@ -455,6 +467,7 @@ fn isolates(census: &Census) -> Vec<IsolateHeap> {
             committed_bytes: i.committed_bytes,
             objects: i.objects,
             object_bytes: i.object_bytes,
+            object_bytes_per_s: None,
             scripts: i.scripts.clone(),
         })
         .collect()

@@ -125,6 +125,10 @@ impl Session {
                 self.worker_isolates(census.as_ref()),
             ));
         }
+        // A V8 heap whose troughs grew while its objects did not, by the heap census.
+        if let (Some(census), Some(first), Some(last)) = (&census, samples.first(), samples.last()) {
+            verdict::weigh_census(&mut categories, census, 2.0 / 3.0 * (last.t_s - first.t_s));
+        }
         let (suspects, verdict, gc_touched) = {
             let symbolizer = &mut self.symbolizer;
             let mut candidates =

@@ -474,3 +474,53 @@ fn a_swing_that_barely_tops_the_first_third_is_not_growth() {
     let leak = external(&samples(&rising));
     assert!(leak.growing, "{leak:?}");
 }
+
+#[test]
+fn a_heap_whose_objects_did_not_grow_by_the_census_is_not_growing() {
+    use crate::memory::census::{CensusReport, IsolateHeap};
+    let kib = 1024.0;
+    let growing = |rate: f64| CategoryVerdict {
+        category: Category::V8Heap,
+        bytes: Some(30 << 20),
+        growth_bytes_per_s: rate,
+        troughs: 18,
+        method: "troughs",
+        watch_s: None,
+        trend_t: Some(2.9),
+        growing: true,
+        levelled_off: false,
+        explained_share: 0.0,
+        next_step: None,
+        worker: None,
+    };
+    let census = |first: f64, last: f64, objects: f64| CensusReport {
+        first_t_s: Some(first),
+        last_t_s: Some(last),
+        isolates: vec![IsolateHeap {
+            heap: "0x1000".into(),
+            main: true,
+            object_bytes_per_s: Some(objects),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let weighed = |rate: f64, c: &CensusReport| {
+        let mut v = [growing(rate)];
+        weigh_census(&mut v, c, 28.0);
+        v[0].clone()
+    };
+    // A young healthy service, as read on a loaded machine: its old generation committed
+    // +229 KiB/s at troughs over 42 s, while the census's objects gained 12 KiB/s over 35 s.
+    let young = weighed(229.0 * kib, &census(4.0, 39.0, 12.0 * kib));
+    assert!(!young.growing, "{young:?}");
+    let next = young.next_step.unwrap_or_default();
+    assert_eq!(
+        next,
+        "its troughs rose +229 KiB/s, but the heap census's objects +12 KiB/s over 35 s: V8 committed more \
+         pages, not more objects"
+    );
+    // A leak's objects grow with its troughs.
+    assert!(weighed(229.0 * kib, &census(4.0, 39.0, 190.0 * kib)).growing);
+    // Censuses 5 s apart span too little of the later 28 s to overrule the troughs.
+    assert!(weighed(229.0 * kib, &census(30.0, 35.0, 0.0)).growing);
+}
