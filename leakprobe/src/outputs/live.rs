@@ -348,9 +348,22 @@ fn census_lines(
                 retained_by(&truncate(&r.text, 110), r.samples, r.sampled, note)
             );
         }
-        // A type searched with nothing to show says so, with its counts: never a guess.
-        if let Some(s) = g.searched.filter(|_| shown.is_empty()) {
-            let _ = writeln!(out, "                {}", no_holder(s));
+        // A chain that holds the growth but reaches no name is said as it is; a type searched
+        // with nothing to show says so, with its counts: never a guess.
+        let unnamed = g.retained_by.iter().find(|r| r.holder.is_none() && r.holds_growth);
+        match (shown.is_empty(), unnamed, g.searched) {
+            (true, Some(r), _) => {
+                let text = truncate(&r.text, 110);
+                let _ = writeln!(
+                    out,
+                    "                {}",
+                    retained_by(&text, r.samples, r.sampled, ", no named holder")
+                );
+            }
+            (true, None, Some(s)) => {
+                let _ = writeln!(out, "                {}", no_holder(s));
+            }
+            _ => {}
         }
     }
 }
