@@ -101,6 +101,25 @@ mod tests {
         assert_eq!(grown.iter().map(|&b| b as u64).sum::<u64>(), 64 << 20);
         assert_eq!(RssReader::new(u32::MAX).read(), None);
     }
+
+    /// A trough whose lowest readings predate the last regular sample joins the samples after
+    /// it when the target exits before another sample: the split is the regular sample's.
+    #[test]
+    fn the_split_is_the_latest_regular_sample_not_a_trough_that_joined_after_it() {
+        let sample = |trough, t_s, native| Sample {
+            trough,
+            t_s,
+            rss: Rss { rss_bytes: 100 << 20, ..Rss::default() },
+            v8_heap_bytes: Some(10 << 20),
+            v8_old_generation_bytes: None,
+            v8_worker_heaps_bytes: None,
+            external_bytes: Some(1 << 20),
+            native_bytes: Some(native),
+        };
+        let samples = [sample(None, 1.0, 10), sample(None, 2.0, 30), sample(Some(4), 1.8, 20)];
+        assert_eq!(MemoryReport::new(&samples).native_bytes, Some(30));
+        assert_eq!(MemoryReport::new(&samples[2..]).native_bytes, Some(20), "only a trough");
+    }
 }
 
 /// One sample of the memory split, in `report.memory.samples[]`.
@@ -208,9 +227,12 @@ impl MemoryReport {
     }
 
     /// Splits the latest sample of `samples` into parts that sum to RSS, with `other` taking
-    /// the remainder.
+    /// the remainder. A GC trough's lowest readings may have been taken before the last
+    /// regular sample (and joined the samples after it, as when the target exited before a
+    /// last sample): the latest regular sample is the end of the window.
     pub fn new(samples: &[Sample]) -> Self {
-        let latest = samples.last().copied().unwrap_or(Sample {
+        let regular = samples.iter().rev().find(|s| s.trough.is_none());
+        let latest = regular.or(samples.last()).copied().unwrap_or(Sample {
             trough: None,
             t_s: 0.0,
             rss: Rss::default(),
