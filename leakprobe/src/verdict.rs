@@ -33,6 +33,7 @@ use crate::{
     },
     memory::census::CensusReport,
     memory::rss::{thirds, Sample},
+    outputs::units::rate,
 };
 
 /// Troughs needed to read a category's growth from them.
@@ -392,14 +393,6 @@ pub fn weigh_census(categories: &mut [CategoryVerdict], census: &CensusReport, l
                 rate(objects),
             ));
         }
-    }
-}
-
-/// A rate of bytes, signed, in KiB/s or MiB/s.
-fn rate(bytes_per_s: f64) -> String {
-    match bytes_per_s.abs() < (1 << 20) as f64 {
-        true => format!("{:+.0} KiB", bytes_per_s / 1024.0),
-        false => format!("{:+.2} MiB", bytes_per_s / (1 << 20) as f64),
     }
 }
 

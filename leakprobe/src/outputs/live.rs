@@ -9,6 +9,7 @@ use crate::{
     memory::rss::Sample,
     outputs::census::retained_by,
     outputs::report::Report,
+    outputs::units::{mib, rate_mib},
     stacks::frame::{Frame, FrameKind},
     v8::heap::{census::Kind, chain::thousands, walk::short_file},
     verdict::{CategoryVerdict, WorkerIsolate},
@@ -119,12 +120,13 @@ fn memory_split(out: &mut String, report: &Report) {
     let part =
         |v: Option<u64>, why: &str| v.map_or_else(|| format!("{:>10}", why), |b| format!("{:>10}", mib(b)));
     let _ = writeln!(out, "\nMemory (MiB)      now     growth/s");
-    let _ = writeln!(out, "  rss        {:>10} {:>12}", mib(m.rss.rss_bytes), rate(m.rss_growth_bytes_per_s));
+    let _ =
+        writeln!(out, "  rss        {:>10} {:>12}", mib(m.rss.rss_bytes), rate_mib(m.rss_growth_bytes_per_s));
     let _ = writeln!(
         out,
         "  v8 heap    {} {:>12}{}",
         part(m.v8_heap_bytes, "awaiting GC"),
-        rate(m.v8_heap_growth_bytes_per_s),
+        rate_mib(m.v8_heap_growth_bytes_per_s),
         match m.v8_heap_isolates.len() {
             0 | 1 => String::new(),
             n => format!("  ({n} isolates; growth: main isolate)"),
@@ -145,7 +147,7 @@ fn memory_split(out: &mut String, report: &Report) {
         out,
         "  external   {} {:>12}",
         part(m.external_bytes, "n/a"),
-        rate(m.external_growth_bytes_per_s)
+        rate_mib(m.external_growth_bytes_per_s)
     );
     let _ = writeln!(out, "  native     {}", part(m.native_bytes, "n/a"));
     let _ = writeln!(out, "  code       {:>10}", mib(m.code_bytes));
@@ -168,7 +170,7 @@ fn suspects(out: &mut String, report: &Report) {
             out,
             "  {:<9} grew {}/s, then levelled off over the last third (a cache that filled): not a leak",
             verdict_name(v),
-            rate(v.growth_bytes_per_s).trim()
+            rate_mib(v.growth_bytes_per_s).trim()
         );
     }
     for v in report.verdict.iter().filter(|v| !v.growing && v.next_step.is_some()) {
@@ -199,7 +201,7 @@ fn suspects(out: &mut String, report: &Report) {
             out,
             "  {:<9} {}/s ({how}{}){explained}",
             verdict_name(v),
-            rate(v.growth_bytes_per_s).trim(),
+            rate_mib(v.growth_bytes_per_s).trim(),
             if v.worker.is_some() { ", at its own full GCs" } else { "" },
         );
         if let Some(next) = &v.next_step {
@@ -241,7 +243,7 @@ fn suspects(out: &mut String, report: &Report) {
             i + 1,
             suspect_category(s),
             mib(s.outstanding_bytes.max(0) as u64),
-            rate(s.growth_bytes_per_s).trim(),
+            rate_mib(s.growth_bytes_per_s).trim(),
             match s.variants.len() {
                 0 | 1 => String::new(),
                 n => format!(" ({n} stacks)"),
@@ -329,7 +331,7 @@ fn census_lines(
             g.count_per_s,
             truncate(&g.label, 70),
             g.count_delta,
-            rate(g.bytes_per_s).trim()
+            rate_mib(g.bytes_per_s).trim()
         );
         // A chain too few samples follow to hold the growth is not said here (census.txt
         // lists it): one sample alone may have been read while the target ran, a few may be
@@ -470,14 +472,6 @@ fn suspect_lines(frames: &[Frame]) -> Vec<String> {
     }
     lines.extend(frames[start..].iter().filter(|f| js(f)).take(6).map(Frame::label));
     lines
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn rate(bytes_per_s: f64) -> String {
-    format!("{:+.2} MiB", bytes_per_s / (1024.0 * 1024.0))
 }
 
 fn truncate(s: &str, n: usize) -> String {
