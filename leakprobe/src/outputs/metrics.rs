@@ -21,7 +21,11 @@ use crate::{
         site::site_frame,
         suspect::{Category, Suspect},
     },
-    memory::{census::CensusReport, gc::GcKind, rss::MemoryReport},
+    memory::{
+        census::{CensusReport, GrowingType, RetainedBy},
+        gc::GcKind,
+        rss::MemoryReport,
+    },
     outputs::report::Report,
     v8::heap::census::Kind,
     verdict::{CategoryVerdict, NOT_JUDGED},
@@ -186,9 +190,10 @@ impl Metrics {
             Opts::new(
                 "leakprobe_growing_objects_per_second",
                 "A type the heap census found growing (objects gained per second) in a growing \
-                 category, and its nearest named holder (the variable or property of the chain \
-                 most samples share, where it holds enough samples to hold the growth; empty when \
-                 none was proven).",
+                 category (or, with a proven holder, in a V8 heap not judged yet for too few full \
+                 GCs), and its nearest named holder (the variable or property of the chain most \
+                 samples share, where it holds enough samples to hold the growth; empty when none \
+                 was proven).",
             ),
             &with_all(&["rank", "type", "holder"]),
         )?;
@@ -342,19 +347,24 @@ impl Metrics {
             set.push((VerdictFamily::Suspect, l, s.growth_bytes_per_s));
         }
         let grows = |c: Category| verdict.iter().any(|v| v.growing && v.category == c);
+        // Where the V8 heap could not be judged yet (too few full GCs), a type the census saw
+        // grow is shown only with a proven holder, as the summary says it and as an array's
+        // site is a suspect then: its chain proves it is held, whatever the heap's size did.
+        let heap_unjudged = verdict
+            .iter()
+            .any(|v| v.category == Category::V8Heap && v.worker.is_none() && v.method == NOT_JUDGED);
         if let Some(census) = census {
-            let shown = census.growing.iter().filter(|g| match g.kind {
-                Kind::ArrayBuffer => grows(Category::External) || grows(Category::V8Heap),
-                Kind::Handle => grows(Category::Native) || grows(Category::V8Heap),
-                Kind::System => false,
-                _ => grows(Category::V8Heap),
+            let shown = census.growing.iter().filter(|g| {
+                let heap = grows(Category::V8Heap) || (heap_unjudged && proven(g).is_some());
+                match g.kind {
+                    Kind::ArrayBuffer => grows(Category::External) || heap,
+                    Kind::Handle => grows(Category::Native) || heap,
+                    Kind::System => false,
+                    _ => heap,
+                }
             });
             for (rank, g) in shown.take(TOP_VERDICT).enumerate() {
-                let holder = g
-                    .retained_by
-                    .iter()
-                    .find(|r| r.complete && r.holds_growth)
-                    .and_then(|r| r.holder.clone());
+                let holder = proven(g).and_then(|r| r.holder.clone());
                 let mut l = target();
                 l.extend([(rank + 1).to_string(), g.label.clone(), holder.unwrap_or_default()]);
                 set.push((VerdictFamily::Growing, l, g.count_per_s));
@@ -399,6 +409,12 @@ impl Metrics {
     pub fn encode(&self) -> String {
         prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
+}
+
+/// The chain that proves who holds a growing type: complete, and holding enough samples to hold
+/// its growth.
+fn proven(g: &GrowingType) -> Option<&RetainedBy> {
+    g.retained_by.iter().find(|r| r.complete && r.holds_growth)
 }
 
 #[cfg(test)]
@@ -488,7 +504,6 @@ mod tests {
     }
 
     fn census(holder: &str) -> CensusReport {
-        use crate::memory::census::{GrowingType, RetainedBy};
         let growing = |kind, label: &str| GrowingType {
             heap: "0x1".into(),
             kind,
@@ -556,5 +571,21 @@ mod tests {
         assert!(!text.contains(r#"leakprobe_verdict_growth_bytes_per_second{category="external""#), "{text}");
         m.remove(&a);
         assert!(!m.encode().contains(r#"pid="1""#), "{}", m.encode());
+    }
+
+    /// A heap not judged yet (too few full GCs) shows the census's growing types whose holder
+    /// is proven, as the summary says them; a type with no proven holder is not shown.
+    #[test]
+    fn a_heap_not_judged_yet_shows_growing_types_with_a_proven_holder_only() {
+        let mut m = Metrics::new().unwrap();
+        let a = labels("1");
+        let judged = [verdict(Category::V8Heap, false, NOT_JUDGED)];
+        let mut found = census("requestLog");
+        found.growing[1].retained_by[0].holds_growth = false;
+        m.set_judged(&a, &judged, &[suspect("record", 12)], Some(&found));
+        let text = m.encode();
+        assert!(text.contains(r#"holder="requestLog",node="n1",node_version="v20.1.0",pid="1",pod_uid="",rank="1",type="LogEntry"} 500"#), "{text}");
+        assert!(!text.contains(r#"type="ArrayBuffer""#), "{text}");
+        assert!(!text.contains("leakprobe_verdict_growth_bytes_per_second{"), "not judged: {text}");
     }
 }
