@@ -74,7 +74,13 @@ impl Symbolizer {
             // Each job with what the code reader read for it.
             let (to_namer, namer_rx) = mpsc::channel::<(Job, CodeRead)>();
             let (js, stacks) = (js.take(), Arc::clone(stacks));
-            let mut code = CodeReader { pid, js: js.clone(), jit: Vec::new(), compiled: HashMap::new() };
+            let mut code = CodeReader {
+                pid,
+                js: js.clone(),
+                jit: Vec::new(),
+                compiled: HashMap::new(),
+                owners: HashMap::new(),
+            };
             // Both end when the symbolizer (the first sender) is dropped.
             std::thread::spawn(move || {
                 for job in rx {
@@ -160,6 +166,9 @@ struct CodeRead {
     jit: Vec<(u64, u64)>,
     /// What compiled code each of the job's JIT frames ran, by (return address, function).
     compiled: HashMap<(u64, u64), Option<Compiled>>,
+    /// The function and what it ran of each JIT frame the stack gave no function, by (address,
+    /// whether it is the instruction that ran: a stack's innermost frame).
+    owners: HashMap<(u64, bool), Option<(u64, Compiled)>>,
 }
 
 /// The first naming thread, at normal priority: what compiled code each JIT frame ran, read as
@@ -174,6 +183,8 @@ struct CodeReader {
     jit: Vec<(u64, u64)>,
     /// By (return address, function) until objects move.
     compiled: HashMap<(u64, u64), Option<Compiled>>,
+    /// As [`CodeRead::owners`], until objects move.
+    owners: HashMap<(u64, bool), Option<(u64, Compiled)>>,
 }
 
 impl CodeReader {
@@ -183,6 +194,7 @@ impl CodeReader {
             Job::Name { stacks, .. } => self.read(stacks),
             Job::Moved => {
                 self.compiled.clear();
+                self.owners.clear();
                 CodeRead::default()
             }
             Job::Warm(_) => CodeRead::default(),
@@ -198,10 +210,35 @@ impl CodeReader {
             self.read_jit_ranges();
         }
         let compiled = self.read_compiled(frames());
+        let owners = self.read_owners(stacks);
         if known {
             self.read_jit_ranges();
         }
-        CodeRead { jit: self.jit.clone(), compiled }
+        CodeRead { jit: self.jit.clone(), compiled, owners }
+    }
+
+    /// The function of each JIT frame of `stacks` that has none (the innermost frame of a
+    /// sample taken inside JIT code, whose frame the kernel cannot read a function from), from
+    /// the optimized code at its address.
+    fn read_owners(
+        &mut self,
+        stacks: &[(i64, Vec<RawFrame>)],
+    ) -> HashMap<(u64, bool), Option<(u64, Compiled)>> {
+        let mut owners = HashMap::new();
+        let Some(reader) = &mut self.js else { return owners };
+        let unowned = stacks.iter().flat_map(|(_, s)| s.iter().enumerate());
+        for (i, f) in unowned.filter(|(_, f)| f.js == 0 && in_ranges(f.pc, &self.jit)) {
+            let key = (f.pc, i == 0);
+            let read = self.owners.entry(key).or_insert_with(|| match reader.code_function(f.pc, i == 0) {
+                Ok(found) => Some(found),
+                Err(e) => {
+                    log::debug!("code at {:#x} (no function in its frame): {e}", f.pc);
+                    None
+                }
+            });
+            owners.insert(key, read.clone());
+        }
+        owners
     }
 
     /// What compiled code each JIT frame of `frames` ran.
@@ -315,9 +352,17 @@ impl Namer {
         }
         for (id, raw) in stacks {
             let mut frames = Vec::with_capacity(raw.len());
-            for f in raw {
+            for (i, f) in raw.into_iter().enumerate() {
                 let jit = in_ranges(f.pc, jit);
-                let compiled = code.compiled.get(&(f.pc, f.js)).filter(|_| jit).cloned().flatten();
+                // A JIT frame with no function is named by its code's, where optimized code
+                // names one.
+                let (f, compiled) = match (f.js, jit) {
+                    (0, true) => match code.owners.get(&(f.pc, i == 0)).cloned().flatten() {
+                        Some((js, compiled)) => (RawFrame { js, ..f }, Some(compiled)),
+                        None => (f, None),
+                    },
+                    _ => (f, code.compiled.get(&(f.pc, f.js)).filter(|_| jit).cloned().flatten()),
+                };
                 self.frames(f, jit, compiled, &mut frames);
             }
             lock(&self.stacks).insert(id, frames);

@@ -104,14 +104,30 @@ impl<M: Memory> Reader<M> {
     /// call there. Optimized code must name `sfi` as its function: the code that ran may have
     /// been freed since, and other code put at the address.
     pub fn compiled(&mut self, pc: u64, sfi: u64) -> Result<Compiled, Bad> {
+        self.compiled_at(pc, Some(sfi), false).map(|(_, compiled)| compiled)
+    }
+
+    /// The function of the optimized code that holds `pc` (tagged `SharedFunctionInfo`, as its
+    /// deoptimization data names it) and the functions inlined there, for a JIT frame whose
+    /// function the stack did not give: the innermost frame of a sample taken inside JIT code,
+    /// whose `pc` is the instruction that ran (`at_ip`), not a return address. Baseline code
+    /// names no function.
+    pub fn code_function(&mut self, pc: u64, at_ip: bool) -> Result<(u64, Compiled), Bad> {
+        self.compiled_at(pc, None, at_ip)
+    }
+
+    /// [`Reader::compiled`] and [`Reader::code_function`]: the code's own function (checked
+    /// against `sfi` when given) and what it ran at `pc`.
+    fn compiled_at(&mut self, pc: u64, sfi: Option<u64>, at_ip: bool) -> Result<(u64, Compiled), Bad> {
         let c = self.layout.code.clone().ok_or(Bad::Implausible("code layout for this V8"))?;
         let (code, start) = self.code_at(&c, pc)?;
         let mut flags = [0u8; 4];
         self.bytes(code.wrapping_add(c.code_flags), &mut flags)?;
         let kind = (u64::from(u32::from_le_bytes(flags)) & c.kind_mask) >> c.kind_shift;
-        match kind.checked_sub(c.baseline) {
-            Some(0) => return Ok(Compiled::Baseline),
-            Some(1 | 2) => {}
+        match (kind.checked_sub(c.baseline), sfi) {
+            (Some(0), Some(sfi)) => return Ok((sfi, Compiled::Baseline)),
+            (Some(0), None) => return Err(Bad::Implausible("baseline code names no function")),
+            (Some(1 | 2), _) => {}
             _ => return Err(Bad::Implausible("kind of code for a JavaScript frame")),
         }
         let deopt = self.array(self.word(code.wrapping_add(c.code_deopt))?)?;
@@ -120,15 +136,17 @@ impl<M: Memory> Reader<M> {
         if c.deopt_function_wrapped {
             own = self.word(self.type_of(own)?.0.wrapping_add(8))?;
         }
-        if own != sfi {
+        if sfi.is_some_and(|sfi| own != sfi) {
             return Err(Bad::WrongType { addr: code, found: own, wanted: "code of the frame's function" });
         }
         let table = self.byte_array(self.word(code.wrapping_add(c.code_positions))?)?;
         if table.is_empty() {
             return Err(Bad::Implausible("empty source position table"));
         }
-        let position = position_at(&table, pc - start).ok_or(Bad::Implausible("source position table"))?;
-        let Some(mut id) = inlining_id(position) else { return Ok(Compiled::Optimized(Vec::new())) };
+        // The instruction at `pc` is where a call ending there would return to plus one.
+        let ret = pc - start + u64::from(at_ip);
+        let position = position_at(&table, ret).ok_or(Bad::Implausible("source position table"))?;
+        let Some(mut id) = inlining_id(position) else { return Ok((own, Compiled::Optimized(Vec::new()))) };
         let inlined = self.smi(element(c.deopt_inlined_count)?).ok_or(Bad::NotObject(0))?;
         let literals = self.array(element(c.deopt_literals)?)?;
         let positions = self.byte_array(element(c.deopt_inlining_positions)?)?;
@@ -147,7 +165,7 @@ impl<M: Memory> Reader<M> {
             functions.push(if sfi & 3 == 3 { sfi & !2 } else { sfi });
             match inlining_id(position) {
                 Some(next) => id = next,
-                None => return Ok(Compiled::Optimized(functions)),
+                None => return Ok((own, Compiled::Optimized(functions))),
             }
         }
         Err(Bad::Implausible("inlining depth"))
@@ -337,9 +355,47 @@ mod tests {
         for l in [node18_layout(), any_layout()].into_iter().flatten() {
             let (memory, start) = planted(&l, &[0]);
             let mut reader = Reader::new(l, memory);
-            // Found and checked, then stopped by the zero position table.
+            // Found, then stopped by the deoptimization data's map (zero).
             assert_eq!(reader.compiled(start + 0x20, SFI), Err(Bad::NotObject(0)));
             assert!(reader.compiled(start + 0x20, SFI + 8).is_err());
+        }
+    }
+
+    /// A JIT frame whose function the stack did not give is named by its optimized code's own
+    /// function; baseline code names none, and other code at the address names nothing.
+    #[test]
+    fn optimized_code_found_from_an_address_alone_names_its_function() {
+        for l in [node18_layout(), any_layout()].into_iter().flatten() {
+            let c = l.code.clone().expect("a code layout");
+            let (mut memory, start) = planted(&l, &[0]);
+            // A position table with one entry (offset 0, no inlining), in a byte array.
+            let positions = table(&[(0, true, inlined(10, None))]);
+            let array = BASE + 0x1200;
+            let mut put = |addr: u64, value: &[u8]| {
+                let at = (addr - BASE) as usize;
+                memory.0[at..at + value.len()].copy_from_slice(value);
+            };
+            put(array, &(BASE + l.heap_tag).to_le_bytes());
+            put(array + l.array_length, &((positions.len() as u64) << l.smi_shift).to_le_bytes());
+            put(array + l.array_data, &positions);
+            let code = match c.istream_code {
+                Some(_) => BASE + 0x100,
+                None => start - c.header_size,
+            };
+            put(code + c.code_positions, &(array + l.heap_tag).to_le_bytes());
+            // The deoptimization data's map (`planted` leaves it zero).
+            put(BASE + 0x1000, &(BASE + l.heap_tag).to_le_bytes());
+            let mut reader = Reader::new(l.clone(), memory.clone());
+            assert_eq!(reader.code_function(start + 0x20, true), Ok((SFI, Compiled::Optimized(Vec::new()))));
+            assert_eq!(reader.compiled(start + 0x20, SFI), Ok(Compiled::Optimized(Vec::new())));
+            assert!(reader.compiled(start + 0x20, SFI + 8).is_err(), "another function's code");
+            let mut baseline = memory;
+            let flags = ((c.baseline << c.kind_shift) & c.kind_mask) as u32;
+            let at = (code + c.code_flags - BASE) as usize;
+            baseline.0[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+            let mut reader = Reader::new(l, baseline);
+            assert_eq!(reader.compiled(start + 0x20, SFI), Ok(Compiled::Baseline));
+            assert!(reader.code_function(start + 0x20, true).is_err(), "baseline code names no function");
         }
     }
 
