@@ -230,7 +230,14 @@ impl CodeReader {
         for (i, f) in unowned.filter(|(_, f)| f.js == 0 && in_ranges(f.pc, &self.jit)) {
             let key = (f.pc, i == 0);
             let read = self.owners.entry(key).or_insert_with(|| match reader.code_function(f.pc, i == 0) {
-                Ok(found) => Some(found),
+                Ok(found) => {
+                    log::trace!(
+                        "code at {:#x} (no function in its frame) is function {:#x}'s",
+                        f.pc,
+                        found.0
+                    );
+                    Some(found)
+                }
                 Err(e) => {
                     log::debug!("code at {:#x} (no function in its frame): {e}", f.pc);
                     None
