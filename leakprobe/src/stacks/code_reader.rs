@@ -2,11 +2,11 @@
 //! the stack arrives ([`CodeReader`]), and where the target's JIT code lies (its anonymous
 //! executable mappings). [`super::symbolize`] names the frames from what it read.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::Hash};
 
 use crate::{
     stacks::frame::RawFrame,
-    v8::{Compiled, ProcMem, Reader},
+    v8::{Bad, Compiled, ProcMem, Reader},
 };
 
 /// What the code reader read for one naming job.
@@ -78,21 +78,17 @@ impl CodeReader {
         let unowned = stacks.iter().flat_map(|(_, s)| s.iter().enumerate());
         for (i, f) in unowned.filter(|(_, f)| f.js == 0 && in_ranges(f.pc, &self.jit)) {
             let key = (f.pc, i == 0);
-            let read = self.owners.entry(key).or_insert_with(|| match reader.code_function(f.pc, i == 0) {
-                Ok(found) => {
-                    log::trace!(
-                        "code at {:#x} (no function in its frame) is function {:#x}'s",
-                        f.pc,
-                        found.0
-                    );
-                    Some(found)
+            let read = cached(&mut self.owners, key, || {
+                let found = reader.code_function(f.pc, i == 0);
+                match &found {
+                    Ok((sfi, _)) => {
+                        log::trace!("code at {:#x} (no function in its frame) is function {sfi:#x}'s", f.pc)
+                    }
+                    Err(e) => log::debug!("code at {:#x} (no function in its frame): {e}", f.pc),
                 }
-                Err(e) => {
-                    log::debug!("code at {:#x} (no function in its frame): {e}", f.pc);
-                    None
-                }
+                found
             });
-            owners.insert(key, read.clone());
+            owners.insert(key, read);
         }
         owners
     }
@@ -105,15 +101,12 @@ impl CodeReader {
         let mut compiled = HashMap::new();
         let Some(reader) = &mut self.js else { return compiled };
         for f in frames.filter(|f| in_ranges(f.pc, &self.jit)) {
-            let read =
-                self.compiled.entry((f.pc, f.js)).or_insert_with(|| match reader.compiled(f.pc, f.js) {
-                    Ok(compiled) => Some(compiled),
-                    Err(e) => {
-                        log::debug!("code at {:#x} of function {:#x}: {e}", f.pc, f.js);
-                        None
-                    }
-                });
-            compiled.insert((f.pc, f.js), read.clone());
+            let read = cached(&mut self.compiled, (f.pc, f.js), || {
+                reader
+                    .compiled(f.pc, f.js)
+                    .inspect_err(|e| log::debug!("code at {:#x} of function {:#x}: {e}", f.pc, f.js))
+            });
+            compiled.insert((f.pc, f.js), read);
         }
         compiled
     }
@@ -128,6 +121,16 @@ impl CodeReader {
         self.jit.sort_unstable();
         self.jit.dedup();
     }
+}
+
+/// `key`'s entry of `cache`, read with `read` the first time (a failure is kept as `None`,
+/// and not read again until the cache is cleared).
+fn cached<K: Eq + Hash, V: Clone>(
+    cache: &mut HashMap<K, Option<V>>,
+    key: K,
+    read: impl FnOnce() -> Result<V, Bad>,
+) -> Option<V> {
+    cache.entry(key).or_insert_with(|| read().ok()).clone()
 }
 
 /// Most JIT ranges remembered (V8 maps a few, and grows them).
