@@ -166,6 +166,10 @@ on_nodes!(mod request_log {
     |node| check("request-log.js", node, Expect::Leak { leaker: "logRequest", grows: "heapUsed" });
     node18: 18, node20: 20, node22: 22, node24: 24
 });
+on_nodes!(mod session_table {
+    |node| check("session-table.js", node, Expect::Leak { leaker: "rememberSession", grows: "heapUsed" });
+    node18: 18, node20: 20, node22: 22, node24: 24
+});
 on_nodes!(mod zlib_streams {
     |node| check("zlib-streams.js", node, Expect::Leak { leaker: "compressResponse", grows: "rss" });
     node18: 18, node20: 20, node22: 22, node24: 24

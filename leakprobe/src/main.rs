@@ -172,6 +172,12 @@ struct Args {
     /// churn; it costs what --alloc-stacks does, for that long. 0 turns it off.
     #[arg(long, value_parser = parse_burst, default_value = "5s")]
     burst: Duration,
+    /// After the opening burst, follow one Buffer allocation in N by stack (and large ones by
+    /// their bytes, one per MiB), each counting for what it stands for: a slow leak of Buffers
+    /// beside heavy churn gets its line. Each Buffer still pays the probes' traps (about 4 µs
+    /// for its allocation and free); 0 detaches them after the burst.
+    #[arg(long, value_name = "N", default_value_t = leakprobe::memory::external::DEFAULT_SAMPLE_EVERY, value_parser = clap::value_parser!(u64).range(0..=1 << 31))]
+    buffer_sampling: u64,
     /// Take no heap census (by default one is read from the target's memory after an early
     /// mark-compact and again later: growing types and who holds them).
     #[arg(long)]
@@ -306,6 +312,7 @@ fn options(pid: u32, args: Args) -> Options {
         judge: true,
         fault_period: args.fault_period,
         burst: args.burst,
+        buffer_sampling: args.buffer_sampling,
         census: !args.no_census,
         census_budget: args.census_budget / 100.0,
         window: None,

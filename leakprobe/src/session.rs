@@ -110,6 +110,8 @@ pub struct Session {
     alloc_stacks: bool,
     /// How long the opening burst lasts.
     burst: Duration,
+    /// After it, one Buffer allocation in this many is followed (0: none).
+    buffer_sampling: u64,
     /// Whether the end of the opening burst was said.
     burst_said: bool,
     // The programs that fire for every process read the target's pid from it: open for the
@@ -244,7 +246,8 @@ impl Session {
         let stack_maps = StackMaps::take(&mut ebpf)?;
         let ext_by_stack: PerCpuHashMap<MapData, i64, _> = take_map(&mut ebpf, "EXT_BY_STACK")?;
         let ext_allocators: BpfHashMap<MapData, u64, u64> = take_map(&mut ebpf, "EXT_ALLOCATORS")?;
-        let external = ExternalState::new(&target, &lookup, ext_by_stack, ext_allocators);
+        let ext_config = take_map(&mut ebpf, "EXT_CONFIG")?;
+        let external = ExternalState::new(&target, &lookup, ext_by_stack, ext_allocators, ext_config);
         let heap_large_objects = take_map(&mut ebpf, "HEAP_LO_BY_STACK")?;
         let heap_large_live = take_map(&mut ebpf, "HEAP_LO_LIVE")?;
         let heap_samples = take_map(&mut ebpf, "HEAP_SAMPLES")?;
@@ -277,6 +280,7 @@ impl Session {
             faults,
             alloc_stacks: options.alloc_stacks,
             burst: options.burst,
+            buffer_sampling: options.buffer_sampling,
             burst_said: false,
             _target_config: target_config,
             external,

@@ -410,6 +410,16 @@ pub fn judge(
 ) -> (Vec<Suspect>, Vec<CategoryVerdict>) {
     let workers: HashSet<String> =
         categories.iter().filter_map(|c| c.worker.as_ref()?.heap.clone()).collect();
+    for s in &candidates {
+        log::debug!(
+            "candidate: {:?} {} ({:?}) +{:.0} B/s, floor +{:.0} B",
+            s.category,
+            s.site,
+            s.source,
+            s.growth_bytes_per_s,
+            s.floor_growth_bytes
+        );
+    }
     let mut found: Vec<Suspect> = candidates
         .into_iter()
         .filter(|s| !(s.source == Source::PageFaults && churning.contains(&s.site)))
@@ -468,7 +478,16 @@ pub fn judge(
         }
     }
     found.retain(|s| match s.evidence.as_ref() {
-        Some(e) if e.method != NOT_JUDGED => e.explained_share >= MIN_EXPLAINED_SHARE,
+        Some(e) if e.method != NOT_JUDGED && e.explained_share < MIN_EXPLAINED_SHARE => {
+            log::debug!(
+                "not a suspect: {:?} {} ({:?}) explains {:.1}% of its category's growth",
+                s.category,
+                s.site,
+                s.source,
+                100.0 * e.explained_share
+            );
+            false
+        }
         _ => true,
     });
     found.sort_by(rank);

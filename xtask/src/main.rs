@@ -75,7 +75,7 @@ enum Task {
         /// `reference` for the bpftrace reference tracer. Repeatable.
         #[arg(long = "mode", value_name = "NAME=ARGS")]
         modes: Vec<String>,
-        /// Run only the fixed-work comparison of the first minute with steady state (about 11
+        /// Run only the fixed-work comparison of the first minute with steady state (about 16
         /// minutes).
         #[arg(long)]
         first_minute: bool,

@@ -4,20 +4,23 @@
 //! `Free(this, data, length)`. One entry/return program pair serves both allocate functions.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use leakprobe_ebpf::{
     alloc::{LiveAlloc, Pending, StackTotals, MAX_LIVE, MAX_PENDING, MAX_STACK_TOTALS},
-    external::MAX_ALLOCATORS,
+    external::{sampled, CONFIG_EVERY, CONFIG_RATE, CONFIG_SLOTS, MAX_ALLOCATORS},
 };
 
 use super::track::Tracker;
 use crate::maps::{count_drop, GROW_AS_USED};
 use leakprobe_ebpf::drops::DropReason;
 
+/// Which allocations are followed (`leakprobe_ebpf::external`): set by userspace.
+#[map]
+static EXT_CONFIG: Array<u64> = Array::with_max_entries(CONFIG_SLOTS, 0);
 /// Threads inside an allocate call (the native family skips the mallocs made there).
 #[map]
 pub(crate) static EXT_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(MAX_PENDING, GROW_AS_USED);
@@ -41,7 +44,14 @@ pub fn ext_alloc(ctx: ProbeContext) -> u32 {
             count_drop(DropReason::AllocatorsFull);
         }
     }
-    TRACKER.enter(&ctx, ctx.arg(1).unwrap_or(0));
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    let every = EXT_CONFIG.get(CONFIG_EVERY).copied().unwrap_or(0);
+    let rate = EXT_CONFIG.get(CONFIG_RATE).copied().unwrap_or(0);
+    match sampled(size, every, rate, unsafe { bpf_get_prandom_u32() }) {
+        Some(weight) => TRACKER.enter(&ctx, weight),
+        // Still marked as inside the call: the native family skips the mallocs made there.
+        None => TRACKER.enter_unfollowed(),
+    }
     0
 }
 

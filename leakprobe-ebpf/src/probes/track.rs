@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
 };
 use leakprobe_ebpf::{
-    alloc::{LiveAlloc, Pending, StackTotals},
+    alloc::{LiveAlloc, Pending, StackTotals, NO_STACK},
     drops::DropReason,
 };
 
@@ -35,6 +35,17 @@ impl Tracker {
         }
     }
 
+    /// At the entry of an allocation call that is not followed (not sampled): the thread is
+    /// marked as inside it, and its return records nothing.
+    #[inline(always)]
+    pub fn enter_unfollowed(&self) {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let pending = Pending { size: 0, stack_id: NO_STACK };
+        if self.pending.insert(&tid, &pending, 0).is_err() {
+            count_drop(DropReason::PendingFull);
+        }
+    }
+
     /// At its return with the allocated address (0 when it failed).
     #[inline(always)]
     pub fn exit(&self, addr: u64) {
@@ -44,7 +55,7 @@ impl Tracker {
             return;
         };
         let _ = self.pending.remove(&tid);
-        if addr != 0 {
+        if addr != 0 && pending.size != 0 {
             self.record(addr, pending.size, pending.stack_id);
         }
     }

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::stacks::frame::Frame;
+use crate::{stacks::frame::Frame, v8::heap::contents::Container};
 
 /// Suspects listed at most.
 pub const MAX_SUSPECTS: usize = 20;
@@ -154,7 +154,9 @@ pub struct StackProfile {
 /// What a growing container site holds, in `report.suspects[].holds`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Held {
-    /// Elements in the site's largest container at the last reading.
+    /// What the container is: `array`, `map` or `set`.
+    pub container: Container,
+    /// Elements (a Map's or Set's: entries) in the site's largest container at the last reading.
     pub elements: u64,
     /// Estimated bytes an element keeps on its own.
     pub bytes_per_element: f64,

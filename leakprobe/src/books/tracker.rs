@@ -253,7 +253,19 @@ impl Tracker {
                 group.floor_growth_bytes = site.floor_growth();
                 group
             })
-            .filter(|s| qualifies(s.floor_growth_bytes, s.outstanding_bytes as f64))
+            .filter(|s| {
+                let ok = qualifies(s.floor_growth_bytes, s.outstanding_bytes as f64);
+                if !ok && s.floor_growth_bytes > 0.0 {
+                    log::debug!(
+                        "no candidate: {:?} {} ({source:?}): floor +{:.0} B of {} B held",
+                        s.category,
+                        s.site,
+                        s.floor_growth_bytes,
+                        s.outstanding_bytes
+                    );
+                }
+                ok
+            })
             // What the GC left of it must grow.
             .filter(|s| !at_troughs(s.category, source) || s.growth_bytes_per_s > 0.0)
             .collect();

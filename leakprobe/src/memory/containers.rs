@@ -3,18 +3,19 @@
 //!
 //! A JavaScript leak of many small objects is mostly invisible to first touches: the objects
 //! are allocated in the nursery and copied to the old generation by the GC, whose stacks name
-//! no site. What keeps them is usually one container that keeps growing — a module-level array,
-//! a listener list — and past about 16,000 elements each new backing store of such a container
-//! is a large object, allocated by the code that grows it (the heap probes keep its stack).
+//! no site. What keeps them is usually one container that keeps growing — a module-level array
+//! or Map, a listener list — and past about 16,000 array elements (4,096 Map or Set entries)
+//! each new store of such a container is a large object, allocated by the code that grows it
+//! (the heap probes keep its stack).
 //! Each interval this reads the large objects allocated since attach that are still alive
 //! ([`crate::v8::heap::contents::contents`]): how many elements each holds, and what an element keeps.
 //! The estimate (elements × bytes each) becomes a series per allocating stack, judged by
 //! [`crate::verdict`] with the V8 heap's other sites: the function that pushes to the array is
 //! credited with what the array's elements keep.
 //!
-//! Limits: only arrays' `FixedArray` stores are read (a Map's or Set's hash table is not); a
-//! container under about 16,000 elements has no large store and is not seen; an element's
-//! bytes are estimated three levels down, from 32 elements.
+//! Limits: arrays' `FixedArray` stores and Maps' and Sets' ordered hash tables are read (a
+//! plain object used as a dictionary is not); a container whose store is not yet a large
+//! object is not seen; an element's bytes are estimated three levels down, from 32 elements.
 
 use std::collections::HashMap;
 
@@ -133,6 +134,7 @@ impl Containers {
             let stack = *self.canonical.entry(first).or_insert(stack);
             *by_stack.entry(stack).or_default() += c.used as f64 * c.bytes_per_element;
             let held = Held {
+                container: c.container,
                 elements: c.used,
                 bytes_per_element: c.bytes_per_element,
                 heap: heap.map(|h| format!("{h:#x}")),

@@ -10,8 +10,11 @@
 use std::{fs::File, os::unix::fs::FileExt as _};
 
 use anyhow::Context as _;
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
-use leakprobe_ebpf::alloc::StackTotals;
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use leakprobe_ebpf::{
+    alloc::StackTotals,
+    external::{CONFIG_EVERY, CONFIG_RATE},
+};
 use serde::Serialize;
 
 use crate::{
@@ -114,14 +117,39 @@ mod tests {
     }
 }
 
+/// After the opening burst, one Buffer allocation in this many is followed by stack (the
+/// default of `--buffer-sampling`): a slow leak of 2 KiB Buffers, six a second, then gets a
+/// sample every few seconds, while the stack walks (about 9 µs each) drop sixteenfold.
+pub const DEFAULT_SAMPLE_EVERY: u64 = 16;
+/// After the opening burst, Buffers of this many bytes or more are all followed, and smaller
+/// ones at least in proportion to their bytes.
+pub const SAMPLE_RATE_BYTES: u64 = 1 << 20;
+
+/// Which Buffer allocations the kernel follows by stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Following {
+    /// Every one (the opening burst; `--alloc-stacks` for the whole window).
+    All,
+    /// One in `every`, and large ones by their bytes ([`SAMPLE_RATE_BYTES`]), each counting
+    /// for what it stands for (`leakprobe_ebpf::external::sampled`).
+    Sampled {
+        /// One allocation in this many.
+        every: u64,
+    },
+    /// None: the per-allocation probes were detached after the opening burst.
+    Detached,
+}
+
 /// External memory, as sampled during a session.
 pub struct ExternalState {
     by_stack: Tracked,
     counter: Result<ExternalCounter, String>,
+    /// What the kernel reads to decide which allocations it follows.
+    config: Array<MapData, u64>,
     /// Latest absolute reading (node's counter), if available.
     pub bytes: Option<u64>,
-    /// Whether the per-allocation probes ran for the whole window (see [`ExternalState::detached`]).
-    per_allocation: bool,
+    /// Which allocations are followed now.
+    following: Following,
 }
 
 /// `report.external`.
@@ -133,8 +161,12 @@ pub struct ExternalReport {
     pub counter_error: Option<String>,
     /// Allocator objects seen (one per isolate that allocated since attach).
     pub allocators: usize,
+    /// Which Buffer allocations were followed by stack after the opening burst: `all`
+    /// (`--alloc-stacks`), `one in N` (`--buffer-sampling`), or `none` (detached).
+    pub followed: String,
     /// Backing stores allocated since attach (bytes and count), and how many of those were
-    /// freed; null unless the per-allocation probes ran for the whole window (`--alloc-stacks`).
+    /// freed; null unless the per-allocation probes followed all of them for the whole window
+    /// (`--alloc-stacks`).
     pub allocated_bytes: Option<u64>,
     /// Allocations since attach.
     pub allocations: Option<u64>,
@@ -151,13 +183,15 @@ impl ExternalState {
         lookup: &Lookup,
         by_stack: PerCpuHashMap<MapData, i64, StackTotals>,
         allocators: BpfHashMap<MapData, u64, u64>,
+        config: Array<MapData, u64>,
     ) -> Self {
         let counter = ExternalCounter::new(target, lookup, allocators).map_err(|e| format!("{e:#}"));
         Self {
             by_stack: Tracked::new(Category::External, by_stack),
             counter,
+            config,
             bytes: None,
-            per_allocation: true,
+            following: Following::All,
         }
     }
 
@@ -177,12 +211,21 @@ impl ExternalState {
     }
 
     /// Adds outstanding bytes by stack to `suspects` (while the per-allocation probes are
-    /// attached: afterwards the kernel's totals stand still, and each stack's series ends
+    /// attached: once detached the kernel's totals stand still, and each stack's series ends
     /// where they were detached, so its floor is judged over the time they ran).
     pub fn sample_stacks(&mut self, t: f64, suspects: &mut Tracker) {
-        if self.per_allocation {
+        if self.following != Following::Detached {
             self.by_stack.sample(t, suspects);
         }
+    }
+
+    /// From now on the kernel follows one allocation in `every` (and large ones by their
+    /// bytes), each counting for what it stands for.
+    pub fn sample_from_now(&mut self, every: u64) -> anyhow::Result<()> {
+        self.config.set(CONFIG_RATE, SAMPLE_RATE_BYTES, 0).context("setting the Buffer sampling rate")?;
+        self.config.set(CONFIG_EVERY, every, 0).context("setting the Buffer sampling rate")?;
+        self.following = Following::Sampled { every };
+        Ok(())
     }
 
     /// Whether the allocator probes still serve the default view: they are needed until an
@@ -193,14 +236,19 @@ impl ExternalState {
 
     /// The per-allocation probes were detached: counts since attach no longer mean anything.
     pub fn detached(&mut self) {
-        self.per_allocation = false;
+        self.following = Following::Detached;
     }
 
     /// The report section.
     pub fn report(&self) -> ExternalReport {
         let since_attach = &self.by_stack.since_attach;
-        let counted = |n: u64| self.per_allocation.then_some(n);
+        let counted = |n: u64| (self.following == Following::All).then_some(n);
         ExternalReport {
+            followed: match self.following {
+                Following::All => "all".into(),
+                Following::Sampled { every } => format!("one in {every}"),
+                Following::Detached => "none".into(),
+            },
             bytes: self.bytes,
             counter_error: self.counter.as_ref().err().cloned(),
             allocators: self.counter.as_ref().map_or(0, ExternalCounter::allocators),
@@ -209,5 +257,42 @@ impl ExternalState {
             freed_bytes: counted(since_attach.free_bytes),
             frees: counted(since_attach.frees),
         }
+    }
+}
+
+#[cfg(test)]
+mod sampling_tests {
+    use leakprobe_ebpf::external::sampled;
+
+    /// What allocations of `size` bytes count for, summed over draws spread evenly over all
+    /// 32-bit values, per allocation: an unbiased rule gives `size` back.
+    fn mean_weight(size: u64, every: u64, rate: u64) -> f64 {
+        const DRAWS: u64 = 1 << 16;
+        let total: u64 =
+            (0..DRAWS).filter_map(|i| sampled(size, every, rate, ((i << 32) / DRAWS) as u32)).sum();
+        total as f64 / DRAWS as f64
+    }
+
+    #[test]
+    fn sampled_buffers_count_for_what_they_stand_for() {
+        let rate = super::SAMPLE_RATE_BYTES;
+        for size in [1, 2048, 64 * 1024, rate / 8, rate - 1, rate, 4 * rate] {
+            let mean = mean_weight(size, 16, rate);
+            assert!((mean - size as f64).abs() <= 0.01 * size as f64, "{size} B: {mean}");
+        }
+        // One in sixteen small ones; every large one; all of them when not sampling.
+        let followed = |size, every| {
+            (0..16u64).filter(|i| sampled(size, every, rate, (i << 28) as u32).is_some()).count()
+        };
+        assert_eq!(followed(2048, 16), 1);
+        assert_eq!(followed(rate, 16), 16);
+        assert_eq!(followed(2048, 1), 16);
+        assert_eq!(followed(2048, 0), 16);
+        // Half of those of half the rate, at twice their size.
+        assert_eq!(followed(rate / 2, 16), 8);
+        assert_eq!(sampled(rate / 2, 16, rate, 0), Some(rate));
+        // By count alone.
+        assert_eq!(sampled(2048, 16, 0, 0), Some(2048 * 16));
+        assert_eq!(sampled(u64::MAX, 16, 0, 0), Some(u64::MAX));
     }
 }

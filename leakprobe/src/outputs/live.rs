@@ -11,6 +11,7 @@ use crate::{
     outputs::report::Report,
     outputs::units::{mib, rate_mib},
     stacks::frame::{Frame, FrameKind},
+    v8::heap::contents::Container,
     v8::heap::{census::Kind, chain::thousands, walk::short_file},
     verdict::{CategoryVerdict, WorkerIsolate},
 };
@@ -226,10 +227,13 @@ fn suspects(out: &mut String, report: &Report) {
     }
     let _ = writeln!(out, "\nLeak suspects (sites that keep growing, by share of their category's growth)");
     for (i, s) in report.suspects.iter().take(5).enumerate() {
-        let what = match s.source {
-            Source::PageFaults => "first touched",
-            Source::Allocations | Source::Mappings => "held",
-            Source::Holds => "held by the array it grows",
+        let what = match (s.source, &s.holds) {
+            (Source::PageFaults, _) => "first touched".to_string(),
+            (Source::Allocations | Source::Mappings, _) => "held".to_string(),
+            (Source::Holds, held) => format!(
+                "held by the {} it grows",
+                held.as_ref().map_or(Container::Array, |h| h.container).words().0
+            ),
         };
         let explained = s.evidence.as_ref().map_or(String::new(), |e| match e.method {
             crate::verdict::NOT_JUDGED => {
@@ -250,9 +254,10 @@ fn suspects(out: &mut String, report: &Report) {
             }
         );
         if let Some(h) = &s.holds {
+            let (container, elements) = h.container.words();
             let _ = writeln!(
                 out,
-                "       its array holds {} elements, each keeping about {} bytes",
+                "       its {container} holds {} {elements}, each keeping about {} bytes",
                 thousands(h.elements),
                 thousands(h.bytes_per_element.round() as u64)
             );

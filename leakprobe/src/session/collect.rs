@@ -85,8 +85,10 @@ impl Session {
         self.suspects.trough(t);
     }
 
-    /// Detaches the per-allocation probes as soon as node's allocator is known (checked every
-    /// poll: until then, every ArrayBuffer allocation pays a uprobe trap).
+    /// After the opening burst, has the kernel follow a sample of Buffer allocations
+    /// (`--buffer-sampling`), or detaches the per-allocation probes as soon as node's allocator
+    /// is known (checked every poll: until then, every ArrayBuffer allocation pays a uprobe
+    /// trap).
     pub(super) fn detach_when_found(&mut self) {
         if self.found_links.is_none() {
             return;
@@ -95,6 +97,18 @@ impl Session {
             // The burst: every poll, so that each stack's floor is read between GCs.
             let t = self.started.elapsed().as_secs_f64();
             self.external.sample_stacks(t, &mut self.suspects);
+            return;
+        }
+        if self.buffer_sampling > 0 {
+            self.found_links = None;
+            match self.external.sample_from_now(self.buffer_sampling) {
+                Ok(()) if self.burst.is_zero() => {}
+                Ok(()) => status!(
+                    "leakprobe: opening burst over: one Buffer allocation in {} is followed from now on",
+                    self.buffer_sampling
+                ),
+                Err(e) => status!("leakprobe: {e:#}: every Buffer allocation is still followed"),
+            }
             return;
         }
         let needed = self.external.needs_allocator_probes();

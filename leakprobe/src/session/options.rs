@@ -52,6 +52,10 @@ pub struct Options {
     /// whose Buffers survive them stand apart from the churn. Then the per-allocation probes
     /// are detached.
     pub burst: Duration,
+    /// After the opening burst, one Buffer allocation in this many (and large ones by their
+    /// bytes) is still followed by stack ([`crate::memory::external::Sampling`]); 0: the
+    /// per-allocation probes are detached after the burst.
+    pub buffer_sampling: u64,
 }
 
 impl Options {
@@ -93,6 +97,8 @@ impl Options {
             native_view: false,
             // Without the verdict, the agent reports no stacks.
             burst: if judge { AGENT_BURST } else { Duration::ZERO },
+            // Every watched process would pay a trap per Buffer: the agent keeps the burst alone.
+            buffer_sampling: 0,
             census: judge,
             census_budget,
             window: Some(window.as_secs_f64()),

@@ -1,7 +1,7 @@
 //! The verdict's rules, each on the samples or candidates that show it.
 
 use super::*;
-use crate::{books::suspect::Held, memory::rss::Rss};
+use crate::{books::suspect::Held, memory::rss::Rss, v8::heap::contents::Container};
 
 fn sample(t: f64, trough: Option<u32>, heap: u64, external: u64) -> Sample {
     Sample {
@@ -432,7 +432,12 @@ fn a_workers_array_is_judged_with_the_workers_heap() {
     verdicts.extend(worker_verdicts((0.0, 20.0), [(worker, &baseline[..])]));
     let array = |heap: &str, site: &str| Suspect {
         growth_bytes_per_s: 1.8 * mib,
-        holds: Some(Held { elements: 100_000, bytes_per_element: 56.0, heap: Some(heap.into()) }),
+        holds: Some(Held {
+            container: Container::Array,
+            elements: 100_000,
+            bytes_per_element: 56.0,
+            heap: Some(heap.into()),
+        }),
         ..Suspect::site(Category::V8Heap, Source::Holds, site.into())
     };
     let candidates = vec![array("0x7f00", "(anonymous) ← worker.js:24"), array("0x3500", "push ← app.js:3")];

@@ -6,8 +6,10 @@
 //! second, well below saturation, started fresh for each slot. A slot watches it for
 //! [`SLOT_S`] seconds after its warm-up: a baseline slot with nothing attached, a default slot
 //! with leakprobe attached at the slot's start, and a control slot with nothing attached,
-//! measured as the default slot is (the method's own reading of no cost). The slots run as
-//! B D B C B: each of D and C is compared with the mean of the two baselines around it.
+//! measured as the default slot is (the method's own reading of no cost), and a slot with the
+//! default mode less its Buffer sampling after the opening burst (`--buffer-sampling 0`: what
+//! that sampling costs is the difference). The slots run as B D B S B C B: each of D, S and C is
+//! compared with the mean of the two baselines around it.
 //!
 //! Over the slot's first [`FIRST_S`] seconds and over the rest (steady state), what leakprobe
 //! costs is its own process's CPU time (in the first minute, from its start: loading its
@@ -47,23 +49,33 @@ struct Slot {
 enum Kind {
     Baseline,
     Default,
+    /// The default mode with `--buffer-sampling 0`.
+    NoBufferSampling,
     Control,
 }
 
 /// Runs the slots and prints the table.
 pub(super) fn first_minute(leakprobe: &Path) -> anyhow::Result<()> {
     println!(
-        "\nFirst minute and steady state (fixed work: the suite's buffer-cache service at {} requests per 5 ms, fresh per slot; {SLOT_S} s slots B D B C B):",
+        "\nFirst minute and steady state (fixed work: the suite's buffer-cache service at {} requests per 5 ms, fresh per slot; {SLOT_S} s slots B D B S B C B, S: --buffer-sampling 0):",
         REQUESTS_PER_TICK
     );
-    let order = [Kind::Baseline, Kind::Default, Kind::Baseline, Kind::Control, Kind::Baseline];
+    let order = [
+        Kind::Baseline,
+        Kind::Default,
+        Kind::Baseline,
+        Kind::NoBufferSampling,
+        Kind::Baseline,
+        Kind::Control,
+        Kind::Baseline,
+    ];
     let mut slots = Vec::new();
     for kind in order {
         slots.push(slot(leakprobe, kind)?);
     }
     let per_request = |s: &Slot, part: usize| s.target_cpu[part] / s.requests[part].max(1.0);
     println!(
-        "{:<20} {:>24} {:>14} {:>12} {:>14} {:>9}",
+        "{:<32} {:>24} {:>14} {:>12} {:>14} {:>9}",
         "slot", "target CPU ms/1k req", "leakprobe s", "its share", "target added", "total"
     );
     for (i, kind) in order.iter().enumerate() {
@@ -71,7 +83,11 @@ pub(super) fn first_minute(leakprobe: &Path) -> anyhow::Result<()> {
             continue;
         }
         let (before, after) = (&slots[i - 1], &slots[i + 1]);
-        let name = if *kind == Kind::Default { "default" } else { "control" };
+        let name = match kind {
+            Kind::Default => "default",
+            Kind::NoBufferSampling => "no Buffer sampling",
+            _ => "control",
+        };
         for (part, label) in ["first 60 s", "steady state"].iter().enumerate() {
             let base = (per_request(before, part) + per_request(after, part)) / 2.0;
             let s = &slots[i];
@@ -80,7 +96,7 @@ pub(super) fn first_minute(leakprobe: &Path) -> anyhow::Result<()> {
             let own = s.leakprobe_cpu[part] / base_cpu;
             let added = (per_request(s, part) - base) * s.requests[part] / base_cpu;
             println!(
-                "{:<20} {:>11.1} vs {:>9.1} {:>14.2} {:>11.1}% {:>+13.1}% {:>8.1}%",
+                "{:<32} {:>11.1} vs {:>9.1} {:>14.2} {:>11.1}% {:>+13.1}% {:>8.1}%",
                 format!("{name}, {label}"),
                 per_request(s, part) * 1e6,
                 base * 1e6,
@@ -111,6 +127,9 @@ fn slot(leakprobe: &Path, kind: Kind) -> anyhow::Result<Slot> {
     let pid = node.pid();
     let attached = match kind {
         Kind::Default => Some(Leakprobe::attach_from_start(leakprobe, pid, &[] as &[&str])?),
+        Kind::NoBufferSampling => {
+            Some(Leakprobe::attach_from_start(leakprobe, pid, &["--buffer-sampling", "0"])?)
+        }
         Kind::Baseline | Kind::Control => None,
     };
     // The requests served so far, from the service's latest `MEM` line.
@@ -150,7 +169,7 @@ fn slot(leakprobe: &Path, kind: Kind) -> anyhow::Result<Slot> {
         slot.requests[part] = b.1 - a.1;
         slot.leakprobe_cpu[part] = b.2 - a.2;
     }
-    if kind == Kind::Default && slot.leakprobe_cpu[0] == 0.0 {
+    if matches!(kind, Kind::Default | Kind::NoBufferSampling) && slot.leakprobe_cpu[0] == 0.0 {
         bail!("leakprobe's CPU time could not be read");
     }
     Ok(slot)
