@@ -74,7 +74,9 @@ pub const MIN_GROWTH_FRACTION: f64 = 0.10;
 /// leak, 0-1%; a service's session churn beside a slow leak, 5%) is noise, not a lead, and the
 /// category's next step says what to run instead.
 pub const MIN_EXPLAINED_SHARE: f64 = 0.1;
-/// Share of a category's growth its suspects must explain before no advice is given.
+/// Share of a category's growth its suspects must explain before no advice is given; and the
+/// share that sites holding memory (allocations followed, containers read) must explain of a
+/// collected category's growth for its first-touch sites to be no lead.
 pub const EXPLAINED_ENOUGH: f64 = 0.5;
 /// `report.verdict[]`: one memory category's growth and how much of it the suspects explain.
 #[derive(Clone, Debug, Serialize)]
@@ -467,6 +469,29 @@ pub fn judge(
     // by the source that explains most.
     let mut seen = HashSet::new();
     found.retain(|s| seen.insert((s.category, s.site.clone())));
+    // Where what holds memory (allocations followed to their frees, containers read) already
+    // explains most of a collected category's growth, what other sites first touched is no
+    // lead: a growing heap's fresh pages are first touched by whatever allocates there, churn
+    // included (the service's short sessions, pretenured, beside a leaking Map).
+    let held_enough: Vec<&CategoryVerdict> = categories
+        .iter()
+        .filter(|c| c.growing && c.category.collected())
+        .filter(|c| {
+            let held = found.iter().filter(|s| judged_under(s, c) && s.source != Source::PageFaults);
+            held.map(|s| share(s).clamp(0.0, 1.0)).sum::<f64>() >= EXPLAINED_ENOUGH
+        })
+        .collect();
+    found.retain(|s| {
+        let outranked = s.source == Source::PageFaults && held_enough.iter().any(|c| judged_under(s, c));
+        if outranked {
+            log::debug!(
+                "not a suspect: {:?} {}: first touches, where what is held explains enough",
+                s.category,
+                s.site
+            );
+        }
+        !outranked
+    });
     // Sites read over different spans (an opening burst, the whole window) can each claim
     // most of their category's growth: their shares are scaled to add up to at most all of it.
     for c in categories.iter().filter(|c| c.growing) {

@@ -196,6 +196,7 @@ impl FaultBooks {
                     gc_bytes += total;
                     continue;
                 }
+                Class::TableRehash => continue,
                 Class::Memory(category) => category,
             };
             let site = site_key(&stack);
@@ -254,9 +255,22 @@ const GC_MARKERS: &[&str] = &[
 const EXTERNAL_MARKERS: &[&str] =
     &["ArrayBuffer", "BackingStore", "TypedArray", "StringBytes", "node::Buffer", "DataView", "StringWrite"];
 
+/// Functions of V8's runtime that reallocate a Map's or Set's hash table (`Runtime_MapGrow`,
+/// `OrderedHashTable::Rehash`, `Shrink`): the new table replaces the old one, which becomes
+/// garbage. A service's Map of short-lived sessions rehashes all the time, in the old
+/// generation once the Map is old, and first touches whatever fresh pages a growing old
+/// generation has (the suite's Map leak had the service's `openSession` explain 18% of the
+/// heap's growth that way). What grows in a Map is its entries: a large table is read as a
+/// container ([`crate::memory::containers`]).
+const TABLE_REHASH_MARKERS: &[&str] =
+    &["OrderedHashTable<", "Runtime_MapGrow", "Runtime_SetGrow", "Runtime_MapShrink", "Runtime_SetShrink"];
+
 /// What a sampled fault's memory is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
+    /// A Map's or Set's hash table that V8 reallocated to replace the old one
+    /// ([`TABLE_REHASH_MARKERS`]): no lead.
+    TableRehash,
     /// Touched by V8 itself: its garbage collector copying survivors, or the young generation's
     /// pages, which the nursery refills (churn). Heap growth whose JavaScript on the stack is
     /// not what keeps it.
@@ -280,6 +294,9 @@ pub fn classify(frames: &[Frame], touched: Touched) -> Class {
     let touching = &frames[..own];
     if touching.iter().any(|f| named(GC_MARKERS, f)) {
         return Class::V8Own;
+    }
+    if touching.iter().any(|f| named(TABLE_REHASH_MARKERS, f)) {
+        return Class::TableRehash;
     }
     match touched {
         Touched::Young => return Class::V8Own,
@@ -359,6 +376,15 @@ mod tests {
             vec![native("v8::internal::FactoryBase<v8::internal::Factory>::NewFixedArray"), user.clone()];
         assert_eq!(classify(&runtime, Touched::Young), Class::V8Own);
         assert_eq!(classify(&runtime, Touched::OldOrLarge), Class::Memory(Category::V8Heap));
+        let rehash = vec![
+            native("v8::internal::FactoryBase<v8::internal::Factory>::NewFixedArrayWithFiller(v8::internal::Handle<v8::internal::Map>, int)"),
+            native("v8::internal::OrderedHashTable<v8::internal::OrderedHashMap, 2>::Allocate(v8::internal::Isolate*, int, v8::internal::AllocationType)"),
+            native("v8::internal::OrderedHashTable<v8::internal::OrderedHashMap, 2>::Rehash(v8::internal::Isolate*, v8::internal::Handle<v8::internal::OrderedHashMap>, int)"),
+            native("v8::internal::Runtime_MapGrow(int, unsigned long*, v8::internal::Isolate*)"),
+            frame("Builtins_MapPrototypeSet", FrameKind::Builtin, None, None),
+            user.clone(),
+        ];
+        assert_eq!(classify(&rehash, Touched::OldOrLarge), Class::TableRehash, "a Map's table replaced");
         let zlib = vec![
             native("deflateInit2_"),
             native("node::ThreadPoolWork::ScheduleWork"),

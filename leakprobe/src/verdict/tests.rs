@@ -381,6 +381,24 @@ fn the_pages_a_churning_site_first_touched_are_no_lead() {
     assert_eq!(sites, ["cacheFragment ← serve"]);
 }
 
+/// Where what a site holds explains most of its category's growth, the pages another site
+/// first touched are no lead (a growing heap's fresh pages are first touched by whatever
+/// allocates there); where it explains less, a site that touched a fair share is still one.
+#[test]
+fn first_touches_are_no_lead_where_what_is_held_explains_the_growth() {
+    let samples = external_growing_2_mib_per_s();
+    let judged = |held_mib_per_s: f64| {
+        let candidates = vec![
+            external_site("cacheThumbnail ← serve", Source::Allocations, held_mib_per_s),
+            external_site("openSession ← serve", Source::PageFaults, 0.4),
+        ];
+        let (suspects, _) = judge(candidates, categories(&samples), &HashSet::new(), false, false);
+        suspects.into_iter().map(|s| s.site).collect::<Vec<String>>()
+    };
+    assert_eq!(judged(1.6), ["cacheThumbnail ← serve"]);
+    assert_eq!(judged(0.6), ["cacheThumbnail ← serve", "openSession ← serve"]);
+}
+
 /// A worker's heap is judged at its own mark-compacts: one that keeps growing 2 MiB/s is
 /// growing, one whose troughs stay flat (it churns) is not, and one with a single full GC in
 /// the window is not judged yet, with how long to watch.
