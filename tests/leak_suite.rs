@@ -8,9 +8,12 @@
 //! - the top suspect of a leak names its leaking function (name, file, line of its declaration)
 //!   and explains a fair share of the growth node itself measured (a suspect that names the
 //!   function through a side allocation, such as the Map's hash table beside the Buffers it
-//!   holds, does not pass). That holds for the JS-heap leak too (small records in a
-//!   module-level array, which the GC promotes, so no stack names them): the function that
-//!   pushes is credited with what the array's elements keep ([`leakprobe::memory::containers`]);
+//!   holds, does not pass). That holds for the JS-heap leaks too (small records in a
+//!   module-level array or Map, which the GC promotes, so no stack names them): the function
+//!   that adds to the container is credited with what its elements keep
+//!   ([`leakprobe::memory::containers`]);
+//! - no line of the service's churn is a suspect (not even the sessions it allocates straight
+//!   into a growing old generation);
 //! - a control has no suspect.
 //!
 //! The fixtures print `process.memoryUsage()` once a second: the independent oracle that each

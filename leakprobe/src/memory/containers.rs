@@ -17,7 +17,7 @@
 //! plain object used as a dictionary is not); a container whose store is not yet a large
 //! object is not seen; an element's bytes are estimated three levels down, from 32 elements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use leakprobe_ebpf::alloc::LiveAlloc;
@@ -59,6 +59,8 @@ pub struct Containers {
     latest: HashMap<i64, Held>,
     /// Each container (by its first element) and the stack its series is kept under.
     canonical: HashMap<u64, i64>,
+    /// Each container's latest reading: its store's page and the bytes its elements keep.
+    last_read: HashMap<u64, (u64, f64)>,
     /// The times of the samples so far.
     times: Vec<f64>,
     report: ContainersReport,
@@ -82,6 +84,7 @@ impl Containers {
             tracker: Tracker::default(),
             latest: HashMap::new(),
             canonical: HashMap::new(),
+            last_read: HashMap::new(),
             times: Vec::new(),
             report: ContainersReport {
                 status: "no large array allocated since attach".into(),
@@ -107,11 +110,12 @@ impl Containers {
             }
         };
         self.report.status = "reading".into();
+        let live: HashSet<u64> = pages.iter().map(|(page, _)| *page).collect();
         pages.sort_by_key(|(_, a)| std::cmp::Reverse(a.size));
         pages.truncate(MAX_READ);
         // Versions of one container (a grown store and the old one the GC has not freed yet)
         // share their first element: each container counts once, as its largest version.
-        let mut containers: HashMap<u64, (i64, crate::v8::heap::contents::Contents, Option<u64>)> =
+        let mut containers: HashMap<u64, (u64, i64, crate::v8::heap::contents::Contents, Option<u64>)> =
             HashMap::new();
         for (page, alloc) in pages {
             let Some(c) = probe.contents(page) else { continue };
@@ -120,19 +124,31 @@ impl Containers {
             self.report.reads += 1;
             self.report.bytes_read += c.bytes_read;
             match containers.get(&c.first) {
-                Some((_, kept, _)) if kept.used >= c.used => {}
+                Some((_, _, kept, _)) if kept.used >= c.used => {}
                 _ => {
-                    containers.insert(c.first, (alloc.stack_id, c, heap));
+                    containers.insert(c.first, (page, alloc.stack_id, c, heap));
                 }
             }
         }
-        // A container no longer seen (freed, or its first element gone) holds nothing now.
+        // A container not read this time whose store is still live (not among the largest, or
+        // caught mid-copy by a read that failed) holds what it held at its last reading: one
+        // missed reading must not read as a drop to nothing, which would hide a leak's rise in
+        // the floor of its series. One whose store was freed (or whose first element is gone)
+        // holds nothing now.
         let mut by_stack: HashMap<i64, f64> = self.latest.keys().map(|id| (*id, 0.0)).collect();
-        for (first, (stack, c, heap)) in containers {
+        self.last_read.retain(|first, (page, _)| containers.contains_key(first) || live.contains(page));
+        for (first, (_, bytes)) in &self.last_read {
+            if let (false, Some(stack)) = (containers.contains_key(first), self.canonical.get(first)) {
+                *by_stack.entry(*stack).or_default() += bytes;
+            }
+        }
+        for (first, (page, stack, c, heap)) in containers {
             // One series per container, under the stack of its first store seen: a grown store
             // allocated by another stack (other JIT addresses) continues the same series.
             let stack = *self.canonical.entry(first).or_insert(stack);
-            *by_stack.entry(stack).or_default() += c.used as f64 * c.bytes_per_element;
+            let bytes = c.used as f64 * c.bytes_per_element;
+            self.last_read.insert(first, (page, bytes));
+            *by_stack.entry(stack).or_default() += bytes;
             let held = Held {
                 container: c.container,
                 elements: c.used,
