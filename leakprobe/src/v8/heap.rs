@@ -17,4 +17,6 @@ pub mod take;
 pub mod walk;
 
 #[cfg(test)]
+mod contents_tests;
+#[cfg(test)]
 mod tests;
