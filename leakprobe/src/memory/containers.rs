@@ -17,7 +17,7 @@
 //! plain object used as a dictionary is not); a container whose store is not yet a large
 //! object is not seen; an element's bytes are estimated three levels down, from 32 elements.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use leakprobe_ebpf::alloc::LiveAlloc;
@@ -34,6 +34,8 @@ use crate::{
 
 /// Large objects read per interval at most (the largest).
 const MAX_READ: usize = 16;
+/// Estimates of an element's bytes kept per container for their median.
+const ESTIMATES: usize = 31;
 /// Sample times kept for the zeros a new series starts with.
 const MAX_TIMES: usize = 4096;
 
@@ -59,13 +61,15 @@ pub struct Containers {
     latest: HashMap<i64, Held>,
     /// Each container (by its first element) and the stack its series is kept under.
     canonical: HashMap<u64, i64>,
-    /// Each container's latest reading: its store's page and the bytes its elements keep.
+    /// The latest reading of each store read: by its page, its container's first element and
+    /// the bytes its elements keep.
     last_read: HashMap<u64, (u64, f64)>,
-    /// Each container's estimates of the bytes an element keeps so far (sum, count): the
-    /// series uses their mean. Its element count is exact, but one estimate, from 32 sampled
-    /// elements, scatters by some 10%: on a slow leak's Map of 28,000 entries, as much as a
-    /// minute of its growth, which would read as dips in the floor of its series.
-    estimates: HashMap<u64, (f64, u32)>,
+    /// Each container's latest estimates of the bytes an element keeps (at most
+    /// [`ESTIMATES`]): the series uses their median. Its element count is exact, but one
+    /// estimate, from 32 sampled elements, scatters by some 10% (and the first readings of a
+    /// bounded cache's Map read twice the others): on a slow leak's Map of 28,000 entries, as
+    /// much as a minute of its growth, which would read as dips in the floor of its series.
+    estimates: HashMap<u64, VecDeque<f64>>,
     /// The times of the samples so far.
     times: Vec<f64>,
     report: ContainersReport,
@@ -117,6 +121,7 @@ impl Containers {
         };
         self.report.status = "reading".into();
         let live: HashSet<u64> = pages.iter().map(|(page, _)| *page).collect();
+        let mut read = HashSet::new();
         pages.sort_by_key(|(_, a)| std::cmp::Reverse(a.size));
         pages.truncate(MAX_READ);
         // Versions of one container (a grown store and the old one the GC has not freed yet)
@@ -125,6 +130,7 @@ impl Containers {
             HashMap::new();
         for (page, alloc) in pages {
             let Some(c) = probe.contents(page) else { continue };
+            read.insert(page);
             let heap = probe.heap_of(page);
             log::debug!("large array at {page:#x} (stack {}): {c:?}", alloc.stack_id);
             self.report.reads += 1;
@@ -139,26 +145,38 @@ impl Containers {
         // A container not read this time whose store is still live (not among the largest, or
         // caught mid-copy by a read that failed) holds what it held at its last reading: one
         // missed reading must not read as a drop to nothing, which would hide a leak's rise in
-        // the floor of its series. One whose store was freed (or whose first element is gone)
-        // holds nothing now.
+        // the floor of its series. One whose store was freed holds nothing now. A store read
+        // this time (under whatever first element: a Map whose oldest entry went has another)
+        // says what it holds now, and a container read this time is not carried from an older
+        // store of its own.
         let mut by_stack: HashMap<i64, f64> = self.latest.keys().map(|id| (*id, 0.0)).collect();
-        self.last_read.retain(|first, (page, _)| containers.contains_key(first) || live.contains(page));
-        self.estimates
-            .retain(|first, _| self.last_read.contains_key(first) || containers.contains_key(first));
-        for (first, (_, bytes)) in &self.last_read {
-            if let (false, Some(stack)) = (containers.contains_key(first), self.canonical.get(first)) {
+        self.last_read.retain(|page, _| live.contains(page) && !read.contains(page));
+        let mut carried: HashMap<u64, f64> = HashMap::new();
+        for (first, bytes) in self.last_read.values() {
+            if !containers.contains_key(first) {
+                let most = carried.entry(*first).or_default();
+                *most = most.max(*bytes);
+            }
+        }
+        for (first, bytes) in &carried {
+            if let Some(stack) = self.canonical.get(first) {
                 *by_stack.entry(*stack).or_default() += bytes;
             }
         }
+        let kept: HashSet<u64> = self.last_read.values().map(|(first, _)| *first).collect();
+        self.estimates.retain(|first, _| kept.contains(first) || containers.contains_key(first));
         for (first, (page, stack, c, heap)) in containers {
             // One series per container, under the stack of its first store seen: a grown store
             // allocated by another stack (other JIT addresses) continues the same series.
             let stack = *self.canonical.entry(first).or_insert(stack);
-            let estimate = self.estimates.entry(first).or_default();
-            *estimate = (estimate.0 + c.bytes_per_element, estimate.1 + 1);
-            let bytes_per_element = estimate.0 / estimate.1 as f64;
+            let estimates = self.estimates.entry(first).or_default();
+            if estimates.len() == ESTIMATES {
+                estimates.pop_front();
+            }
+            estimates.push_back(c.bytes_per_element);
+            let bytes_per_element = median(estimates);
             let bytes = c.used as f64 * bytes_per_element;
-            self.last_read.insert(first, (page, bytes));
+            self.last_read.insert(page, (first, bytes));
             *by_stack.entry(stack).or_default() += bytes;
             let held = Held {
                 container: c.container,
@@ -198,5 +216,29 @@ impl Containers {
     /// `report.heap.containers`.
     pub fn report(&self) -> ContainersReport {
         self.report.clone()
+    }
+}
+
+/// The median of `values` (not empty).
+fn median(values: &VecDeque<f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() % 2 {
+        0 => (sorted[mid - 1] + sorted[mid]) / 2.0,
+        _ => sorted[mid],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outlying_estimate_moves_the_median_not() {
+        let estimates: VecDeque<f64> = [319.0, 140.0, 138.0, 145.0, 141.0].into();
+        assert_eq!(median(&estimates), 141.0);
+        let even: VecDeque<f64> = [100.0, 300.0].into();
+        assert_eq!(median(&even), 200.0);
     }
 }
