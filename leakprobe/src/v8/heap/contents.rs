@@ -95,9 +95,10 @@ pub fn contents<M: Memory>(reader: &mut Reader<M>, hl: &HeapLayout, chunk: u64) 
     reader.mem.read(obj, &mut head).then_some(())?;
     let mut walker = Walker::new(reader, hl, &[page]);
     let info = walker.map_info(word_at(&head, 0)?)?;
-    let smi = |w: u64| (w & l.tag_mask != l.heap_tag).then(|| ((w as i64) >> l.smi_shift) as u64);
     // Both kinds of store start as a FixedArray does: map, length, slots.
-    let slots = smi(word_at(&head, l.array_length)?).filter(|n| *n > 0 && *n <= MAX_SLOTS)?;
+    let slots =
+        walker.reader.smi(word_at(&head, l.array_length)?).filter(|n| *n > 0 && *n as u64 <= MAX_SLOTS)?
+            as u64;
     let data = obj + l.array_data;
     let contents = match info.ty == l.fixed_array_type {
         true => array(&mut walker, data, slots),
@@ -176,9 +177,10 @@ fn hash_table<M: Memory>(
     if walker.hl.type_names.get(&ty).is_some_and(|name| !name.starts_with("OrderedHash")) {
         return None;
     }
-    let l = walker.reader.layout.clone();
-    let smi = |w: u64| (w & l.tag_mask != l.heap_tag).then(|| (w as i64) >> l.smi_shift);
-    let count = |i: u64| word_at(first_words, 8 * i).and_then(smi).filter(|n| *n >= 0).map(|n| n as u64);
+    let reader = &walker.reader;
+    let count = |i: u64| {
+        word_at(first_words, 8 * i).and_then(|w| reader.smi(w)).filter(|n| *n >= 0).map(|n| n as u64)
+    };
     let (live, deleted, buckets) = (count(0)?, count(1)?, count(2)?);
     if !buckets.is_power_of_two() {
         return None;
